@@ -1,0 +1,75 @@
+"""Composition: builds stores, embedders and services from configs, for the CLI and the HTTP
+server alike. The heavy imports (torch, open_clip) happen here, lazily, on first use."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .config import DEFAULT_MODEL, EmbedConfig
+from .errors import IndexMismatchError
+from .service import SearchService
+from .store import IndexStore
+from .types import ModelIdentity, ModelSpec
+
+if TYPE_CHECKING:
+    from .embedders.open_clip import OpenClipEmbedder
+
+
+def load_embedder(
+    spec: ModelSpec, config: EmbedConfig, expected: ModelIdentity | None = None
+) -> OpenClipEmbedder:
+    """Load the model; when `expected` is given, refuse one whose identity differs."""
+    from .embedders.open_clip import OpenClipEmbedder
+
+    embedder = OpenClipEmbedder.load(
+        spec,
+        device=config.device,
+        precision=config.precision,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+    )
+    if expected is not None and not expected.same_model(embedder.identity):
+        raise IndexMismatchError(
+            f"the model at {spec.name} no longer matches the one the index was built with "
+            f"({expected.describe()}, weights sha256 {expected.weights_sha256}); its weights "
+            "changed on disk. Restore them, or build a new index with --index DIR."
+        )
+    return embedder
+
+
+def open_for_indexing(
+    directory: Path, spec: ModelSpec | None, config: EmbedConfig
+) -> tuple[IndexStore, Callable[[], OpenClipEmbedder]]:
+    """Open (or create) the index at `directory`; the embedder loads only if something needs
+    embedding, so a re-run over an unchanged folder does no model work at all."""
+    if IndexStore.exists(directory):
+        store = IndexStore.open(directory)
+        if spec is not None:
+            from .embedders.open_clip import spec_matches
+
+            if not spec_matches(spec, store.identity):
+                store.close()
+                raise IndexMismatchError(
+                    f"index {directory} was built with {store.identity.describe()}, not "
+                    f"{spec.name}"
+                    + (f" (pretrained={spec.pretrained})" if spec.pretrained else "")
+                    + "; drop --model/--pretrained to use the index's own model, or pass another "
+                    "--index DIR for the new model."
+                )
+        identity = store.identity
+        own = ModelSpec(identity.name, identity.pretrained)
+        return store, cache(lambda: load_embedder(own, config, expected=identity))
+    embedder = load_embedder(spec or DEFAULT_MODEL, config)
+    store = IndexStore.create(directory, embedder.identity)
+    return store, lambda: embedder
+
+
+def open_for_search(directory: Path, config: EmbedConfig) -> SearchService:
+    """A SearchService over an existing index, with the index's own model (loaded lazily)."""
+    store = IndexStore.open(directory, readonly=True)
+    identity = store.identity
+    own = ModelSpec(identity.name, identity.pretrained)
+    return SearchService(store, lambda: load_embedder(own, config, expected=identity))

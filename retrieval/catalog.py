@@ -1,0 +1,274 @@
+"""SQLite catalog of one index directory: items (id <-> path or text), their content keys,
+the float16 embedding cache, and products. Numbered migrations keep old indexes readable.
+
+Why SQLite: one file with real transactions gives the crash safety we need (an index run's
+changes become visible in one COMMIT) and lets the HTTP server read while an index run writes
+(WAL mode), without a server process."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .types import Ids
+
+IMAGES = "images"
+TEXTS = "texts"
+COLLECTIONS = (IMAGES, TEXTS)
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL);
+    CREATE TABLE items (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        collection TEXT NOT NULL,
+        path TEXT,
+        text TEXT,
+        size INTEGER,
+        mtime_ns INTEGER,
+        key TEXT NOT NULL,
+        product_id TEXT,
+        metadata TEXT
+    );
+    CREATE INDEX items_path ON items(collection, path);
+    CREATE INDEX items_product ON items(product_id);
+    CREATE TABLE products (
+        id TEXT PRIMARY KEY,
+        title TEXT NOT NULL,
+        row_hash TEXT NOT NULL,
+        metadata TEXT NOT NULL
+    );
+    """,
+)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One row of the items table."""
+
+    id: int
+    collection: str
+    path: str | None
+    text: str | None
+    size: int | None
+    mtime_ns: int | None
+    key: str
+    product_id: str | None
+    metadata: dict[str, Any]
+
+
+def _item(row: sqlite3.Row) -> Item:
+    return Item(
+        id=row["id"],
+        collection=row["collection"],
+        path=row["path"],
+        text=row["text"],
+        size=row["size"],
+        mtime_ns=row["mtime_ns"],
+        key=row["key"],
+        product_id=row["product_id"],
+        metadata=json.loads(row["metadata"]) if row["metadata"] else {},
+    )
+
+
+class Catalog:
+    """Typed access to catalog.sqlite; callers group writes with `transaction()`."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves so one index run is one commit.
+        self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        if not readonly:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self.db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    # -- meta ---------------------------------------------------------------------------------
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    @property
+    def generation(self) -> int:
+        return int(self.get_meta("generation", "0") or 0)
+
+    # -- vectors ------------------------------------------------------------------------------
+    def put_vectors(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        """Store float16 copies of `vectors` under content keys (committed by the caller)."""
+        half = np.asarray(vectors, dtype=np.float16)
+        self.db.executemany(
+            "INSERT OR REPLACE INTO vectors(key, vector) VALUES (?, ?)",
+            ((key, half[row].tobytes()) for row, key in enumerate(keys)),
+        )
+
+    def has_vectors(self, keys: Iterable[str]) -> set[str]:
+        """The subset of `keys` that already have a stored vector."""
+        found: set[str] = set()
+        batch = list(keys)
+        for start in range(0, len(batch), 500):
+            chunk = batch[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(f"SELECT key FROM vectors WHERE key IN ({marks})", chunk)
+            found.update(row[0] for row in rows)
+        return found
+
+    def get_vectors(self, collection: str, dim: int) -> tuple[Ids, np.ndarray]:
+        """All (ids, float32 vectors) of a collection, ordered by id."""
+        rows = self.db.execute(
+            "SELECT items.id, vectors.vector FROM items JOIN vectors USING (key) "
+            "WHERE items.collection=? ORDER BY items.id",
+            (collection,),
+        ).fetchall()
+        ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+        if not rows:
+            return ids, np.zeros((0, dim), dtype=np.float32)
+        blob = b"".join(row[1] for row in rows)
+        return ids, np.frombuffer(blob, dtype=np.float16).reshape(len(rows), dim).astype(np.float32)
+
+    def get_vectors_by_id(self, ids: Sequence[int], dim: int) -> np.ndarray:
+        """float32 vectors for the given item ids, in that order."""
+        out = np.zeros((len(ids), dim), dtype=np.float32)
+        for row, item_id in enumerate(ids):
+            found = self.db.execute(
+                "SELECT vectors.vector FROM items JOIN vectors USING (key) WHERE items.id=?",
+                (int(item_id),),
+            ).fetchone()
+            if found is not None:
+                out[row] = np.frombuffer(found[0], dtype=np.float16)
+        return out
+
+    def drop_unused_vectors(self) -> int:
+        cursor = self.db.execute("DELETE FROM vectors WHERE key NOT IN (SELECT key FROM items)")
+        return cursor.rowcount
+
+    # -- items --------------------------------------------------------------------------------
+    def iter_items(self, collection: str) -> Iterator[Item]:
+        rows = self.db.execute("SELECT * FROM items WHERE collection=? ORDER BY id", (collection,))
+        for row in rows:
+            yield _item(row)
+
+    def get_item(self, item_id: int) -> Item | None:
+        row = self.db.execute("SELECT * FROM items WHERE id=?", (item_id,)).fetchone()
+        return _item(row) if row else None
+
+    def get_items(self, ids: Sequence[int]) -> dict[int, Item]:
+        found: dict[int, Item] = {}
+        for start in range(0, len(ids), 500):
+            chunk = [int(i) for i in ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(f"SELECT * FROM items WHERE id IN ({marks})", chunk):
+                found[row["id"]] = _item(row)
+        return found
+
+    def count(self, collection: str) -> int:
+        query = "SELECT COUNT(*) FROM items WHERE collection=?"
+        return int(self.db.execute(query, (collection,)).fetchone()[0])
+
+    def add_item(
+        self,
+        collection: str,
+        key: str,
+        *,
+        path: str | None = None,
+        text: str | None = None,
+        size: int | None = None,
+        mtime_ns: int | None = None,
+        product_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> int:
+        cursor = self.db.execute(
+            "INSERT INTO items(collection, path, text, size, mtime_ns, key, product_id, metadata)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                collection,
+                path,
+                text,
+                size,
+                mtime_ns,
+                key,
+                product_id,
+                json.dumps(metadata) if metadata else None,
+            ),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def update_item(
+        self, item_id: int, *, key: str, size: int | None, mtime_ns: int | None
+    ) -> None:
+        self.db.execute(
+            "UPDATE items SET key=?, size=?, mtime_ns=? WHERE id=?", (key, size, mtime_ns, item_id)
+        )
+
+    def delete_items(self, ids: Iterable[int]) -> None:
+        self.db.executemany("DELETE FROM items WHERE id=?", ((int(i),) for i in ids))
+
+    # -- products -----------------------------------------------------------------------------
+    def get_products(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """product id -> (row hash, metadata incl. title)."""
+        rows = self.db.execute("SELECT id, row_hash, metadata FROM products")
+        return {row[0]: (row[1], json.loads(row[2])) for row in rows}
+
+    def get_product(self, product_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT metadata FROM products WHERE id=?", (product_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put_product(
+        self, product_id: str, title: str, row_hash: str, metadata: dict[str, Any]
+    ) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO products(id, title, row_hash, metadata) VALUES (?, ?, ?, ?)",
+            (product_id, title, row_hash, json.dumps(metadata)),
+        )
+
+    def delete_products(self, product_ids: Iterable[str]) -> None:
+        self.db.executemany("DELETE FROM products WHERE id=?", ((p,) for p in product_ids))
+
+    def product_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM products").fetchone()[0])
+
+    def item_ids_for_products(self, product_ids: Iterable[str]) -> Ids:
+        ids: list[int] = []
+        batch = list(product_ids)
+        for start in range(0, len(batch), 500):
+            chunk = batch[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(f"SELECT id FROM items WHERE product_id IN ({marks})", chunk)
+            ids.extend(row[0] for row in rows)
+        return np.asarray(sorted(ids), dtype=np.int64)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

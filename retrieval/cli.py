@@ -1,0 +1,381 @@
+"""The `mmsearch` command line: the composition root. It resolves options into configs, builds
+the store, embedder and service, wraps progress in tqdm, and turns MmsearchError into a one-line
+message and an exit code (never a traceback)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from .catalog import IMAGES, TEXTS
+from .config import DEFAULT_MODEL, INDEX_DIR_ENV, EmbedConfig, default_index_dir
+from .errors import (
+    IndexBusyError,
+    IndexMismatchError,
+    InputFileError,
+    InvalidQueryError,
+    MmsearchError,
+    ModelUnavailableError,
+)
+from .types import Hit, ModelSpec
+
+app = typer.Typer(
+    help="Cross-modal image/text search: index a folder of images with CLIP, then search it "
+    "by text or by image.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+logger = logging.getLogger("retrieval")
+
+# Exit codes: 2 is what typer uses for usage errors, so input problems share it.
+EXIT_CODES: dict[type[MmsearchError], int] = {
+    InvalidQueryError: 2,
+    InputFileError: 2,
+    ModelUnavailableError: 2,
+    IndexMismatchError: 2,
+    IndexBusyError: 75,  # EX_TEMPFAIL: try again later
+}
+T = TypeVar("T")
+
+IndexOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--index",
+        help=f"Index directory [default: ./indexes/default, or ${INDEX_DIR_ENV}]",
+        envvar=INDEX_DIR_ENV,
+        show_default=False,
+    ),
+]
+DeviceOption = Annotated[
+    str,
+    typer.Option(help="auto (CUDA when available), cpu, or cuda[:N]", envvar="MMSEARCH_DEVICE"),
+]
+PrecisionOption = Annotated[
+    str,
+    typer.Option(help="auto (fp32 on CPU, bf16/fp16 on CUDA), fp32, fp16 or bf16"),
+]
+
+
+def run_guarded(action: Callable[[], T]) -> T:
+    """Run a command body; MmsearchError becomes `error: ...` on stderr and an exit code."""
+    try:
+        return action()
+    except MmsearchError as err:
+        typer.echo(f"error: {err}", err=True)
+        code = next((c for kind, c in EXIT_CODES.items() if isinstance(err, kind)), 1)
+        raise typer.Exit(code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted; the previous index is unchanged and still usable", err=True)
+        raise typer.Exit(130) from None
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details to stderr")] = False,
+) -> None:
+    """Configure logging once for every command."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _spec(model: str | None, pretrained: str | None) -> ModelSpec | None:
+    """The model asked for on the command line, or None to use the index's own."""
+    if model is None and pretrained is None:
+        return None
+    name = model or DEFAULT_MODEL.name
+    if model is None or model == DEFAULT_MODEL.name:
+        pretrained = pretrained if pretrained is not None else DEFAULT_MODEL.pretrained
+    from .embedders.open_clip import normalise_spec
+
+    return normalise_spec(ModelSpec(name, pretrained or None))
+
+
+@contextmanager
+def _progress(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+    labels = {"scan": "scanning", "embed": "embedding", "texts": "texts"}
+    units = {"scan": "file", "embed": "img", "texts": "text"}
+
+    def on_progress(stage: str, advance: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(
+                total=total,
+                desc=labels.get(stage, stage),
+                unit=units.get(stage, "it"),
+                disable=quiet,
+                file=sys.stderr,
+                leave=False,
+                dynamic_ncols=True,
+            )
+        bar.update(advance)
+
+    try:
+        yield on_progress
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+@app.command()
+def index(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Image files or folders to index (searched recursively)", show_default=False
+        ),
+    ],
+    index_dir: IndexOption = None,
+    texts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Texts to index for image->text search: CSV (caption/text column), "
+            "JSONL (text field) or one text per line"
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="open_clip model: a name (ViT-B-32), hf-hub:ORG/REPO or local-dir:PATH "
+            f"[default: {DEFAULT_MODEL.name}, or the index's own model]",
+            show_default=False,
+        ),
+    ] = None,
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Pretrained tag or checkpoint file [default: {DEFAULT_MODEL.pretrained}]",
+            show_default=False,
+        ),
+    ] = None,
+    index_type: Annotated[
+        str, typer.Option(help="auto, flat, ivf, hnsw, ivfpq, or a faiss factory string")
+    ] = "auto",
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass")] = 32,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="Decoding processes [default: by CPU count]")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run's report as JSON")] = False,
+) -> None:
+    """Index images (and optionally texts). Re-running embeds only new or changed files and drops
+    deleted ones; an interrupted run leaves the previous index usable."""
+    from .app import open_for_indexing
+    from .ingest import index_images
+    from .texts import load_texts
+
+    config = EmbedConfig(
+        model=DEFAULT_MODEL,
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        num_workers=workers,
+    )
+
+    def body() -> None:
+        text_list = load_texts(texts) if texts is not None else None
+        for path in paths:
+            if not path.exists():
+                raise InputFileError(f"{path} does not exist")
+        directory = index_dir or default_index_dir()
+        store, factory = open_for_indexing(directory, _spec(model, pretrained), config)
+        try:
+            with store.writer_lock(), _progress(quiet) as on_progress:
+                types = {IMAGES: index_type, TEXTS: index_type} if index_type != "auto" else None
+                report = index_images(
+                    store,
+                    paths,
+                    factory,
+                    texts=text_list,
+                    index_types=types,
+                    on_progress=on_progress,
+                )
+        finally:
+            store.close()
+        for skip in report.skipped:
+            typer.echo(
+                f"skipped {skip.path}: {skip.reason}"
+                + (f" ({skip.detail})" if skip.detail else ""),
+                err=True,
+            )
+        if as_json:
+            typer.echo(json.dumps(_report_dict(report, directory)))
+        else:
+            typer.echo(_summary(report, directory))
+
+    run_guarded(body)
+
+
+def _summary(report: Any, directory: Path) -> str:
+    reasons = ", ".join(f"{reason}: {n}" for reason, n in report.skipped_by_reason().items())
+    skipped = f"skipped {len(report.skipped)}" + (f" ({reasons})" if reasons else "")
+    texts = ""
+    if report.texts_indexed or report.texts_removed:
+        texts = f", texts +{report.texts_indexed}/-{report.texts_removed}"
+    return (
+        f"indexed {report.indexed} (embedded {report.embedded}, reused {report.reused}), "
+        f"unchanged {report.unchanged}, removed {report.removed}, {skipped}{texts}, "
+        f"{report.elapsed_s:.1f}s, {report.images_per_s:.1f} img/s -> {directory}"
+    )
+
+
+def _report_dict(report: Any, directory: Path) -> dict[str, Any]:
+    return {
+        "index": str(directory),
+        "indexed": report.indexed,
+        "embedded": report.embedded,
+        "reused": report.reused,
+        "unchanged": report.unchanged,
+        "removed": report.removed,
+        "skipped": [
+            {"path": s.path, "reason": s.reason, "detail": s.detail} for s in report.skipped
+        ],
+        "texts_indexed": report.texts_indexed,
+        "texts_removed": report.texts_removed,
+        "elapsed_s": round(report.elapsed_s, 3),
+        "images_per_s": round(report.images_per_s, 2),
+    }
+
+
+@app.command()
+def query(
+    text: Annotated[
+        str | None, typer.Argument(help="Text to search for", show_default=False)
+    ] = None,
+    image: Annotated[
+        Path | None, typer.Option(help="Search by this image instead of text", show_default=False)
+    ] = None,
+    target: Annotated[str, typer.Option(help="What to search: images or texts")] = IMAGES,
+    k: Annotated[
+        int, typer.Option("-k", "--top-k", help="Results to return", envvar="MMSEARCH_TOP_K")
+    ] = 10,
+    offset: Annotated[int, typer.Option(help="Skip this many results (paging)")] = 0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON on stdout, nothing else")
+    ] = False,
+    index_dir: IndexOption = None,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "auto",
+) -> None:
+    """Search the index by TEXT (text->image by default) or by --image (image->image); add
+    --target texts for text->text or image->text."""
+    from .app import open_for_search
+    from .service import check_k
+
+    def body() -> None:
+        if (text is None) == (image is None):
+            raise InvalidQueryError(
+                "give either a query TEXT or --image PATH (not both, not neither)"
+            )
+        if text is not None and not text.strip():
+            raise InvalidQueryError("the query text is empty; pass some words to search for")
+        if image is not None and not image.is_file():
+            raise InputFileError(f"query image {image} does not exist")
+        if target not in (IMAGES, TEXTS):
+            raise InvalidQueryError(f"--target must be images or texts, not {target!r}")
+        check_k(k, offset)
+        directory = index_dir or default_index_dir()
+        service = open_for_search(directory, EmbedConfig(device=device, precision=precision))
+        try:
+            if text is not None:
+                hits = service.search_text(text, target=target, k=k, offset=offset)
+            else:
+                assert image is not None
+                hits = service.search_image(image, target=target, k=k, offset=offset)
+        finally:
+            service.close()
+        query_info: dict[str, Any] = {"target": target, "k": k, "offset": offset}
+        query_info.update({"text": text} if text is not None else {"image": str(image.absolute())})
+        if as_json:
+            typer.echo(json.dumps({"query": query_info, "results": [hit_dict(h) for h in hits]}))
+        else:
+            typer.echo(_table(hits, target))
+
+    run_guarded(body)
+
+
+def hit_dict(hit: Hit) -> dict[str, Any]:
+    """The JSON shape of one hit, shared by `query --json` and the HTTP API."""
+    out: dict[str, Any] = {"rank": hit.rank, "score": round(hit.score, 6), "id": hit.id}
+    if hit.path is not None:
+        out["path"] = hit.path
+    if hit.text is not None:
+        out["text"] = hit.text
+    return out
+
+
+def _table(hits: list[Hit], target: str) -> str:
+    if not hits:
+        return f"no results: the {target} index is empty"
+    column = "path" if target == IMAGES else "text"
+    lines = [f"{'rank':>4}  {'score':>7}  {column}"]
+    lines += [
+        f"{h.rank:>4}  {h.score:>7.4f}  {h.path if h.path is not None else h.text}" for h in hits
+    ]
+    return "\n".join(lines)
+
+
+@app.command()
+def info(
+    index_dir: IndexOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Show an index's model, counts, index types, size on disk and times."""
+    from .store import IndexStore
+
+    def body() -> None:
+        directory = index_dir or default_index_dir()
+        store = IndexStore.open(directory, readonly=True)
+        try:
+            details = store.info()
+        finally:
+            store.close()
+        if as_json:
+            typer.echo(json.dumps(details))
+            return
+        typer.echo(_info_text(details))
+
+    run_guarded(body)
+
+
+def _info_text(details: dict[str, Any]) -> str:
+    import datetime as dt
+
+    def when(stamp: float | None) -> str:
+        if stamp is None:
+            return "never"
+        return dt.datetime.fromtimestamp(stamp).isoformat(sep=" ", timespec="seconds")
+
+    model = details["model"]
+    lines = [
+        f"index:     {details['directory']}",
+        f"model:     {model['name']}"
+        + (f" (pretrained={model['pretrained']})" if model["pretrained"] else ""),
+        f"dim:       {model['dim']}",
+    ]
+    for name, stats in details["collections"].items():
+        faiss = stats["faiss"] or "empty"
+        lines.append(f"{name + ':':<10} {stats['count']} ({faiss}; type {stats['index_type']})")
+    if details["products"]:
+        lines.append(f"products:  {details['products']}")
+    lines += [
+        f"size:      {details['size_bytes'] / 1e6:.1f} MB",
+        f"created:   {when(details['created'])}",
+        f"updated:   {when(details['updated'])}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,175 @@
+"""Decode and preprocess images in DataLoader worker processes, so the model never waits on
+Pillow. A file that cannot be read comes back as a `Skipped` at its position; it never kills a
+worker or the batch it sits in."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import ImageDecodeError
+from ..images import MAX_IMAGE_PIXELS, load_image
+from ..types import Skipped
+
+logger = logging.getLogger(__name__)
+
+Preprocess = Callable[[Image.Image], torch.Tensor]
+"""PIL image -> (3, H, W) float tensor, e.g. the `preprocess` open_clip returns with a model."""
+
+Item = tuple[int, torch.Tensor | Skipped]
+"""What the dataset yields per path: its position in the input list, and pixels or the reason."""
+
+# Each worker keeps this many batches decoded ahead. Two (torch's default) hides the jitter of
+# an occasional large file; more only holds memory while the model is the slower side anyway.
+PREFETCH_FACTOR = 2
+
+# Decoding a typical photo and resizing it to 224 px takes a few ms on one core; a ViT-B/32
+# forward pass on a CPU takes ~30x longer per image. So on a CPU-only machine one decode worker
+# keeps the model fed, and every other core is worth more to torch's intra-op threads.
+# An accelerator flips this: the model outruns decoding, and workers become the bottleneck.
+MAX_WORKERS_CPU_MODEL = 4
+MAX_WORKERS_ACCELERATOR = 8
+
+
+class _PathTable:
+    """Paths packed into two numpy arrays instead of a list of str.
+
+    Forked workers share the parent's memory copy-on-write, but merely reading a Python object
+    writes its reference count, so a list of a million paths would be copied into every worker
+    (pytorch/pytorch#13246). Numpy buffers hold no per-path objects and stay shared.
+    """
+
+    def __init__(self, paths: Sequence[str | Path]) -> None:
+        encoded = [os.fsencode(path) for path in paths]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(item) for item in encoded], out=self._offsets[1:])
+        self._data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, position: int) -> str:
+        start, end = self._offsets[position], self._offsets[position + 1]
+        return os.fsdecode(self._data[start:end].tobytes())
+
+
+class ImageDataset(Dataset[Item]):
+    """Map-style dataset: position -> (position, pixels) or (position, Skipped)."""
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        preprocess: Preprocess,
+        *,
+        max_pixels: int = MAX_IMAGE_PIXELS,
+    ) -> None:
+        self._paths = _PathTable(paths)
+        self._preprocess = preprocess
+        self._max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, position: int) -> Item:
+        path = self._paths[position]
+        try:
+            image = load_image(path, max_pixels=self._max_pixels)
+        except ImageDecodeError as err:
+            return position, Skipped(path, err.reason, err.detail)
+        except Exception as err:  # MemoryError included: one huge file must not end the run
+            return position, Skipped(path, "corrupt", f"{type(err).__name__}: {err}")
+        try:
+            return position, self._preprocess(image)
+        except Exception as err:
+            detail = f"preprocess failed: {type(err).__name__}: {err}"
+            return position, Skipped(path, "corrupt", detail)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Decoded pixels for the good items of one batch, plus the items that were skipped."""
+
+    positions: list[int]
+    """Input positions of the rows of `pixels`, in order."""
+    pixels: torch.Tensor | None
+    """(len(positions), 3, H, W), or None when every item in the batch was skipped."""
+    skipped: list[tuple[int, Skipped]]
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copy of the pixels; DataLoader calls this when pin_memory=True."""
+        if self.pixels is None:
+            return self
+        return replace(self, pixels=self.pixels.pin_memory())
+
+
+def collate_items(items: Sequence[Item]) -> Batch:
+    """Stack the good items of a batch into one tensor and set the skipped ones aside."""
+    positions: list[int] = []
+    tensors: list[torch.Tensor] = []
+    skipped: list[tuple[int, Skipped]] = []
+    for position, result in items:
+        if isinstance(result, Skipped):
+            skipped.append((position, result))
+        else:
+            positions.append(position)
+            tensors.append(result)
+    pixels = torch.stack(tensors) if tensors else None
+    return Batch(positions=positions, pixels=pixels, skipped=skipped)
+
+
+def _usable_cores() -> int:
+    # The affinity mask is what this process may run on (taskset, some containers);
+    # os.cpu_count() counts the whole machine.
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_num_workers(*, for_accelerator: bool = False) -> int:
+    """Decode workers to use when none are asked for (0 means decode in-process)."""
+    cores = _usable_cores()
+    if cores <= 1:
+        return 0  # a worker would only compete with the model for the one core
+    if for_accelerator:
+        return min(MAX_WORKERS_ACCELERATOR, cores - 1)
+    # 2 cores -> 1 worker, 8 -> 2, 16+ -> 4; see MAX_WORKERS_CPU_MODEL for why so few.
+    return min(MAX_WORKERS_CPU_MODEL, max(1, cores // 4))
+
+
+def create_image_loader(
+    paths: Sequence[str | Path],
+    preprocess: Preprocess,
+    *,
+    batch_size: int,
+    num_workers: int,
+    pin_memory: bool,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> DataLoader[Item]:
+    """Batches of decoded, preprocessed images in input order; iterating yields `Batch`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}; try --batch-size 32")
+    if num_workers < 0:
+        raise ValueError(
+            f"num_workers must be 0 (decode in-process) or more, got {num_workers}; "
+            "try --num-workers 0"
+        )
+    return DataLoader(
+        ImageDataset(paths, preprocess, max_pixels=max_pixels),
+        batch_size=batch_size,
+        shuffle=False,  # batch k holds positions [k*batch_size, (k+1)*batch_size): ids follow
+        num_workers=num_workers,
+        collate_fn=collate_items,
+        pin_memory=pin_memory,
+        # Workers end with each pass, so an abandoned or finished loader leaves no processes
+        # behind to block interpreter exit.
+        persistent_workers=False,
+        prefetch_factor=PREFETCH_FACTOR if num_workers > 0 else None,
+    )

@@ -1,0 +1,356 @@
+"""open_clip implementation of the Embedder: the only module that imports torch and open_clip
+(besides the image loader in this package)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import open_clip
+import torch
+from open_clip import pretrained as oc_pretrained
+
+from ..errors import ModelUnavailableError
+from ..images import load_image
+from ..types import ModelIdentity, ModelSpec, Skipped, Vectors
+from .loader import create_image_loader, default_num_workers
+
+logger = logging.getLogger(__name__)
+
+LOCAL_DIR = "local-dir:"
+HF_HUB = "hf-hub:"
+# Weights files open_clip looks for inside a local-dir folder, in its own order of preference.
+LOCAL_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+# A cache miss would otherwise spend ~50 s in huggingface_hub's retry loop before failing when
+# the machine is offline; one quick TCP connect tells us the answer up front.
+REACHABILITY_TIMEOUT_S = 3.0
+
+
+def resolve_device(device: str) -> str:
+    """Turn `auto|cpu|cuda[:N]` into a concrete torch device string."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelUnavailableError(
+            f"--device {device} was requested but torch sees no CUDA GPU "
+            f"(torch {torch.__version__}); use --device cpu or --device auto."
+        )
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ModelUnavailableError(f"unknown device {device!r}; use auto, cpu or cuda.")
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> torch.dtype:
+    """`auto` is float32 on the CPU (half precision is slower there) and bf16/fp16 on CUDA."""
+    if precision == "auto":
+        if not device.startswith("cuda"):
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision not in table:
+        raise ModelUnavailableError(f"unknown precision {precision!r}; use auto, fp32, fp16, bf16.")
+    return table[precision]
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _local_dir_weights(folder: Path) -> Path | None:
+    for name in LOCAL_WEIGHT_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _hub_reachable() -> bool:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
+        return False
+    host = urlparse(endpoint).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=REACHABILITY_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_cached(reference: str) -> bool:
+    """True when a hub weights reference (`org/repo/` or `org/repo/file`) is in the local cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    org, repo, *rest = reference.split("/") + [""]
+    filename = rest[0] if rest and rest[0] else ""
+    names = [filename] if filename else list(LOCAL_WEIGHT_NAMES)
+    return any(isinstance(try_to_load_from_cache(f"{org}/{repo}", name), str) for name in names)
+
+
+def _offline_help(spec: ModelSpec) -> str:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return (
+        f"Looked in the Hugging Face cache at {HF_HUB_CACHE} (set HF_HOME to move it). "
+        "To work offline, either copy a populated cache there from a machine with internet "
+        "(run the same command once there), pass a checkpoint file with --pretrained "
+        "/path/to/open_clip_pytorch_model.bin, or point --model at a folder holding "
+        "open_clip_config.json and open_clip_model.safetensors: --model local-dir:/path/to/folder."
+    )
+
+
+def _check_weights_available(spec: ModelSpec) -> None:
+    """Fail fast, with a useful message, when weights would need a download that cannot happen."""
+    name, tag = spec.name, spec.pretrained
+    if name.startswith(LOCAL_DIR):
+        folder = Path(name.removeprefix(LOCAL_DIR)).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise ModelUnavailableError(
+                f"model folder {folder} has no open_clip_config.json; --model local-dir:PATH "
+                "must point at a folder with open_clip_config.json and open_clip_model.safetensors "
+                "(or open_clip_pytorch_model.bin)."
+            )
+        if _local_dir_weights(folder) is None:
+            raise ModelUnavailableError(
+                f"model folder {folder} has no weights file (looked for "
+                f"{', '.join(LOCAL_WEIGHT_NAMES)}); an index built from random weights would be "
+                "useless, so mmsearch refuses it."
+            )
+        return
+    if name.startswith(HF_HUB):
+        if not _hub_cached(name.removeprefix(HF_HUB) + "/") and not _hub_reachable():
+            raise ModelUnavailableError(
+                f"cannot load model {name}: its weights are not cached and the Hugging Face "
+                f"hub is unreachable. {_offline_help(spec)}"
+            )
+        return
+    if open_clip.get_model_config(name.replace("/", "-")) is None:
+        raise ModelUnavailableError(
+            f"unknown model {name!r}. Built-in names include ViT-B-32, ViT-B-16, ViT-L-14 "
+            "(all: python -c 'import open_clip; print(open_clip.list_models())'); "
+            "or use hf-hub:ORG/REPO or local-dir:PATH."
+        )
+    if not tag:
+        raise ModelUnavailableError(
+            f"model {name} needs --pretrained: a tag (see open_clip.list_pretrained()) or a "
+            "checkpoint file."
+        )
+    if Path(tag).expanduser().is_file():
+        return
+    cfg = oc_pretrained.get_pretrained_cfg(name, tag)
+    if not cfg:
+        tags = ", ".join(oc_pretrained.list_pretrained_tags_by_model(name)) or "none"
+        raise ModelUnavailableError(
+            f"--pretrained {tag!r} is neither a known tag for {name} nor an existing file. "
+            f"Known tags: {tags}."
+        )
+    if cfg.get("hf_hub") and _hub_cached(cfg["hf_hub"]):
+        return
+    if not _hub_reachable():
+        raise ModelUnavailableError(
+            f"cannot load model {name} with pretrained={tag}: the weights are not cached and "
+            f"the download host is unreachable. {_offline_help(spec)}"
+        )
+
+
+def _weights_path(spec: ModelSpec) -> Path | None:
+    if spec.name.startswith(LOCAL_DIR):
+        return _local_dir_weights(Path(spec.name.removeprefix(LOCAL_DIR)).expanduser())
+    if spec.pretrained and Path(spec.pretrained).expanduser().is_file():
+        return Path(spec.pretrained).expanduser()
+    return None
+
+
+class OpenClipEmbedder:
+    """Turns preprocessed image batches and texts into L2-normalised float32 vectors."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocess: Callable[[Any], torch.Tensor],
+        tokenizer: Callable[[Sequence[str]], torch.Tensor],
+        identity: ModelIdentity,
+        *,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+    ) -> None:
+        self.model = model
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.identity = identity
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+
+    @property
+    def dim(self) -> int:
+        return self.identity.dim
+
+    @classmethod
+    def load(
+        cls,
+        spec: ModelSpec,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int = 32,
+        num_workers: int | None = None,
+    ) -> OpenClipEmbedder:
+        """Load an open_clip model by name/tag, hf-hub id, local-dir folder or checkpoint file.
+
+        Raises:
+            ModelUnavailableError: weights are neither cached nor downloadable, or the name is
+                unknown; the message says where mmsearch looked and how to supply weights.
+        """
+        device = resolve_device(device)
+        dtype = resolve_precision(precision, device)
+        _check_weights_available(spec)
+        pretrained = None if spec.name.startswith((LOCAL_DIR, HF_HUB)) else spec.pretrained
+        if pretrained and Path(pretrained).expanduser().is_file():
+            pretrained = str(Path(pretrained).expanduser())
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                spec.name, pretrained=pretrained, device=device
+            )
+            tokenizer = open_clip.get_tokenizer(spec.name)
+        except (RuntimeError, OSError, ValueError) as err:
+            raise ModelUnavailableError(
+                f"cannot load model {spec.name}"
+                + (f" with pretrained={spec.pretrained}" if pretrained else "")
+                + f": {err}. {_offline_help(spec)}"
+            ) from err
+        model.eval()
+        weights = _weights_path(spec)
+        identity = ModelIdentity(
+            name=spec.name,
+            pretrained=spec.pretrained if pretrained else None,
+            dim=_output_dim(model),
+            weights_sha256=file_sha256(weights) if weights else None,
+            preprocess=_preprocess_dict(model),
+        )
+        return cls(
+            model,
+            preprocess,
+            tokenizer,
+            identity,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            num_workers=num_workers,
+        )
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=self.dtype)
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> Vectors:
+        """One stacked forward pass over a (n, 3, H, W) batch; returns normalised float32."""
+        pixels = pixels.to(self.device, non_blocking=True)
+        with self._autocast():
+            features = self.model.encode_image(pixels)
+        return _normalise(features)
+
+    def embed_image_files(
+        self,
+        paths: list[Path],
+        on_batch: Callable[[list[int], Vectors, list[tuple[int, Skipped]]], None],
+    ) -> None:
+        """Decode in worker processes, embed one stacked batch at a time, and hand each batch's
+        vectors (by position in `paths`) and skipped files to `on_batch`."""
+        loader = create_image_loader(
+            paths,
+            self.preprocess,
+            batch_size=self.batch_size,
+            num_workers=min(self.num_workers, len(paths)),
+            pin_memory=self.device.startswith("cuda"),
+        )
+        for batch in loader:
+            if batch.pixels is None:
+                vectors = np.zeros((0, self.dim), dtype=np.float32)
+            else:
+                vectors = self.encode_images(batch.pixels)
+            on_batch(batch.positions, vectors, batch.skipped)
+
+    def encode_image_sources(self, sources: Sequence[Path | bytes]) -> Vectors:
+        """Embed images given as files or bytes (query images); decode errors propagate."""
+        pixels = torch.stack([self.preprocess(load_image(source)) for source in sources])
+        return self.encode_images(pixels)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> Vectors:
+        """Embed texts in batches of `batch_size`; returns normalised float32 (n, dim)."""
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(list(texts[start : start + batch_size])).to(self.device)
+            with self._autocast():
+                chunks.append(_normalise(self.model.encode_text(tokens)))
+        if not chunks:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate(chunks)
+
+
+def _normalise(features: torch.Tensor) -> Vectors:
+    features = torch.nn.functional.normalize(features.float(), dim=-1)
+    return np.ascontiguousarray(features.cpu().numpy(), dtype=np.float32)
+
+
+def _output_dim(model: torch.nn.Module) -> int:
+    visual = getattr(model, "visual", None)
+    dim = getattr(visual, "output_dim", None)
+    if dim is None:
+        with torch.inference_mode():
+            size = _preprocess_dict(model)["image_size"]
+            dim = model.encode_image(torch.zeros(1, 3, size, size)).shape[-1]
+    return int(dim)
+
+
+def _preprocess_dict(model: torch.nn.Module) -> dict[str, Any]:
+    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    size = cfg.get("size", getattr(model.visual, "image_size", 224))
+    if isinstance(size, (tuple, list)):
+        size = size[0]
+    return {
+        "image_size": int(size),
+        "mean": [float(x) for x in cfg.get("mean", ())],
+        "std": [float(x) for x in cfg.get("std", ())],
+        "interpolation": cfg.get("interpolation"),
+        "resize_mode": cfg.get("resize_mode"),
+    }
+
+
+def normalise_spec(spec: ModelSpec) -> ModelSpec:
+    """Make local paths absolute so an index found from another directory still loads them."""
+    if spec.name.startswith(LOCAL_DIR):
+        folder = Path(spec.name.removeprefix(LOCAL_DIR)).expanduser().absolute()
+        return ModelSpec(f"{LOCAL_DIR}{folder}", None)
+    if spec.name.startswith(HF_HUB):
+        return ModelSpec(spec.name, None)
+    if spec.pretrained and Path(spec.pretrained).expanduser().is_file():
+        return ModelSpec(spec.name, str(Path(spec.pretrained).expanduser().absolute()))
+    return spec
+
+
+def spec_matches(spec: ModelSpec, identity: ModelIdentity) -> bool:
+    """Whether `spec` names the model recorded in `identity`, without loading it: by weights
+    hash for local files, by name and tag otherwise."""
+    spec = normalise_spec(spec)
+    weights = _weights_path(spec)
+    if weights is not None and identity.weights_sha256:
+        return file_sha256(weights) == identity.weights_sha256
+    return (spec.name, spec.pretrained) == (identity.name, identity.pretrained)

@@ -1,0 +1,256 @@
+"""Find image files on disk and decode them into RGB: the one place that knows about file
+formats, broken files and pixel modes. PIL and the standard library only, so that importing it
+never pulls in torch."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageDecodeError, InputFileError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+)
+"""Lower-case suffixes (with the dot) that `walk_images` picks up; compare `suffix.lower()`."""
+
+# Decoders tried on a file's bytes, whatever its name says: the formats behind IMAGE_EXTENSIONS
+# ("JPEG" also opens the multi-picture MPO files many cameras write). Listing them keeps
+# untrusted uploads away from Pillow's riskier plugins, e.g. EPS, which runs Ghostscript.
+IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+# Pillow's own hard limit (2 x Image.MAX_IMAGE_PIXELS): ~179 Mpx is 512 MiB once decoded to RGB,
+# and still admits 100-200 Mpx camera and panorama files. A lower cap cannot be loosened past
+# Pillow's global limit, which it applies in Image.open before we see the header.
+MAX_IMAGE_PIXELS = 178_956_970
+
+# 16-bit and float pixels are rescaled to 8 bits from the smallest usual range holding the data.
+_CONVENTIONAL_RANGES: tuple[tuple[float, float], ...] = ((0.0, 1.0), (0.0, 255.0), (0.0, 65535.0))
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+# Premultiplied-alpha modes convert to RGB only through their straight-alpha twin.
+_STRAIGHT_ALPHA = {"La": "LA", "RGBa": "RGBA"}
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})
+_WHITE = (255, 255, 255)
+_BYTES_LABEL = "<bytes>"
+
+
+def is_image_path(path: str | Path) -> bool:
+    """True when the file name ends in one of IMAGE_EXTENSIONS, in any letter case."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def walk_images(root: Path) -> Iterator[Path]:
+    """Yield absolute paths of the image files under `root` (or `root` itself), sorted by name."""
+    root = Path(os.path.abspath(root))
+    if root.is_dir():
+        try:
+            os.scandir(root).close()
+        except OSError as err:
+            raise InputFileError(
+                f"{root}: cannot read this directory ({err.strerror}); check its permissions"
+            ) from err
+        return _walk_directory(root)
+    if root.is_file():
+        # Named explicitly, so it is yielded whatever its extension: a `.heic` given on the
+        # command line should come back as a Skipped with a reason, not vanish silently.
+        return iter([root])
+    if os.path.lexists(root):
+        raise InputFileError(
+            f"{root}: not a regular file or directory (a broken link or a device?); "
+            "pass an image file or a folder of images"
+        )
+    raise InputFileError(f"{root}: no such file or directory; check the path for typos")
+
+
+def _walk_directory(root: Path) -> Iterator[Path]:
+    # Identity is (device, inode) of the resolved directory, so a symlink back to an ancestor,
+    # or a second link to a folder already walked, is entered once and never loops.
+    visited = {_identity(root)}
+    stack = [iter(_sorted_entries(root))]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            continue
+        # Hidden files too: macOS `._photo.jpg` AppleDouble files carry image names but no image.
+        if entry.name.startswith("."):
+            continue
+        try:
+            is_dir = entry.is_dir()
+            is_file = not is_dir and entry.is_file()
+            key = _identity(Path(entry.path)) if is_dir else None
+        except OSError as err:
+            logger.warning("skipping %s: %s", entry.path, err)
+            continue
+        if key is not None:
+            if key in visited:
+                logger.debug("skipping %s: directory already walked", entry.path)
+                continue
+            visited.add(key)
+            stack.append(iter(_sorted_entries(Path(entry.path))))
+        elif is_file and is_image_path(entry.name):
+            yield Path(entry.path)
+
+
+def _identity(directory: Path) -> tuple[int, int]:
+    info = directory.stat()
+    return info.st_dev, info.st_ino
+
+
+def _sorted_entries(directory: Path) -> list[os.DirEntry[str]]:
+    # Listed in full and closed before yielding: a paused generator holds no file descriptor.
+    try:
+        with os.scandir(directory) as entries:
+            return sorted(entries, key=lambda entry: entry.name)
+    except OSError as err:
+        logger.warning("skipping unreadable directory %s: %s", directory, err)
+        return []
+
+
+def load_image(source: str | Path | bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode a file path or raw bytes into an upright RGB image, or raise ImageDecodeError."""
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive pixel count, got {max_pixels}")
+    if isinstance(source, bytes):
+        return _decode(io.BytesIO(source), _BYTES_LABEL, max_pixels)
+    label = str(source)
+    try:
+        stream = open(source, "rb")  # noqa: SIM115 (closed by the `with` below)
+    except OSError as err:
+        raise ImageDecodeError(label, "unreadable", _describe(err)) from err
+    with stream:
+        return _decode(stream, label, max_pixels)
+
+
+def _decode(stream: BinaryIO, label: str, max_pixels: int) -> Image.Image:
+    head = stream.read(16)
+    if not head:
+        raise ImageDecodeError(label, "empty", "the file has 0 bytes")
+    stream.seek(0)
+    try:
+        # Pillow warns between its soft and hard limits; we apply our own limit just below, so
+        # the warning would only be noise on stderr. (catch_warnings is process-wide; a race
+        # with another thread can at worst leave this one warning category ignored.)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(stream, formats=IMAGE_FORMATS)
+    except MemoryError:
+        raise
+    except Exception as err:
+        raise _open_error(label, err, head, stream) from err
+    with image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageDecodeError(
+                label,
+                "decompression-bomb",
+                f"{width}x{height} is over the limit of {max_pixels} pixels",
+            )
+        try:
+            # Decode every pixel now, so a truncated file fails here rather than inside preprocess.
+            image.load()
+        except MemoryError:
+            raise
+        except Exception as err:
+            raise _load_error(label, err) from err
+        upright = _exif_transpose(image, label)
+    try:
+        return _to_rgb(upright)
+    except ValueError as err:  # a mode Pillow cannot convert to RGB
+        raise ImageDecodeError(label, "corrupt", f"mode {upright.mode}: {err}") from err
+
+
+def _open_error(label: str, err: Exception, head: bytes, stream: BinaryIO) -> ImageDecodeError:
+    if isinstance(err, Image.DecompressionBombError):
+        return ImageDecodeError(label, "decompression-bomb", str(err))
+    if isinstance(err, UnidentifiedImageError):
+        names = ", ".join(IMAGE_FORMATS)
+        return ImageDecodeError(label, "not-an-image", f"not a file of any of: {names}")
+    if isinstance(err, OSError) and err.errno is not None:
+        return ImageDecodeError(label, "unreadable", _describe(err))
+    if _is_short_webp(head, stream):
+        # libwebp refuses a cut-off file before any pixel is read, with a generic message.
+        return ImageDecodeError(label, "truncated", "the WebP file ends before its declared size")
+    return ImageDecodeError(label, "corrupt", _describe(err))
+
+
+def _load_error(label: str, err: Exception) -> ImageDecodeError:
+    if isinstance(err, Image.DecompressionBombError):
+        return ImageDecodeError(label, "decompression-bomb", str(err))
+    # Pillow's decode failures are bare OSErrors; one with an errno came from the disk itself.
+    if isinstance(err, OSError) and err.errno is not None:
+        return ImageDecodeError(label, "unreadable", _describe(err))
+    if isinstance(err, EOFError) or "truncated" in str(err).lower():
+        return ImageDecodeError(label, "truncated", _describe(err))
+    return ImageDecodeError(label, "corrupt", _describe(err))
+
+
+def _is_short_webp(head: bytes, stream: BinaryIO) -> bool:
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+        return False
+    declared = int.from_bytes(head[4:8], "little") + 8
+    return stream.seek(0, io.SEEK_END) < declared
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err) or type(err).__name__
+
+
+def _exif_transpose(image: Image.Image, label: str) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception as err:
+        # A mangled EXIF block should not cost a picture whose pixels decoded fine.
+        logger.debug("%s: ignoring unreadable EXIF orientation: %s", label, err)
+        return image.copy()
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB without losing the picture."""
+    if image.mode == "RGB" and "transparency" not in image.info:
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES:
+        # Plain convert("L") clips 16-bit values, turning almost every pixel white.
+        image = _rescale_to_8bit(image.convert("I"), (0.0, 65535.0))
+    elif image.mode in ("I", "F"):
+        image = _rescale_to_8bit(image, _value_range(image))
+    image = image.convert(_STRAIGHT_ALPHA[image.mode]) if image.mode in _STRAIGHT_ALPHA else image
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        return _flatten_onto_white(image)
+    return image.convert("RGB")
+
+
+def _value_range(image: Image.Image) -> tuple[float, float]:
+    low, high = cast("tuple[float, float]", image.getextrema())  # one band: (min, max)
+    for range_low, range_high in _CONVENTIONAL_RANGES:
+        if range_low <= low and high <= range_high and (image.mode == "F" or range_high > 1.0):
+            return range_low, range_high
+    return low, high
+
+
+def _rescale_to_8bit(image: Image.Image, value_range: tuple[float, float]) -> Image.Image:
+    low, high = value_range
+    scale = 255.0 / (high - low) if high > low else 0.0
+    # point() on I and F images takes only an affine map; +0.5 rounds instead of truncating.
+    return image.point(lambda value: value * scale - low * scale + 0.5).convert("L")
+
+
+def _flatten_onto_white(image: Image.Image) -> Image.Image:
+    # Product shots and logos often ship on transparent backgrounds whose hidden colour is black
+    # or junk; dropping alpha would show the object on that. White is how browsers and shop
+    # pages present them, and so how CLIP mostly saw such images in training.
+    rgba = image.convert("RGBA")
+    flat = Image.new("RGB", rgba.size, _WHITE)
+    flat.paste(rgba, mask=rgba.getchannel("A"))
+    return flat

@@ -1,0 +1,277 @@
+"""walk -> compare with the catalog -> hash what changed -> decode + embed what is new -> commit.
+
+Every embedded batch is committed to the vector cache as soon as it is computed, so a run that
+is killed keeps its finished batches and the next run only embeds the rest; the items and the
+faiss files change in one final transaction (see store.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from .catalog import IMAGES, TEXTS, Item
+from .images import walk_images
+from .store import CollectionChanges, IndexStore
+from .types import Skipped, Vectors
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+"""on_progress(stage, advance, total): called as work completes; total is fixed per stage."""
+
+
+class Embedder(Protocol):
+    """What ingestion needs from a model (see embedders/open_clip.py)."""
+
+    def embed_image_files(
+        self,
+        paths: list[Path],
+        on_batch: Callable[[list[int], Vectors, list[tuple[int, Skipped]]], None],
+    ) -> None: ...
+
+    def encode_texts(self, texts: list[str], batch_size: int = ...) -> Vectors: ...
+
+
+EmbedderFactory = Callable[[], Embedder]
+HASH_CHUNK = 1 << 20
+# Texts are embedded and committed in chunks of this size: small enough that a killed run loses
+# little, large enough to amortise the transaction.
+TEXT_CHUNK = 512
+
+
+@dataclass
+class IndexReport:
+    """What one index run did."""
+
+    indexed: int = 0
+    embedded: int = 0
+    reused: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    texts_indexed: int = 0
+    texts_removed: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.embedded / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for skip in self.skipped:
+            counts[skip.reason] = counts.get(skip.reason, 0) + 1
+        return dict(sorted(counts.items()))
+
+
+def file_key(path: Path) -> str:
+    """Content key of an image file: identical bytes share one stored vector."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(HASH_CHUNK), b""):
+            digest.update(chunk)
+    return "img:" + digest.hexdigest()
+
+
+def text_key(text: str) -> str:
+    return "txt:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _under(path: str, roots: list[str]) -> bool:
+    return any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+
+
+@dataclass
+class _ImagePlan:
+    pending: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # path->(key,size,mtime)
+    existing: dict[str, Item] = field(default_factory=dict)
+    removed: list[Item] = field(default_factory=list)
+    unchanged: int = 0
+    touched: list[tuple[Item, int, int]] = field(default_factory=list)  # same bytes, new stat
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | None) -> _ImagePlan:
+    plan = _ImagePlan()
+    root_strs = [str(root.absolute()) for root in roots]
+    plan.existing = {
+        item.path: item
+        for item in store.catalog.iter_items(IMAGES)
+        if item.path and item.product_id is None and _under(item.path, root_strs)
+    }
+    found = [path.absolute() for root in roots for path in walk_images(root)]
+    seen: set[str] = set()
+    for path in found:
+        name = str(path)
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            stat = path.stat()
+            old = plan.existing.get(name)
+            if old is not None and (old.size, old.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+                plan.unchanged += 1
+                continue
+            key = file_key(path)
+        except OSError as err:
+            plan.skipped.append(Skipped(name, "unreadable", str(err)))
+            continue
+        finally:
+            if on_progress:
+                on_progress("scan", 1, len(found))
+        if old is not None and old.key == key:
+            plan.unchanged += 1
+            plan.touched.append((old, stat.st_size, stat.st_mtime_ns))
+        else:
+            plan.pending[name] = (key, stat.st_size, stat.st_mtime_ns)
+    plan.removed = [item for path, item in plan.existing.items() if path not in seen]
+    return plan
+
+
+def _embed_missing(
+    store: IndexStore,
+    keys_by_path: dict[str, str],
+    embedder_factory: EmbedderFactory,
+    on_progress: Progress | None,
+) -> tuple[int, list[Skipped]]:
+    """Embed one file per missing key; returns (embedded count, skipped files)."""
+    have = store.catalog.has_vectors(set(keys_by_path.values()))
+    todo: dict[str, str] = {}
+    for path, key in keys_by_path.items():
+        if key not in have and key not in todo:
+            todo[key] = path
+    if not todo:
+        return 0, []
+    paths = [Path(p) for p in todo.values()]
+    keys = list(todo)
+    skipped: list[Skipped] = []
+    embedded = 0
+    embedder = embedder_factory()
+
+    def on_batch(positions: list[int], vectors: Vectors, skips: list[tuple[int, Skipped]]) -> None:
+        nonlocal embedded
+        with store.catalog.transaction():
+            store.catalog.put_vectors([keys[p] for p in positions], vectors)
+        embedded += len(positions)
+        skipped.extend(skip for _, skip in skips)
+        if on_progress:
+            on_progress("embed", len(positions) + len(skips), len(paths))
+
+    embedder.embed_image_files(paths, on_batch)
+    # A file skipped once is skipped for every path that shares its bytes.
+    bad_keys = {keys_by_path[s.path] for s in skipped if s.path in keys_by_path}
+    for path, key in keys_by_path.items():
+        if key in bad_keys and path not in {s.path for s in skipped}:
+            first = next(s for s in skipped if keys_by_path.get(s.path) == key)
+            skipped.append(Skipped(path, first.reason, first.detail))
+    return embedded, skipped
+
+
+def index_images(
+    store: IndexStore,
+    roots: list[Path],
+    embedder_factory: EmbedderFactory,
+    *,
+    texts: list[str] | None = None,
+    index_types: dict[str, str] | None = None,
+    on_progress: Progress | None = None,
+) -> IndexReport:
+    """Sync the images under `roots` (and optionally the text list) into `store`.
+
+    Files whose size and mtime match the catalog are not read; changed ones are hashed, and
+    only content never embedded before goes through the model. Must run under
+    `store.writer_lock()`.
+    """
+    started = time.perf_counter()
+    report = IndexReport()
+    plan = _plan_images(store, roots, on_progress)
+    keys_by_path = {path: key for path, (key, _, _) in plan.pending.items()}
+    embedded, skipped = _embed_missing(store, keys_by_path, embedder_factory, on_progress)
+    report.embedded = embedded
+    report.skipped = plan.skipped + skipped
+    report.unchanged = plan.unchanged
+    bad_paths = {s.path for s in report.skipped}
+
+    wanted_texts = None
+    if texts is not None:
+        wanted_texts = _embed_texts(store, texts, embedder_factory, on_progress)
+
+    image_changes = CollectionChanges()
+    with store.catalog.transaction():
+        text_changes = CollectionChanges()
+        if wanted_texts is not None:
+            text_changes = _apply_texts(store, wanted_texts, report)
+        for item, size, mtime_ns in plan.touched:
+            store.catalog.update_item(item.id, key=item.key, size=size, mtime_ns=mtime_ns)
+        gone = plan.removed + [plan.existing[p] for p in bad_paths if p in plan.existing]
+        store.catalog.delete_items(item.id for item in gone)
+        image_changes.removed.extend(item.id for item in gone)
+        report.removed = len(plan.removed)
+        for path, (key, size, mtime_ns) in plan.pending.items():
+            if path in bad_paths:
+                continue
+            old = plan.existing.get(path)
+            if old is not None:
+                store.catalog.update_item(old.id, key=key, size=size, mtime_ns=mtime_ns)
+                image_changes.removed.append(old.id)
+                image_changes.added.append(old.id)
+            else:
+                image_changes.added.append(
+                    store.catalog.add_item(IMAGES, key, path=path, size=size, mtime_ns=mtime_ns)
+                )
+            report.indexed += 1
+        report.reused = report.indexed - report.embedded
+        changes = {IMAGES: image_changes, TEXTS: text_changes}
+        if image_changes or text_changes or index_types or store.catalog.generation == 0:
+            store.commit(changes, index_types=index_types)
+        store.catalog.drop_unused_vectors()
+    store.cleanup()
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+def _embed_texts(
+    store: IndexStore,
+    texts: list[str],
+    embedder_factory: EmbedderFactory,
+    on_progress: Progress | None,
+) -> dict[str, str]:
+    """Embed the texts that have no stored vector yet; returns key -> text for all of them."""
+    wanted = {text_key(text): text for text in dict.fromkeys(t for t in texts if t.strip())}
+    have = store.catalog.has_vectors(wanted)
+    missing = [key for key in wanted if key not in have]
+    if missing:
+        embedder = embedder_factory()
+        for start in range(0, len(missing), TEXT_CHUNK):
+            chunk = missing[start : start + TEXT_CHUNK]
+            vectors = embedder.encode_texts([wanted[key] for key in chunk])
+            with store.catalog.transaction():
+                store.catalog.put_vectors(chunk, vectors)
+            if on_progress:
+                on_progress("texts", len(chunk), len(missing))
+    return wanted
+
+
+def _apply_texts(
+    store: IndexStore, wanted: dict[str, str], report: IndexReport
+) -> CollectionChanges:
+    """Inside the run's transaction: make the free-text collection equal `wanted` (products'
+    titles are left alone)."""
+    current = {
+        item.key: item for item in store.catalog.iter_items(TEXTS) if item.product_id is None
+    }
+    changes = CollectionChanges()
+    changes.removed = [item.id for key, item in current.items() if key not in wanted]
+    store.catalog.delete_items(changes.removed)
+    for key, text in wanted.items():
+        if key not in current:
+            changes.added.append(store.catalog.add_item(TEXTS, key, text=text))
+    report.texts_indexed = len(changes.added)
+    report.texts_removed = len(changes.removed)
+    return changes

@@ -1,0 +1,275 @@
+"""One index directory on disk: manifest.json (format + model identity), catalog.sqlite (items,
+float16 vectors, products) and one faiss file per collection and generation.
+
+Crash safety: an index run writes `<collection>.<generation+1>.faiss` next to the current files,
+then flips `generation` in the same SQLite transaction that changes the items. A run killed at
+any point leaves either the old generation or the new one, never a mix; stray files of an
+unfinished generation are deleted by the next writer."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .catalog import COLLECTIONS, Catalog
+from .errors import IndexBusyError, IndexCorruptError, IndexMismatchError, IndexNotFoundError
+from .index import FaissIndex, resolve_index_type
+from .types import ModelIdentity
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CATALOG = "catalog.sqlite"
+LOCK = ".lock"
+# Adding to an IVF index without retraining degrades its clustering as the data drifts; past
+# this growth factor since the last training we rebuild from the stored vectors instead.
+RETRAIN_GROWTH = 2.0
+
+
+@dataclass
+class CollectionChanges:
+    """Item ids whose vectors must leave or enter one collection's faiss index."""
+
+    removed: list[int] = field(default_factory=list)
+    added: list[int] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.removed or self.added)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file beside `path`, fsync, then rename over it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class IndexStore:
+    """Reads and writes one index directory."""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any], catalog: Catalog) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self.catalog = catalog
+        self.identity = ModelIdentity.from_dict(manifest["model"])
+        self._indexes: dict[str, tuple[int, FaissIndex | None]] = {}
+
+    # -- opening ------------------------------------------------------------------------------
+    @staticmethod
+    def exists(directory: Path) -> bool:
+        return (directory / MANIFEST).is_file() and (directory / CATALOG).is_file()
+
+    @classmethod
+    def open(cls, directory: Path, *, readonly: bool = False) -> IndexStore:
+        """Open an existing index directory.
+
+        Raises:
+            IndexNotFoundError: nothing has been indexed into `directory` yet.
+            IndexMismatchError: written by a newer, unknown format version.
+        """
+        directory = Path(directory)
+        if not cls.exists(directory):
+            raise IndexNotFoundError(
+                f"no index at {directory}: create one with "
+                f"`mmsearch index PATH --index {directory}`"
+            )
+        try:
+            manifest = json.loads((directory / MANIFEST).read_text())
+        except (OSError, ValueError) as err:
+            raise IndexCorruptError(f"cannot read {directory / MANIFEST}: {err}") from err
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise IndexMismatchError(
+                f"index {directory} has format version {version}; this mmsearch reads version "
+                f"{FORMAT_VERSION}. Upgrade mmsearch, or rebuild the index into a new --index DIR."
+            )
+        return cls(directory, manifest, Catalog(directory / CATALOG, readonly=readonly))
+
+    @classmethod
+    def create(cls, directory: Path, identity: ModelIdentity) -> IndexStore:
+        """Create a new, empty index directory for `identity`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "model": identity.to_dict(),
+            "created": now,
+        }
+        catalog = Catalog(directory / CATALOG)
+        # The manifest is written last: its presence is what makes the directory an index.
+        write_atomic(directory / MANIFEST, json.dumps(manifest, indent=2).encode())
+        return cls(directory, manifest, catalog)
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def check_model(self, identity: ModelIdentity) -> None:
+        """Refuse to mix vectors from two models in one index."""
+        if not self.identity.same_model(identity):
+            raise IndexMismatchError(
+                f"index {self.directory} was built with {self.identity.describe()}, not "
+                f"{identity.describe()}; drop --model/--pretrained to use the index's own model, "
+                "or pass another --index DIR for the new model."
+            )
+
+    @contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        """Exclusive advisory lock for index runs; readers never take it."""
+        with open(self.directory / LOCK, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as err:
+                raise IndexBusyError(
+                    f"another `mmsearch index` run is writing to {self.directory}; wait for it "
+                    "to finish (or stop it) and run again."
+                ) from err
+            self._drop_stray_files()
+            yield
+
+    # -- reading ------------------------------------------------------------------------------
+    def _faiss_path(self, collection: str, generation: int) -> Path:
+        return self.directory / f"{collection}.{generation}.faiss"
+
+    def get_index(self, collection: str) -> FaissIndex | None:
+        """The current faiss index of a collection (None when it is empty), reloaded when an
+        index run has committed a new generation since the last call."""
+        generation = self.catalog.generation
+        cached = self._indexes.get(collection)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        path = self._faiss_path(collection, generation)
+        index: FaissIndex | None = None
+        if path.is_file():
+            index = FaissIndex.load(path)
+        elif generation > 0 and self.catalog.count(collection):
+            # Cannot happen after a clean commit; rebuild rather than refuse to answer.
+            logger.warning("%s is missing; rebuilding it in memory from stored vectors", path)
+            ids, vectors = self.catalog.get_vectors(collection, self.identity.dim)
+            index = FaissIndex.build(vectors, ids, self.index_type(collection))
+        self._indexes[collection] = (generation, index)
+        return index
+
+    def index_type(self, collection: str) -> str:
+        return self.catalog.get_meta(f"index_type:{collection}", "auto") or "auto"
+
+    # -- writing ------------------------------------------------------------------------------
+    def commit(
+        self,
+        changes: dict[str, CollectionChanges],
+        *,
+        index_types: dict[str, str] | None = None,
+        force_rebuild: bool = False,
+    ) -> None:
+        """Inside an open catalog transaction: write the next generation's faiss files and
+        flip the generation. The caller's transaction commit makes it all visible at once."""
+        old = self.catalog.generation
+        new = old + 1
+        dim = self.identity.dim
+        for collection in COLLECTIONS:
+            requested = (index_types or {}).get(collection) or self.index_type(collection)
+            self.catalog.set_meta(f"index_type:{collection}", requested)
+            index = self._next_index(
+                collection,
+                changes.get(collection, CollectionChanges()),
+                requested,
+                dim,
+                force_rebuild=force_rebuild,
+            )
+            if index is not None:
+                index.save(self._faiss_path(collection, new))
+                self.catalog.set_meta(f"factory:{collection}", index.factory)
+        self.catalog.set_meta("generation", str(new))
+        self.catalog.set_meta("updated", str(time.time()))
+
+    def _next_index(
+        self,
+        collection: str,
+        change: CollectionChanges,
+        requested: str,
+        dim: int,
+        *,
+        force_rebuild: bool,
+    ) -> FaissIndex | None:
+        count = self.catalog.count(collection)
+        if count == 0:
+            return None
+        factory = resolve_index_type(requested, count, dim)
+        current = None if force_rebuild else self.get_index(collection)
+        # The cached reader copy is about to be mutated; never serve it again.
+        self._indexes.pop(collection, None)
+        built_n = int(self.catalog.get_meta(f"built_n:{collection}", "0") or 0)
+        incremental = (
+            current is not None
+            and current.factory == factory
+            and (current.supports_remove or not change.removed)
+            and count <= RETRAIN_GROWTH * max(built_n, 1)
+        )
+        if incremental and current is not None:
+            if not change:
+                return current
+            if change.removed:
+                current.remove(np.asarray(change.removed, dtype=np.int64))
+            if change.added:
+                vectors = self.catalog.get_vectors_by_id(change.added, dim)
+                current.add(vectors, np.asarray(change.added, dtype=np.int64))
+            return current
+        ids, vectors = self.catalog.get_vectors(collection, dim)
+        self.catalog.set_meta(f"built_n:{collection}", str(len(ids)))
+        return FaissIndex.build(vectors, ids, requested)
+
+    def _drop_stray_files(self) -> None:
+        """Delete faiss files of generations other than the current one (older ones, or an
+        unfinished run's next one) and temp files of interrupted writes."""
+        generation = self.catalog.generation
+        for path in self.directory.iterdir():
+            name = path.name
+            if name.endswith(".tmp") and name.startswith("."):
+                path.unlink(missing_ok=True)
+            elif name.endswith(".faiss"):
+                parts = name.split(".")
+                if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) != generation:
+                    path.unlink(missing_ok=True)
+
+    def cleanup(self) -> None:
+        """After a commit: remove files of generations no reader will open again."""
+        self._drop_stray_files()
+
+    # -- reporting ----------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """Model, counts, index types, size on disk, created/updated times."""
+        size = sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
+        collections = {}
+        for collection in COLLECTIONS:
+            index = self.get_index(collection)
+            collections[collection] = {
+                "count": self.catalog.count(collection),
+                "index_type": self.index_type(collection),
+                "faiss": index.description if index is not None else None,
+            }
+        updated = self.catalog.get_meta("updated")
+        return {
+            "directory": str(self.directory.absolute()),
+            "format_version": self.manifest["format_version"],
+            "model": self.identity.to_dict(),
+            "collections": collections,
+            "products": self.catalog.product_count(),
+            "generation": self.catalog.generation,
+            "size_bytes": size,
+            "created": self.manifest.get("created"),
+            "updated": float(updated) if updated else None,
+        }

@@ -1,0 +1,85 @@
+"""Frozen value types shared by every layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Vectors = npt.NDArray[np.float32]
+"""Row-major (n, dim) float32 array of L2-normalised embeddings."""
+
+Ids = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which open_clip model to load: a built-in name + pretrained tag or checkpoint file,
+    an `hf-hub:org/repo` id, or a `local-dir:PATH` folder."""
+
+    name: str = "ViT-B-32"
+    pretrained: str | None = "laion2b_s34b_b79k"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that was not indexed, and why (`reason` is a short label such as `truncated`)."""
+
+    path: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result. `path` for image hits, `text` for text hits."""
+
+    rank: int
+    score: float
+    id: int
+    path: str | None = None
+    text: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What an index remembers about the model that built it."""
+
+    name: str
+    pretrained: str | None
+    dim: int
+    weights_sha256: str | None
+    preprocess: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "pretrained": self.pretrained,
+            "dim": self.dim,
+            "weights_sha256": self.weights_sha256,
+            "preprocess": self.preprocess,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelIdentity:
+        return cls(
+            name=data["name"],
+            pretrained=data.get("pretrained"),
+            dim=int(data["dim"]),
+            weights_sha256=data.get("weights_sha256"),
+            preprocess=dict(data.get("preprocess") or {}),
+        )
+
+    def describe(self) -> str:
+        if self.pretrained:
+            return f"{self.name} (pretrained={self.pretrained})"
+        return self.name
+
+    def same_model(self, other: ModelIdentity) -> bool:
+        """True when both identities name the same weights (by hash when both have one)."""
+        if self.weights_sha256 and other.weights_sha256:
+            return self.weights_sha256 == other.weights_sha256 and self.dim == other.dim
+        return (self.name, self.pretrained, self.dim) == (other.name, other.pretrained, other.dim)
