@@ -151,13 +151,19 @@ class Catalog:
     def get_vectors_by_id(self, ids: Sequence[int], dim: int) -> np.ndarray:
         """float32 vectors for the given item ids, in that order."""
         out = np.zeros((len(ids), dim), dtype=np.float32)
+        rows_of: dict[int, list[int]] = {}
         for row, item_id in enumerate(ids):
-            found = self.db.execute(
-                "SELECT vectors.vector FROM items JOIN vectors USING (key) WHERE items.id=?",
-                (int(item_id),),
-            ).fetchone()
-            if found is not None:
-                out[row] = np.frombuffer(found[0], dtype=np.float16)
+            rows_of.setdefault(int(item_id), []).append(row)
+        unique = list(rows_of)
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            query = (
+                "SELECT items.id, vectors.vector FROM items JOIN vectors USING (key) "
+                f"WHERE items.id IN ({marks})"
+            )
+            for item_id, blob in self.db.execute(query, chunk):
+                out[rows_of[item_id]] = np.frombuffer(blob, dtype=np.float16)
         return out
 
     def drop_unused_vectors(self) -> int:
@@ -249,6 +255,11 @@ class Catalog:
     def product_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM products").fetchone()[0])
 
+    def product_item_ids(self) -> Ids:
+        """Ids of every item that belongs to a product."""
+        rows = self.db.execute("SELECT id FROM items WHERE product_id IS NOT NULL ORDER BY id")
+        return np.asarray([row[0] for row in rows], dtype=np.int64)
+
     def item_ids_for_products(self, product_ids: Iterable[str]) -> Ids:
         ids: list[int] = []
         batch = list(product_ids)
@@ -272,3 +283,42 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _json_path(column: str) -> str:
+    return '$."' + column.replace('"', '""') + '"'
+
+
+def product_columns(db: sqlite3.Connection) -> dict[str, str]:
+    """Metadata column -> 'number' or 'text', over all products."""
+    rows = db.execute(
+        "SELECT DISTINCT j.key, j.type FROM products, json_each(products.metadata) AS j"
+    )
+    columns: dict[str, str] = {}
+    for key, kind in rows:
+        kind = "number" if kind in ("integer", "real") else "text"
+        if columns.get(key, kind) != kind:
+            kind = "text"
+        columns[key] = kind
+    return columns
+
+
+def filter_products(
+    db: sqlite3.Connection,
+    equals: dict[str, str],
+    ranges: dict[str, tuple[float | None, float | None]],
+) -> list[str]:
+    """Ids of products whose metadata matches every equality and numeric range."""
+    clauses, params = [], []
+    for column, value in equals.items():
+        clauses.append("CAST(json_extract(metadata, ?) AS TEXT) = ?")
+        params += [_json_path(column), str(value)]
+    for column, (low, high) in ranges.items():
+        if low is not None:
+            clauses.append("json_extract(metadata, ?) >= ?")
+            params += [_json_path(column), low]
+        if high is not None:
+            clauses.append("json_extract(metadata, ?) <= ?")
+            params += [_json_path(column), high]
+    where = " AND ".join(clauses) or "1"
+    return [row[0] for row in db.execute(f"SELECT id FROM products WHERE {where}", params)]

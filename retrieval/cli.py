@@ -24,6 +24,7 @@ from .errors import (
     MmsearchError,
     ModelUnavailableError,
 )
+from .service import DEFAULT_TEXT_WEIGHT, PRODUCTS, TARGETS
 from .types import Hit, ModelSpec
 
 app = typer.Typer(
@@ -133,11 +134,18 @@ def _progress(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
 @app.command()
 def index(
     paths: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Argument(
             help="Image files or folders to index (searched recursively)", show_default=False
         ),
-    ],
+    ] = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(
+            help="Product catalog (.csv or .jsonl): id, title, image (several joined by |), "
+            "any other columns kept as filterable metadata",
+        ),
+    ] = None,
     index_dir: IndexOption = None,
     texts: Annotated[
         Path | None,
@@ -177,6 +185,7 @@ def index(
     deleted ones; an interrupted run leaves the previous index usable."""
     from .app import open_for_indexing
     from .ingest import index_images
+    from .products import index_catalog, load_catalog
     from .texts import load_texts
 
     config = EmbedConfig(
@@ -188,47 +197,71 @@ def index(
     )
 
     def body() -> None:
+        roots = paths or []
+        if not roots and catalog is None and texts is None:
+            raise InvalidQueryError("give image folders or files to index, or --catalog FILE")
         text_list = load_texts(texts) if texts is not None else None
-        for path in paths:
+        products = load_catalog(catalog) if catalog is not None else None
+        for path in roots:
             if not path.exists():
                 raise InputFileError(f"{path} does not exist")
         directory = index_dir or default_index_dir()
         store, factory = open_for_indexing(directory, _spec(model, pretrained), config)
+        types = {IMAGES: index_type, TEXTS: index_type} if index_type != "auto" else None
+        reports = []
         try:
             with store.writer_lock(), _progress(quiet) as on_progress:
-                types = {IMAGES: index_type, TEXTS: index_type} if index_type != "auto" else None
-                report = index_images(
-                    store,
-                    paths,
-                    factory,
-                    texts=text_list,
-                    index_types=types,
-                    on_progress=on_progress,
-                )
+                if roots or text_list is not None:
+                    reports.append(
+                        (
+                            "files",
+                            index_images(
+                                store,
+                                roots,
+                                factory,
+                                texts=text_list,
+                                index_types=types,
+                                on_progress=on_progress,
+                            ),
+                        )
+                    )
+                if catalog is not None and products is not None:
+                    reports.append(
+                        (
+                            "catalog",
+                            index_catalog(
+                                store,
+                                catalog,
+                                factory,
+                                index_types=types,
+                                on_progress=on_progress,
+                            ),
+                        )
+                    )
         finally:
             store.close()
-        for skip in report.skipped:
-            typer.echo(
-                f"skipped {skip.path}: {skip.reason}"
-                + (f" ({skip.detail})" if skip.detail else ""),
-                err=True,
-            )
-        if as_json:
-            typer.echo(json.dumps(_report_dict(report, directory)))
-        else:
-            typer.echo(_summary(report, directory))
+        for _, report in reports:
+            for skip in report.skipped:
+                detail = f" ({skip.detail})" if skip.detail else ""
+                typer.echo(f"skipped {skip.path}: {skip.reason}{detail}", err=True)
+        for kind, report in reports:
+            if as_json:
+                typer.echo(json.dumps({"kind": kind, **_report_dict(report, directory)}))
+            else:
+                typer.echo(_summary(report, directory, kind))
 
     run_guarded(body)
 
 
-def _summary(report: Any, directory: Path) -> str:
+def _summary(report: Any, directory: Path, kind: str = "files") -> str:
     reasons = ", ".join(f"{reason}: {n}" for reason, n in report.skipped_by_reason().items())
     skipped = f"skipped {len(report.skipped)}" + (f" ({reasons})" if reasons else "")
     texts = ""
     if report.texts_indexed or report.texts_removed:
         texts = f", texts +{report.texts_indexed}/-{report.texts_removed}"
+    what = "products " if kind == "catalog" else ""
     return (
-        f"indexed {report.indexed} (embedded {report.embedded}, reused {report.reused}), "
+        f"{what}indexed {report.indexed} (embedded {report.embedded}, reused {report.reused}), "
         f"unchanged {report.unchanged}, removed {report.removed}, {skipped}{texts}, "
         f"{report.elapsed_s:.1f}s, {report.images_per_s:.1f} img/s -> {directory}"
     )
@@ -260,11 +293,30 @@ def query(
     image: Annotated[
         Path | None, typer.Option(help="Search by this image instead of text", show_default=False)
     ] = None,
-    target: Annotated[str, typer.Option(help="What to search: images or texts")] = IMAGES,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="images, texts or products [default: products when the index has a catalog, "
+            "else images]",
+            show_default=False,
+        ),
+    ] = None,
     k: Annotated[
         int, typer.Option("-k", "--top-k", help="Results to return", envvar="MMSEARCH_TOP_K")
     ] = 10,
     offset: Annotated[int, typer.Option(help="Skip this many results (paging)")] = 0,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            help="Product filter COLUMN=VALUE, or COLUMN_min=N / COLUMN_max=N (repeatable)",
+            show_default=False,
+        ),
+    ] = None,
+    text_weight: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Products: weight of the title match vs the image"),
+    ] = DEFAULT_TEXT_WEIGHT,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON on stdout, nothing else")
     ] = False,
@@ -272,10 +324,10 @@ def query(
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
 ) -> None:
-    """Search the index by TEXT (text->image by default) or by --image (image->image); add
-    --target texts for text->text or image->text."""
+    """Search by TEXT (text->image by default) or by --image (image->image); --target texts
+    gives text->text or image->text, --target products searches a product catalog."""
     from .app import open_for_search
-    from .service import check_k
+    from .service import SearchRequest, check_k
 
     def body() -> None:
         if (text is None) == (image is None):
@@ -286,47 +338,63 @@ def query(
             raise InvalidQueryError("the query text is empty; pass some words to search for")
         if image is not None and not image.is_file():
             raise InputFileError(f"query image {image} does not exist")
-        if target not in (IMAGES, TEXTS):
-            raise InvalidQueryError(f"--target must be images or texts, not {target!r}")
+        if target not in (None, *TARGETS):
+            raise InvalidQueryError(f"--target must be one of {', '.join(TARGETS)}, not {target!r}")
         check_k(k, offset)
+        parsed = _parse_filters(filters or [])
         directory = index_dir or default_index_dir()
         service = open_for_search(directory, EmbedConfig(device=device, precision=precision))
         try:
-            if text is not None:
-                hits = service.search_text(text, target=target, k=k, offset=offset)
-            else:
-                assert image is not None
-                hits = service.search_image(image, target=target, k=k, offset=offset)
+            request = SearchRequest(
+                text=text,
+                image=image,
+                target=target,
+                k=k,
+                offset=offset,
+                filters=parsed,
+                text_weight=text_weight,
+            )
+            resolved = target or (PRODUCTS if service.has_catalog else IMAGES)
+            hits = service.search(request)
         finally:
             service.close()
-        query_info: dict[str, Any] = {"target": target, "k": k, "offset": offset}
+        query_info: dict[str, Any] = {"target": resolved, "k": k, "offset": offset}
         query_info.update({"text": text} if text is not None else {"image": str(image.absolute())})
+        if parsed:
+            query_info["filters"] = parsed
         if as_json:
             typer.echo(json.dumps({"query": query_info, "results": [hit_dict(h) for h in hits]}))
         else:
-            typer.echo(_table(hits, target))
+            typer.echo(_table(hits, resolved))
 
     run_guarded(body)
 
 
+def _parse_filters(raw: list[str]) -> dict[str, str]:
+    parsed = {}
+    for item in raw:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise InvalidQueryError(f"--filter takes COLUMN=VALUE, got {item!r}")
+        parsed[name.strip()] = value.strip()
+    return parsed
+
+
 def hit_dict(hit: Hit) -> dict[str, Any]:
     """The JSON shape of one hit, shared by `query --json` and the HTTP API."""
-    out: dict[str, Any] = {"rank": hit.rank, "score": round(hit.score, 6), "id": hit.id}
-    if hit.path is not None:
-        out["path"] = hit.path
-    if hit.text is not None:
-        out["text"] = hit.text
-    return out
+    return hit.to_dict()
 
 
 def _table(hits: list[Hit], target: str) -> str:
     if not hits:
         return f"no results: the {target} index is empty"
-    column = "path" if target == IMAGES else "text"
+    column = {IMAGES: "path", TEXTS: "text", PRODUCTS: "product"}[target]
     lines = [f"{'rank':>4}  {'score':>7}  {column}"]
-    lines += [
-        f"{h.rank:>4}  {h.score:>7.4f}  {h.path if h.path is not None else h.text}" for h in hits
-    ]
+    for hit in hits:
+        shown = hit.path if hit.path is not None else hit.text
+        if target == PRODUCTS:
+            shown = f"{hit.metadata.get('product_id')}  {hit.metadata.get('title')}  {shown or ''}"
+        lines.append(f"{hit.rank:>4}  {hit.score:>7.4f}  {shown}")
     return "\n".join(lines)
 
 

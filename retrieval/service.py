@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from .catalog import COLLECTIONS, IMAGES, TEXTS
+from .catalog import COLLECTIONS, IMAGES, TEXTS, Item, filter_products, product_columns
 from .errors import InvalidQueryError
 from .store import IndexStore
 from .types import Hit, Ids, Vectors
@@ -28,6 +29,28 @@ class QueryEmbedder(Protocol):
     def encode_texts(self, texts: list[str], batch_size: int = ...) -> Vectors: ...
 
     def encode_image_sources(self, sources: list[Path | bytes]) -> Vectors: ...
+
+
+PRODUCTS = "products"
+TARGETS = (IMAGES, TEXTS, PRODUCTS)
+# Product search scores each product by w * title similarity + (1 - w) * best image similarity.
+# Text-to-image cosine scores of CLIP sit lower than text-to-text ones, so an even split already
+# lets a strong title match lift a product; callers tune it per request.
+DEFAULT_TEXT_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One search: by text or by image, over images, texts or products, with optional filters
+    (products only): `{"category": "shoes", "price_min": 10, "price_max": 50}`."""
+
+    text: str | None = None
+    image: Path | bytes | None = None
+    target: str | None = None  # None: products when the index has a catalog, else images
+    k: int = 10
+    offset: int = 0
+    filters: Mapping[str, Any] = field(default_factory=dict)
+    text_weight: float = DEFAULT_TEXT_WEIGHT
 
 
 class SearchService:
@@ -118,6 +141,173 @@ class SearchService:
         """Image -> images (default) or image -> texts."""
         check_k(k, offset)
         return self.search_vector(self.embed_image(source)[0], target=target, k=k, offset=offset)
+
+    # -- the general entry point ------------------------------------------------------------
+    @property
+    def has_catalog(self) -> bool:
+        return self.store.catalog.product_count() > 0
+
+    def search(self, request: SearchRequest) -> list[Hit]:
+        """Run one SearchRequest: text or image, over images, texts or products."""
+        check_k(request.k, request.offset)
+        if (request.text is None) == (request.image is None):
+            raise InvalidQueryError("give either a query text or an image (not both, not neither)")
+        target = request.target or (PRODUCTS if self.has_catalog else IMAGES)
+        if target not in TARGETS:
+            raise InvalidQueryError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
+        if request.text is not None:
+            vector = self.embed_texts([request.text])[0]
+        else:
+            assert request.image is not None
+            vector = self.embed_image(request.image)[0]
+        if target == PRODUCTS:
+            if not self.has_catalog:
+                raise InvalidQueryError(
+                    "target products needs a product catalog: index one with "
+                    "`mmsearch index --catalog products.csv`"
+                )
+            weight = request.text_weight if request.text is not None else 0.0
+            return self._search_products(vector, request, weight)
+        if request.filters:
+            raise InvalidQueryError("filters apply to products only; use target=products")
+        return self.search_vector(vector, target=target, k=request.k, offset=request.offset)
+
+    def _allowed_products(self, filters: Mapping[str, Any]) -> list[str] | None:
+        if not filters:
+            return None
+        columns = product_columns(self.store.catalog.db)
+        equals: dict[str, str] = {}
+        ranges: dict[str, tuple[float | None, float | None]] = {}
+        for name, value in filters.items():
+            column, bound = name, None
+            for suffix in ("_min", "_max"):
+                if name.endswith(suffix) and name.removesuffix(suffix) in columns:
+                    column, bound = name.removesuffix(suffix), suffix
+            if column not in columns:
+                known = ", ".join(sorted(columns)) or "none"
+                raise InvalidQueryError(f"unknown filter {name!r}; product columns: {known}")
+            if bound is None:
+                equals[column] = str(value)
+                continue
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise InvalidQueryError(f"filter {name} needs a number, got {value!r}") from None
+            low, high = ranges.get(column, (None, None))
+            ranges[column] = (number, high) if bound == "_min" else (low, number)
+        return filter_products(self.store.catalog.db, equals, ranges)
+
+    def _search_products(
+        self, vector: np.ndarray, request: SearchRequest, weight: float
+    ) -> list[Hit]:
+        """Score products by weight * title similarity + (1 - weight) * best image similarity.
+
+        Candidates come from both faiss indexes (filtered inside faiss to the allowed
+        products); each candidate is then scored exactly from its stored vectors, so the
+        fusion never misses half of a product's score because one list was cut short."""
+        if not 0.0 <= weight <= 1.0:
+            raise InvalidQueryError(f"text_weight must be between 0 and 1, got {weight}")
+        catalog = self.store.catalog
+        allowed_products = self._allowed_products(request.filters)
+        allowed = None
+        if allowed_products is not None:
+            allowed = catalog.item_ids_for_products(allowed_products)
+            if not len(allowed):
+                return []
+        else:
+            allowed = catalog.product_item_ids()
+        wanted = request.k + request.offset
+        candidates: set[str] = set()
+        depth = wanted * 4
+        while True:
+            found_all = True
+            for collection, used in ((IMAGES, weight < 1.0), (TEXTS, weight > 0.0)):
+                if not used:
+                    continue
+                with self._lock:
+                    index = self.store.get_index(collection)
+                if index is None:
+                    continue
+                _, ids = index.search(vector.reshape(1, -1), depth, allowed_ids=allowed)
+                hits = [int(i) for i in ids[0] if i >= 0]
+                found_all = found_all and len(hits) < depth
+                items = catalog.get_items(hits)
+                candidates.update(item.product_id for item in items.values() if item.product_id)
+            if len(candidates) >= wanted or found_all:
+                break
+            depth *= 4
+        scored = self._score_products(vector, sorted(candidates), weight)
+        page = scored[request.offset : wanted]
+        return [
+            Hit(
+                rank=request.offset + n + 1,
+                score=score,
+                id=item.id,
+                path=item.path,
+                text=None if item.path else item.text,
+                metadata=self._metadata(item.product_id, {}),
+            )
+            for n, (score, item) in enumerate(page)
+        ]
+
+    def _score_products(
+        self, vector: np.ndarray, product_ids: list[str], weight: float
+    ) -> list[tuple[float, Item]]:
+        catalog = self.store.catalog
+        ids = catalog.item_ids_for_products(product_ids)
+        items = catalog.get_items(ids.tolist())
+        vectors = catalog.get_vectors_by_id(ids.tolist(), self.store.identity.dim)
+        sims = vectors @ np.asarray(vector, dtype=np.float32)
+        best_image: dict[str, tuple[float, Item]] = {}
+        title: dict[str, float] = {}
+        title_item: dict[str, Item] = {}
+        for item_id, sim in zip(ids.tolist(), sims.tolist(), strict=True):
+            item = items[item_id]
+            pid = item.product_id or ""
+            if item.collection == IMAGES:
+                if pid not in best_image or sim > best_image[pid][0]:
+                    best_image[pid] = (sim, item)
+            else:
+                title[pid], title_item[pid] = sim, item
+        scored = []
+        for pid in product_ids:
+            image_sim, image_item = best_image.get(pid, (None, None))
+            title_sim = title.get(pid)
+            if image_sim is None and title_sim is None:
+                continue
+            if image_sim is None:
+                score = title_sim if weight > 0 else None
+            elif title_sim is None:
+                score = image_sim if weight < 1 else None
+            else:
+                score = weight * title_sim + (1 - weight) * image_sim
+            if score is None:
+                continue
+            item = image_item if image_item is not None else title_item[pid]
+            scored.append((float(score), item))
+        scored.sort(key=lambda pair: (-pair[0], pair[1].product_id or ""))
+        return scored
+
+    def get_item(self, item_id: int) -> Item | None:
+        """A catalog item with its product's metadata merged in (None if unknown)."""
+        item = self.store.catalog.get_item(item_id)
+        if item is None:
+            return None
+        return replace(item, metadata=self._metadata(item.product_id, item.metadata))
+
+    def stats(self) -> dict[str, Any]:
+        """Counts, model and index details (see IndexStore.info), plus catalog columns."""
+        details = self.store.info()
+        details["product_columns"] = product_columns(self.store.catalog.db)
+        return details
+
+    def warm(self) -> None:
+        """Load the model and every index now, so the first query is not slow."""
+        _ = self.embedder
+        for collection in COLLECTIONS:
+            with self._lock:
+                self.store.get_index(collection)
+        self.embed_texts(["warm up"])
 
     def close(self) -> None:
         self.store.close()

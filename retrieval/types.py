@@ -43,6 +43,18 @@ class Hit:
     text: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape shared by `mmsearch query --json` and the HTTP API: rank, score, id,
+        path or text, then any product fields."""
+        out: dict[str, Any] = {"rank": self.rank, "score": round(self.score, 6), "id": self.id}
+        if self.path is not None:
+            out["path"] = self.path
+        if self.text is not None:
+            out["text"] = self.text
+        for key, value in self.metadata.items():
+            out.setdefault(key, value)
+        return out
+
 
 @dataclass(frozen=True)
 class ModelIdentity:
