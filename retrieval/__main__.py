@@ -1,0 +1,5 @@
+"""`python -m retrieval ...` runs the mmsearch CLI."""
+
+from .cli import app
+
+app(prog_name="mmsearch")
