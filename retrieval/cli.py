@@ -174,7 +174,10 @@ def index(
     ] = "auto",
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass")] = 32,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="Images per forward pass [default: 8 on CPU, 256 on CUDA]"),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(min=0, help="Decoding processes [default: by CPU count]")
     ] = None,
@@ -447,3 +450,8 @@ def _info_text(details: dict[str, Any]) -> str:
         f"updated:   {when(details['updated'])}",
     ]
     return "\n".join(lines)
+
+
+from .serve import serve as _serve  # noqa: E402 (registered last: serve.py imports this module)
+
+app.command("serve")(_serve)

@@ -26,9 +26,7 @@ class EmbedConfig:
     model: ModelSpec = DEFAULT_MODEL
     device: str = "auto"
     precision: str = "auto"
-    # Peers measured batch 8 beating 64 on a 2-core CPU; 32 keeps the GPU busy without starving
-    # the CPU path. Override with --batch-size.
-    batch_size: int = 32
+    batch_size: int | None = None  # None: by device (see embedders/open_clip.py)
     num_workers: int | None = None
 
 

@@ -36,7 +36,7 @@ PREFETCH_FACTOR = 2
 # keeps the model fed, and every other core is worth more to torch's intra-op threads.
 # An accelerator flips this: the model outruns decoding, and workers become the bottleneck.
 MAX_WORKERS_CPU_MODEL = 4
-MAX_WORKERS_ACCELERATOR = 8
+MAX_WORKERS_ACCELERATOR = 16
 
 
 class _PathTable:

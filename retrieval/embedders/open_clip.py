@@ -32,6 +32,11 @@ LOCAL_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bi
 # A cache miss would otherwise spend ~50 s in huggingface_hub's retry loop before failing when
 # the machine is offline; one quick TCP connect tells us the answer up front.
 REACHABILITY_TIMEOUT_S = 3.0
+# Measured on a 2-core EPYC with ViT-B-32: batch 8 ran ~2x faster per image than 32 (the
+# activations of larger batches fall out of cache); the peers' runs found the same.
+CPU_BATCH_SIZE = 8
+# On a GPU larger batches keep the tensor cores busy; 256 ViT-B-32 images in fp16 need < 2 GB.
+GPU_BATCH_SIZE = 256
 
 
 def resolve_device(device: str) -> str:
@@ -184,7 +189,7 @@ class OpenClipEmbedder:
         *,
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         num_workers: int | None = None,
     ) -> None:
         self.model = model
@@ -193,8 +198,11 @@ class OpenClipEmbedder:
         self.identity = identity
         self.device = device
         self.dtype = dtype
-        self.batch_size = batch_size
-        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        on_gpu = device.startswith("cuda")
+        self.batch_size = batch_size or (GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE)
+        if num_workers is None:
+            num_workers = default_num_workers(for_accelerator=on_gpu)
+        self.num_workers = num_workers
 
     @property
     def dim(self) -> int:
@@ -207,7 +215,7 @@ class OpenClipEmbedder:
         *,
         device: str = "auto",
         precision: str = "auto",
-        batch_size: int = 32,
+        batch_size: int | None = None,
         num_workers: int | None = None,
     ) -> OpenClipEmbedder:
         """Load an open_clip model by name/tag, hf-hub id, local-dir folder or checkpoint file.

@@ -1,0 +1,152 @@
+"""Indexing throughput: mmsearch's pipeline against a hand-rolled CLIP loop, same run, same model.
+
+The baseline is the script people write first: open_clip model, PIL decode + preprocess in the
+main thread, one stacked forward pass per batch, fp32. mmsearch runs its whole `index` path
+(walk, hash, decode in worker processes, embed, commit to SQLite + faiss). Weights are random
+(offline machine); throughput does not depend on weight values.
+
+    python -m benchmarks.embed                       # 1,000 sample JPEGs, ViT-B-32, CPU
+    python -m benchmarks.embed --limit 200 --device cuda --batch-size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_IMAGES = REPO.parent / "shared" / "datasets" / "imagenet-sample" / "images"
+MODEL_CACHE = REPO / ".bench" / "models"
+
+
+def baseline(paths: list[Path], model_dir: Path, device: str, batch_size: int) -> tuple[float, np.ndarray]:
+    """The hand-rolled loop: returns (seconds, vectors)."""
+    import open_clip
+    import torch
+    from PIL import Image
+
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{model_dir}", device=device)
+    model.eval()
+    out = []
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, len(paths), batch_size):
+            batch = []
+            for path in paths[start : start + batch_size]:
+                with Image.open(path) as image:
+                    batch.append(preprocess(image.convert("RGB")))
+            features = model.encode_image(torch.stack(batch).to(device))
+            out.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy())
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - started, np.concatenate(out)
+
+
+def mmsearch(
+    paths: list[Path], model_dir: Path, device: str, precision: str, batch_size: int, workers: int | None
+) -> tuple[float, np.ndarray, int]:
+    """The full `mmsearch index` path into a fresh index: returns (seconds, vectors, workers)."""
+    from retrieval.app import open_for_indexing
+    from retrieval.config import EmbedConfig
+    from retrieval.ingest import index_images
+    from retrieval.types import ModelSpec
+
+    folder = Path(tempfile.mkdtemp(prefix="mmsearch-bench-"))
+    try:
+        images = folder / "images"
+        images.mkdir()
+        for path in paths:
+            (images / path.name).symlink_to(path.absolute())
+        config = EmbedConfig(device=device, precision=precision, batch_size=batch_size, num_workers=workers)
+        store, factory = open_for_indexing(folder / "index", ModelSpec(f"local-dir:{model_dir}", None), config)
+        embedder = factory()  # model load is outside the timed region, as for the baseline
+        with store.writer_lock():
+            started = time.perf_counter()
+            report = index_images(store, [images], factory)
+            seconds = time.perf_counter() - started
+        assert report.embedded == len(paths), report
+        by_name = {Path(item.path).name: item.id for item in store.catalog.iter_items("images")}
+        vectors = store.catalog.get_vectors_by_id([by_name[p.name] for p in paths], store.identity.dim)
+        store.close()
+        return seconds, vectors, embedder.num_workers
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def model_dir_for(arch: str) -> Path:
+    from benchmarks.make_model import write_random_model
+
+    folder = MODEL_CACHE / arch
+    if not (folder / "open_clip_model.safetensors").is_file():
+        write_random_model(folder, arch, seed=0)
+    return folder
+
+
+def environment(device: str) -> str:
+    import faiss
+    import open_clip
+    import torch
+
+    name = torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or "cpu"
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True, check=False).stdout.strip()
+    return (
+        f"device={device} ({name}), cores={os.cpu_count()}, torch={torch.__version__} "
+        f"threads={torch.get_num_threads()}, open_clip={open_clip.__version__}, "
+        f"faiss={faiss.__version__}, python={platform.python_version()}, git={sha or 'n/a'}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
+    parser.add_argument("--limit", type=int, default=1000)
+    parser.add_argument("--arch", default="ViT-B-32")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--batch-size", type=int, default=None, help="mmsearch batch size [by device]")
+    parser.add_argument("--baseline-batch-size", type=int, default=8,
+                        help="baseline batch (8 was the fastest on a 2-core CPU in the peers' runs)")
+    parser.add_argument("--workers", type=int, default=None, help="mmsearch decode workers")
+    args = parser.parse_args()
+
+    import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in {".jpeg", ".jpg", ".png"})
+    paths = paths[: args.limit]
+    if not paths:
+        raise SystemExit(f"no images in {args.images}")
+    model_dir = model_dir_for(args.arch)
+    base_s, base_vectors = baseline(paths, model_dir, device, args.baseline_batch_size)
+    ours_s, ours_vectors, workers = mmsearch(
+        paths, model_dir, device, args.precision, args.batch_size, args.workers
+    )
+    agreement = float(np.max(np.abs(base_vectors - ours_vectors)))
+    n = len(paths)
+    print(f"\n{n} images from {args.images}, {args.arch} (random weights)")
+    print(f"{'method':<58} {'wall s':>8} {'img/s':>8} {'ratio':>6}")
+    rows = [
+        (f"hand-rolled loop (main-thread PIL, batch {args.baseline_batch_size}, fp32)", base_s),
+        (f"mmsearch index (batch {args.batch_size}, {workers} workers, precision {args.precision})", ours_s),
+    ]
+    for label, seconds in rows:
+        print(f"{label:<58} {seconds:>8.1f} {n / seconds:>8.1f} {base_s / seconds:>5.2f}x")
+    print(f"max |baseline - mmsearch| over all vector components: {agreement:.2e}")
+    print(environment(device))
+    print("reproduce: python -m benchmarks.embed " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None))
+
+
+if __name__ == "__main__":
+    main()
