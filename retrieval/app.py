@@ -70,6 +70,17 @@ def open_for_indexing(
 def open_for_search(directory: Path, config: EmbedConfig) -> SearchService:
     """A SearchService over an existing index, with the index's own model (loaded lazily)."""
     store = IndexStore.open(directory, readonly=True)
+    store.use_gpu = _search_on_gpu(config.device)
     identity = store.identity
     own = ModelSpec(identity.name, identity.pretrained)
     return SearchService(store, lambda: load_embedder(own, config, expected=identity))
+
+
+def _search_on_gpu(device: str) -> bool:
+    """faiss searches on the GPU when the model runs there and the faiss GPU build is present."""
+    if device == "cpu":
+        return False
+    from .embedders.open_clip import resolve_device
+    from .index import gpu_available
+
+    return resolve_device(device).startswith("cuda") and gpu_available()

@@ -66,6 +66,8 @@ class IndexStore:
         self.manifest = manifest
         self.catalog = catalog
         self.identity = ModelIdentity.from_dict(manifest["model"])
+        # Readers may search on the GPU; writers always build and save on the CPU.
+        self.use_gpu = False
         self._indexes: dict[str, tuple[int, FaissIndex | None]] = {}
 
     # -- opening ------------------------------------------------------------------------------
@@ -155,7 +157,7 @@ class IndexStore:
         path = self._faiss_path(collection, generation)
         index: FaissIndex | None = None
         if path.is_file():
-            index = FaissIndex.load(path)
+            index = FaissIndex.load(path, use_gpu=self.use_gpu)
         elif generation > 0 and self.catalog.count(collection):
             # Cannot happen after a clean commit; rebuild rather than refuse to answer.
             logger.warning("%s is missing; rebuilding it in memory from stored vectors", path)

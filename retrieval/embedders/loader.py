@@ -36,6 +36,8 @@ PREFETCH_FACTOR = 2
 # keeps the model fed, and every other core is worth more to torch's intra-op threads.
 # An accelerator flips this: the model outruns decoding, and workers become the bottleneck.
 MAX_WORKERS_CPU_MODEL = 4
+# On an H100 with 16 cores, 15 workers decoded ~600 ImageNet JPEGs/s and the GPU still waited
+# (benchmarks/RESULTS.md), so every spare core goes to decoding, up to this cap.
 MAX_WORKERS_ACCELERATOR = 16
 
 

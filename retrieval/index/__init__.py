@@ -1,0 +1,21 @@
+"""Vector indexes: a faiss implementation keyed by stable int64 ids and an exact numpy oracle.
+This package is the only part of mmsearch that imports faiss."""
+
+from __future__ import annotations
+
+from retrieval.index.exact import Scores, exact_search
+from retrieval.index.faiss_index import (
+    INDEX_TYPES,
+    FaissIndex,
+    gpu_available,
+    resolve_index_type,
+)
+
+__all__ = [
+    "INDEX_TYPES",
+    "FaissIndex",
+    "Scores",
+    "exact_search",
+    "gpu_available",
+    "resolve_index_type",
+]

@@ -1,0 +1,469 @@
+"""faiss-backed vector index with stable int64 ids, in-search id filtering, atomic saves and
+optional GPU search. This package is the only place in mmsearch that imports faiss.
+
+faiss 1.15 ships type stubs that lack SearchParametersHNSW, the keyword constructors of
+SearchParameters* and some fields; the few `type: ignore`s below are for those gaps."""
+
+# faiss shorthand (xq, xb, D, I) is house style inside retrieval/index/.
+# ruff: noqa: E741
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from faiss.contrib.factory_tools import reverse_index_factory
+
+from retrieval.errors import (
+    IndexCorruptError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    InvalidQueryError,
+    MmsearchError,
+)
+from retrieval.index.exact import Scores
+from retrieval.types import Ids, Vectors
+
+logger = logging.getLogger(__name__)
+
+INDEX_TYPES = ("auto", "flat", "ivf", "hnsw", "ivfpq")
+FACTORY_HELP = "https://github.com/facebookresearch/faiss/wiki/The-index-factory"
+# A single Flat query costs ~0.15 us per 512-d vector on one EPYC core (15 ms at 100k, see
+# benchmarks/index_recall.py): up to 50k it stays under ~8 ms while exact, untrained and
+# removable; at 100k IVF answers 22x faster at 0.977 recall@10.
+AUTO_FLAT_MAX = 50_000
+# Past 4 GiB of float32 vectors (2M x 512-d) memory dominates: auto picks 64-byte PQ codes.
+AUTO_PQ_MIN_BYTES = 4 << 30
+MIN_POINTS_PER_CENTROID = 39  # faiss k-means warns below this: centroids become unstable.
+NLIST_PER_SQRT_N = 4  # faiss guideline is 4..16 * sqrt(n) lists; 4 keeps training cheap.
+MIN_NLIST = 16  # coarser partitions do not beat Flat, so IVF falls back to Flat below this.
+TRAIN_POINTS_PER_CENTROID = 64  # within faiss's 39..256 guidance, 4x less data than 256.
+PQ_NBITS = 8
+PQ_MIN_TRAIN = MIN_POINTS_PER_CENTROID * (1 << PQ_NBITS)  # 256 centroids per sub-quantizer
+# ~8 dims per sub-quantizer is the usual recall/size sweet spot; capping at 64 keeps codes at
+# 64 bytes/vector for 512..1280-d models and within what faiss GPU IVFPQ supports.
+PQ_DIMS_PER_SUBQUANTIZER = 8
+PQ_MAX_SUBQUANTIZERS = 64
+HNSW_M = 32  # links per node, the usual faiss choice: ~270 bytes/vector of graph.
+HNSW_EF_CONSTRUCTION = 64  # faiss default 40; a little more buys recall for modest build time.
+HNSW_EF_SEARCH = 64  # faiss default 16 gives ~0.93 recall@10 at 100k x 512-d; 64 gives ~0.99.
+HNSW_MAX_EF_SEARCH = 4096  # cap on the widened walk; rows still short get the exact scan.
+# Allowed sets up to this size are scored exhaustively: at most 10k dot products per query
+# (~5M multiply-adds at 512-d) plus an O(n) membership pass, exact and bounded in cost.
+EXACT_FILTER_MAX = 10_000
+GPU_MAX_K = 2048  # faiss GPU k-selection limit; larger k runs on the CPU copy.
+SEED = 1234
+
+
+def gpu_available() -> bool:
+    """Return True when faiss was built with GPU support and sees at least one CUDA device."""
+    try:  # CPU-only wheels still define get_num_gpus (returning 0) but no GPU classes
+        return hasattr(faiss, "StandardGpuResources") and int(faiss.get_num_gpus()) > 0
+    except RuntimeError:  # a CUDA driver/runtime mismatch surfaces here
+        return False
+
+
+def resolve_index_type(index_type: str, n: int, dim: int) -> str:
+    """Map `auto|flat|ivf|hnsw|ivfpq` or a raw faiss factory string to a factory string."""
+    name = index_type.strip().lower()
+    if name == "auto":
+        if n <= AUTO_FLAT_MAX:
+            return "Flat"
+        name = "ivfpq" if n * dim * 4 >= AUTO_PQ_MIN_BYTES else "ivf"
+    if name == "flat":
+        return "Flat"
+    if name == "hnsw":
+        return f"HNSW{HNSW_M}"
+    if name in ("ivf", "ivfpq"):
+        nlist = min(round(NLIST_PER_SQRT_N * math.sqrt(n)), n // MIN_POINTS_PER_CENTROID)
+        need = MIN_NLIST * MIN_POINTS_PER_CENTROID if name == "ivf" else PQ_MIN_TRAIN
+        if nlist < MIN_NLIST or n < need:
+            logger.warning("%s needs >= %d vectors to train, got %d: using Flat", name, need, n)
+            return "Flat"
+        if name == "ivf":
+            return f"IVF{nlist},Flat"
+        return f"IVF{nlist},PQ{_pq_subquantizers(dim)}x{PQ_NBITS}"
+    return _resolve_raw(index_type.strip(), n, dim)
+
+
+def _pq_subquantizers(dim: int) -> int:
+    target = max(1, min(PQ_MAX_SUBQUANTIZERS, dim // PQ_DIMS_PER_SUBQUANTIZER))
+    return max(m for m in range(1, target + 1) if dim % m == 0)
+
+
+def _resolve_raw(factory: str, n: int, dim: int) -> str:
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:
+        raise ValueError(
+            f"unknown index type {factory!r} for dim {dim}: use one of {', '.join(INDEX_TYPES)} "
+            f"or a faiss index_factory string such as 'IVF1024,Flat' or 'HNSW32' "
+            f"({FACTORY_HELP}); faiss said: {_faiss_message(err)}"
+        ) from err
+    ivf = _ivf(index)
+    pq = getattr(ivf if ivf is not None else _core(index), "pq", None)
+    need = max(ivf.nlist if ivf is not None else 0, (1 << pq.nbits) if pq is not None else 0)
+    if not index.is_trained and n < need:
+        logger.warning("%r needs >= %d vectors to train, got %d: using Flat", factory, need, n)
+        return "Flat"
+    return factory
+
+
+def _faiss_message(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[-1] if lines else type(err).__name__
+
+
+def _core(index: Any) -> Any:
+    """Unwrap id maps and pre-transforms down to the index that actually scores vectors."""
+    index = faiss.downcast_index(index)
+    while isinstance(index, faiss.IndexIDMap | faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    return index
+
+
+def _ivf(index: Any) -> Any:
+    """The IndexIVF inside `index` as its concrete class (IndexIVFPQ...), or None."""
+    ivf = faiss.try_extract_index_ivf(index)
+    return None if ivf is None else faiss.downcast_index(ivf)
+
+
+def _factory_of(index: Any, default: str) -> str:
+    """Canonical factory string of `index` without its id map, so build and load agree."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap):
+        index = faiss.downcast_index(index.index)
+    try:
+        return str(reverse_index_factory(index))
+    except (NotImplementedError, AssertionError, AttributeError, RuntimeError):
+        return default or type(index).__name__
+
+
+def _default_nprobe(nlist: int) -> int:
+    # sqrt(nlist) probes scan ~n/sqrt(nlist) vectors: measured recall@10 0.94 (n=10k, 16/256)
+    # and 0.977 (n=100k, 36/1265) on structured 512-d data (benchmarks/index_recall.py).
+    return min(nlist, max(8, round(math.sqrt(nlist))))
+
+
+def _check_vectors(vectors: Vectors, ids: Ids, dim: int | None) -> tuple[Any, Any]:
+    xb = np.ascontiguousarray(vectors, dtype=np.float32)
+    if xb.ndim != 2:
+        raise ValueError(f"vectors must be a 2-D (n, dim) array, got shape {xb.shape}")
+    if dim is not None and xb.shape[1] != dim:
+        raise IndexMismatchError(
+            f"vectors have dim {xb.shape[1]} but the index has dim {dim}: it was built with "
+            "another embedding model; rebuild it or use the matching model"
+        )
+    id_array = np.asarray(ids)
+    if id_array.shape != (xb.shape[0],) or not np.issubdtype(id_array.dtype, np.integer):
+        raise ValueError(f"need one integer id per vector, got ids of shape {id_array.shape}")
+    id_array = np.ascontiguousarray(id_array, dtype=np.int64)
+    if id_array.size and id_array.min() < 0:
+        raise ValueError("ids must be >= 0 (-1 marks a missing result)")
+    if np.unique(id_array).size != id_array.size:
+        raise ValueError("ids must be unique within a batch; remove old ids before re-adding")
+    return xb, id_array
+
+
+class FaissIndex:
+    """A faiss index over L2-normalised vectors, scored by inner product, keyed by int64 ids.
+
+    Searches may run concurrently; add/remove must not overlap searches (the store
+    serialises writes). With use_gpu=True unfiltered searches run on a GPU replica that is
+    re-uploaded after writes; filtered searches use the CPU index, as faiss GPU indexes take no
+    IDSelector.
+    """
+
+    def __init__(self, index: Any, factory: str, *, use_gpu: bool = False, mmap: bool = False):
+        self._cpu: Any = faiss.downcast_index(index)
+        self._owner = index  # downcast_index returns a non-owning proxy: keep the owner alive
+        self._factory = factory
+        self._read_only = mmap
+        self._gpu: Any = None
+        self._gpu_res: Any = None
+        self._gpu_stale = False
+        self._gpu_lock = threading.Lock()
+        self._id_map: Any = None
+        core = _core(self._cpu)
+        if isinstance(core, faiss.IndexIVF):
+            core.nprobe = _default_nprobe(core.nlist)
+        elif isinstance(core, faiss.IndexHNSW):
+            core.hnsw.efSearch = HNSW_EF_SEARCH
+        if use_gpu:
+            self._to_gpu()
+
+    @classmethod
+    def build(
+        cls, vectors: Vectors, ids: Ids, index_type: str = "auto", *, use_gpu: bool = False
+    ) -> FaissIndex:
+        """Create, train (with fixed seeds) and fill an index of `index_type` from `vectors`."""
+        xb, id_array = _check_vectors(vectors, ids, None)
+        factory = resolve_index_type(index_type, *xb.shape)
+        index = faiss.index_factory(xb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+        if not isinstance(index, faiss.IndexIDMap) and faiss.try_extract_index_ivf(index) is None:
+            index = faiss.IndexIDMap2(index)  # IVF stores ids natively; others need a map
+        core = _core(index)
+        if isinstance(core, faiss.IndexHNSW):
+            core.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        if not index.is_trained:
+            index.train(_training_sample(xb, index))
+        index.add_with_ids(xb, id_array)
+        return cls(index, _factory_of(index, factory), use_gpu=use_gpu)
+
+    @classmethod
+    def load(cls, path: Path, *, use_gpu: bool = False, mmap: bool = False) -> FaissIndex:
+        """Read an index written by save(); with mmap=True it is memory-mapped and read-only."""
+        path = Path(path)
+        if not path.is_file():
+            raise IndexNotFoundError(f"no index file at {path}: build one first")
+        try:
+            index = faiss.read_index(str(path), _mmap_flags() if mmap else 0)
+        except RuntimeError as err:
+            raise IndexCorruptError(
+                f"cannot read faiss index {path} ({_faiss_message(err)}): rebuild the index"
+            ) from err
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise IndexMismatchError(
+                f"{path} is not an inner-product (cosine) index: rebuild it with mmsearch"
+            )
+        return cls(index, _factory_of(index, ""), use_gpu=use_gpu, mmap=mmap)
+
+    @property
+    def ntotal(self) -> int:
+        """Number of vectors in the index."""
+        return int(self._cpu.ntotal)
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        return int(self._cpu.d)
+
+    @property
+    def factory(self) -> str:
+        """The resolved faiss factory string, e.g. 'IVF400,Flat'."""
+        return self._factory
+
+    @property
+    def supports_remove(self) -> bool:
+        """False for HNSW graphs (faiss cannot delete nodes) and memory-mapped indexes."""
+        return not self._read_only and not isinstance(_core(self._cpu), faiss.IndexHNSW)
+
+    @property
+    def description(self) -> str:
+        """One human-readable line: type, size, search parameters and device."""
+        core = _core(self._cpu)
+        parts = [self._factory, f"{self.ntotal:,} vectors x {self.dim}d", "inner product"]
+        if isinstance(core, faiss.IndexIVF):
+            parts.append(f"nprobe={core.nprobe}/{core.nlist}")
+        if isinstance(core, faiss.IndexHNSW):
+            parts.append(f"efSearch={core.hnsw.efSearch}")
+        parts.append("gpu" if self._gpu is not None else "cpu")
+        return ", ".join(parts + (["mmap read-only"] if self._read_only else []))
+
+    def add(self, vectors: Vectors, ids: Ids) -> None:
+        """Add vectors under the given ids (ids must not already be in the index)."""
+        self._check_writable("add to")
+        xb, id_array = _check_vectors(vectors, ids, self.dim)
+        self._cpu.add_with_ids(xb, id_array)
+        self._changed()
+
+    def remove(self, ids: Ids) -> None:
+        """Remove the vectors with these ids; unknown ids are ignored."""
+        self._check_writable("remove from")
+        if not self.supports_remove:
+            raise MmsearchError(
+                f"{self._factory} indexes cannot delete vectors: rebuild the index without "
+                "them, or build with --index-type ivf or flat to allow removals"
+            )
+        id_array = np.ascontiguousarray(ids, dtype=np.int64).ravel()
+        if id_array.size:
+            self._cpu.remove_ids(faiss.IDSelectorBatch(id_array))
+            self._changed()
+
+    def search(
+        self, queries: Vectors, k: int, *, allowed_ids: Ids | None = None
+    ) -> tuple[Scores, Ids]:
+        """Top-k (scores, ids) per query, best first, padded with -inf / -1.
+
+        With `allowed_ids`, only those ids can be returned; the filter runs inside faiss, so
+        a query still gets k hits whenever k allowed vectors are in the index.
+        """
+        xq = np.asarray(queries)
+        if xq.ndim != 2 or xq.shape[1] != self.dim or not np.issubdtype(xq.dtype, np.floating):
+            raise InvalidQueryError(
+                f"queries must be a float array of shape (n, {self.dim}), got {xq.dtype} "
+                f"{xq.shape}; embed them with the model the index was built with"
+            )
+        if k < 1:
+            raise InvalidQueryError(f"k (top-k) must be >= 1, got {k}")
+        xq = np.ascontiguousarray(xq, dtype=np.float32)
+        if allowed_ids is not None:
+            D, I = self._filtered_search(xq, k, np.unique(np.asarray(allowed_ids, np.int64)))
+        elif self.ntotal == 0:
+            D, I = np.empty((len(xq), k), np.float32), np.full((len(xq), k), -1, np.int64)
+        else:
+            D, I = self._searcher(k).search(xq, k)
+        D[I < 0] = -np.inf  # faiss pads with -FLT_MAX for inner product; callers expect -inf
+        return D, I
+
+    def save(self, path: Path) -> None:
+        """Atomically write the CPU index to `path` (temp file, fsync, rename)."""
+        path, tmp_name = Path(path), ""
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            faiss.write_index(self._cpu, tmp_name)
+            with open(tmp_name, "rb+") as tmp:
+                os.fsync(tmp.fileno())
+            os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; other readers must open it
+            # Rename, never rewrite in place: a reader may have the old file memory-mapped.
+            os.replace(tmp_name, path)
+        except (OSError, RuntimeError) as err:
+            if tmp_name:
+                Path(tmp_name).unlink(missing_ok=True)
+            raise MmsearchError(
+                f"could not write index to {path} ({_faiss_message(err)}): check the directory "
+                "is writable and has free space; the previous index file is unchanged"
+            ) from err
+        _fsync_dir(path.parent)
+
+    def _check_writable(self, verb: str) -> None:
+        if self._read_only:  # writing into mmapped faiss storage aborts the whole process
+            raise MmsearchError(
+                f"cannot {verb} an index opened with mmap=True (read-only): load it with "
+                "mmap=False to modify it"
+            )
+
+    def _changed(self) -> None:
+        self._id_map = None
+        self._gpu_stale = self._gpu is not None
+
+    def _searcher(self, k: int) -> Any:
+        if self._gpu is None or k > GPU_MAX_K:
+            return self._cpu
+        with self._gpu_lock:
+            if self._gpu_stale:  # re-upload after add/remove; batch writes to amortise it
+                self._gpu = self._clone_to_gpu()
+                self._gpu_stale = False
+            return self._gpu
+
+    def _filtered_search(self, xq: Any, k: int, allowed: Any) -> tuple[Any, Any]:
+        D = np.full((len(xq), k), -np.inf, dtype=np.float32)
+        I = np.full((len(xq), k), -1, dtype=np.int64)
+        if allowed.size == 0 or self.ntotal == 0:
+            return D, I
+        sel = faiss.IDSelectorBatch(allowed)  # hash set + bloom filter: O(1) membership
+        exhaustive = allowed.size <= max(EXACT_FILTER_MAX, k)
+        D[:], I[:] = self._search_with_selector(xq, k, sel, allowed.size, exhaustive)
+        # The guarantee: a row short of min(k, |allowed|) hits is redone exhaustively.
+        short = (I >= 0).sum(axis=1) < min(k, allowed.size)
+        if not exhaustive and short.any():
+            D[short], I[short] = self._search_with_selector(xq[short], k, sel, allowed.size, True)
+        return D, I
+
+    def _search_with_selector(
+        self, xq: Any, k: int, sel: Any, n_allowed: int, exhaustive: bool
+    ) -> tuple[Any, Any]:
+        core = _core(self._cpu)
+        params: Any
+        # Widen the search so the expected number of allowed candidates matches what an
+        # unfiltered search sees: scale nprobe / efSearch by 1 / (fraction allowed).
+        widen = self.ntotal / n_allowed
+        if isinstance(core, faiss.IndexIVF):
+            nprobe = core.nlist if exhaustive else min(core.nlist, math.ceil(core.nprobe * widen))
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe, max_codes=0)  # type: ignore[call-arg]
+        elif isinstance(core, faiss.IndexHNSW):
+            direct = isinstance(self._cpu, faiss.IndexIDMap) and self._cpu.index.this == core.this
+            if exhaustive and direct:  # the storage scan needs untransformed queries
+                with contextlib.suppress(RuntimeError):  # PQ storage takes no selector: walk
+                    return self._scan_hnsw_storage(xq, k, sel, core)
+            ef = math.ceil(max(core.hnsw.efSearch, k) * widen)
+            ef = HNSW_MAX_EF_SEARCH if exhaustive else min(ef, HNSW_MAX_EF_SEARCH)
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=ef)  # type: ignore[attr-defined]
+        else:  # flat-like indexes score every allowed vector anyway
+            params = faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
+        try:
+            D, I = self._cpu.search(xq, k, params=params)
+        except RuntimeError as err:
+            raise MmsearchError(
+                f"{self._factory} indexes do not support filtered search in faiss: rebuild "
+                "with --index-type flat, ivf, hnsw or ivfpq"
+            ) from err
+        return D, I
+
+    def _scan_hnsw_storage(self, xq: Any, k: int, sel: Any, core: Any) -> tuple[Any, Any]:
+        """Exact scan of the HNSW's vector storage; the selector sees ids via the id map."""
+        translated = faiss.IDSelectorTranslated(self._cpu.id_map, sel)
+        storage = faiss.downcast_index(core.storage)
+        params = faiss.SearchParameters(sel=translated)  # type: ignore[call-arg]
+        D, I = storage.search(xq, k, params=params)
+        if self._id_map is None:
+            self._id_map = faiss.vector_to_array(self._cpu.id_map)
+        return D, np.where(I >= 0, self._id_map[np.maximum(I, 0)], -1)
+
+    def _to_gpu(self) -> None:
+        if not gpu_available():
+            raise MmsearchError(
+                "use_gpu=True but faiss has no GPU support or sees no CUDA device: install "
+                "faiss-gpu (pip install -e '.[gpu]') on a CUDA machine, or drop --gpu"
+            )
+        if isinstance(_core(self._cpu), faiss.IndexHNSW):
+            raise MmsearchError(
+                "faiss has no GPU version of HNSW indexes: drop --gpu, or build with "
+                "--index-type flat, ivf or ivfpq to search on the GPU"
+            )
+        self._gpu_res = faiss.StandardGpuResources()
+        self._gpu = self._clone_to_gpu()
+
+    def _clone_to_gpu(self) -> Any:
+        options, errors = faiss.GpuClonerOptions(), []
+        for float16 in (True, False):  # float16 halves GPU memory for ~1e-3 score error
+            options.useFloat16 = float16
+            try:
+                return faiss.index_cpu_to_gpu(self._gpu_res, 0, self._cpu, options)
+            except RuntimeError as err:
+                errors.append(err)
+        raise MmsearchError(
+            f"cannot move {self._factory} to the GPU ({_faiss_message(errors[-1])}): drop --gpu "
+            "or build with --index-type flat, ivf or ivfpq"
+        ) from errors[-1]
+
+
+def _training_sample(xb: Any, index: Any) -> Any:
+    """Seed faiss's k-means and return a seeded subsample big enough to train `index`."""
+    ivf = _ivf(index)
+    if ivf is not None:
+        ivf.cp.seed = SEED
+        if isinstance(ivf, faiss.IndexIVFPQ):
+            ivf.pq.cp.seed = SEED
+            # On by default, it reorders codes for Hamming pre-filtering (polysemous_ht),
+            # which we never enable, and it is ~85% of IVFPQ training time.
+            ivf.do_polysemous_training = False  # type: ignore[attr-defined]
+    size = max(TRAIN_POINTS_PER_CENTROID * (ivf.nlist if ivf is not None else 1), 4 * PQ_MIN_TRAIN)
+    if len(xb) <= size:
+        return xb
+    return xb[np.sort(np.random.default_rng(SEED).choice(len(xb), size, replace=False))]
+
+
+def _mmap_flags() -> int:
+    # IO_FLAG_MMAP_IFC (faiss >= 1.10) maps flat codes and inverted lists of every index type;
+    # older faiss only has IO_FLAG_MMAP, which maps IVF lists and reads the rest into RAM.
+    return int(getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY))
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable; best effort on platforms that cannot open directories."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
