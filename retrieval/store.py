@@ -23,7 +23,7 @@ import numpy as np
 
 from .catalog import COLLECTIONS, Catalog
 from .errors import IndexBusyError, IndexCorruptError, IndexMismatchError, IndexNotFoundError
-from .index import FaissIndex, resolve_index_type
+from .index import FaissIndex
 from .types import ModelIdentity
 
 logger = logging.getLogger(__name__)
@@ -210,16 +210,19 @@ class IndexStore:
         count = self.catalog.count(collection)
         if count == 0:
             return None
-        factory = resolve_index_type(requested, count, dim)
         current = None if force_rebuild else self.get_index(collection)
         # The cached reader copy is about to be mutated; never serve it again.
         self._indexes.pop(collection, None)
         built_n = int(self.catalog.get_meta(f"built_n:{collection}", "0") or 0)
+        built_for = self.catalog.get_meta(f"built_for:{collection}")
+        # Parameters such as nlist follow n, so an index built for n stays right for n/2..2n;
+        # past that (or for another --index-type) rebuild, which also lets `auto` move from
+        # exact to approximate search as a collection grows.
         incremental = (
             current is not None
-            and current.factory == factory
+            and built_for == requested
             and (current.supports_remove or not change.removed)
-            and count <= RETRAIN_GROWTH * max(built_n, 1)
+            and built_n / RETRAIN_GROWTH <= count <= RETRAIN_GROWTH * built_n
         )
         if incremental and current is not None:
             if not change:
@@ -232,6 +235,7 @@ class IndexStore:
             return current
         ids, vectors = self.catalog.get_vectors(collection, dim)
         self.catalog.set_meta(f"built_n:{collection}", str(len(ids)))
+        self.catalog.set_meta(f"built_for:{collection}", requested)
         return FaissIndex.build(vectors, ids, requested)
 
     def _drop_stray_files(self) -> None:

@@ -381,8 +381,10 @@ class FaissIndex:
             nprobe = core.nlist if exhaustive else min(core.nlist, math.ceil(core.nprobe * widen))
             params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe, max_codes=0)  # type: ignore[call-arg]
         elif isinstance(core, faiss.IndexHNSW):
-            direct = isinstance(self._cpu, faiss.IndexIDMap) and self._cpu.index.this == core.this
-            if exhaustive and direct:  # the storage scan needs untransformed queries
+            direct = isinstance(self._cpu, faiss.IndexIDMap) and isinstance(
+                faiss.downcast_index(self._cpu.index), faiss.IndexHNSW
+            )  # the storage scan needs queries that no pre-transform has touched
+            if exhaustive and direct:
                 with contextlib.suppress(RuntimeError):  # PQ storage takes no selector: walk
                     return self._scan_hnsw_storage(xq, k, sel, core)
             ef = math.ceil(max(core.hnsw.efSearch, k) * widen)
