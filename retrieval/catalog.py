@@ -21,6 +21,7 @@ from .types import Ids
 IMAGES = "images"
 TEXTS = "texts"
 COLLECTIONS = (IMAGES, TEXTS)
+SQL_CHUNK = 500
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -126,14 +127,15 @@ class Catalog:
 
     def has_vectors(self, keys: Iterable[str]) -> set[str]:
         """The subset of `keys` that already have a stored vector."""
-        found: set[str] = set()
-        batch = list(keys)
-        for start in range(0, len(batch), 500):
-            chunk = batch[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(f"SELECT key FROM vectors WHERE key IN ({marks})", chunk)
-            found.update(row[0] for row in rows)
-        return found
+        rows = self._select_in("SELECT key FROM vectors WHERE key IN ({})", list(keys))
+        return {row[0] for row in rows}
+
+    def _select_in(self, query: str, values: list[Any]) -> Iterator[sqlite3.Row]:
+        """Run `query` (with one `IN ({})`) over `values` in chunks: SQLite caps the number of
+        parameters per statement (999 in older builds)."""
+        for start in range(0, len(values), SQL_CHUNK):
+            chunk = values[start : start + SQL_CHUNK]
+            yield from self.db.execute(query.format(",".join("?" * len(chunk))), chunk)
 
     def get_vectors(self, collection: str, dim: int) -> tuple[Ids, np.ndarray]:
         """All (ids, float32 vectors) of a collection, ordered by id."""
@@ -154,16 +156,12 @@ class Catalog:
         rows_of: dict[int, list[int]] = {}
         for row, item_id in enumerate(ids):
             rows_of.setdefault(int(item_id), []).append(row)
-        unique = list(rows_of)
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            query = (
-                "SELECT items.id, vectors.vector FROM items JOIN vectors USING (key) "
-                f"WHERE items.id IN ({marks})"
-            )
-            for item_id, blob in self.db.execute(query, chunk):
-                out[rows_of[item_id]] = np.frombuffer(blob, dtype=np.float16)
+        query = (
+            "SELECT items.id, vectors.vector FROM items JOIN vectors USING (key) "
+            "WHERE items.id IN ({})"
+        )
+        for item_id, blob in self._select_in(query, list(rows_of)):
+            out[rows_of[item_id]] = np.frombuffer(blob, dtype=np.float16)
         return out
 
     def drop_unused_vectors(self) -> int:
@@ -181,13 +179,8 @@ class Catalog:
         return _item(row) if row else None
 
     def get_items(self, ids: Sequence[int]) -> dict[int, Item]:
-        found: dict[int, Item] = {}
-        for start in range(0, len(ids), 500):
-            chunk = [int(i) for i in ids[start : start + 500]]
-            marks = ",".join("?" * len(chunk))
-            for row in self.db.execute(f"SELECT * FROM items WHERE id IN ({marks})", chunk):
-                found[row["id"]] = _item(row)
-        return found
+        rows = self._select_in("SELECT * FROM items WHERE id IN ({})", [int(i) for i in ids])
+        return {row["id"]: _item(row) for row in rows}
 
     def count(self, collection: str) -> int:
         query = "SELECT COUNT(*) FROM items WHERE collection=?"
@@ -261,14 +254,8 @@ class Catalog:
         return np.asarray([row[0] for row in rows], dtype=np.int64)
 
     def item_ids_for_products(self, product_ids: Iterable[str]) -> Ids:
-        ids: list[int] = []
-        batch = list(product_ids)
-        for start in range(0, len(batch), 500):
-            chunk = batch[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(f"SELECT id FROM items WHERE product_id IN ({marks})", chunk)
-            ids.extend(row[0] for row in rows)
-        return np.asarray(sorted(ids), dtype=np.int64)
+        rows = self._select_in("SELECT id FROM items WHERE product_id IN ({})", list(product_ids))
+        return np.asarray(sorted(row[0] for row in rows), dtype=np.int64)
 
 
 class _Transaction:

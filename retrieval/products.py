@@ -24,6 +24,7 @@ from .ingest import (
     text_key,
 )
 from .store import CollectionChanges, IndexStore
+from .texts import iter_jsonl
 from .types import Skipped
 
 # In CSV one cell holds several image paths separated by this; JSONL may use an `images` list.
@@ -92,16 +93,8 @@ def load_catalog(path: Path) -> list[Product]:
         raise InputFileError(f"cannot read catalog {path}: {err}") from err
     products: list[Product] = []
     if path.suffix.lower() in {".jsonl", ".ndjson"}:
-        for number, line in enumerate(raw.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as err:
-                raise InputFileError(f"{path}:{number}: not valid JSON ({err})") from err
-            if not isinstance(row, dict):
-                raise InputFileError(f"{path}:{number}: expected a JSON object per line")
-            products.append(_product(row, base, f"{path}:{number}"))
+        for where, row in iter_jsonl(path, raw):
+            products.append(_product(row, base, where))
     elif path.suffix.lower() == ".csv":
         reader = csv.DictReader(raw.splitlines())
         for number, row in enumerate(reader, start=2):

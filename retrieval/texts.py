@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import InputFileError
 
@@ -47,16 +49,25 @@ def _from_csv(path: Path, raw: str) -> list[str]:
     return [row.get(column) or "" for row in reader]
 
 
-def _from_jsonl(path: Path, raw: str) -> list[str]:
-    texts = []
+def iter_jsonl(path: Path, raw: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(`path:line` for messages, object) for each non-blank line of a JSONL file."""
     for number, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
             continue
+        where = f"{path}:{number}"
         try:
             record = json.loads(line)
         except ValueError as err:
-            raise InputFileError(f"{path}:{number}: not valid JSON ({err})") from err
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise InputFileError(f'{path}:{number}: expected an object with a "text" string')
+            raise InputFileError(f"{where}: not valid JSON ({err})") from err
+        if not isinstance(record, dict):
+            raise InputFileError(f"{where}: expected a JSON object per line")
+        yield where, record
+
+
+def _from_jsonl(path: Path, raw: str) -> list[str]:
+    texts = []
+    for where, record in iter_jsonl(path, raw):
+        if not isinstance(record.get("text"), str):
+            raise InputFileError(f'{where}: expected an object with a "text" string')
         texts.append(record["text"])
     return texts
