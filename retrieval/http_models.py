@@ -1,0 +1,263 @@
+"""Request and response shapes of the HTTP API: pydantic models (the only place pydantic is
+used) and the helpers that turn raw request parts into SearchRequest fields."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+from typing import Any, Literal
+
+from fastapi import Request
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from starlette.exceptions import HTTPException
+
+from .errors import ImageDecodeError, ImageTooLargeError, InvalidQueryError
+from .images import IMAGE_FORMATS
+from .service import DEFAULT_TEXT_WEIGHT, MAX_K, PRODUCTS, SearchRequest
+
+Target = Literal["images", "texts", "products"]
+
+# CLIP's tokenizer keeps 77 tokens (roughly 300 characters of English); 2,000 characters leaves
+# room for any real query while keeping tokenisation cost and cache keys small.
+MAX_QUERY_CHARS = 2000
+# Equality and range filters together; a catalog with more filterable columns than this is
+# unusual, and the bound keeps one request from building an enormous SQL WHERE clause.
+MAX_FILTERS = 32
+# service.check_k allows offset + k <= MAX_K * 10; a schema cannot relate two fields, so the
+# offset alone is bounded such that every k it allows still fits.
+MAX_OFFSET = MAX_K * 10 - MAX_K
+# At least one non-space character: a blank query cannot be searched for.
+NOT_BLANK = r"\S"
+
+# Strict, so that `true` is refused rather than read as 1, and 2020 stays an int (it compares
+# as the text "2020" against a year column, not "2020.0").
+FilterValue = StrictStr | StrictInt | StrictFloat
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx/5xx answer: a machine-readable `error` code and a message saying what to fix."""
+
+    error: str = Field(description="short code, e.g. invalid_query, image_decode, overloaded")
+    message: str = Field(description="what was wrong and how to fix it")
+    reason: str | None = Field(None, description="image errors: truncated, not-an-image, ...")
+    details: list[dict[str, Any]] | None = Field(None, description="validation errors, per field")
+
+
+class SearchBody(BaseModel):
+    """POST /search: search by `text` or by `image_b64` (exactly one of them)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        # Documents "exactly one of text and image_b64"; the service enforces it (422).
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["text"], "properties": {"text": {"type": "string"}}},
+                {"required": ["image_b64"], "properties": {"image_b64": {"type": "string"}}},
+            ]
+        },
+    )
+
+    text: str | None = Field(
+        None, max_length=MAX_QUERY_CHARS, pattern=NOT_BLANK, examples=["red running shoes"]
+    )
+    image_b64: str | None = Field(
+        None, description="the image file's bytes, base64 (a data: URL prefix is allowed)"
+    )
+    k: int = Field(10, ge=1, le=MAX_K, description="results per page")
+    offset: int = Field(0, ge=0, le=MAX_OFFSET, description="results to skip (paging)")
+    target: Target | None = Field(
+        None, description="default: products when the index has a catalog, else images"
+    )
+    filters: dict[str, FilterValue] = Field(
+        default_factory=dict,
+        max_length=MAX_FILTERS,
+        description="products only: COLUMN equals a value, COLUMN_min / COLUMN_max bound a "
+        'number, e.g. {"category": "shoes", "price_max": 50}',
+    )
+    text_weight: float = Field(
+        DEFAULT_TEXT_WEIGHT,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="products, text queries: score = w * title match + (1 - w) * image match",
+    )
+
+
+class QueryOut(BaseModel):
+    """The search as the server understood it (target resolved)."""
+
+    text: str | None = None
+    image: str | None = Field(None, description="upload file name, or 'base64'")
+    target: Target
+    k: int
+    offset: int
+    filters: dict[str, FilterValue] | None = None
+    text_weight: float | None = None
+
+
+class HitOut(BaseModel):
+    """One result, as `mmsearch query --json` prints it; product hits add every catalog column
+    (price, category, ...) beside product_id and title."""
+
+    model_config = ConfigDict(extra="allow")
+
+    rank: int
+    score: float
+    id: int = Field(description="item id: GET /items/{id}, /items/{id}/image")
+    path: str | None = Field(None, description="image hits: the indexed file")
+    text: str | None = Field(None, description="text hits: the indexed text")
+    product_id: str | None = None
+    title: str | None = None
+
+
+class SearchOut(BaseModel):
+    """A page of search results, best first."""
+
+    query: QueryOut
+    results: list[HitOut]
+    took_ms: float = Field(description="server time for the search, milliseconds")
+
+
+class ItemOut(BaseModel):
+    """One indexed item: an image file or a text, with its product's fields when it has one."""
+
+    id: int
+    collection: Literal["images", "texts"]
+    path: str | None = None
+    text: str | None = None
+    product_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    image_url: str | None = Field(None, description="where to fetch the image (image items)")
+
+
+class HealthOut(BaseModel):
+    """Liveness: the process answers."""
+
+    status: Literal["ok"] = "ok"
+
+
+class ReadyOut(BaseModel):
+    """Readiness: the index is open and the model is loaded."""
+
+    ready: bool
+
+
+class ModelOut(BaseModel):
+    """The model the index was built with."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    pretrained: str | None = None
+    dim: int
+
+
+class CollectionOut(BaseModel):
+    """One collection (images or texts) of the index."""
+
+    model_config = ConfigDict(extra="allow")
+
+    count: int
+    index_type: str | None = None
+    faiss: str | None = None
+
+
+class ServerOut(BaseModel):
+    """Serving state: load, limits, and the query-embedding cache."""
+
+    in_flight: int
+    max_concurrency: int
+    max_queue: int
+    text_batches: int | None = None
+    texts_embedded: int | None = None
+    cache_hits: int | None = None
+    cache_misses: int | None = None
+    cache_entries: int | None = None
+
+
+class StatsOut(BaseModel):
+    """What the index holds, and which product columns can be filtered on."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: ModelOut
+    collections: dict[str, CollectionOut]
+    products: int
+    has_catalog: bool
+    product_columns: dict[str, Literal["number", "text"]] = Field(
+        default_factory=dict,
+        description="filterable columns: text ones by equality, number ones by _min/_max",
+    )
+    generation: int | None = None
+    size_bytes: int | None = None
+    server: ServerOut
+
+
+# -- from raw request parts ---------------------------------------------------------------
+def query_filters(request: Request, known: frozenset[str]) -> dict[str, str]:
+    """Query parameters other than `known`, as product filters."""
+    filters: dict[str, str] = {}
+    for name in request.query_params:
+        if name in known:
+            continue
+        values = request.query_params.getlist(name)
+        if len(values) > 1:
+            raise InvalidQueryError(f"filter {name!r} is given {len(values)} times; give it once")
+        filters[name] = values[0]
+    if len(filters) > MAX_FILTERS:
+        raise InvalidQueryError(f"at most {MAX_FILTERS} filters per query, got {len(filters)}")
+    return filters
+
+
+def decode_base64(data: str, max_bytes: int) -> bytes:
+    """The bytes of a base64 image (a `data:image/...;base64,` prefix is allowed)."""
+    if data.startswith("data:"):
+        data = data.partition(",")[2]
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise HTTPException(400, f"image_b64 is not valid base64 ({err})") from err
+    check_upload_size(raw, max_bytes)
+    return raw
+
+
+def check_upload_size(data: bytes, max_bytes: int) -> None:
+    """413 for an image over the byte cap."""
+    if len(data) > max_bytes:
+        raise ImageTooLargeError(
+            f"the image is over this server's limit of {max_bytes:,} bytes; send a smaller "
+            "file (or raise --max-upload-mb)"
+        )
+
+
+def check_megapixels(data: bytes, max_megapixels: float) -> None:
+    """422 for an image over the megapixel cap, from its header alone (nothing is decoded)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
+                width, height = image.size
+    except Exception:  # noqa: BLE001 (load_image reports undecodable files with a reason)
+        return
+    megapixels = width * height / 1e6
+    if megapixels > max_megapixels:
+        raise ImageDecodeError(
+            "<upload>",
+            "too-many-pixels",
+            f"{width}x{height} is {megapixels:.1f} megapixels; this server accepts at most "
+            f"{max_megapixels:g} (--max-megapixels)",
+        )
+
+
+def query_echo(request: SearchRequest, target: str, image_name: str | None) -> dict[str, Any]:
+    """The `query` part of a search answer: what was searched, with the target resolved."""
+    echo: dict[str, Any] = {"target": target, "k": request.k, "offset": request.offset}
+    echo.update({"text": request.text} if request.text is not None else {"image": image_name})
+    if request.filters:
+        echo["filters"] = dict(request.filters)
+    if target == PRODUCTS and request.text is not None:
+        echo["text_weight"] = request.text_weight
+    return echo

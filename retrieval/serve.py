@@ -1,0 +1,157 @@
+"""`mmsearch serve`: open an index, warm the model, and serve the HTTP app under uvicorn.
+
+The CLI registers `serve` as a command; every option maps onto a ServeConfig or BatchConfig
+field and reads an MMSEARCH_* environment variable."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .batching import BatchConfig, BatchingEmbedder, BatchingTextEncoder
+from .config import INDEX_DIR_ENV, EmbedConfig, default_index_dir
+from .http import MIB, ServeConfig
+from .service import SearchService
+
+logger = logging.getLogger(__name__)
+
+_SERVE = ServeConfig()
+_BATCH = BatchConfig()
+
+
+def open_for_serving(
+    directory: Path, embed: EmbedConfig, batching: BatchConfig
+) -> tuple[SearchService, BatchingTextEncoder]:
+    """A SearchService over an existing index whose text queries are micro-batched and cached
+    (the model loads on first use); also returns the batcher, for stats and shutdown."""
+    from .app import open_for_search
+
+    # open_for_search knows how to open the store and load the index's own model; its service
+    # serves here only as that model's lazy loader, wrapped by the batching embedder.
+    plain = open_for_search(directory, embed)
+    embedder = BatchingEmbedder(lambda: plain.embedder, batching)
+    return SearchService(plain.store, lambda: embedder), embedder.texts
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    index_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--index",
+            help=f"Index directory [default: ./indexes/default, or ${INDEX_DIR_ENV}]",
+            envvar=INDEX_DIR_ENV,
+            show_default=False,
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0: all)", envvar="MMSEARCH_HOST")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, envvar="MMSEARCH_PORT")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Require this key (X-API-Key or Authorization: Bearer) on every endpoint but "
+            "/health",
+            envvar="MMSEARCH_API_KEY",
+            show_default=False,
+        ),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Origin allowed to call the API from a browser, e.g. https://shop.example "
+            "(repeatable; none by default)",
+            envvar="MMSEARCH_CORS_ORIGINS",
+            show_default=False,
+        ),
+    ] = None,
+    device: Annotated[
+        str,
+        typer.Option(help="auto (CUDA when available), cpu, or cuda[:N]", envvar="MMSEARCH_DEVICE"),
+    ] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="auto (fp32 on CPU, bf16/fp16 on CUDA), fp32, fp16 or bf16")
+    ] = "auto",
+    max_upload_mb: Annotated[
+        float, typer.Option(min=0.01, help="Largest accepted query image, MiB (413 above)")
+    ] = _SERVE.max_upload_bytes / MIB,
+    max_megapixels: Annotated[
+        float, typer.Option(min=0.01, help="Largest accepted query image, megapixels (422 above)")
+    ] = _SERVE.max_megapixels,
+    max_concurrency: Annotated[
+        int, typer.Option(min=1, help="Searches running at once", envvar="MMSEARCH_CONCURRENCY")
+    ] = _SERVE.max_concurrency,
+    max_queue: Annotated[
+        int, typer.Option(min=0, help="Searches waiting for a slot before 429s start")
+    ] = _SERVE.max_queue,
+    cache_size: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Query-text embeddings kept in an LRU cache (0: off)",
+            envvar="MMSEARCH_CACHE",
+        ),
+    ] = _BATCH.cache_size,
+    max_batch: Annotated[
+        int, typer.Option(min=1, help="Most query texts embedded in one forward pass")
+    ] = _BATCH.max_batch,
+    batch_wait_ms: Annotated[
+        float, typer.Option(min=0.0, help="How long a text query waits for others to batch with")
+    ] = _BATCH.max_wait_s * 1000,
+    access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn)")] = True,
+) -> None:
+    """Serve searches over HTTP: a JSON API (docs at /docs), Prometheus /metrics, and a search
+    page at /. One process: the model is loaded once and text queries are micro-batched."""
+    from .cli import run_guarded
+
+    config = ServeConfig(
+        api_key=api_key or None,
+        cors_origins=tuple(cors_origin or ()),
+        max_upload_bytes=int(max_upload_mb * MIB),
+        max_megapixels=max_megapixels,
+        max_concurrency=max_concurrency,
+        max_queue=max_queue,
+        batching=BatchConfig(
+            max_batch=max_batch, max_wait_s=batch_wait_ms / 1000, cache_size=cache_size
+        ),
+    )
+
+    def body() -> None:
+        import uvicorn
+
+        from .http import create_app
+
+        if config.api_key is None and not _is_loopback(host):
+            typer.echo(
+                f"warning: serving on {host} without --api-key: anyone who can reach this port "
+                "can search the index and download the indexed images",
+                err=True,
+            )
+        directory = index_dir or default_index_dir()
+        service, text_encoder = open_for_serving(
+            directory, EmbedConfig(device=device, precision=precision), config.batching
+        )
+        try:
+            # Load the model and indexes before binding the port: a server that cannot search
+            # should fail here, with the CLI's message and exit code, not answer 503s forever.
+            service.warm()
+            app = create_app(service, config, text_encoder=text_encoder)
+            uvicorn.run(app, host=host, port=port, access_log=access_log)
+        finally:
+            text_encoder.close()
+            service.close()
+
+    run_guarded(body)

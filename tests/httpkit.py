@@ -1,0 +1,104 @@
+"""Helpers for the HTTP, schema and browser tests: build small indexes through the real CLI,
+open an app over them, and run it under a real uvicorn on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from conftest import make_images
+from fastapi import FastAPI
+from typer.testing import CliRunner
+
+from retrieval.cli import app as cli_app
+from retrieval.config import EmbedConfig
+from retrieval.http import ServeConfig, create_app
+from retrieval.serve import open_for_serving
+from retrieval.service import SearchService
+
+CAPTIONS = ["a red shoe", "a blue hat", "a green shirt", "a cat on a sofa", "a mountain lake"]
+
+runner = CliRunner()
+
+
+def run_cli(*args: object) -> str:
+    """Run `mmsearch ARGS...` in-process; its stdout, or fail the test with its output."""
+    result = runner.invoke(cli_app, [str(arg) for arg in args])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def index_photos(model: str, root: Path, count: int = 12) -> Path:
+    """`count` generated PNGs plus a few captions, indexed with `model` into root/index."""
+    photos = make_images(root / "photos", count)
+    captions = root / "captions.txt"
+    captions.write_text("\n".join(CAPTIONS) + "\n")
+    directory = root / "index"
+    run_cli("index", photos[0].parent, "--texts", captions, "--model", model, "--index", directory,
+            "--quiet", "--json")  # fmt: skip
+    return directory
+
+
+def index_shop(model: str, root: Path) -> Path:
+    """The product catalog of test_products (9 products, 2 images each) in root/index."""
+    from test_products import write_catalog
+
+    catalog = write_catalog(root / "shop")
+    directory = root / "index"
+    run_cli("index", "--catalog", catalog, "--model", model, "--index", directory, "--quiet")
+    return directory
+
+
+def cli_query(directory: Path, *args: object) -> dict:
+    """`mmsearch query ARGS --json` against `directory`."""
+    return json.loads(run_cli("query", *args, "--json", "--index", directory, "--device", "cpu"))
+
+
+@contextmanager
+def open_app(
+    directory: Path, config: ServeConfig | None = None
+) -> Iterator[tuple[FastAPI, SearchService]]:
+    """An app over `directory` wired as `mmsearch serve` wires it; closes everything after."""
+    config = config or ServeConfig()
+    service, text_encoder = open_for_serving(directory, EmbedConfig(device="cpu"), config.batching)
+    try:
+        yield create_app(service, config, text_encoder=text_encoder), service
+    finally:
+        text_encoder.close()
+        service.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def run_server(app: FastAPI) -> Iterator[str]:
+    """Serve `app` with uvicorn on 127.0.0.1 in a thread; yields its base URL once ready."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        # uvicorn sets `started` after the app's startup (model warm-up) has finished.
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

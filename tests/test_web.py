@@ -1,0 +1,170 @@
+"""The search page in a real headless Chromium (Debian's chromium + chromedriver) against a real
+uvicorn server: type a query, upload an image, filter a catalog, use an API key."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
+
+import pytest
+from httpkit import index_photos, index_shop, open_app, run_server
+
+from retrieval.http import ServeConfig
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.remote.webelement import WebElement
+
+try:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+except ImportError:  # the browser fixture skips with the reason
+    pass
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+# Offline and quiet: no first-run UI, no background downloads or sync that could reach out.
+CHROME_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,1000",
+)
+WAIT_S = 20
+T = TypeVar("T")
+
+
+class Site(NamedTuple):
+    """A served index: its base URL and the folder holding its source files."""
+
+    base: str
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
+        pytest.skip(
+            f"needs Chromium and chromedriver ({CHROMIUM}, {CHROMEDRIVER}); on Debian: "
+            "apt-get install chromium chromium-driver"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chrome-profile')}")
+    # An explicit driver path keeps Selenium Manager from looking for drivers online.
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(WAIT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def photo_site(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    directory = index_photos(tiny_model, tmp_path_factory.mktemp("web-photos"))
+    with open_app(directory) as (app, _), run_server(app) as base:
+        yield Site(base, directory.parent)
+
+
+@pytest.fixture(scope="module")
+def shop_site(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    directory = index_shop(tiny_model, tmp_path_factory.mktemp("web-shop"))
+    with open_app(directory) as (app, _), run_server(app) as base:
+        yield Site(base, directory.parent)
+
+
+def wait_for(driver: WebDriver, condition: Callable[[WebDriver], T]) -> T:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT_S).until(condition)
+
+
+def loaded_cards(driver: WebDriver) -> list[WebElement]:
+    """The result cards, once there are some and every thumbnail in them has loaded."""
+    cards = driver.find_elements(By.CSS_SELECTOR, "#results li.card")
+    loaded = driver.execute_script(
+        "return [...document.querySelectorAll('#results img')]"
+        ".every(img => img.complete && img.naturalWidth > 0)"
+    )
+    return cards if cards and loaded else []
+
+
+def open_page(driver: WebDriver, site: Site, summary: str) -> None:
+    driver.get(site.base)
+    wait_for(driver, lambda d: summary in d.find_element(By.ID, "summary").text)
+
+
+def search_for(driver: WebDriver, text: str) -> list[WebElement]:
+    box = driver.find_element(By.ID, "query")
+    box.clear()
+    box.send_keys(text + Keys.ENTER)
+    wait_for(driver, lambda d: "results for" in d.find_element(By.ID, "status").text)
+    return wait_for(driver, loaded_cards)
+
+
+def test_typing_a_query_shows_result_cards_with_thumbnails(
+    browser: WebDriver, photo_site: Site
+) -> None:
+    open_page(browser, photo_site, "12 images")
+    cards = search_for(browser, "a red shoe")
+    assert len(cards) == 12
+    assert "12 results" in browser.find_element(By.ID, "status").text
+    assert all("score" in card.text for card in cards)
+    assert not browser.find_element(By.ID, "filters").is_displayed()
+
+
+def test_uploading_an_image_finds_that_image_first(browser: WebDriver, photo_site: Site) -> None:
+    open_page(browser, photo_site, "12 images")
+    query = photo_site.root / "photos" / "img_005.png"
+    browser.find_element(By.ID, "image-input").send_keys(str(query))
+    wait_for(browser, lambda d: "img_005.png in" in d.find_element(By.ID, "status").text)
+    cards = wait_for(browser, loaded_cards)
+    assert cards[0].find_element(By.CSS_SELECTOR, ".title").text == query.name
+
+
+def test_catalog_page_filters_and_shows_titles_and_prices(
+    browser: WebDriver, shop_site: Site, tmp_path: Path
+) -> None:
+    open_page(browser, shop_site, "9 products")
+    assert browser.find_element(By.ID, "filters").is_displayed()
+    browser.find_element(By.CSS_SELECTOR, "[data-filter=category]").send_keys("hats")
+    browser.find_element(By.CSS_SELECTOR, "[data-filter=price_max]").send_keys("40")
+    cards = search_for(browser, "a hat")
+    titles = [card.find_element(By.CSS_SELECTOR, ".title").text for card in cards]
+    prices = [float(card.find_element(By.CSS_SELECTOR, ".price").text) for card in cards]
+    assert sorted(titles) == ["hats model 2", "hats model 5"]  # price 20.5 and 35.5; 8 is 50.5
+    assert all(price <= 40 for price in prices)
+    browser.save_screenshot(str(tmp_path / "catalog.png"))
+    assert (tmp_path / "catalog.png").stat().st_size > 10_000
+
+
+def test_api_key_is_asked_for_stored_and_sent(
+    browser: WebDriver, photo_site: Site, tmp_path: Path
+) -> None:
+    directory = photo_site.root / "index"
+    with open_app(directory, ServeConfig(api_key="page-key")) as (app, _), run_server(app) as base:
+        browser.get(base)
+        wait_for(browser, lambda d: "needs an API key" in d.find_element(By.ID, "status").text)
+        browser.find_element(By.ID, "api-key").send_keys("page-key")
+        browser.find_element(By.ID, "save-key").click()
+        wait_for(browser, lambda d: "12 images" in d.find_element(By.ID, "summary").text)
+        cards = search_for(browser, "a blue hat")  # thumbnails too: fetched with the key
+        assert len(cards) == 12
+        browser.execute_script("localStorage.clear()")
