@@ -8,7 +8,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import DEFAULT_MODEL, EmbedConfig
+from .config import DEFAULT_MODEL, BatchConfig, EmbedConfig
 from .errors import IndexMismatchError
 from .service import SearchService
 from .store import IndexStore
@@ -67,13 +67,25 @@ def open_for_indexing(
     return store, lambda: embedder
 
 
-def open_for_search(directory: Path, config: EmbedConfig) -> SearchService:
-    """A SearchService over an existing index, with the index's own model (loaded lazily)."""
+def open_for_search(
+    directory: Path, config: EmbedConfig, *, batching: BatchConfig | None = None
+) -> SearchService:
+    """A SearchService over an existing index, with the index's own model (loaded lazily);
+    with `batching`, concurrent text queries share forward passes and an LRU cache."""
     store = IndexStore.open(directory, readonly=True)
     store.use_gpu = _search_on_gpu(config.device)
     identity = store.identity
     own = ModelSpec(identity.name, identity.pretrained)
-    return SearchService(store, lambda: load_embedder(own, config, expected=identity))
+
+    def load() -> OpenClipEmbedder:
+        return load_embedder(own, config, expected=identity)
+
+    if batching is None:
+        return SearchService(store, load)
+    from .batching import BatchingEmbedder
+
+    embedder = BatchingEmbedder(load, batching)  # loads the model on first use
+    return SearchService(store, lambda: embedder)
 
 
 def _search_on_gpu(device: str) -> bool:

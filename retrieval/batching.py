@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 import numpy as np
 
+from .config import DEFAULT_CACHE_SIZE, DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, BatchConfig
 from .types import Vectors
 
 if TYPE_CHECKING:
@@ -30,25 +31,6 @@ logger = logging.getLogger(__name__)
 
 TextEncode = Callable[[list[str]], Vectors]
 """Embeds a list of texts into an (n, dim) array of normalised float32 rows."""
-
-# One pass over 32 short queries still takes about as long as a few single ones on a CPU, and on
-# a GPU far longer batches are free; past 32 a burst is better served in two passes so the first
-# callers are not held back by the last.
-DEFAULT_MAX_BATCH = 32
-# A text forward pass takes ~36 ms on 2 CPU cores (benchmarks/peers); 2 ms of waiting for
-# companions costs a lone query 5% and lets a burst share one pass.
-DEFAULT_MAX_WAIT_S = 0.002
-# A query vector is dim * 4 bytes (2 KiB for ViT-B-32); 4096 of them are 8 MiB.
-DEFAULT_CACHE_SIZE = 4096
-
-
-@dataclass(frozen=True)
-class BatchConfig:
-    """How query texts are grouped into forward passes and cached (cache_size=0: no cache)."""
-
-    max_batch: int = DEFAULT_MAX_BATCH
-    max_wait_s: float = DEFAULT_MAX_WAIT_S
-    cache_size: int = DEFAULT_CACHE_SIZE
 
 
 @dataclass(frozen=True)

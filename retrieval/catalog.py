@@ -239,11 +239,14 @@ class Catalog:
     ) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO products(id, title, row_hash, metadata) VALUES (?, ?, ?, ?)",
-            (product_id, title, row_hash, json.dumps(metadata)),
+            (product_id, title, row_hash, json.dumps(metadata, allow_nan=False)),
         )
 
     def delete_products(self, product_ids: Iterable[str]) -> None:
         self.db.executemany("DELETE FROM products WHERE id=?", ((p,) for p in product_ids))
+
+    def has_products(self) -> bool:
+        return bool(self.db.execute("SELECT EXISTS(SELECT 1 FROM products)").fetchone()[0])
 
     def product_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM products").fetchone()[0])
@@ -301,6 +304,9 @@ def filter_products(
         clauses.append("CAST(json_extract(metadata, ?) AS TEXT) = ?")
         params += [_json_path(column), str(value)]
     for column, (low, high) in ranges.items():
+        # SQLite orders any text after every number, so only numbers may meet a numeric bound.
+        clauses.append("json_type(metadata, ?) IN ('integer', 'real')")
+        params.append(_json_path(column))
         if low is not None:
             clauses.append("json_extract(metadata, ?) >= ?")
             params += [_json_path(column), low]

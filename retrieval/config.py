@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .types import ModelSpec
@@ -35,3 +35,47 @@ class IndexConfig:
     """How to store and search vectors."""
 
     index_type: str = "auto"
+
+
+MIB = 1024 * 1024
+
+# One pass over 32 short queries still takes about as long as a few single ones on a CPU, and on
+# a GPU far longer batches are free; past 32 a burst is better served in two passes so the first
+# callers are not held back by the last.
+DEFAULT_MAX_BATCH = 32
+# A text forward pass takes ~36 ms on 2 CPU cores (benchmarks/peers); 2 ms of waiting for
+# companions costs a lone query 5% and lets a burst share one pass.
+DEFAULT_MAX_WAIT_S = 0.002
+# A query vector is dim * 4 bytes (2 KiB for ViT-B-32); 4096 of them are 8 MiB.
+DEFAULT_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How query texts are grouped into forward passes and cached (cache_size=0: no cache)."""
+
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_wait_s: float = DEFAULT_MAX_WAIT_S
+    cache_size: int = DEFAULT_CACHE_SIZE
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How the HTTP app serves: access, request limits, concurrency and caching."""
+
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    # Phone photos are 2-8 MB; 20 MiB leaves room for large PNGs without inviting abuse.
+    max_upload_bytes: int = 20 * MIB
+    # Full-resolution modes of current phone cameras reach 48-50 Mpx; one decoded 50 Mpx image
+    # is 150 MB of RGB, so this also bounds memory per concurrent upload.
+    max_megapixels: float = 50.0
+    # Threads that may embed or search at once; text queries among them share forward passes.
+    max_concurrency: int = 16
+    # Requests allowed to wait for a thread; the next one gets 429 at once.
+    max_queue: int = 64
+    queue_timeout_s: float = 10.0
+    retry_after_s: int = 1
+    # ~20 KB per 256 px JPEG thumbnail: 64 MiB holds a few thousand.
+    thumbnail_cache_bytes: int = 64 * MIB
+    batching: BatchConfig = field(default_factory=BatchConfig)

@@ -12,7 +12,7 @@ import mimetypes
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,8 +27,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from . import __version__
-from .batching import BatchConfig, BatchingTextEncoder, LruCache
+from .batching import BatchingTextEncoder, LruCache
 from .catalog import IMAGES
+from .config import ServeConfig
 from .errors import (
     ImageDecodeError,
     ImageTooLargeError,
@@ -76,31 +77,8 @@ from .types import Hit
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
-MIB = 1024 * 1024
 # base64 turns 3 bytes into 4, and JSON or multipart framing adds a little around the image.
 BODY_OVERHEAD = 64 * 1024
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """How the HTTP app serves: access, request limits, concurrency and caching."""
-
-    api_key: str | None = None
-    cors_origins: tuple[str, ...] = ()
-    # Phone photos are 2-8 MB; 20 MiB leaves room for large PNGs without inviting abuse.
-    max_upload_bytes: int = 20 * MIB
-    # Full-resolution modes of current phone cameras reach 48-50 Mpx; one decoded 50 Mpx image
-    # is 150 MB of RGB, so this also bounds memory per concurrent upload.
-    max_megapixels: float = 50.0
-    # Threads that may embed or search at once; text queries among them share forward passes.
-    max_concurrency: int = 16
-    # Requests allowed to wait for a thread; the next one gets 429 at once.
-    max_queue: int = 64
-    queue_timeout_s: float = 10.0
-    retry_after_s: int = 1
-    # ~20 KB per 256 px JPEG thumbnail: 64 MiB holds a few thousand.
-    thumbnail_cache_bytes: int = 64 * MIB
-    batching: BatchConfig = field(default_factory=BatchConfig)
 
 
 # -- errors: the one table and the handlers beside it -------------------------------------------

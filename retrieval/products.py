@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,12 +50,16 @@ class Product:
 
 def _number_or_text(value: Any) -> Any:
     """CSV cells are strings; numeric ones become numbers so range filters work."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSONL may carry NaN/Infinity literals; JSON proper has no such value
     if not isinstance(value, str):
         return value
     try:
         number = float(value)
     except ValueError:
         return value
+    if not math.isfinite(number):
+        return value  # "nan"/"inf" stay text: JSON (and SQLite's json functions) have no NaN
     return int(number) if number.is_integer() and "." not in value else number
 
 

@@ -12,29 +12,12 @@ from typing import Annotated
 
 import typer
 
-from .batching import BatchConfig, BatchingEmbedder, BatchingTextEncoder
-from .config import INDEX_DIR_ENV, EmbedConfig, default_index_dir
-from .http import MIB, ServeConfig
-from .service import SearchService
+from .config import INDEX_DIR_ENV, MIB, BatchConfig, EmbedConfig, ServeConfig, default_index_dir
 
 logger = logging.getLogger(__name__)
 
 _SERVE = ServeConfig()
 _BATCH = BatchConfig()
-
-
-def open_for_serving(
-    directory: Path, embed: EmbedConfig, batching: BatchConfig
-) -> tuple[SearchService, BatchingTextEncoder]:
-    """A SearchService over an existing index whose text queries are micro-batched and cached
-    (the model loads on first use); also returns the batcher, for stats and shutdown."""
-    from .app import open_for_search
-
-    # open_for_search knows how to open the store and load the index's own model; its service
-    # serves here only as that model's lazy loader, wrapped by the batching embedder.
-    plain = open_for_search(directory, embed)
-    embedder = BatchingEmbedder(lambda: plain.embedder, batching)
-    return SearchService(plain.store, lambda: embedder), embedder.texts
 
 
 def _is_loopback(host: str) -> bool:
@@ -132,6 +115,7 @@ def serve(
     def body() -> None:
         import uvicorn
 
+        from .app import open_for_search
         from .http import create_app
 
         if config.api_key is None and not _is_loopback(host):
@@ -141,9 +125,9 @@ def serve(
                 err=True,
             )
         directory = index_dir or default_index_dir()
-        service, text_encoder = open_for_serving(
-            directory, EmbedConfig(device=device, precision=precision), config.batching
-        )
+        embed = EmbedConfig(device=device, precision=precision)
+        service = open_for_search(directory, embed, batching=config.batching)
+        text_encoder = service.embedder.texts  # cheap: the model itself loads in warm()
         try:
             # Load the model and indexes before binding the port: a server that cannot search
             # should fail here, with the CLI's message and exit code, not answer 503s forever.

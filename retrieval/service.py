@@ -145,7 +145,7 @@ class SearchService:
     # -- the general entry point ------------------------------------------------------------
     @property
     def has_catalog(self) -> bool:
-        return self.store.catalog.product_count() > 0
+        return self.store.catalog.has_products()
 
     def search(self, request: SearchRequest) -> list[Hit]:
         """Run one SearchRequest: text or image, over images, texts or products."""

@@ -15,10 +15,10 @@ from conftest import make_images
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
+from retrieval.app import open_for_search
 from retrieval.cli import app as cli_app
 from retrieval.config import EmbedConfig
 from retrieval.http import ServeConfig, create_app
-from retrieval.serve import open_for_serving
 from retrieval.service import SearchService
 
 CAPTIONS = ["a red shoe", "a blue hat", "a green shirt", "a cat on a sofa", "a mountain lake"]
@@ -65,7 +65,8 @@ def open_app(
 ) -> Iterator[tuple[FastAPI, SearchService]]:
     """An app over `directory` wired as `mmsearch serve` wires it; closes everything after."""
     config = config or ServeConfig()
-    service, text_encoder = open_for_serving(directory, EmbedConfig(device="cpu"), config.batching)
+    service = open_for_search(directory, EmbedConfig(device="cpu"), batching=config.batching)
+    text_encoder = service.embedder.texts
     try:
         yield create_app(service, config, text_encoder=text_encoder), service
     finally:

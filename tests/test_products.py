@@ -221,3 +221,29 @@ def test_cli_product_query_with_filters(catalog_index: Path) -> None:
         app, ["query", "shoe", "--target", "images", "--filter", "category=shoes"]
     )
     assert result.exit_code == 2 and "products only" in result.stderr
+
+
+def test_non_finite_numbers_stay_text_and_filters_still_work(
+    tiny_model: str, tmp_path: Path
+) -> None:
+    extra = [
+        {
+            "id": "SKU-NAN",
+            "title": "odd",
+            "image": "",
+            "category": "hats",
+            "price": "nan",
+            "brand": "acme",
+        },
+    ]
+    path = write_catalog(tmp_path / "shop", count=3, extra=extra)
+    index("--catalog", path, "--model", tiny_model)
+    service = open_for_search(tmp_path / "indexes" / "default", EmbedConfig(device="cpu"))
+    hits = service.search(SearchRequest(text="odd", k=10, filters={"price_min": 0}))
+    assert {h.metadata["product_id"] for h in hits} == {"SKU-000", "SKU-001", "SKU-002"}
+    hits = service.search(SearchRequest(text="odd", k=10, filters={"price": "nan"}))
+    assert [h.metadata["product_id"] for h in hits] == ["SKU-NAN"]
+    jsonl = tmp_path / "shop" / "p.jsonl"
+    jsonl.write_text('{"id": "J1", "title": "t", "images": [], "price": NaN}\n')
+    index("--catalog", jsonl)
+    assert service.store.catalog.get_product("J1")["price"] == "nan"
