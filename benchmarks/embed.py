@@ -27,13 +27,17 @@ DEFAULT_IMAGES = REPO.parent / "shared" / "datasets" / "imagenet-sample" / "imag
 MODEL_CACHE = REPO / ".bench" / "models"
 
 
-def baseline(paths: list[Path], model_dir: Path, device: str, batch_size: int) -> tuple[float, np.ndarray]:
+def baseline(
+    paths: list[Path], model_dir: Path, device: str, batch_size: int
+) -> tuple[float, np.ndarray]:
     """The hand-rolled loop: returns (seconds, vectors)."""
     import open_clip
     import torch
     from PIL import Image
 
-    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{model_dir}", device=device)
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        f"local-dir:{model_dir}", device=device
+    )
     model.eval()
     size = model.visual.image_size[0]
     with torch.no_grad():  # warm-up outside the timed region, as for mmsearch
@@ -56,7 +60,12 @@ def baseline(paths: list[Path], model_dir: Path, device: str, batch_size: int) -
 
 
 def mmsearch(
-    paths: list[Path], model_dir: Path, device: str, precision: str, batch_size: int, workers: int | None
+    paths: list[Path],
+    model_dir: Path,
+    device: str,
+    precision: str,
+    batch_size: int,
+    workers: int | None,
 ) -> tuple[float, float, np.ndarray, str]:
     """The full `mmsearch index` path into a fresh index, then again over the unchanged folder:
     returns (seconds, re-run seconds, vectors, settings)."""
@@ -73,8 +82,12 @@ def mmsearch(
         images.mkdir()
         for path in paths:
             (images / path.name).symlink_to(path.absolute())
-        config = EmbedConfig(device=device, precision=precision, batch_size=batch_size, num_workers=workers)
-        store, factory = open_for_indexing(folder / "index", ModelSpec(f"local-dir:{model_dir}", None), config)
+        config = EmbedConfig(
+            device=device, precision=precision, batch_size=batch_size, num_workers=workers
+        )
+        store, factory = open_for_indexing(
+            folder / "index", ModelSpec(f"local-dir:{model_dir}", None), config
+        )
         embedder = factory()  # model load and warm-up stay outside the timed region
         size = embedder.identity.preprocess["image_size"]
         embedder.encode_images(torch.zeros(embedder.batch_size, 3, size, size))
@@ -88,7 +101,9 @@ def mmsearch(
         assert report.embedded == len(paths), report
         assert rerun.embedded == 0 and rerun.unchanged == len(paths), rerun
         by_name = {Path(item.path).name: item.id for item in store.catalog.iter_items("images")}
-        vectors = store.catalog.get_vectors_by_id([by_name[p.name] for p in paths], store.identity.dim)
+        vectors = store.catalog.get_vectors_by_id(
+            [by_name[p.name] for p in paths], store.identity.dim
+        )
         store.close()
         settings = f"batch {embedder.batch_size}, {embedder.num_workers} workers, {embedder.dtype}"
         return seconds, rerun_s, vectors, settings
@@ -110,9 +125,17 @@ def environment(device: str) -> str:
     import open_clip
     import torch
 
-    name = torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or "cpu"
-    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True, check=False).stdout.strip()
+    name = (
+        torch.cuda.get_device_name(0)
+        if device.startswith("cuda")
+        else platform.processor() or "cpu"
+    )
+    sha = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     return (
         f"device={device} ({name}), cores={os.cpu_count()}, torch={torch.__version__} "
         f"threads={torch.get_num_threads()}, open_clip={open_clip.__version__}, "
@@ -121,22 +144,34 @@ def environment(device: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
     parser.add_argument("--limit", type=int, default=1000)
     parser.add_argument("--arch", default="ViT-B-32")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--batch-size", type=int, default=None, help="mmsearch batch size [by device]")
-    parser.add_argument("--baseline-batch-size", type=int, default=8,
-                        help="baseline batch (8 was the fastest on a 2-core CPU in the peers' runs)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="mmsearch batch size [by device]"
+    )
+    parser.add_argument(
+        "--baseline-batch-size",
+        type=int,
+        default=8,
+        help="baseline batch (8 was the fastest on a 2-core CPU in the peers' runs)",
+    )
     parser.add_argument("--workers", type=int, default=None, help="mmsearch decode workers")
     args = parser.parse_args()
 
     import torch
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in {".jpeg", ".jpg", ".png"})
+    device = (
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    paths = sorted(
+        p for p in args.images.iterdir() if p.suffix.lower() in {".jpeg", ".jpg", ".png"}
+    )
     paths = paths[: args.limit]
     if not paths:
         raise SystemExit(f"no images in {args.images}")
@@ -158,8 +193,10 @@ def main() -> None:
         print(f"{label:<58} {seconds:>8.1f} {n / seconds:>8.1f} {base_s / seconds:>5.2f}x")
     print(f"max |baseline - mmsearch| over all vector components: {agreement:.2e}")
     print(environment(device))
-    print("reproduce: python -m benchmarks.embed " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None))
+    print(
+        "reproduce: python -m benchmarks.embed "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None)
+    )
 
 
 if __name__ == "__main__":

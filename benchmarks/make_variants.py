@@ -24,12 +24,16 @@ def _write(job: tuple[Path, Path, int]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("source", type=Path)
     parser.add_argument("target", type=Path)
     parser.add_argument("--count", type=int, default=3000)
     args = parser.parse_args()
-    sources = sorted(p for p in args.source.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    sources = sorted(
+        p for p in args.source.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"}
+    )
     args.target.mkdir(parents=True, exist_ok=True)
     jobs = [
         (sources[n % len(sources)], args.target / f"v{n:05d}.jpg", n // len(sources))

@@ -208,7 +208,15 @@ def test_process_exits_promptly_after_abandoning_a_loader(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     ("cores", "accelerator", "workers"),
-    [(1, False, 0), (2, False, 1), (8, False, 2), (64, False, 4), (2, True, 1), (16, True, 15), (64, True, 16)],
+    [
+        (1, False, 0),
+        (2, False, 1),
+        (8, False, 2),
+        (64, False, 4),
+        (2, True, 1),
+        (16, True, 15),
+        (64, True, 16),
+    ],
 )
 def test_default_worker_count(
     monkeypatch: pytest.MonkeyPatch, cores: int, accelerator: bool, workers: int

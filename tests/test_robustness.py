@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from conftest import make_images
 from imagezoo import IGNORED, make_image_zoo
+from typer.testing import CliRunner
+
 from retrieval.cli import app
 from retrieval.store import IndexStore
 
