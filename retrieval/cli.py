@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from .catalog import IMAGES, TEXTS
-from .config import DEFAULT_MODEL, INDEX_DIR_ENV, EmbedConfig, default_index_dir
+from .config import DEFAULT_MODEL, EmbedConfig, default_index_dir
 from .errors import (
     IndexBusyError,
     IndexMismatchError,
@@ -24,6 +24,7 @@ from .errors import (
     MmsearchError,
     ModelUnavailableError,
 )
+from .options import DeviceOption, IndexOption, PrecisionOption
 from .service import DEFAULT_TEXT_WEIGHT, PRODUCTS, TARGETS
 from .types import Hit, ModelSpec
 
@@ -45,24 +46,6 @@ EXIT_CODES: dict[type[MmsearchError], int] = {
     IndexBusyError: 75,  # EX_TEMPFAIL: try again later
 }
 T = TypeVar("T")
-
-IndexOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--index",
-        help=f"Index directory [default: ./indexes/default, or ${INDEX_DIR_ENV}]",
-        envvar=INDEX_DIR_ENV,
-        show_default=False,
-    ),
-]
-DeviceOption = Annotated[
-    str,
-    typer.Option(help="auto (CUDA when available), cpu, or cuda[:N]", envvar="MMSEARCH_DEVICE"),
-]
-PrecisionOption = Annotated[
-    str,
-    typer.Option(help="auto (fp32 on CPU, bf16/fp16 on CUDA), fp32, fp16 or bf16"),
-]
 
 
 def run_guarded(action: Callable[[], T]) -> T:
@@ -158,14 +141,14 @@ def index(
         str | None,
         typer.Option(
             help="open_clip model: a name (ViT-B-32), hf-hub:ORG/REPO or local-dir:PATH "
-            f"[default: {DEFAULT_MODEL.name}, or the index's own model]",
+            f"(default: {DEFAULT_MODEL.name}, or the index's own model)",
             show_default=False,
         ),
     ] = None,
     pretrained: Annotated[
         str | None,
         typer.Option(
-            help=f"Pretrained tag or checkpoint file [default: {DEFAULT_MODEL.pretrained}]",
+            help=f"Pretrained tag or checkpoint file (default: {DEFAULT_MODEL.pretrained})",
             show_default=False,
         ),
     ] = None,
@@ -176,10 +159,10 @@ def index(
     precision: PrecisionOption = "auto",
     batch_size: Annotated[
         int | None,
-        typer.Option(min=1, help="Images per forward pass [default: 8 on CPU, 256 on CUDA]"),
+        typer.Option(min=1, help="Images per forward pass (default: 8 on CPU, 256 on CUDA)"),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=0, help="Decoding processes [default: by CPU count]")
+        int | None, typer.Option(min=0, help="Decoding processes (default: by CPU count)")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run's report as JSON")] = False,
@@ -299,8 +282,8 @@ def query(
     target: Annotated[
         str | None,
         typer.Option(
-            help="images, texts or products [default: products when the index has a catalog, "
-            "else images]",
+            help="images, texts or products (default: products when the index has a catalog, "
+            "else images)",
             show_default=False,
         ),
     ] = None,

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .config import INDEX_DIR_ENV, MIB, BatchConfig, EmbedConfig, ServeConfig, default_index_dir
+from .config import MIB, BatchConfig, EmbedConfig, ServeConfig, default_index_dir
+from .options import DeviceOption, IndexOption, PrecisionOption
 
 logger = logging.getLogger(__name__)
 
@@ -30,15 +30,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def serve(
-    index_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--index",
-            help=f"Index directory [default: ./indexes/default, or ${INDEX_DIR_ENV}]",
-            envvar=INDEX_DIR_ENV,
-            show_default=False,
-        ),
-    ] = None,
+    index_dir: IndexOption = None,
     host: Annotated[
         str, typer.Option(help="Address to listen on (0.0.0.0: all)", envvar="MMSEARCH_HOST")
     ] = "127.0.0.1",
@@ -61,13 +53,8 @@ def serve(
             show_default=False,
         ),
     ] = None,
-    device: Annotated[
-        str,
-        typer.Option(help="auto (CUDA when available), cpu, or cuda[:N]", envvar="MMSEARCH_DEVICE"),
-    ] = "auto",
-    precision: Annotated[
-        str, typer.Option(help="auto (fp32 on CPU, bf16/fp16 on CUDA), fp32, fp16 or bf16")
-    ] = "auto",
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "auto",
     max_upload_mb: Annotated[
         float, typer.Option(min=0.01, help="Largest accepted query image, MiB (413 above)")
     ] = _SERVE.max_upload_bytes / MIB,
