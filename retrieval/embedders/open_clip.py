@@ -307,10 +307,46 @@ class OpenClipEmbedder:
         for start in range(0, len(texts), batch_size):
             tokens = self.tokenizer(list(texts[start : start + batch_size])).to(self.device)
             with self._autocast():
-                chunks.append(_normalise(self.model.encode_text(tokens)))
+                features = encode_text_trimmed(self.model, tokens)
+                if features is None:
+                    features = self.model.encode_text(tokens)
+                chunks.append(_normalise(features))
         if not chunks:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate(chunks)
+
+
+def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor | None:
+    """CLIP's encode_text without the padding after the batch's last end-of-text token.
+
+    The text tower is causal (each token attends only to earlier ones) and its output is read at
+    the end-of-text token, so padding after it cannot change the result; a short query is ~10
+    tokens of 77, and skipping the rest made a ViT-B-32 text query ~2.4x faster on 2 cores
+    (peers' notes: 87 -> 36 ms). Returns None for models where that reasoning does not hold
+    (non-causal or custom text towers); callers then use the model's own encode_text.
+    """
+    pool = getattr(model, "text_pool_type", None)
+    mask = getattr(model, "attn_mask", None)
+    if not isinstance(model, open_clip.CLIP) or pool not in ("argmax", "eos") or mask is None:
+        return None
+    if pool == "argmax":
+        ends = tokens.argmax(dim=-1)
+    else:
+        ends = (tokens == model.text_eos_id).int().argmax(dim=-1)
+    length = int(ends.max()) + 1
+    trimmed = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(trimmed).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=mask[:length, :length])
+    x = model.ln_final(x)
+    x = open_clip.transformer.text_global_pool(
+        x, trimmed, pool, eos_token_id=getattr(model, "text_eos_id", None)
+    )
+    projection = model.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
 
 
 def _normalise(features: torch.Tensor) -> Vectors:
