@@ -165,11 +165,11 @@ def _embed_missing(
 
     embedder.embed_image_files(paths, on_batch)
     # A file skipped once is skipped for every path that shares its bytes.
-    bad_keys = {keys_by_path[s.path] for s in skipped if s.path in keys_by_path}
+    first_skip = {keys_by_path[s.path]: s for s in skipped if s.path in keys_by_path}
+    skipped_paths = {s.path for s in skipped}
     for path, key in keys_by_path.items():
-        if key in bad_keys and path not in {s.path for s in skipped}:
-            first = next(s for s in skipped if keys_by_path.get(s.path) == key)
-            skipped.append(Skipped(path, first.reason, first.detail))
+        if key in first_skip and path not in skipped_paths:
+            skipped.append(Skipped(path, first_skip[key].reason, first_skip[key].detail))
     return embedded, skipped
 
 

@@ -261,11 +261,13 @@ class IndexStore:
         size = sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
         collections = {}
         for collection in COLLECTIONS:
-            index = self.get_index(collection)
+            count = self.catalog.count(collection)
+            # The factory recorded at commit time: reporting must not load a large index.
+            factory = self.catalog.get_meta(f"factory:{collection}") if count else None
             collections[collection] = {
-                "count": self.catalog.count(collection),
+                "count": count,
                 "index_type": self.index_type(collection),
-                "faiss": index.description if index is not None else None,
+                "faiss": factory,
             }
         updated = self.catalog.get_meta("updated")
         return {
