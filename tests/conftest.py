@@ -59,8 +59,10 @@ def tiny_model(tiny_model_dir: Path) -> str:
 
 @pytest.fixture(autouse=True)
 def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point every piece of state (index dir, caches) at tmp_path, and stay offline."""
+    """Point every piece of state (index dir, caches) at tmp_path, stay offline, and run the
+    model on the CPU so results compare exactly on machines with a GPU too."""
     monkeypatch.setenv("MMSEARCH_INDEX", str(tmp_path / "indexes" / "default"))
+    monkeypatch.setenv("MMSEARCH_DEVICE", "cpu")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.chdir(tmp_path)
