@@ -176,6 +176,8 @@ def main() -> None:
     device = (
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
+    if not args.images.is_dir():
+        raise SystemExit(f"{args.images} is not a folder; pass --images DIR (any folder of JPEGs)")
     paths = sorted(
         p for p in args.images.iterdir() if p.suffix.lower() in {".jpeg", ".jpg", ".png"}
     )
