@@ -185,12 +185,21 @@ class IndexStore:
         for collection in COLLECTIONS:
             requested = (index_types or {}).get(collection) or self.index_type(collection)
             self.catalog.set_meta(f"index_type:{collection}", requested)
+            change = changes.get(collection, CollectionChanges())
+            current_path = self._faiss_path(collection, old)
+            built_for = self.catalog.get_meta(f"built_for:{collection}")
+            if (
+                not change
+                and not force_rebuild
+                and built_for == requested
+                and current_path.is_file()
+            ):
+                # Nothing changed in this collection: the next generation shares the file
+                # (a hard link) instead of loading and rewriting a possibly large index.
+                os.link(current_path, self._faiss_path(collection, new))
+                continue
             index = self._next_index(
-                collection,
-                changes.get(collection, CollectionChanges()),
-                requested,
-                dim,
-                force_rebuild=force_rebuild,
+                collection, change, requested, dim, force_rebuild=force_rebuild
             )
             if index is not None:
                 index.save(self._faiss_path(collection, new))

@@ -120,3 +120,18 @@ def test_open_errors(tmp_path: Path, store: IndexStore) -> None:
     manifest.write_text(manifest.read_text().replace('"format_version": 1', '"format_version": 99'))
     with pytest.raises(IndexMismatchError, match="format version 99"):
         IndexStore.open(tmp_path / "idx")
+
+
+def test_unchanged_collection_is_linked_not_rewritten(store: IndexStore, tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    vectors = unit(rng, 30)
+    ids = add(store, vectors, 0)
+    before = (tmp_path / "idx" / "images.1.faiss").stat().st_ino
+    with store.catalog.transaction():
+        store.catalog.put_vectors(["txt:a"], unit(rng, 1))
+        text_id = store.catalog.add_item("texts", "txt:a", text="a")
+        store.commit({"texts": CollectionChanges(added=[text_id])})
+    store.cleanup()
+    assert (tmp_path / "idx" / "images.2.faiss").stat().st_ino == before
+    _, found = store.get_index(IMAGES).search(vectors[:1], 1)
+    assert found[0, 0] == ids[0] and store.get_index("texts").ntotal == 1
