@@ -211,13 +211,13 @@ def index(
                             ),
                         )
                     )
-                if catalog is not None and products is not None:
+                if products is not None:
                     reports.append(
                         (
                             "catalog",
                             index_catalog(
                                 store,
-                                catalog,
+                                products,
                                 factory,
                                 index_types=types,
                                 on_progress=on_progress,

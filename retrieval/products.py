@@ -116,17 +116,17 @@ def load_catalog(path: Path) -> list[Product]:
 
 def index_catalog(
     store: IndexStore,
-    path: Path,
+    products: list[Product],
     embedder_factory: EmbedderFactory,
     *,
     index_types: dict[str, str] | None = None,
     on_progress: Progress | None = None,
 ) -> IndexReport:
-    """Make the store's products equal the catalog file: new and edited rows are (re)indexed,
-    deleted rows removed, unchanged rows left alone. Must run under `store.writer_lock()`."""
+    """Make the store's products equal `products` (from load_catalog): new and edited rows are
+    (re)indexed, deleted rows removed, unchanged rows left alone. Must run under
+    `store.writer_lock()`."""
     started = time.perf_counter()
     report = IndexReport()
-    products = load_catalog(path)
     stored = store.catalog.get_products()
     by_product: dict[str, list[Item]] = {}
     for collection in (IMAGES, TEXTS):

@@ -128,20 +128,6 @@ class SearchService:
         product = self.store.catalog.get_product(product_id) or {}
         return {**product, **metadata, "product_id": product_id}
 
-    def search_text(
-        self, text: str, *, target: str = IMAGES, k: int = 10, offset: int = 0
-    ) -> list[Hit]:
-        """Text -> images (default) or text -> texts."""
-        check_k(k, offset)
-        return self.search_vector(self.embed_texts([text])[0], target=target, k=k, offset=offset)
-
-    def search_image(
-        self, source: Path | bytes, *, target: str = IMAGES, k: int = 10, offset: int = 0
-    ) -> list[Hit]:
-        """Image -> images (default) or image -> texts."""
-        check_k(k, offset)
-        return self.search_vector(self.embed_image(source)[0], target=target, k=k, offset=offset)
-
     # -- the general entry point ------------------------------------------------------------
     @property
     def has_catalog(self) -> bool:
