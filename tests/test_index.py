@@ -19,7 +19,14 @@ from retrieval.errors import (
     InvalidQueryError,
     MmsearchError,
 )
-from retrieval.index import FaissIndex, exact_search, faiss_index, gpu_available, resolve_index_type
+from retrieval.index import (
+    FaissIndex,
+    check_index_type,
+    exact_search,
+    faiss_index,
+    gpu_available,
+    resolve_index_type,
+)
 
 DIM = 32
 N = 10_000  # the smallest size at which ivfpq trains instead of falling back to Flat
@@ -243,8 +250,11 @@ def test_types_needing_training_fall_back_to_flat_when_too_small(index_type, cap
 
 
 def test_unknown_index_type_lists_accepted_values() -> None:
-    with pytest.raises(ValueError, match="auto, flat, ivf, hnsw, ivfpq"):
+    with pytest.raises(InvalidQueryError, match="auto, flat, ivf, hnsw, ivfpq"):
         resolve_index_type("bogus", 1000, 64)
+    with pytest.raises(InvalidQueryError, match="--index-type 'hnws'"):
+        check_index_type("hnws", 64)
+    check_index_type("IVF16,PQ8", 64)  # a factory string valid for 64-d passes
 
 
 def test_ids_are_preserved_exactly(data) -> None:

@@ -4,7 +4,6 @@ worker or the batch it sits in."""
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -18,8 +17,6 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import ImageDecodeError
 from ..images import MAX_IMAGE_PIXELS, load_image
 from ..types import Skipped
-
-logger = logging.getLogger(__name__)
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
 """PIL image -> (3, H, W) float tensor, e.g. the `preprocess` open_clip returns with a model."""
@@ -160,8 +157,7 @@ def create_image_loader(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}; try --batch-size 32")
     if num_workers < 0:
         raise ValueError(
-            f"num_workers must be 0 (decode in-process) or more, got {num_workers}; "
-            "try --num-workers 0"
+            f"num_workers must be 0 (decode in-process) or more, got {num_workers}; try --workers 0"
         )
     return DataLoader(
         ImageDataset(paths, preprocess, max_pixels=max_pixels),

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import logging
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -19,11 +17,10 @@ import torch
 from open_clip import pretrained as oc_pretrained
 
 from ..errors import ModelUnavailableError
+from ..files import file_sha256
 from ..images import load_image
 from ..types import ModelIdentity, ModelSpec, Skipped, Vectors
 from .loader import create_image_loader, default_num_workers
-
-logger = logging.getLogger(__name__)
 
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
@@ -63,15 +60,6 @@ def resolve_precision(precision: str, device: str) -> torch.dtype:
     if precision not in table:
         raise ModelUnavailableError(f"unknown precision {precision!r}; use auto, fp32, fp16, bf16.")
     return table[precision]
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _local_dir_weights(folder: Path) -> Path | None:

@@ -7,6 +7,7 @@ from retrieval.index.exact import Scores, exact_search
 from retrieval.index.faiss_index import (
     INDEX_TYPES,
     FaissIndex,
+    check_index_type,
     gpu_available,
     resolve_index_type,
 )
@@ -14,6 +15,7 @@ from retrieval.index.faiss_index import (
 __all__ = [
     "INDEX_TYPES",
     "FaissIndex",
+    "check_index_type",
     "Scores",
     "exact_search",
     "gpu_available",

@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from retrieval.errors import (
     InvalidQueryError,
     MmsearchError,
 )
+from retrieval.files import atomic_path
 from retrieval.index.exact import Scores
 from retrieval.types import Ids, Vectors
 
@@ -99,15 +98,29 @@ def _pq_subquantizers(dim: int) -> int:
     return max(m for m in range(1, target + 1) if dim % m == 0)
 
 
-def _resolve_raw(factory: str, n: int, dim: int) -> str:
+def check_index_type(index_type: str, dim: int) -> None:
+    """Refuse an index type faiss cannot build for `dim`-d vectors, before any work starts.
+
+    Raises:
+        InvalidQueryError: neither a known name nor a faiss factory string valid for `dim`.
+    """
+    if index_type.strip().lower() not in INDEX_TYPES:
+        _factory_index(index_type.strip(), dim)
+
+
+def _factory_index(factory: str, dim: int) -> Any:
     try:
-        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
-        raise ValueError(
-            f"unknown index type {factory!r} for dim {dim}: use one of {', '.join(INDEX_TYPES)} "
-            f"or a faiss index_factory string such as 'IVF1024,Flat' or 'HNSW32' "
-            f"({FACTORY_HELP}); faiss said: {_faiss_message(err)}"
+        raise InvalidQueryError(
+            f"unknown --index-type {factory!r} for dim {dim}: use one of "
+            f"{', '.join(INDEX_TYPES)} or a faiss index_factory string such as 'IVF1024,Flat' "
+            f"or 'HNSW32' ({FACTORY_HELP}); faiss said: {_faiss_message(err)}"
         ) from err
+
+
+def _resolve_raw(factory: str, n: int, dim: int) -> str:
+    index = _factory_index(factory, dim)
     ivf = _ivf(index)
     pq = getattr(ivf if ivf is not None else _core(index), "pq", None)
     need = max(ivf.nlist if ivf is not None else 0, (1 << pq.nbits) if pq is not None else 0)
@@ -316,24 +329,15 @@ class FaissIndex:
 
     def save(self, path: Path) -> None:
         """Atomically write the CPU index to `path` (temp file, fsync, rename)."""
-        path, tmp_name = Path(path), ""
+        path = Path(path)
         try:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            faiss.write_index(self._cpu, tmp_name)
-            with open(tmp_name, "rb+") as tmp:
-                os.fsync(tmp.fileno())
-            os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; other readers must open it
-            # Rename, never rewrite in place: a reader may have the old file memory-mapped.
-            os.replace(tmp_name, path)
+            with atomic_path(path) as tmp:
+                faiss.write_index(self._cpu, str(tmp))
         except (OSError, RuntimeError) as err:
-            if tmp_name:
-                Path(tmp_name).unlink(missing_ok=True)
             raise MmsearchError(
                 f"could not write index to {path} ({_faiss_message(err)}): check the directory "
                 "is writable and has free space; the previous index file is unchanged"
             ) from err
-        _fsync_dir(path.parent)
 
     def _check_writable(self, verb: str) -> None:
         if self._read_only:  # writing into mmapped faiss storage aborts the whole process
@@ -415,11 +419,11 @@ class FaissIndex:
         if not gpu_available():
             raise MmsearchError(
                 "use_gpu=True but faiss has no GPU support or sees no CUDA device: install "
-                "faiss-gpu (pip install -e '.[gpu]') on a CUDA machine, or drop --gpu"
+                "faiss-gpu (pip install -e '.[gpu]') on a CUDA machine, or pass --device cpu"
             )
         if isinstance(_core(self._cpu), faiss.IndexHNSW):
             raise MmsearchError(
-                "faiss has no GPU version of HNSW indexes: drop --gpu, or build with "
+                "faiss has no GPU version of HNSW indexes: pass --device cpu, or build with "
                 "--index-type flat, ivf or ivfpq to search on the GPU"
             )
         self._gpu_res = faiss.StandardGpuResources()
@@ -434,8 +438,8 @@ class FaissIndex:
             except RuntimeError as err:
                 errors.append(err)
         raise MmsearchError(
-            f"cannot move {self._factory} to the GPU ({_faiss_message(errors[-1])}): drop --gpu "
-            "or build with --index-type flat, ivf or ivfpq"
+            f"cannot move {self._factory} to the GPU ({_faiss_message(errors[-1])}): pass "
+            "--device cpu or build with --index-type flat, ivf or ivfpq"
         ) from errors[-1]
 
 
@@ -459,13 +463,3 @@ def _mmap_flags() -> int:
     # IO_FLAG_MMAP_IFC (faiss >= 1.10) maps flat codes and inverted lists of every index type;
     # older faiss only has IO_FLAG_MMAP, which maps IVF lists and reads the rest into RAM.
     return int(getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY))
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable; best effort on platforms that cannot open directories."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
