@@ -71,9 +71,9 @@ def mmsearch(
     returns (seconds, re-run seconds, vectors, settings)."""
     import torch
 
-    from retrieval.app import open_for_indexing
+    from retrieval.compose import open_for_indexing
     from retrieval.config import EmbedConfig
-    from retrieval.ingest import index_images
+    from retrieval.ingest import sync_images_and_texts
     from retrieval.types import ModelSpec
 
     folder = Path(tempfile.mkdtemp(prefix="mmsearch-bench-"))
@@ -93,10 +93,10 @@ def mmsearch(
         embedder.encode_images(torch.zeros(embedder.batch_size, 3, size, size))
         with store.writer_lock():
             started = time.perf_counter()
-            report = index_images(store, [images], factory)
+            report = sync_images_and_texts(store, [images], factory)
             seconds = time.perf_counter() - started
             started = time.perf_counter()
-            rerun = index_images(store, [images], factory)
+            rerun = sync_images_and_texts(store, [images], factory)
             rerun_s = time.perf_counter() - started
         assert report.embedded == len(paths), report
         assert rerun.embedded == 0 and rerun.unchanged == len(paths), rerun

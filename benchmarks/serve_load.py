@@ -103,8 +103,8 @@ def write_model(folder: Path, arch: str) -> str:
 
 def build_index(directory: Path, model: str, count: int, index_type: str) -> None:
     """`count` random unit vectors as image items of a new index built for `model`."""
-    from retrieval.app import load_embedder
-    from retrieval.catalog import IMAGES
+    from retrieval.compose import load_embedder
+    from retrieval.types import IMAGES
     from retrieval.config import EmbedConfig
     from retrieval.store import CollectionChanges, IndexStore
     from retrieval.types import ModelSpec
@@ -131,7 +131,7 @@ def build_index(directory: Path, model: str, count: int, index_type: str) -> Non
 
 def index_complete(directory: Path, count: int) -> bool:
     """Whether `directory` holds a finished build of `count` vectors (reused across runs)."""
-    from retrieval.catalog import IMAGES
+    from retrieval.types import IMAGES
     from retrieval.store import IndexStore
 
     if not IndexStore.exists(directory):

@@ -1,8 +1,9 @@
 """mmsearch: cross-modal image/text search with CLIP embeddings in FAISS indexes.
 
 The public API is small: open an index with `open_for_search` and query the returned
-`SearchService`; build or update one with `open_for_indexing` + `index_images`. Nothing heavy
-(torch, open_clip, faiss) is imported until it is used.
+`SearchService` (a context manager) with a `SearchRequest`; build or update one with
+`open_for_indexing` + `sync_images_and_texts`. Nothing heavy (torch, open_clip, faiss) is
+imported until it is used.
 """
 
 from __future__ import annotations
@@ -21,17 +22,19 @@ from .errors import (
 from .types import Hit, ModelIdentity, ModelSpec, Skipped
 
 if TYPE_CHECKING:
-    from .app import open_for_indexing, open_for_search
-    from .ingest import IndexReport, index_images
-    from .service import SearchService
+    from .compose import open_for_indexing, open_for_search
+    from .ingest import IndexReport, sync_images_and_texts
+    from .service import SearchRequest, SearchResult, SearchService
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "open_for_indexing": "app",
-    "open_for_search": "app",
-    "index_images": "ingest",
+    "open_for_indexing": "compose",
+    "open_for_search": "compose",
+    "sync_images_and_texts": "ingest",
     "IndexReport": "ingest",
+    "SearchRequest": "service",
+    "SearchResult": "service",
     "SearchService": "service",
 }
 
@@ -57,9 +60,11 @@ __all__ = [
     "ModelIdentity",
     "ModelSpec",
     "ModelUnavailableError",
+    "SearchRequest",
+    "SearchResult",
     "SearchService",
     "Skipped",
-    "index_images",
     "open_for_indexing",
     "open_for_search",
+    "sync_images_and_texts",
 ]

@@ -8,7 +8,6 @@ query texts are answered from an LRU cache without touching the model."""
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -27,7 +26,6 @@ from .types import Vectors
 if TYPE_CHECKING:
     from .service import QueryEmbedder
 
-logger = logging.getLogger(__name__)
 
 TextEncode = Callable[[list[str]], Vectors]
 """Embeds a list of texts into an (n, dim) array of normalised float32 rows."""
@@ -250,7 +248,9 @@ class BatchingEmbedder:
 
     It lets a SearchService batch and cache text queries without knowing about it. The model
     loads on first use, as with any embedder factory:
-    `embedder = BatchingEmbedder(load_model, BatchConfig()); SearchService(store, lambda: embedder)`
+    `embedder = BatchingEmbedder(load_model, BatchConfig())`, then
+    `SearchService(store, lambda: embedder, text_batcher=embedder.texts)`, which stops the
+    batcher when the service closes.
     """
 
     def __init__(self, load: Callable[[], QueryEmbedder], config: BatchConfig) -> None:

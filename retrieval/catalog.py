@@ -18,9 +18,6 @@ import numpy as np
 
 from .types import Ids
 
-IMAGES = "images"
-TEXTS = "texts"
-COLLECTIONS = (IMAGES, TEXTS)
 SQL_CHUNK = 500
 
 MIGRATIONS: tuple[str, ...] = (

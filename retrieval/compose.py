@@ -1,5 +1,5 @@
 """Composition: builds stores, embedders and services from configs, for the CLI and the HTTP
-server alike. The heavy imports (torch, open_clip) happen here, lazily, on first use."""
+server alike. The heavy imports (torch, open_clip, faiss) happen lazily, on first use."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import DEFAULT_MODEL, BatchConfig, EmbedConfig
-from .errors import IndexMismatchError
+from .errors import IndexMismatchError, MmsearchError
 from .service import SearchService
 from .store import IndexStore
 from .types import ModelIdentity, ModelSpec
@@ -41,12 +41,21 @@ def load_embedder(
 
 
 def open_for_indexing(
-    directory: Path, spec: ModelSpec | None, config: EmbedConfig
+    directory: Path, spec: ModelSpec | None, config: EmbedConfig, index_type: str = "auto"
 ) -> tuple[IndexStore, Callable[[], OpenClipEmbedder]]:
     """Open (or create) the index at `directory`; the embedder loads only if something needs
-    embedding, so a re-run over an unchanged folder does no model work at all."""
+    embedding, so a re-run over an unchanged folder does no model work at all. `index_type` is
+    checked against the model's dimension first, so a bad one fails before anything is written
+    or embedded."""
+    from .index import check_index_type
+
     if IndexStore.exists(directory):
         store = IndexStore.open(directory)
+        try:
+            check_index_type(index_type, store.identity.dim)
+        except MmsearchError:
+            store.close()
+            raise
         if spec is not None:
             from .embedders.open_clip import spec_matches
 
@@ -63,6 +72,7 @@ def open_for_indexing(
         own = ModelSpec(identity.name, identity.pretrained)
         return store, cache(lambda: load_embedder(own, config, expected=identity))
     embedder = load_embedder(spec or DEFAULT_MODEL, config)
+    check_index_type(index_type, embedder.identity.dim)
     store = IndexStore.create(directory, embedder.identity)
     return store, lambda: embedder
 
@@ -85,7 +95,7 @@ def open_for_search(
     from .batching import BatchingEmbedder
 
     embedder = BatchingEmbedder(load, batching)  # loads the model on first use
-    return SearchService(store, lambda: embedder)
+    return SearchService(store, lambda: embedder, text_batcher=embedder.texts)
 
 
 def _search_on_gpu(device: str) -> bool:

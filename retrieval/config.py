@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import InvalidQueryError
 from .types import ModelSpec
 
 DEFAULT_MODEL = ModelSpec("ViT-B-32", "laion2b_s34b_b79k")
 # Relative to the current directory, like git's .git: indexes live beside the work that made them.
 DEFAULT_INDEX_DIR = Path("indexes") / "default"
 INDEX_DIR_ENV = "MMSEARCH_INDEX"
+# What --device and --precision accept; checked here, without torch, so a typo fails before any
+# work starts (embedders/open_clip.py resolves `auto` and checks that CUDA is really there).
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 def default_index_dir() -> Path:
@@ -21,20 +27,27 @@ def default_index_dir() -> Path:
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    """How to run the model: which one, where, in what precision, how many at a time."""
+    """How to run the model: where, in what precision, how many at a time (the model itself
+    comes from the index or from --model)."""
 
-    model: ModelSpec = DEFAULT_MODEL
     device: str = "auto"
     precision: str = "auto"
     batch_size: int | None = None  # None: by device (see embedders/open_clip.py)
     num_workers: int | None = None
 
-
-@dataclass(frozen=True)
-class IndexConfig:
-    """How to store and search vectors."""
-
-    index_type: str = "auto"
+    def __post_init__(self) -> None:
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise InvalidQueryError(
+                f"unknown --device {self.device!r}; use auto, cpu, cuda or cuda:N"
+            )
+        if self.precision not in PRECISIONS:
+            raise InvalidQueryError(
+                f"unknown --precision {self.precision!r}; use one of {', '.join(PRECISIONS)}"
+            )
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InvalidQueryError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise InvalidQueryError(f"--workers must be 0 or more, got {self.num_workers}")
 
 
 MIB = 1024 * 1024

@@ -131,18 +131,33 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = MAX_IMAGE_PIXELS
         return _decode(stream, label, max_pixels)
 
 
+def open_header(stream: BinaryIO) -> Image.Image:
+    """Image.open (which reads the header only) limited to IMAGE_FORMATS. Pillow warns between
+    its soft and hard pixel limits; every caller applies its own limit to the size, so the
+    warning would only be noise on stderr. (catch_warnings is process-wide; a race with another
+    thread can at worst leave this one warning category ignored.)"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(stream, formats=IMAGE_FORMATS)
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of an image from its header alone, or None when the bytes are not an
+    image this module reads (load_image then reports why, with a reason)."""
+    try:
+        with open_header(io.BytesIO(data)) as image:
+            return image.size
+    except Exception:  # noqa: BLE001 (any decoder failure means "not readable here")
+        return None
+
+
 def _decode(stream: BinaryIO, label: str, max_pixels: int) -> Image.Image:
     head = stream.read(16)
     if not head:
         raise ImageDecodeError(label, "empty", "the file has 0 bytes")
     stream.seek(0)
     try:
-        # Pillow warns between its soft and hard limits; we apply our own limit just below, so
-        # the warning would only be noise on stderr. (catch_warnings is process-wide; a race
-        # with another thread can at worst leave this one warning category ignored.)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(stream, formats=IMAGE_FORMATS)
+        image = open_header(stream)
     except MemoryError:
         raise
     except Exception as err:

@@ -7,7 +7,6 @@ faiss files change in one final transaction (see store.py)."""
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import time
 from collections.abc import Callable
@@ -15,12 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .catalog import IMAGES, TEXTS, Item
+from .catalog import Item
+from .files import file_sha256
 from .images import walk_images
 from .store import CollectionChanges, IndexStore
-from .types import Skipped, Vectors
-
-logger = logging.getLogger(__name__)
+from .types import IMAGES, TEXTS, Skipped, Vectors
 
 Progress = Callable[[str, int, int], None]
 """on_progress(stage, advance, total): called as work completes; total is fixed per stage."""
@@ -39,7 +37,6 @@ class Embedder(Protocol):
 
 
 EmbedderFactory = Callable[[], Embedder]
-HASH_CHUNK = 1 << 20
 # Texts are embedded and committed in chunks of this size: small enough that a killed run loses
 # little, large enough to amortise the transaction.
 TEXT_CHUNK = 512
@@ -72,11 +69,7 @@ class IndexReport:
 
 def file_key(path: Path) -> str:
     """Content key of an image file: identical bytes share one stored vector."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(HASH_CHUNK), b""):
-            digest.update(chunk)
-    return "img:" + digest.hexdigest()
+    return "img:" + file_sha256(path)
 
 
 def text_key(text: str) -> str:
@@ -134,7 +127,7 @@ def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | N
     return plan
 
 
-def _embed_missing(
+def embed_missing_images(
     store: IndexStore,
     keys_by_path: dict[str, str],
     embedder_factory: EmbedderFactory,
@@ -173,7 +166,7 @@ def _embed_missing(
     return embedded, skipped
 
 
-def index_images(
+def sync_images_and_texts(
     store: IndexStore,
     roots: list[Path],
     embedder_factory: EmbedderFactory,
@@ -192,7 +185,7 @@ def index_images(
     report = IndexReport()
     plan = _plan_images(store, roots, on_progress)
     keys_by_path = {path: key for path, (key, _, _) in plan.pending.items()}
-    embedded, skipped = _embed_missing(store, keys_by_path, embedder_factory, on_progress)
+    embedded, skipped = embed_missing_images(store, keys_by_path, embedder_factory, on_progress)
     report.embedded = embedded
     report.skipped = plan.skipped + skipped
     report.unchanged = plan.unchanged
@@ -200,7 +193,7 @@ def index_images(
 
     wanted_texts = None
     if texts is not None:
-        wanted_texts = _embed_texts(store, texts, embedder_factory, on_progress)
+        wanted_texts = embed_texts(store, texts, embedder_factory, on_progress)
 
     image_changes = CollectionChanges()
     with store.catalog.transaction():
@@ -236,7 +229,7 @@ def index_images(
     return report
 
 
-def _embed_texts(
+def embed_texts(
     store: IndexStore,
     texts: list[str],
     embedder_factory: EmbedderFactory,

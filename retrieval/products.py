@@ -13,20 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .catalog import IMAGES, TEXTS, Item
+from .catalog import Item
 from .errors import InputFileError
 from .ingest import (
     EmbedderFactory,
     IndexReport,
     Progress,
-    _embed_missing,
-    _embed_texts,
+    embed_missing_images,
+    embed_texts,
     file_key,
     text_key,
 )
 from .store import CollectionChanges, IndexStore
 from .texts import iter_jsonl
-from .types import Skipped
+from .types import IMAGES, TEXTS, Skipped
 
 # In CSV one cell holds several image paths separated by this; JSONL may use an `images` list.
 IMAGE_SEPARATOR = "|"
@@ -146,10 +146,12 @@ def index_catalog(
                 stats[image] = (stat.st_size, stat.st_mtime_ns)
             except OSError as err:
                 report.skipped.append(Skipped(image, "missing", f"product {product.id}: {err}"))
-    report.embedded, skipped = _embed_missing(store, keys_by_path, embedder_factory, on_progress)
+    report.embedded, skipped = embed_missing_images(
+        store, keys_by_path, embedder_factory, on_progress
+    )
     report.skipped += skipped
     bad = {s.path for s in report.skipped}
-    titles = _embed_texts(store, [p.title for p in changed], embedder_factory, on_progress)
+    titles = embed_texts(store, [p.title for p in changed], embedder_factory, on_progress)
 
     changes = {IMAGES: CollectionChanges(), TEXTS: CollectionChanges()}
     wanted = {p.id for p in products}

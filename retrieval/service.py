@@ -1,23 +1,25 @@
-"""SearchService: the one application object shared by the CLI and the HTTP app."""
+"""SearchService: the one application object shared by the CLI and the HTTP app. It answers a
+SearchRequest with a SearchResult, whose JSON both front ends print as is."""
 
 from __future__ import annotations
 
-import logging
+import json
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from .catalog import COLLECTIONS, IMAGES, TEXTS, Item, filter_products, product_columns
+from .catalog import Item, filter_products, product_columns
 from .errors import InvalidQueryError
 from .store import IndexStore
-from .types import Hit, Ids, Vectors
+from .types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, TEXTS, Hit, Ids, Vectors
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from .batching import BatchingTextEncoder
 
 # faiss answers any k, but a page of results past this is a mistake, not a query.
 MAX_K = 1000
@@ -31,8 +33,6 @@ class QueryEmbedder(Protocol):
     def encode_image_sources(self, sources: list[Path | bytes]) -> Vectors: ...
 
 
-PRODUCTS = "products"
-TARGETS = (IMAGES, TEXTS, PRODUCTS)
 # Product search scores each product by w * title similarity + (1 - w) * best image similarity.
 # Text-to-image cosine scores of CLIP sit lower than text-to-text ones, so an even split already
 # lets a strong title match lift a product; callers tune it per request.
@@ -51,14 +51,61 @@ class SearchRequest:
     offset: int = 0
     filters: Mapping[str, Any] = field(default_factory=dict)
     text_weight: float = DEFAULT_TEXT_WEIGHT
+    # How the query echo names an image given as bytes (an upload's file name, "base64");
+    # an image given as a path is echoed as its absolute path.
+    image_name: str | None = None
+
+    def echo(self, target: str) -> dict[str, Any]:
+        """The `query` part of a result: what was searched, with the target resolved."""
+        echo: dict[str, Any] = {"target": target, "k": self.k, "offset": self.offset}
+        if self.text is not None:
+            echo["text"] = self.text
+        elif isinstance(self.image, Path):
+            echo["image"] = str(self.image.absolute())
+        else:
+            echo["image"] = self.image_name
+        if self.filters:
+            echo["filters"] = dict(self.filters)
+        if target == PRODUCTS and self.text is not None:
+            echo["text_weight"] = self.text_weight
+        return echo
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One page of hits and the query as the service understood it: the one answer shape of
+    `mmsearch query --json` and the HTTP search endpoints."""
+
+    query: dict[str, Any]
+    hits: list[Hit]
+
+    def to_dict(self, **extra: Any) -> dict[str, Any]:
+        """`{"query": {...}, "results": [...]}`, then `extra` (e.g. the HTTP `took_ms`)."""
+        return {"query": self.query, "results": [hit.to_dict() for hit in self.hits], **extra}
+
+    def to_json(self, **extra: Any) -> str:
+        """Compact JSON of to_dict(): the exact bytes both front ends send."""
+        return json.dumps(
+            self.to_dict(**extra), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+        )
 
 
 class SearchService:
-    """Embeds queries and searches one index directory."""
+    """Embeds queries and searches one index directory. Closing it (or leaving a `with`
+    block) closes the store and the embedder, which stops a text batcher's worker."""
 
-    def __init__(self, store: IndexStore, embedder_factory: Callable[[], QueryEmbedder]) -> None:
+    def __init__(
+        self,
+        store: IndexStore,
+        embedder_factory: Callable[[], QueryEmbedder],
+        *,
+        text_batcher: BatchingTextEncoder | None = None,
+    ) -> None:
+        """`text_batcher`: the micro-batcher behind the embedder's text queries, if any; the
+        service reports its counters (/stats, /metrics) and stops it on close."""
         self.store = store
         self._embedder_factory = embedder_factory
+        self.text_batcher = text_batcher
         self._lock = threading.Lock()
 
     @cached_property
@@ -133,18 +180,24 @@ class SearchService:
     def has_catalog(self) -> bool:
         return self.store.catalog.has_products()
 
-    def search(self, request: SearchRequest) -> list[Hit]:
+    def default_target(self) -> str:
+        """The target of a request that names none: products with a catalog, else images."""
+        return PRODUCTS if self.has_catalog else IMAGES
+
+    def search(self, request: SearchRequest) -> SearchResult:
         """Run one SearchRequest: text or image, over images, texts or products."""
+        target = request.target or self.default_target()
+        return SearchResult(request.echo(target), self._search(request, target))
+
+    def _search(self, request: SearchRequest, target: str) -> list[Hit]:
         check_k(request.k, request.offset)
         if (request.text is None) == (request.image is None):
             raise InvalidQueryError("give either a query text or an image (not both, not neither)")
-        target = request.target or (PRODUCTS if self.has_catalog else IMAGES)
         if target not in TARGETS:
             raise InvalidQueryError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
         if request.text is not None:
             vector = self.embed_texts([request.text])[0]
         else:
-            assert request.image is not None
             vector = self.embed_image(request.image)[0]
         if target == PRODUCTS:
             if not self.has_catalog:
@@ -296,7 +349,18 @@ class SearchService:
         self.embed_texts(["warm up"])
 
     def close(self) -> None:
-        self.store.close()
+        """Stop the text batcher (after its queued texts), then close the store."""
+        try:
+            if self.text_batcher is not None:
+                self.text_batcher.close()
+        finally:
+            self.store.close()
+
+    def __enter__(self) -> SearchService:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 def check_k(k: int, offset: int = 0) -> None:
@@ -307,4 +371,4 @@ def check_k(k: int, offset: int = 0) -> None:
         raise InvalidQueryError(f"offset must be between 0 and {MAX_K * 10 - k}, got {offset}")
 
 
-__all__ = ["SearchService", "check_k", "MAX_K", "IMAGES", "TEXTS"]
+__all__ = ["MAX_K", "SearchRequest", "SearchResult", "SearchService", "check_k"]

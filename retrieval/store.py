@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from .catalog import COLLECTIONS, Catalog
+from .catalog import Catalog
 from .errors import IndexBusyError, IndexCorruptError, IndexMismatchError, IndexNotFoundError
+from .files import write_atomic
 from .index import FaissIndex
-from .types import ModelIdentity
+from .types import COLLECTIONS, ModelIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -46,16 +47,6 @@ class CollectionChanges:
 
     def __bool__(self) -> bool:
         return bool(self.removed or self.added)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file beside `path`, fsync, then rename over it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class IndexStore:
@@ -120,14 +111,11 @@ class IndexStore:
     def close(self) -> None:
         self.catalog.close()
 
-    def check_model(self, identity: ModelIdentity) -> None:
-        """Refuse to mix vectors from two models in one index."""
-        if not self.identity.same_model(identity):
-            raise IndexMismatchError(
-                f"index {self.directory} was built with {self.identity.describe()}, not "
-                f"{identity.describe()}; drop --model/--pretrained to use the index's own model, "
-                "or pass another --index DIR for the new model."
-            )
+    def __enter__(self) -> IndexStore:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     @contextmanager
     def writer_lock(self) -> Iterator[None]:

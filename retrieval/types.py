@@ -13,6 +13,14 @@ Vectors = npt.NDArray[np.float32]
 
 Ids = npt.NDArray[np.int64]
 
+# The names of what an index holds and what a search can ask for, in one place: collections are
+# what the catalog and the faiss files store; a product search fuses both collections.
+IMAGES = "images"
+TEXTS = "texts"
+PRODUCTS = "products"
+COLLECTIONS = (IMAGES, TEXTS)
+TARGETS = (IMAGES, TEXTS, PRODUCTS)
+
 
 @dataclass(frozen=True)
 class ModelSpec:

@@ -15,10 +15,11 @@ from conftest import make_images
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
-from retrieval.app import open_for_search
+from retrieval.compose import open_for_search
 from retrieval.cli import app as cli_app
 from retrieval.config import EmbedConfig
-from retrieval.http import ServeConfig, create_app
+from retrieval.config import ServeConfig
+from retrieval.http import create_app
 from retrieval.service import SearchService
 
 CAPTIONS = ["a red shoe", "a blue hat", "a green shirt", "a cat on a sofa", "a mountain lake"]
@@ -65,13 +66,8 @@ def open_app(
 ) -> Iterator[tuple[FastAPI, SearchService]]:
     """An app over `directory` wired as `mmsearch serve` wires it; closes everything after."""
     config = config or ServeConfig()
-    service = open_for_search(directory, EmbedConfig(device="cpu"), batching=config.batching)
-    text_encoder = service.embedder.texts
-    try:
-        yield create_app(service, config, text_encoder=text_encoder), service
-    finally:
-        text_encoder.close()
-        service.close()
+    with open_for_search(directory, EmbedConfig(device="cpu"), batching=config.batching) as service:
+        yield create_app(service, config), service
 
 
 def free_port() -> int:

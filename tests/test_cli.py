@@ -55,7 +55,7 @@ def test_text_query_equals_brute_force_over_stored_vectors(
     tiny_model: str, image_folder: Path, tmp_path: Path
 ) -> None:
     index_ok(image_folder, "--model", tiny_model)
-    from retrieval.app import load_embedder
+    from retrieval.compose import load_embedder
     from retrieval.config import EmbedConfig
     from retrieval.types import ModelSpec
 
@@ -145,12 +145,12 @@ def test_unchanged_rerun_never_loads_the_model(
     tiny_model: str, image_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     index_ok(image_folder, "--model", tiny_model)
-    import retrieval.app
+    import retrieval.compose
 
     calls: list[object] = []
-    real = retrieval.app.load_embedder
+    real = retrieval.compose.load_embedder
     monkeypatch.setattr(
-        retrieval.app, "load_embedder", lambda *a, **k: calls.append(a) or real(*a, **k)
+        retrieval.compose, "load_embedder", lambda *a, **k: calls.append(a) or real(*a, **k)
     )
     report = index_ok(image_folder)
     assert report["embedded"] == 0

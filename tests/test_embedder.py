@@ -6,7 +6,7 @@ import numpy as np
 import open_clip
 import torch
 
-from retrieval.app import load_embedder
+from retrieval.compose import load_embedder
 from retrieval.config import EmbedConfig
 from retrieval.embedders.open_clip import encode_text_trimmed
 from retrieval.types import ModelSpec

@@ -17,7 +17,7 @@ from httpkit import cli_query, index_photos, index_shop, open_app
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from retrieval.http import ServeConfig
+from retrieval.config import ServeConfig
 
 KEY = "s3cret-key"
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import make_images
 from typer.testing import CliRunner
 
-from retrieval.app import load_embedder, open_for_search
+from retrieval.compose import load_embedder, open_for_search
 from retrieval.cli import app as cli_app
 from retrieval.config import EmbedConfig
 from retrieval.service import SearchRequest
@@ -65,7 +65,7 @@ def test_text_search_fuses_title_and_best_image_exactly(
     query = embedder.encode_texts(["shoes model 3"])[0]
     catalog = service.store.catalog
     for weight in (0.0, 0.3, 1.0):
-        hits = service.search(SearchRequest(text="shoes model 3", k=9, text_weight=weight))
+        hits = service.search(SearchRequest(text="shoes model 3", k=9, text_weight=weight)).hits
         expected = {}
         for product_id in catalog.get_products():
             ids = catalog.item_ids_for_products([product_id]).tolist()
@@ -87,7 +87,7 @@ def test_text_search_fuses_title_and_best_image_exactly(
 
 def test_product_hits_carry_catalog_fields(catalog_index: Path) -> None:
     service = open_for_search(catalog_index, EmbedConfig(device="cpu"))
-    hit = service.search(SearchRequest(text="a hat", k=1))[0]
+    hit = service.search(SearchRequest(text="a hat", k=1)).hits[0]
     assert hit.metadata["product_id"].startswith("SKU-")
     assert {"title", "category", "price", "brand"} <= set(hit.metadata)
     assert isinstance(hit.metadata["price"], float)
@@ -99,7 +99,7 @@ def test_product_hits_carry_catalog_fields(catalog_index: Path) -> None:
 def test_image_query_finds_its_product_first(catalog_index: Path, tmp_path: Path) -> None:
     service = open_for_search(catalog_index, EmbedConfig(device="cpu"))
     image = tmp_path / "shop" / "img" / "img_009.png"  # second image of SKU-004
-    hits = service.search(SearchRequest(image=image, k=3))
+    hits = service.search(SearchRequest(image=image, k=3)).hits
     assert hits[0].metadata["product_id"] == "SKU-004"
     assert hits[0].path == str(image)
     assert hits[0].score == pytest.approx(1.0, abs=2e-3)
@@ -122,9 +122,9 @@ def test_filters_return_every_match_up_to_k(
     for text_weight in (0.0, 0.5):
         hits = service.search(
             SearchRequest(text="anything", k=5, filters=filters, text_weight=text_weight)
-        )
+        ).hits
         assert {h.metadata["product_id"] for h in hits} == expected
-    hits = service.search(SearchRequest(text="anything", k=2, filters=filters))
+    hits = service.search(SearchRequest(text="anything", k=2, filters=filters)).hits
     assert len(hits) == min(2, len(expected))
 
 
@@ -134,15 +134,15 @@ def test_selective_filter_on_a_large_catalog_still_fills_k(tiny_model: str, tmp_
     service = open_for_search(tmp_path / "indexes" / "default", EmbedConfig(device="cpu"))
     hits = service.search(
         SearchRequest(text="x", k=4, filters={"category": "hats", "price_min": 200})
-    )
+    ).hits
     assert len(hits) == 4
     assert all(h.metadata["category"] == "hats" and h.metadata["price"] >= 200 for h in hits)
 
 
 def test_paging_with_offset_continues_the_ranking(catalog_index: Path) -> None:
     service = open_for_search(catalog_index, EmbedConfig(device="cpu"))
-    full = service.search(SearchRequest(text="shirt", k=6))
-    page = service.search(SearchRequest(text="shirt", k=3, offset=3))
+    full = service.search(SearchRequest(text="shirt", k=6)).hits
+    page = service.search(SearchRequest(text="shirt", k=3, offset=3)).hits
     assert [h.metadata["product_id"] for h in page] == [h.metadata["product_id"] for h in full[3:]]
     assert [h.rank for h in page] == [4, 5, 6]
 
@@ -163,9 +163,9 @@ def test_reindexing_an_edited_catalog_updates_only_what_changed(
     assert (report["indexed"], report["removed"], report["unchanged"]) == (2, 1, 7)
     assert report["embedded"] == 0  # every image was already embedded
     service = open_for_search(catalog_index, EmbedConfig(device="cpu"))
-    ids = {h.metadata["product_id"] for h in service.search(SearchRequest(text="x", k=20))}
+    ids = {h.metadata["product_id"] for h in service.search(SearchRequest(text="x", k=20)).hits}
     assert "SKU-002" not in ids and "SKU-NEW" in ids and len(ids) == 9
-    hits = service.search(SearchRequest(text="golden shirt deluxe", k=1, text_weight=1.0))
+    hits = service.search(SearchRequest(text="golden shirt deluxe", k=1, text_weight=1.0)).hits
     assert hits[0].metadata["product_id"] == "SKU-001"
     assert index("--catalog", path)[0]["unchanged"] == 9
 
@@ -188,7 +188,7 @@ def test_catalog_missing_image_is_reported_and_product_kept(
     assert result.exit_code == 0, result.output
     assert "missing.png: missing" in result.stderr
     service = open_for_search(tmp_path / "indexes" / "default", EmbedConfig(device="cpu"))
-    hits = service.search(SearchRequest(text="ghost", k=4, text_weight=1.0))
+    hits = service.search(SearchRequest(text="ghost", k=4, text_weight=1.0)).hits
     assert hits[0].metadata["product_id"] == "SKU-X" and hits[0].text == "ghost"
 
 
@@ -239,9 +239,9 @@ def test_non_finite_numbers_stay_text_and_filters_still_work(
     path = write_catalog(tmp_path / "shop", count=3, extra=extra)
     index("--catalog", path, "--model", tiny_model)
     service = open_for_search(tmp_path / "indexes" / "default", EmbedConfig(device="cpu"))
-    hits = service.search(SearchRequest(text="odd", k=10, filters={"price_min": 0}))
+    hits = service.search(SearchRequest(text="odd", k=10, filters={"price_min": 0})).hits
     assert {h.metadata["product_id"] for h in hits} == {"SKU-000", "SKU-001", "SKU-002"}
-    hits = service.search(SearchRequest(text="odd", k=10, filters={"price": "nan"}))
+    hits = service.search(SearchRequest(text="odd", k=10, filters={"price": "nan"})).hits
     assert [h.metadata["product_id"] for h in hits] == ["SKU-NAN"]
     jsonl = tmp_path / "shop" / "p.jsonl"
     jsonl.write_text('{"id": "J1", "title": "t", "images": [], "price": NaN}\n')

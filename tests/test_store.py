@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.catalog import IMAGES
+from retrieval.types import IMAGES
 from retrieval.errors import IndexMismatchError, IndexNotFoundError
 from retrieval.store import CollectionChanges, IndexStore
 from retrieval.types import ModelIdentity

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 import pytest
 from httpkit import index_photos, index_shop, open_app, run_server
 
-from retrieval.http import ServeConfig
+from retrieval.config import ServeConfig
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver

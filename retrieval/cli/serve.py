@@ -1,32 +1,17 @@
-"""`mmsearch serve`: open an index, warm the model, and serve the HTTP app under uvicorn.
-
-The CLI registers `serve` as a command; every option maps onto a ServeConfig or BatchConfig
-field and reads an MMSEARCH_* environment variable."""
+"""`mmsearch serve`: every option maps onto a ServeConfig or BatchConfig field (most read an
+MMSEARCH_* environment variable); http/runner.py does the serving."""
 
 from __future__ import annotations
 
-import ipaddress
-import logging
 from typing import Annotated
 
 import typer
 
-from .config import MIB, BatchConfig, EmbedConfig, ServeConfig, default_index_dir
-from .options import DeviceOption, IndexOption, PrecisionOption
-
-logger = logging.getLogger(__name__)
+from ..config import MIB, BatchConfig, EmbedConfig, ServeConfig, default_index_dir
+from .common import DeviceOption, IndexOption, PrecisionOption, run_guarded
 
 _SERVE = ServeConfig()
 _BATCH = BatchConfig()
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def serve(
@@ -85,44 +70,29 @@ def serve(
 ) -> None:
     """Serve searches over HTTP: a JSON API (docs at /docs), Prometheus /metrics, and a search
     page at /. One process: the model is loaded once and text queries are micro-batched."""
-    from .cli import run_guarded
-
-    config = ServeConfig(
-        api_key=api_key or None,
-        cors_origins=tuple(cors_origin or ()),
-        max_upload_bytes=int(max_upload_mb * MIB),
-        max_megapixels=max_megapixels,
-        max_concurrency=max_concurrency,
-        max_queue=max_queue,
-        batching=BatchConfig(
-            max_batch=max_batch, max_wait_s=batch_wait_ms / 1000, cache_size=cache_size
-        ),
-    )
 
     def body() -> None:
-        import uvicorn
+        from ..http.runner import is_loopback, run_server
 
-        from .app import open_for_search
-        from .http import create_app
-
-        if config.api_key is None and not _is_loopback(host):
+        embed = EmbedConfig(device=device, precision=precision)
+        config = ServeConfig(
+            api_key=api_key or None,
+            cors_origins=tuple(cors_origin or ()),
+            max_upload_bytes=int(max_upload_mb * MIB),
+            max_megapixels=max_megapixels,
+            max_concurrency=max_concurrency,
+            max_queue=max_queue,
+            batching=BatchConfig(
+                max_batch=max_batch, max_wait_s=batch_wait_ms / 1000, cache_size=cache_size
+            ),
+        )
+        if config.api_key is None and not is_loopback(host):
             typer.echo(
                 f"warning: serving on {host} without --api-key: anyone who can reach this port "
                 "can search the index and download the indexed images",
                 err=True,
             )
         directory = index_dir or default_index_dir()
-        embed = EmbedConfig(device=device, precision=precision)
-        service = open_for_search(directory, embed, batching=config.batching)
-        text_encoder = service.embedder.texts  # cheap: the model itself loads in warm()
-        try:
-            # Load the model and indexes before binding the port: a server that cannot search
-            # should fail here, with the CLI's message and exit code, not answer 503s forever.
-            service.warm()
-            app = create_app(service, config, text_encoder=text_encoder)
-            uvicorn.run(app, host=host, port=port, access_log=access_log)
-        finally:
-            text_encoder.close()
-            service.close()
+        run_server(directory, embed, config, host=host, port=port, access_log=access_log)
 
     run_guarded(body)

@@ -1,22 +1,13 @@
 """Request and response shapes of the HTTP API: pydantic models (the only place pydantic is
-used) and the helpers that turn raw request parts into SearchRequest fields."""
+used). params.py turns raw request parts into SearchRequest fields."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
-import warnings
 from typing import Any, Literal
 
-from fastapi import Request
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
-from starlette.exceptions import HTTPException
 
-from .errors import ImageDecodeError, ImageTooLargeError, InvalidQueryError
-from .images import IMAGE_FORMATS
-from .service import DEFAULT_TEXT_WEIGHT, MAX_K, PRODUCTS, SearchRequest
+from ..service import DEFAULT_TEXT_WEIGHT, MAX_K
 
 Target = Literal["images", "texts", "products"]
 
@@ -194,70 +185,3 @@ class StatsOut(BaseModel):
     generation: int | None = None
     size_bytes: int | None = None
     server: ServerOut
-
-
-# -- from raw request parts ---------------------------------------------------------------
-def query_filters(request: Request, known: frozenset[str]) -> dict[str, str]:
-    """Query parameters other than `known`, as product filters."""
-    filters: dict[str, str] = {}
-    for name in request.query_params:
-        if name in known:
-            continue
-        values = request.query_params.getlist(name)
-        if len(values) > 1:
-            raise InvalidQueryError(f"filter {name!r} is given {len(values)} times; give it once")
-        filters[name] = values[0]
-    if len(filters) > MAX_FILTERS:
-        raise InvalidQueryError(f"at most {MAX_FILTERS} filters per query, got {len(filters)}")
-    return filters
-
-
-def decode_base64(data: str, max_bytes: int) -> bytes:
-    """The bytes of a base64 image (a `data:image/...;base64,` prefix is allowed)."""
-    if data.startswith("data:"):
-        data = data.partition(",")[2]
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as err:
-        raise HTTPException(400, f"image_b64 is not valid base64 ({err})") from err
-    check_upload_size(raw, max_bytes)
-    return raw
-
-
-def check_upload_size(data: bytes, max_bytes: int) -> None:
-    """413 for an image over the byte cap."""
-    if len(data) > max_bytes:
-        raise ImageTooLargeError(
-            f"the image is over this server's limit of {max_bytes:,} bytes; send a smaller "
-            "file (or raise --max-upload-mb)"
-        )
-
-
-def check_megapixels(data: bytes, max_megapixels: float) -> None:
-    """422 for an image over the megapixel cap, from its header alone (nothing is decoded)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
-                width, height = image.size
-    except Exception:  # noqa: BLE001 (load_image reports undecodable files with a reason)
-        return
-    megapixels = width * height / 1e6
-    if megapixels > max_megapixels:
-        raise ImageDecodeError(
-            "<upload>",
-            "too-many-pixels",
-            f"{width}x{height} is {megapixels:.1f} megapixels; this server accepts at most "
-            f"{max_megapixels:g} (--max-megapixels)",
-        )
-
-
-def query_echo(request: SearchRequest, target: str, image_name: str | None) -> dict[str, Any]:
-    """The `query` part of a search answer: what was searched, with the target resolved."""
-    echo: dict[str, Any] = {"target": target, "k": request.k, "offset": request.offset}
-    echo.update({"text": request.text} if request.text is not None else {"image": image_name})
-    if request.filters:
-        echo["filters"] = dict(request.filters)
-    if target == PRODUCTS and request.text is not None:
-        echo["text_weight"] = request.text_weight
-    return echo

@@ -1,0 +1,165 @@
+"""`mmsearch index`: sync image folders, a text list and/or a product catalog into an index."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..config import DEFAULT_MODEL, EmbedConfig, default_index_dir
+from ..errors import InputFileError, InvalidQueryError
+from ..types import IMAGES, TEXTS, ModelSpec
+from .common import DeviceOption, IndexOption, PrecisionOption, run_guarded
+from .render import report_dict, report_summary
+
+
+def _spec(model: str | None, pretrained: str | None) -> ModelSpec | None:
+    """The model asked for on the command line, or None to use the index's own."""
+    if model is None and pretrained is None:
+        return None
+    name = model or DEFAULT_MODEL.name
+    if model is None or model == DEFAULT_MODEL.name:
+        pretrained = pretrained if pretrained is not None else DEFAULT_MODEL.pretrained
+    from ..embedders.open_clip import normalise_spec
+
+    return normalise_spec(ModelSpec(name, pretrained or None))
+
+
+@contextmanager
+def _progress(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+    labels = {"scan": "scanning", "embed": "embedding", "texts": "texts"}
+    units = {"scan": "file", "embed": "img", "texts": "text"}
+
+    def on_progress(stage: str, advance: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(
+                total=total,
+                desc=labels.get(stage, stage),
+                unit=units.get(stage, "it"),
+                disable=quiet,
+                file=sys.stderr,
+                leave=False,
+                dynamic_ncols=True,
+            )
+        bar.update(advance)
+
+    try:
+        yield on_progress
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+def index(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Image files or folders to index (searched recursively)", show_default=False
+        ),
+    ] = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(
+            help="Product catalog (.csv or .jsonl): id, title, image (several joined by |), "
+            "any other columns kept as filterable metadata",
+        ),
+    ] = None,
+    index_dir: IndexOption = None,
+    texts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Texts to index for image->text search: CSV (caption/text column), "
+            "JSONL (text field) or one text per line"
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="open_clip model: a name (ViT-B-32), hf-hub:ORG/REPO or local-dir:PATH "
+            f"(default: {DEFAULT_MODEL.name}, or the index's own model)",
+            show_default=False,
+        ),
+    ] = None,
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Pretrained tag or checkpoint file (default: {DEFAULT_MODEL.pretrained})",
+            show_default=False,
+        ),
+    ] = None,
+    index_type: Annotated[
+        str, typer.Option(help="auto, flat, ivf, hnsw, ivfpq, or a faiss factory string")
+    ] = "auto",
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "auto",
+    batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="Images per forward pass (default: 8 on CPU, 256 on CUDA)"),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="Decoding processes (default: by CPU count)")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run's report as JSON")] = False,
+) -> None:
+    """Index images (and optionally texts). Re-running embeds only new or changed files and drops
+    deleted ones; an interrupted run leaves the previous index usable."""
+
+    def body() -> None:
+        from ..compose import open_for_indexing
+        from ..ingest import sync_images_and_texts
+        from ..products import index_catalog, load_catalog
+        from ..texts import load_texts
+
+        # Every option is checked before any file is read or the model loads.
+        config = EmbedConfig(
+            device=device, precision=precision, batch_size=batch_size, num_workers=workers
+        )
+        roots = paths or []
+        if not roots and catalog is None and texts is None:
+            raise InvalidQueryError("give image folders or files to index, or --catalog FILE")
+        for path in roots:
+            if not path.exists():
+                raise InputFileError(f"{path} does not exist")
+        text_list = load_texts(texts) if texts is not None else None
+        products = load_catalog(catalog) if catalog is not None else None
+        directory = index_dir or default_index_dir()
+        store, factory = open_for_indexing(directory, _spec(model, pretrained), config, index_type)
+        types = {IMAGES: index_type, TEXTS: index_type} if index_type != "auto" else None
+        reports = []
+        with store, store.writer_lock(), _progress(quiet) as on_progress:
+            if roots or text_list is not None:
+                report = sync_images_and_texts(
+                    store,
+                    roots,
+                    factory,
+                    texts=text_list,
+                    index_types=types,
+                    on_progress=on_progress,
+                )
+                reports.append(("files", report))
+            if products is not None:
+                report = index_catalog(
+                    store, products, factory, index_types=types, on_progress=on_progress
+                )
+                reports.append(("catalog", report))
+        for _, report in reports:
+            for skip in report.skipped:
+                detail = f" ({skip.detail})" if skip.detail else ""
+                typer.echo(f"skipped {skip.path}: {skip.reason}{detail}", err=True)
+        for kind, report in reports:
+            if as_json:
+                typer.echo(json.dumps({"kind": kind, **report_dict(report, directory)}))
+            else:
+                typer.echo(report_summary(report, directory, kind))
+
+    run_guarded(body)

@@ -1,0 +1,91 @@
+"""How command results look on a terminal: index summaries, result tables, `info` text and the
+JSON of index reports. Pure functions from values to strings."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..types import IMAGES, PRODUCTS, TEXTS
+
+if TYPE_CHECKING:
+    from ..ingest import IndexReport
+    from ..service import SearchResult
+
+
+def report_summary(report: IndexReport, directory: Path, kind: str = "files") -> str:
+    """The one line an index run ends with."""
+    reasons = ", ".join(f"{reason}: {n}" for reason, n in report.skipped_by_reason().items())
+    skipped = f"skipped {len(report.skipped)}" + (f" ({reasons})" if reasons else "")
+    texts = ""
+    if report.texts_indexed or report.texts_removed:
+        texts = f", texts +{report.texts_indexed}/-{report.texts_removed}"
+    what = "products " if kind == "catalog" else ""
+    return (
+        f"{what}indexed {report.indexed} (embedded {report.embedded}, reused {report.reused}), "
+        f"unchanged {report.unchanged}, removed {report.removed}, {skipped}{texts}, "
+        f"{report.elapsed_s:.1f}s, {report.images_per_s:.1f} img/s -> {directory}"
+    )
+
+
+def report_dict(report: IndexReport, directory: Path) -> dict[str, Any]:
+    """An index run's report as `index --json` prints it."""
+    return {
+        "index": str(directory),
+        "indexed": report.indexed,
+        "embedded": report.embedded,
+        "reused": report.reused,
+        "unchanged": report.unchanged,
+        "removed": report.removed,
+        "skipped": [
+            {"path": s.path, "reason": s.reason, "detail": s.detail} for s in report.skipped
+        ],
+        "texts_indexed": report.texts_indexed,
+        "texts_removed": report.texts_removed,
+        "elapsed_s": round(report.elapsed_s, 3),
+        "images_per_s": round(report.images_per_s, 2),
+    }
+
+
+def result_table(result: SearchResult) -> str:
+    """rank, score and path/text/product per hit, or why there are none."""
+    target = result.query["target"]
+    if not result.hits:
+        return f"no results: the {target} index is empty"
+    column = {IMAGES: "path", TEXTS: "text", PRODUCTS: "product"}[target]
+    lines = [f"{'rank':>4}  {'score':>7}  {column}"]
+    for hit in result.hits:
+        shown = hit.path if hit.path is not None else hit.text
+        if target == PRODUCTS:
+            shown = f"{hit.metadata.get('product_id')}  {hit.metadata.get('title')}  {shown or ''}"
+        lines.append(f"{hit.rank:>4}  {hit.score:>7.4f}  {shown}")
+    return "\n".join(lines)
+
+
+def info_text(details: dict[str, Any]) -> str:
+    """`mmsearch info` without --json."""
+
+    def when(stamp: float | None) -> str:
+        if stamp is None:
+            return "never"
+        return dt.datetime.fromtimestamp(stamp).isoformat(sep=" ", timespec="seconds")
+
+    model = details["model"]
+    lines = [
+        f"index:     {details['directory']}",
+        f"model:     {model['name']}"
+        + (f" (pretrained={model['pretrained']})" if model["pretrained"] else ""),
+        f"dim:       {model['dim']}",
+    ]
+    for name, stats in details["collections"].items():
+        faiss = stats["faiss"] or "empty"
+        lines.append(f"{name + ':':<10} {stats['count']} ({faiss}; type {stats['index_type']})")
+    if details["products"]:
+        lines.append(f"products:  {details['products']}")
+    lines += [
+        f"size:      {details['size_bytes'] / 1e6:.1f} MB",
+        f"created:   {when(details['created'])}",
+        f"updated:   {when(details['updated'])}",
+    ]
+    return "\n".join(lines)
