@@ -11,27 +11,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from conftest import make_images
+from clirun import run_ok
 from fastapi import FastAPI
-from typer.testing import CliRunner
+from testdata import make_images, write_catalog
 
 from retrieval.compose import open_for_search
-from retrieval.cli import app as cli_app
-from retrieval.config import EmbedConfig
-from retrieval.config import ServeConfig
+from retrieval.config import EmbedConfig, ServeConfig
 from retrieval.http import create_app
 from retrieval.service import SearchService
 
 CAPTIONS = ["a red shoe", "a blue hat", "a green shirt", "a cat on a sofa", "a mountain lake"]
-
-runner = CliRunner()
-
-
-def run_cli(*args: object) -> str:
-    """Run `mmsearch ARGS...` in-process; its stdout, or fail the test with its output."""
-    result = runner.invoke(cli_app, [str(arg) for arg in args])
-    assert result.exit_code == 0, result.output
-    return result.stdout
 
 
 def index_photos(model: str, root: Path, count: int = 12) -> Path:
@@ -40,24 +29,22 @@ def index_photos(model: str, root: Path, count: int = 12) -> Path:
     captions = root / "captions.txt"
     captions.write_text("\n".join(CAPTIONS) + "\n")
     directory = root / "index"
-    run_cli("index", photos[0].parent, "--texts", captions, "--model", model, "--index", directory,
+    run_ok("index", photos[0].parent, "--texts", captions, "--model", model, "--index", directory,
             "--quiet", "--json")  # fmt: skip
     return directory
 
 
 def index_shop(model: str, root: Path) -> Path:
     """The product catalog of test_products (9 products, 2 images each) in root/index."""
-    from test_products import write_catalog
-
     catalog = write_catalog(root / "shop")
     directory = root / "index"
-    run_cli("index", "--catalog", catalog, "--model", model, "--index", directory, "--quiet")
+    run_ok("index", "--catalog", catalog, "--model", model, "--index", directory, "--quiet")
     return directory
 
 
 def cli_query(directory: Path, *args: object) -> dict:
     """`mmsearch query ARGS --json` against `directory`."""
-    return json.loads(run_cli("query", *args, "--json", "--index", directory, "--device", "cpu"))
+    return json.loads(run_ok("query", *args, "--json", "--index", directory, "--device", "cpu"))
 
 
 @contextmanager

@@ -7,30 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_images, shared_images_or_skip, write_tiny_model
-from typer.testing import CliRunner
+from clirun import invoke, json_lines, run_ok
+from testdata import make_images, shared_images_or_skip, write_tiny_model
 
-from retrieval.cli import app
 from retrieval.index import exact_search
 from retrieval.store import IndexStore
 
-runner = CliRunner()
+
+def index_ok(*args: object) -> dict:
+    return json_lines("index", *args, "--quiet", "--json")[-1]
 
 
-def invoke(*args: str) -> object:
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def index_ok(*args: str) -> dict:
-    result = invoke("index", *args, "--quiet", "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def query_json(*args: str) -> dict:
-    result = invoke("query", *args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+def query_json(*args: object) -> dict:
+    return json.loads(run_ok("query", *args, "--json"))
 
 
 def stored(
@@ -202,6 +191,10 @@ def test_info_reports_model_and_counts(tiny_model: str, image_folder: Path) -> N
     assert details["size_bytes"] > 0
     text = invoke("info").stdout
     assert "images:" in text and "12" in text
+    lines = dict(line.split(":", 1) for line in text.splitlines())
+    assert lines["images"].strip() == "12 (Flat; type auto)"
+    assert lines["texts"].strip() == "0 (empty; type auto)"
+    assert lines["dim"].strip() == "32"
 
 
 @pytest.mark.parametrize("index_type", ["flat", "hnsw", "HNSW16,Flat"])
@@ -253,6 +246,33 @@ def test_bad_queries_get_clear_errors(
     assert result.exit_code == 2
     assert needle in result.stderr
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--index-type", "hnws"], "error: unknown --index-type 'hnws' for dim 32: use one of"),
+        (["--device", "gpu"], "error: unknown --device 'gpu'; use auto, cpu, cuda or cuda:N"),
+        (["--precision", "fp8"], "error: unknown --precision 'fp8'; use one of auto, fp32,"),
+    ],
+)
+def test_bad_index_options_fail_before_any_work(
+    tiny_model: str, image_folder: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    directory = tmp_path / "indexes" / "default"
+    result = invoke("index", image_folder, "--model", tiny_model, *args)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(message)
+    assert not directory.exists()  # nothing written, nothing embedded
+    # On an existing index too: new files are not embedded, the index stays as it was.
+    index_ok(image_folder, "--model", tiny_model)
+    make_images(image_folder / "more", 3, seed=9)
+    result = invoke("index", image_folder, *args)
+    assert result.exit_code == 2 and result.stderr.startswith(message)
+    with IndexStore.open(directory, readonly=True) as store:
+        assert store.catalog.count("images") == 12
+        assert len(store.catalog.get_vectors("images", 32)[0]) == 12
 
 
 def test_offline_pretrained_tag_fails_fast_with_help(image_folder: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import os
 import threading
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from clirun import run_ok
 from fastapi.testclient import TestClient
 from httpkit import cli_query, index_photos, index_shop, open_app
 from PIL import Image
@@ -66,6 +68,31 @@ def test_text_search_returns_the_cli_hits_in_the_cli_order(
     posted = client.post("/search", json={"text": "a red shoe", "target": target, "k": 5})
     assert posted.status_code == 200
     assert posted.json()["results"] == want["results"]
+
+
+@pytest.mark.parametrize(
+    ("index_name", "args", "params"),
+    [
+        ("photo", ["a red shoe", "-k", "5"], {"q": "a red shoe", "k": 5}),
+        ("photo", ["a blue hat", "--target", "texts"], {"q": "a blue hat", "target": "texts"}),
+        (
+            "shop",
+            ["a hat", "--filter", "category=hats", "--text-weight", "0.7", "--offset", "1"],
+            {"q": "a hat", "category": "hats", "text_weight": 0.7, "offset": 1},
+        ),
+    ],
+)
+def test_http_answer_is_byte_for_byte_the_cli_json_plus_took_ms(
+    request: pytest.FixtureRequest, index_name: str, args: list[str], params: dict
+) -> None:
+    directory = request.getfixturevalue(f"{index_name}_index")
+    test_client = request.getfixturevalue("client" if index_name == "photo" else "shop")
+    printed = run_ok("query", *args, "--json", "--index", directory, "--device", "cpu")
+    assert printed.endswith("}\n") and printed.count("\n") == 1
+    answer = test_client.get("/search", params=params)
+    assert answer.status_code == 200
+    took = json.dumps(answer.json()["took_ms"])
+    assert answer.text == printed[:-2] + ',"took_ms":' + took + "}"
 
 
 def test_image_search_by_upload_and_base64_returns_the_cli_hits(
@@ -486,14 +513,10 @@ def test_image_search_finds_the_product_and_its_stats_list_filters(
 def test_serve_refuses_a_missing_index_and_warns_when_exposed_without_a_key(
     tmp_path: Path,
 ) -> None:
-    from typer.testing import CliRunner
-
-    from retrieval.cli import app as cli_app
+    from clirun import invoke
 
     missing = tmp_path / "nothing-here"
-    result = CliRunner().invoke(
-        cli_app, ["serve", "--index", str(missing), "--host", "0.0.0.0", "--port", "0"]
-    )
+    result = invoke("serve", "--index", missing, "--host", "0.0.0.0", "--port", "0")
     assert result.exit_code == 1
     assert "without --api-key" in result.stderr
     assert f"error: no index at {missing}" in result.stderr

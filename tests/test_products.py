@@ -8,45 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_images
-from typer.testing import CliRunner
+from clirun import invoke, json_lines
+from testdata import write_catalog
 
 from retrieval.compose import load_embedder, open_for_search
-from retrieval.cli import app as cli_app
 from retrieval.config import EmbedConfig
 from retrieval.service import SearchRequest
 from retrieval.types import ModelSpec
 
-runner = CliRunner()
-CATEGORIES = ["shoes", "shirts", "hats"]
-
-
-def write_catalog(folder: Path, count: int = 9, *, extra: list[dict] | None = None) -> Path:
-    """`count` products, each with two images, in 3 categories with rising prices."""
-    images = make_images(folder / "img", count * 2, seed=3)
-    rows = [
-        {
-            "id": f"SKU-{n:03d}",
-            "title": f"{CATEGORIES[n % 3]} model {n}",
-            "image": f"img/{images[2 * n].name}|img/{images[2 * n + 1].name}",
-            "category": CATEGORIES[n % 3],
-            "price": f"{10 + 5 * n}.5",
-            "brand": "acme" if n % 2 else "zenith",
-        }
-        for n in range(count)
-    ] + (extra or [])
-    path = folder / "products.csv"
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
 
 def index(*args: object) -> list[dict]:
-    result = runner.invoke(cli_app, ["index", *map(str, args), "--quiet", "--json"])
-    assert result.exit_code == 0, result.output
-    return [json.loads(line) for line in result.stdout.strip().splitlines()]
+    return json_lines("index", *args, "--quiet", "--json")
 
 
 @pytest.fixture
@@ -184,7 +156,7 @@ def test_catalog_missing_image_is_reported_and_product_kept(
         }
     ]
     path = write_catalog(tmp_path / "shop", count=3, extra=extra)
-    result = runner.invoke(cli_app, ["index", "--catalog", str(path), "--model", tiny_model, "-q"])
+    result = invoke("index", "--catalog", path, "--model", tiny_model, "-q")
     assert result.exit_code == 0, result.output
     assert "missing.png: missing" in result.stderr
     service = open_for_search(tmp_path / "indexes" / "default", EmbedConfig(device="cpu"))
@@ -204,22 +176,19 @@ def test_bad_catalogs_are_refused(
 ) -> None:
     path = tmp_path / "bad.csv"
     path.write_text(content)
-    result = runner.invoke(cli_app, ["index", "--catalog", str(path), "--model", tiny_model])
+    result = invoke("index", "--catalog", path, "--model", tiny_model)
     assert result.exit_code == 2 and needle in result.stderr
 
 
 def test_cli_product_query_with_filters(catalog_index: Path) -> None:
-    app = cli_app
-    result = runner.invoke(app, ["query", "shoe", "--filter", "category=shoes", "--json"])
+    result = invoke("query", "shoe", "--filter", "category=shoes", "--json")
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)
     assert body["query"]["target"] == "products"
     assert {r["category"] for r in body["results"]} == {"shoes"}
-    result = runner.invoke(app, ["query", "shoe", "--filter", "colour=red"])
+    result = invoke("query", "shoe", "--filter", "colour=red")
     assert result.exit_code == 2 and "product columns" in result.stderr
-    result = runner.invoke(
-        app, ["query", "shoe", "--target", "images", "--filter", "category=shoes"]
-    )
+    result = invoke("query", "shoe", "--target", "images", "--filter", "category=shoes")
     assert result.exit_code == 2 and "products only" in result.stderr
 
 

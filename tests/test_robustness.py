@@ -12,21 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_images
+from clirun import invoke, run_subprocess
 from imagezoo import IGNORED, make_image_zoo
-from typer.testing import CliRunner
+from testdata import make_images, shared_images_or_skip
 
-from retrieval.cli import app
 from retrieval.store import IndexStore
 
-runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_broken_and_unusual_files_are_skipped_or_indexed(tiny_model: str, tmp_path: Path) -> None:
     zoo = tmp_path / "zoo"
     expected = make_image_zoo(zoo)
-    result = runner.invoke(app, ["index", str(zoo), "--model", tiny_model, "-q", "--json"])
+    result = invoke("index", zoo, "--model", tiny_model, "-q", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     skipped = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
@@ -39,19 +37,8 @@ def test_broken_and_unusual_files_are_skipped_or_indexed(tiny_model: str, tmp_pa
     assert indexed == {name for name, reason in expected.items() if reason is None}
     for name, reason in want_skipped.items():
         assert f"{name}: {reason}" in result.stderr  # each skip is reported on stderr
-    summary = runner.invoke(app, ["index", str(zoo), "-q"]).stdout
+    summary = invoke("index", zoo, "-q").stdout
     assert f"skipped {len(want_skipped)} (" in summary and "unchanged" in summary
-
-
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "retrieval", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
 
 
 def test_killed_run_leaves_old_index_usable_and_next_run_resumes(
@@ -60,7 +47,7 @@ def test_killed_run_leaves_old_index_usable_and_next_run_resumes(
     folder = tmp_path / "photos"
     make_images(folder, 12)
     directory = tmp_path / "indexes" / "default"
-    first = run_cli("index", str(folder), "--model", tiny_model, "-q", "--json")
+    first = run_subprocess("index", str(folder), "--model", tiny_model, "-q", "--json")
     assert first.returncode == 0, first.stderr
     make_images(folder / "more", 400, seed=1, size=(160, 160))
 
@@ -95,12 +82,12 @@ def test_killed_run_leaves_old_index_usable_and_next_run_resumes(
     store = IndexStore.open(directory, readonly=True)
     assert store.catalog.count("images") == 12
     store.close()
-    hit = run_cli("query", "--image", str(folder / "img_005.png"), "-k", "1", "--json")
+    hit = run_subprocess("query", "--image", str(folder / "img_005.png"), "-k", "1", "--json")
     assert hit.returncode == 0, hit.stderr
     assert Path(json.loads(hit.stdout)["results"][0]["path"]).name == "img_005.png"
 
     # The next run finishes the job without redoing the batches the killed run committed.
-    second = run_cli("index", str(folder), "-q", "--json")
+    second = run_subprocess("index", str(folder), "-q", "--json")
     assert second.returncode == 0, second.stderr
     report = json.loads(second.stdout)
     assert report["indexed"] == 400
@@ -110,8 +97,6 @@ def test_killed_run_leaves_old_index_usable_and_next_run_resumes(
 
 
 def test_console_script_indexes_and_queries_real_images(tiny_model: str, tmp_path: Path) -> None:
-    from conftest import shared_images_or_skip
-
     paths = shared_images_or_skip(20)
     folder = tmp_path / "real"
     folder.mkdir()
@@ -145,9 +130,9 @@ def test_console_script_indexes_and_queries_real_images(tiny_model: str, tmp_pat
 def test_second_writer_is_refused_while_one_runs(
     tiny_model: str, image_folder: Path, tmp_path: Path
 ) -> None:
-    result = runner.invoke(app, ["index", str(image_folder), "--model", tiny_model, "-q"])
+    result = invoke("index", image_folder, "--model", tiny_model, "-q")
     assert result.exit_code == 0
     store = IndexStore.open(tmp_path / "indexes" / "default")
     with store.writer_lock():
-        busy = runner.invoke(app, ["index", str(image_folder), "-q"])
+        busy = invoke("index", image_folder, "-q")
     assert busy.exit_code == 75 and "another `mmsearch index` run" in busy.stderr

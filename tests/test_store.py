@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.types import IMAGES
 from retrieval.errors import IndexMismatchError, IndexNotFoundError
 from retrieval.store import CollectionChanges, IndexStore
-from retrieval.types import ModelIdentity
+from retrieval.types import IMAGES, ModelIdentity
 
 DIM = 16
 
