@@ -104,10 +104,9 @@ def write_model(folder: Path, arch: str) -> str:
 def build_index(directory: Path, model: str, count: int, index_type: str) -> None:
     """`count` random unit vectors as image items of a new index built for `model`."""
     from retrieval.compose import load_embedder
-    from retrieval.types import IMAGES
     from retrieval.config import EmbedConfig
     from retrieval.store import CollectionChanges, IndexStore
-    from retrieval.types import ModelSpec
+    from retrieval.types import IMAGES, ModelSpec
 
     identity = load_embedder(ModelSpec(model, None), EmbedConfig(device="cpu")).identity
     store = IndexStore.create(directory, identity)
@@ -131,8 +130,8 @@ def build_index(directory: Path, model: str, count: int, index_type: str) -> Non
 
 def index_complete(directory: Path, count: int) -> bool:
     """Whether `directory` holds a finished build of `count` vectors (reused across runs)."""
-    from retrieval.types import IMAGES
     from retrieval.store import IndexStore
+    from retrieval.types import IMAGES
 
     if not IndexStore.exists(directory):
         return False

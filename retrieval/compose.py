@@ -1,5 +1,5 @@
 """Composition: builds stores, embedders and services from configs, for the CLI and the HTTP
-server alike. The heavy imports (torch, open_clip, faiss) happen lazily, on first use."""
+server alike. The model's imports (torch, open_clip) happen here, lazily, on first use."""
 
 from __future__ import annotations
 
