@@ -22,6 +22,7 @@ import string
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from importlib.util import find_spec
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import regex
 
-from .errors import ModelUnavailableError
+from .errors import InvalidQueryError, ModelUnavailableError
 
 DEFAULT_CONTEXT_LENGTH = 77  # every OpenAI/LAION CLIP text tower; open_clip's default
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -75,23 +76,25 @@ def _byte_table() -> dict[int, str]:
             kept.append(byte)
             chars.append(256 + extra)
             extra += 1
-    return {byte: chr(char) for byte, char in zip(kept, chars)}
+    return {byte: chr(char) for byte, char in zip(kept, chars, strict=True)}
 
 
 @lru_cache(maxsize=4)
 def _load_vocab(path: str) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
     """(encoder, bpe_ranks) exactly as SimpleTokenizer builds them, special tokens excluded."""
     try:
-        lines = gzip.open(path).read().decode("utf-8").split("\n")
+        # Only the first ~49k of the file's 262k lines are used; newline="\n" splits exactly
+        # where open_clip's str.split("\n") does.
+        with gzip.open(path, "rt", encoding="utf-8", newline="\n") as lines:
+            merges = [tuple(line.split()) for line in islice(lines, 1, MERGES_END)]
     except OSError as err:
         raise ModelUnavailableError(
             f"cannot read the CLIP vocabulary {path}: {err}; reinstall open_clip_torch."
         ) from err
-    merges = [tuple(line.split()) for line in lines[1:MERGES_END]]
     symbols = list(_byte_table().values())
     vocab = symbols + [symbol + "</w>" for symbol in symbols] + ["".join(m) for m in merges]
-    encoder = {token: index for index, token in enumerate(vocab)}
-    ranks = {(m[0], m[1]): index for index, m in enumerate(merges)}
+    encoder = dict(zip(vocab, range(len(vocab)), strict=True))
+    ranks = dict(zip(merges, range(len(merges)), strict=True))
     return encoder, ranks
 
 
@@ -128,6 +131,14 @@ CLEANERS: dict[str, Callable[[str], str]] = {
 }
 
 
+def _check_length(context_length: int) -> int:
+    if context_length < 1:
+        raise InvalidQueryError(
+            f"context_length must be at least 1 (it holds the end token), got {context_length}"
+        )
+    return context_length
+
+
 class ClipTokenizer:
     """Texts -> (n, context_length) int64 token ids, equal to open_clip's SimpleTokenizer."""
 
@@ -140,9 +151,11 @@ class ClipTokenizer:
         bpe_path: str | Path | None = None,
     ) -> None:
         if clean not in CLEANERS:
-            raise ValueError(f"unknown clean {clean!r}; use one of {', '.join(CLEANERS)}")
-        if context_length < 1:
-            raise ValueError(f"context_length must be >= 1, got {context_length}")
+            raise ModelUnavailableError(
+                f"unknown tokenizer clean={clean!r}; use one of {', '.join(CLEANERS)}, or let "
+                "load_tokenizer() return None and tokenize with open_clip."
+            )
+        _check_length(context_length)
         encoder, self._ranks = _load_vocab(str(bpe_path or bpe_vocab_path()))
         specials = [SOT, EOT, *additional_special_tokens]
         self._encoder = dict(encoder)
@@ -168,7 +181,7 @@ class ClipTokenizer:
         symbols = [*word[:-1], word[-1] + "</w>"]
         ranks = self._ranks
         while len(symbols) > 1:
-            pairs = zip(symbols, symbols[1:])
+            pairs = zip(symbols, symbols[1:], strict=False)
             best = min(pairs, key=lambda pair: ranks.get(pair, MERGES_END))
             if best not in ranks:
                 break
@@ -210,7 +223,7 @@ class ClipTokenizer:
         """
         if isinstance(texts, str):
             texts = [texts]
-        length = context_length or self.context_length
+        length = _check_length(context_length or self.context_length)
         out = np.zeros((len(texts), length), dtype=np.int64)
         for row, text in enumerate(texts):
             ids = [self.sot_token_id, *self.encode(text), self.eot_token_id]
@@ -287,10 +300,7 @@ def load_tokenizer(
         >>> tokenizer(["a dog", "a cat"]).shape
         (2, 77)
     """
-    if isinstance(model, str):
-        config = _named_config(model)
-    else:
-        config = model.get("model_cfg", model)
+    config = _named_config(model) if isinstance(model, str) else model.get("model_cfg", model)
     if config is None:
         return None
     text_cfg = config.get("text_cfg") or {}
