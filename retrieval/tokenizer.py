@@ -80,8 +80,9 @@ def _byte_table() -> dict[int, str]:
 
 
 @lru_cache(maxsize=4)
-def _load_vocab(path: str) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
-    """(encoder, bpe_ranks) exactly as SimpleTokenizer builds them, special tokens excluded."""
+def _load_vocab(path: str) -> tuple[dict[str, int], dict[tuple[str, ...], int], int]:
+    """(encoder, bpe_ranks, vocabulary list length) exactly as SimpleTokenizer builds them,
+    special tokens excluded."""
     try:
         # Only the first ~49k of the file's 262k lines are used; newline="\n" splits exactly
         # where open_clip's str.split("\n") does.
@@ -95,7 +96,7 @@ def _load_vocab(path: str) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
     vocab = symbols + [symbol + "</w>" for symbol in symbols] + ["".join(m) for m in merges]
     encoder = dict(zip(vocab, range(len(vocab)), strict=True))
     ranks = dict(zip(merges, range(len(merges)), strict=True))
-    return encoder, ranks
+    return encoder, ranks, len(vocab)
 
 
 def _basic_clean(text: str) -> str:
@@ -156,11 +157,10 @@ class ClipTokenizer:
                 "load_tokenizer() return None and tokenize with open_clip."
             )
         _check_length(context_length)
-        encoder, self._ranks = _load_vocab(str(bpe_path or bpe_vocab_path()))
+        encoder, self._ranks, size = _load_vocab(str(bpe_path or bpe_vocab_path()))
         specials = [SOT, EOT, *additional_special_tokens]
-        self._encoder = dict(encoder)
-        for token in specials:
-            self._encoder[token] = len(self._encoder)
+        # open_clip appends the special tokens to its vocabulary list: ids follow the list.
+        self._encoder = {**encoder, **{token: size + i for i, token in enumerate(specials)}}
         self.vocab_size = len(self._encoder)
         self.sot_token_id, self.eot_token_id = self._encoder[SOT], self._encoder[EOT]
         self.context_length = context_length
@@ -208,8 +208,9 @@ class ClipTokenizer:
             if found is None:
                 found = self._bpe(word)
                 if len(cache) >= MAX_CACHE_WORDS:
-                    cache.clear()
-                    cache.update(self._specials)
+                    # A new dict, not clear(): a thread mid-lookup in the old one must still
+                    # find the special tokens there.
+                    self._cache = cache = dict(self._specials)
                 cache[word] = found
             ids.extend(found)
         return ids

@@ -255,3 +255,15 @@ def test_bad_settings_raise_errors_that_say_what_to_use():
     with pytest.raises(InvalidQueryError, match="at least 1"):
         ClipTokenizer(context_length=-3)
     assert load_tokenizer({"text_cfg": {"tokenizer_kwargs": {"clean": "nope"}}}) is None
+
+
+def test_word_cache_stays_bounded_and_correct_when_full(
+    texts: list[str], monkeypatch: pytest.MonkeyPatch
+):
+    import retrieval.tokenizer as module
+
+    monkeypatch.setattr(module, "MAX_CACHE_WORDS", 50)
+    tokenizer = ClipTokenizer()
+    sample = texts[::3] + ["<start_of_text> after a full cache"]
+    np.testing.assert_array_equal(tokenizer(sample), open_clip.tokenize(sample).numpy())
+    assert len(tokenizer._cache) <= 50
