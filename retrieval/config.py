@@ -35,6 +35,9 @@ class IndexConfig:
     """How to store and search vectors."""
 
     index_type: str = "auto"
+    # Approximate indexes are tuned (nprobe / efSearch / refine k_factor) to reach this
+    # recall@10 against exact search on the collection's own vectors; see index/tuning.py.
+    target_recall: float = 0.95
 
 
 MIB = 1024 * 1024

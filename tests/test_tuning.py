@@ -174,3 +174,9 @@ def test_ivf_trains_on_the_sample_only(data, monkeypatch) -> None:
 
 def _identity_dict() -> dict:
     return {"name": "test", "pretrained": None, "dim": DIM}
+
+
+def test_auto_picks_refined_pq_when_vectors_outgrow_memory(monkeypatch) -> None:
+    assert faiss_index.resolve_index_type("auto", 100_000, 512) == "IVF1265,Flat"
+    monkeypatch.setattr(faiss_index, "AUTO_PQ_MIN_BYTES", 100_000 * 512 * 4)
+    assert faiss_index.resolve_index_type("auto", 100_000, 512) == "IVF1265,PQ64x8,Refine(SQ8)"

@@ -41,8 +41,18 @@ FACTORY_HELP = "https://github.com/facebookresearch/faiss/wiki/The-index-factory
 # benchmarks/index_recall.py): up to 50k it stays under ~8 ms while exact, untrained and
 # removable; at 100k IVF answers 22x faster at 0.977 recall@10.
 AUTO_FLAT_MAX = 50_000
-# Past 4 GiB of float32 vectors (2M x 512-d) memory dominates: auto picks 64-byte PQ codes.
+# Past 4 GiB of float32 vectors (2M x 512-d), or a quarter of this machine's RAM if less,
+# memory dominates: auto picks 64-byte PQ codes refined with 8-bit scalar codes (576 bytes/vector
+# vs 2048), which the recall tuning brings to the target (benchmarks/ann.py).
 AUTO_PQ_MIN_BYTES = 4 << 30
+
+
+def _auto_pq_min_bytes() -> int:
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return AUTO_PQ_MIN_BYTES
+    return min(AUTO_PQ_MIN_BYTES, ram // 4)
 MIN_POINTS_PER_CENTROID = 39  # faiss k-means warns below this: centroids become unstable.
 NLIST_PER_SQRT_N = 4  # faiss guideline is 4..16 * sqrt(n) lists; 4 keeps training cheap.
 MIN_NLIST = 16  # coarser partitions do not beat Flat, so IVF falls back to Flat below this.
@@ -83,7 +93,7 @@ def resolve_index_type(index_type: str, n: int, dim: int) -> str:
     if name == "auto":
         if n <= AUTO_FLAT_MAX:
             return "Flat"
-        name = "ivfpq" if n * dim * 4 >= AUTO_PQ_MIN_BYTES else "ivf"
+        name = "ivfpq" if n * dim * 4 >= _auto_pq_min_bytes() else "ivf"
     if name == "flat":
         return "Flat"
     if name == "hnsw":
