@@ -25,7 +25,8 @@ from .catalog import Catalog
 from .errors import IndexBusyError, IndexCorruptError, IndexMismatchError, IndexNotFoundError
 from .files import write_atomic
 from .index import FaissIndex
-from .types import COLLECTIONS, ModelIdentity
+from .index.tuning import DEFAULT_TARGET_RECALL, Tuning, is_approximate, tune
+from .types import COLLECTIONS, IMAGES, TEXTS, ModelIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,13 @@ LOCK = ".lock"
 # Adding to an IVF index without retraining degrades its clustering as the data drifts; past
 # this growth factor since the last training we rebuild from the stored vectors instead.
 RETRAIN_GROWTH = 2.0
+# Tuned nprobe/efSearch hold while the index stays within this factor of the size it was tuned
+# at (recall drifts slowly with n); past it the next commit re-measures.
+RETUNE_GROWTH = 1.25
+# faiss files at least this large are memory-mapped read-only on open: `query` and `serve` start
+# without reading them (benchmarks/ann.py: cold open + first query of 1M vectors); writers
+# reload them fully before an in-place update.
+MMAP_MIN_BYTES = 256 << 20
 
 
 @dataclass
@@ -60,6 +68,9 @@ class IndexStore:
         # Readers may search on the GPU; writers always build and save on the CPU.
         self.use_gpu = False
         self._indexes: dict[str, tuple[int, FaissIndex | None]] = {}
+        # None: keep each collection's recorded target (DEFAULT_TARGET_RECALL at first).
+        self.target_recall: float | None = None
+        self._rebuilt = False
 
     # -- opening ------------------------------------------------------------------------------
     @staticmethod
@@ -145,7 +156,13 @@ class IndexStore:
         path = self._faiss_path(collection, generation)
         index: FaissIndex | None = None
         if path.is_file():
-            index = FaissIndex.load(path, use_gpu=self.use_gpu)
+            tuning = self.tuning(collection)
+            index = FaissIndex.load(
+                path,
+                use_gpu=self.use_gpu,
+                mmap=path.stat().st_size >= MMAP_MIN_BYTES,
+                search_params=tuning.params if tuning is not None else None,
+            )
         elif generation > 0 and self.catalog.count(collection):
             # Cannot happen after a clean commit; rebuild rather than refuse to answer.
             logger.warning("%s is missing; rebuilding it in memory from stored vectors", path)
@@ -156,6 +173,11 @@ class IndexStore:
 
     def index_type(self, collection: str) -> str:
         return self.catalog.get_meta(f"index_type:{collection}", "auto") or "auto"
+
+    def tuning(self, collection: str) -> Tuning | None:
+        """The recall tuning recorded for the current generation's index, if approximate."""
+        raw = self.catalog.get_meta(f"tuning:{collection}")
+        return Tuning.from_dict(json.loads(raw)) if raw else None
 
     # -- writing ------------------------------------------------------------------------------
     def commit(
@@ -186,10 +208,12 @@ class IndexStore:
                 # (a hard link) instead of loading and rewriting a possibly large index.
                 os.link(current_path, self._faiss_path(collection, new))
                 continue
+            self._rebuilt = True
             index = self._next_index(
                 collection, change, requested, dim, force_rebuild=force_rebuild
             )
             if index is not None:
+                self._tune(collection, index, dim, rebuilt=self._rebuilt)
                 index.save(self._faiss_path(collection, new))
                 self.catalog.set_meta(f"factory:{collection}", index.factory)
         self.catalog.set_meta("generation", str(new))
@@ -208,6 +232,11 @@ class IndexStore:
         if count == 0:
             return None
         current = None if force_rebuild else self.get_index(collection)
+        if current is not None and current.read_only:  # mmapped: read it fully to update it
+            current = FaissIndex.load(
+                self._faiss_path(collection, self.catalog.generation),
+                search_params=current.search_params,
+            )
         # The cached reader copy is about to be mutated; never serve it again.
         self._indexes.pop(collection, None)
         built_n = int(self.catalog.get_meta(f"built_n:{collection}", "0") or 0)
@@ -222,6 +251,7 @@ class IndexStore:
             and built_n / RETRAIN_GROWTH <= count <= RETRAIN_GROWTH * built_n
         )
         if incremental and current is not None:
+            self._rebuilt = False
             if not change:
                 return current
             if change.removed:
@@ -234,6 +264,40 @@ class IndexStore:
         self.catalog.set_meta(f"built_n:{collection}", str(len(ids)))
         self.catalog.set_meta(f"built_for:{collection}", requested)
         return FaissIndex.build(vectors, ids, requested)
+
+    def _tune(self, collection: str, index: FaissIndex, dim: int, *, rebuilt: bool) -> None:
+        """Measure recall@10 and pick search parameters when the index was (re)built, grew
+        past its tuning, or the target changed; otherwise keep the recorded ones."""
+        if not is_approximate(index.faiss_index):
+            self.catalog.set_meta(f"tuning:{collection}", "")
+            return
+        old = self.tuning(collection)
+        target = self.target_recall or (old.target_recall if old else DEFAULT_TARGET_RECALL)
+        if (
+            old is not None
+            and not rebuilt
+            and old.target_recall == target
+            and old.tuned_n / RETUNE_GROWTH <= index.ntotal <= old.tuned_n * RETUNE_GROWTH
+        ):
+            index.set_search_params(old.params)
+            return
+        ids, vectors = self.catalog.get_vectors(collection, dim)
+        texts = None
+        if collection == IMAGES and self.catalog.count(TEXTS):
+            # Cross-modal queries (captions against images) are what users run.
+            texts = self.catalog.get_vectors(TEXTS, dim)[1]
+        result = tune(index, vectors, ids, target_recall=target, text_queries=texts)
+        self.catalog.set_meta(f"tuning:{collection}", json.dumps(result.to_dict()))
+        if not result.reached:
+            logger.warning(
+                "%s: %s reaches recall@10 %.3f < target %.2f even at %s; use --index-type "
+                "flat or hnsw for higher recall",
+                collection,
+                index.factory,
+                result.recall_at_10,
+                target,
+                result.params.to_dict(),
+            )
 
     def _drop_stray_files(self) -> None:
         """Delete faiss files of generations other than the current one (older ones, or an
@@ -261,10 +325,15 @@ class IndexStore:
             count = self.catalog.count(collection)
             # The factory recorded at commit time: reporting must not load a large index.
             factory = self.catalog.get_meta(f"factory:{collection}") if count else None
+            tuning = self.tuning(collection) if count else None
             collections[collection] = {
                 "count": count,
                 "index_type": self.index_type(collection),
                 "faiss": factory,
+                # recall@10 vs exact search on the collection's own vectors; None when exact
+                "recall_at_10": tuning.recall_at_10 if tuning else None,
+                "search_params": tuning.params.to_dict() if tuning else None,
+                "target_recall": tuning.target_recall if tuning else None,
             }
         updated = self.catalog.get_meta("updated")
         return {

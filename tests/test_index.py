@@ -134,7 +134,7 @@ def test_filter_with_unknown_or_no_ids_pads(built, data) -> None:
     assert (found == -1).all() and np.isneginf(scores).all()
 
 
-@pytest.mark.parametrize("index_type", ["flat", "ivf", "ivfpq"])
+@pytest.mark.parametrize("index_type", ["flat", "ivf", "IVF64,PQ4x8"])
 def test_remove_drops_ids_and_add_brings_them_back(data, index_type) -> None:
     xb, ids, xq = data
     index = FaissIndex.build(xb, ids, index_type)
@@ -150,8 +150,9 @@ def test_remove_drops_ids_and_add_brings_them_back(data, index_type) -> None:
     assert (again[:, 0] == gone).all()
 
 
-def test_hnsw_cannot_remove(built, data) -> None:
-    index = built("hnsw")
+@pytest.mark.parametrize("index_type", ["hnsw", "ivfpq"])  # ivfpq has a Refine(SQ8) step
+def test_hnsw_and_refined_pq_cannot_remove(built, data, index_type) -> None:
+    index = built(index_type)
     assert not index.supports_remove
     with pytest.raises(MmsearchError, match="rebuild"):
         index.remove(data[1][:3])
@@ -227,14 +228,14 @@ def test_load_reports_missing_and_corrupt_files(tmp_path) -> None:
         ("auto", 0, 512, "Flat"),
         ("auto", 50_000, 512, "Flat"),
         ("auto", 100_000, 512, "IVF1265,Flat"),
-        ("auto", 3_000_000, 512, "IVF6928,PQ64x8"),
+        ("auto", 3_000_000, 512, "IVF6928,PQ64x8,Refine(SQ8)"),
         ("flat", 10, 512, "Flat"),
         ("HNSW", 10, 512, "HNSW32"),
         ("ivf", 10_000, 512, "IVF256,Flat"),
         ("ivf", 1_000_000, 512, "IVF4000,Flat"),
-        ("ivfpq", 100_000, 512, "IVF1265,PQ64x8"),
-        ("ivfpq", 100_000, 768, "IVF1265,PQ64x8"),
-        ("ivfpq", 100_000, 100, "IVF1265,PQ10x8"),
+        ("ivfpq", 100_000, 512, "IVF1265,PQ64x8,Refine(SQ8)"),
+        ("ivfpq", 100_000, 768, "IVF1265,PQ64x8,Refine(SQ8)"),
+        ("ivfpq", 100_000, 100, "IVF1265,PQ10x8,Refine(SQ8)"),
         ("IVF64,SQ8", 10_000, 512, "IVF64,SQ8"),
     ],
 )

@@ -99,6 +99,18 @@ def index(
     index_type: Annotated[
         str, typer.Option(help="auto, flat, ivf, hnsw, ivfpq, or a faiss factory string")
     ] = "auto",
+    target_recall: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Recall@10 against exact search that approximate indexes are tuned to reach "
+            "(nprobe/efSearch/refine are picked for the lowest latency that reaches it) "
+            "(default: the index's own, 0.95 for a new one)",
+            envvar="MMSEARCH_TARGET_RECALL",
+            show_default=False,
+        ),
+    ] = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
     batch_size: Annotated[
@@ -136,6 +148,8 @@ def index(
         store, factory = open_for_indexing(directory, _spec(model, pretrained), config, index_type)
         types = {IMAGES: index_type, TEXTS: index_type} if index_type != "auto" else None
         reports = []
+        if target_recall is not None:
+            store.target_recall = target_recall
         with store, store.writer_lock(), _progress(quiet) as on_progress:
             if roots or text_list is not None:
                 report = sync_images_and_texts(

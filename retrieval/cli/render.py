@@ -81,6 +81,12 @@ def info_text(details: dict[str, Any]) -> str:
     for name, stats in details["collections"].items():
         faiss = stats["faiss"] or "empty"
         lines.append(f"{name + ':':<10} {stats['count']} ({faiss}; type {stats['index_type']})")
+        if stats.get("recall_at_10") is not None:
+            params = ", ".join(f"{k}={v}" for k, v in (stats["search_params"] or {}).items())
+            lines.append(
+                f"{'':<10} recall@10 {stats['recall_at_10']:.3f} vs exact search "
+                f"(target {stats['target_recall']:.2f}; {params or 'default search parameters'})"
+            )
     if details["products"]:
         lines.append(f"products:  {details['products']}")
     lines += [

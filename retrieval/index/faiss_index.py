@@ -29,6 +29,7 @@ from retrieval.errors import (
 )
 from retrieval.files import atomic_path
 from retrieval.index.exact import Scores
+from retrieval.index.tuning import SearchParams
 from retrieval.types import Ids, Vectors
 
 logger = logging.getLogger(__name__)
@@ -39,8 +40,18 @@ FACTORY_HELP = "https://github.com/facebookresearch/faiss/wiki/The-index-factory
 # benchmarks/index_recall.py): up to 50k it stays under ~8 ms while exact, untrained and
 # removable; at 100k IVF answers 22x faster at 0.977 recall@10.
 AUTO_FLAT_MAX = 50_000
-# Past 4 GiB of float32 vectors (2M x 512-d) memory dominates: auto picks 64-byte PQ codes.
+# Past 4 GiB of float32 vectors (2M x 512-d), or a quarter of this machine's RAM if less,
+# memory dominates: auto picks 64-byte PQ codes refined with 8-bit scalar codes (576 bytes/vector
+# vs 2048), which the recall tuning brings to the target (benchmarks/ann.py).
 AUTO_PQ_MIN_BYTES = 4 << 30
+
+
+def _auto_pq_min_bytes() -> int:
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return AUTO_PQ_MIN_BYTES
+    return min(AUTO_PQ_MIN_BYTES, ram // 4)
 MIN_POINTS_PER_CENTROID = 39  # faiss k-means warns below this: centroids become unstable.
 NLIST_PER_SQRT_N = 4  # faiss guideline is 4..16 * sqrt(n) lists; 4 keeps training cheap.
 MIN_NLIST = 16  # coarser partitions do not beat Flat, so IVF falls back to Flat below this.
@@ -51,6 +62,11 @@ PQ_MIN_TRAIN = MIN_POINTS_PER_CENTROID * (1 << PQ_NBITS)  # 256 centroids per su
 # 64 bytes/vector for 512..1280-d models and within what faiss GPU IVFPQ supports.
 PQ_DIMS_PER_SUBQUANTIZER = 8
 PQ_MAX_SUBQUANTIZERS = 64
+# PQ64x8 alone tops out near 0.75 recall@10 on 512-d CLIP-like data; re-scoring its top
+# k * k_factor candidates with 8-bit scalar-quantized vectors (1 byte/dim, ~0.999 of exact
+# scores) lifts it past 0.95 at 64 + 512 bytes/vector, still 3.5x less than Flat's 2048.
+PQ_REFINE = "Refine(SQ8)"
+MAX_TRAIN_POINTS_PER_CENTROID = 256  # faiss k-means subsamples to this anyway
 HNSW_M = 32  # links per node, the usual faiss choice: ~270 bytes/vector of graph.
 HNSW_EF_CONSTRUCTION = 64  # faiss default 40; a little more buys recall for modest build time.
 HNSW_EF_SEARCH = 64  # faiss default 16 gives ~0.93 recall@10 at 100k x 512-d; 64 gives ~0.99.
@@ -76,7 +92,7 @@ def resolve_index_type(index_type: str, n: int, dim: int) -> str:
     if name == "auto":
         if n <= AUTO_FLAT_MAX:
             return "Flat"
-        name = "ivfpq" if n * dim * 4 >= AUTO_PQ_MIN_BYTES else "ivf"
+        name = "ivfpq" if n * dim * 4 >= _auto_pq_min_bytes() else "ivf"
     if name == "flat":
         return "Flat"
     if name == "hnsw":
@@ -89,7 +105,7 @@ def resolve_index_type(index_type: str, n: int, dim: int) -> str:
             return "Flat"
         if name == "ivf":
             return f"IVF{nlist},Flat"
-        return f"IVF{nlist},PQ{_pq_subquantizers(dim)}x{PQ_NBITS}"
+        return f"IVF{nlist},PQ{_pq_subquantizers(dim)}x{PQ_NBITS},{PQ_REFINE}"
     return _resolve_raw(index_type.strip(), n, dim)
 
 
@@ -138,9 +154,18 @@ def _faiss_message(err: Exception) -> str:
 def _core(index: Any) -> Any:
     """Unwrap id maps and pre-transforms down to the index that actually scores vectors."""
     index = faiss.downcast_index(index)
+    while isinstance(index, faiss.IndexIDMap | faiss.IndexPreTransform | faiss.IndexRefine):
+        inner = index.base_index if isinstance(index, faiss.IndexRefine) else index.index
+        index = faiss.downcast_index(inner)
+    return index
+
+
+def _refine(index: Any) -> Any:
+    """The IndexRefine under an id map, or None."""
+    index = faiss.downcast_index(index)
     while isinstance(index, faiss.IndexIDMap | faiss.IndexPreTransform):
         index = faiss.downcast_index(index.index)
-    return index
+    return index if isinstance(index, faiss.IndexRefine) else None
 
 
 def _ivf(index: Any) -> Any:
@@ -195,7 +220,15 @@ class FaissIndex:
     IDSelector.
     """
 
-    def __init__(self, index: Any, factory: str, *, use_gpu: bool = False, mmap: bool = False):
+    def __init__(
+        self,
+        index: Any,
+        factory: str,
+        *,
+        use_gpu: bool = False,
+        mmap: bool = False,
+        search_params: SearchParams | None = None,
+    ):
         self._cpu: Any = faiss.downcast_index(index)
         self._owner = index  # downcast_index returns a non-owning proxy: keep the owner alive
         self._factory = factory
@@ -210,6 +243,8 @@ class FaissIndex:
             core.nprobe = _default_nprobe(core.nlist)
         elif isinstance(core, faiss.IndexHNSW):
             core.hnsw.efSearch = HNSW_EF_SEARCH
+        if search_params is not None:
+            self.set_search_params(search_params)
         if use_gpu:
             self._to_gpu()
 
@@ -221,7 +256,8 @@ class FaissIndex:
         xb, id_array = _check_vectors(vectors, ids, None)
         factory = resolve_index_type(index_type, *xb.shape)
         index = faiss.index_factory(xb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-        if not isinstance(index, faiss.IndexIDMap) and faiss.try_extract_index_ivf(index) is None:
+        native_ids = faiss.try_extract_index_ivf(index) is not None and _refine(index) is None
+        if not isinstance(index, faiss.IndexIDMap) and not native_ids:
             index = faiss.IndexIDMap2(index)  # IVF stores ids natively; others need a map
         core = _core(index)
         if isinstance(core, faiss.IndexHNSW):
@@ -232,7 +268,14 @@ class FaissIndex:
         return cls(index, _factory_of(index, factory), use_gpu=use_gpu)
 
     @classmethod
-    def load(cls, path: Path, *, use_gpu: bool = False, mmap: bool = False) -> FaissIndex:
+    def load(
+        cls,
+        path: Path,
+        *,
+        use_gpu: bool = False,
+        mmap: bool = False,
+        search_params: SearchParams | None = None,
+    ) -> FaissIndex:
         """Read an index written by save(); with mmap=True it is memory-mapped and read-only."""
         path = Path(path)
         if not path.is_file():
@@ -247,7 +290,9 @@ class FaissIndex:
             raise IndexMismatchError(
                 f"{path} is not an inner-product (cosine) index: rebuild it with mmsearch"
             )
-        return cls(index, _factory_of(index, ""), use_gpu=use_gpu, mmap=mmap)
+        return cls(
+            index, _factory_of(index, ""), use_gpu=use_gpu, mmap=mmap, search_params=search_params
+        )
 
     @property
     def ntotal(self) -> int:
@@ -265,9 +310,42 @@ class FaissIndex:
         return self._factory
 
     @property
+    def read_only(self) -> bool:
+        """True when memory-mapped: load it again with mmap=False to modify it."""
+        return self._read_only
+
+    @property
+    def faiss_index(self) -> Any:
+        """The underlying CPU faiss index (for retrieval.index.tuning)."""
+        return self._cpu
+
+    @property
     def supports_remove(self) -> bool:
-        """False for HNSW graphs (faiss cannot delete nodes) and memory-mapped indexes."""
-        return not self._read_only and not isinstance(_core(self._cpu), faiss.IndexHNSW)
+        """False for HNSW graphs and refined PQ (faiss cannot delete from them) and for
+        memory-mapped indexes."""
+        core = _core(self._cpu)
+        return not (self._read_only or isinstance(core, faiss.IndexHNSW) or _refine(self._cpu))
+
+    @property
+    def search_params(self) -> SearchParams:
+        """The parameters every unfiltered search uses (filtered ones widen them)."""
+        core, refine = _core(self._cpu), _refine(self._cpu)
+        return SearchParams(
+            nprobe=int(core.nprobe) if isinstance(core, faiss.IndexIVF) else None,
+            ef_search=int(core.hnsw.efSearch) if isinstance(core, faiss.IndexHNSW) else None,
+            k_factor=round(refine.k_factor) if refine is not None else None,
+        )
+
+    def set_search_params(self, params: SearchParams) -> None:
+        """Apply tuned parameters; those that do not fit this index type are ignored."""
+        core, refine = _core(self._cpu), _refine(self._cpu)
+        if params.nprobe is not None and isinstance(core, faiss.IndexIVF):
+            core.nprobe = max(1, min(int(params.nprobe), int(core.nlist)))
+        if params.ef_search is not None and isinstance(core, faiss.IndexHNSW):
+            core.hnsw.efSearch = max(1, int(params.ef_search))
+        if params.k_factor is not None and refine is not None:
+            refine.k_factor = float(max(1, params.k_factor))
+        self._gpu_stale = self._gpu is not None
 
     @property
     def description(self) -> str:
@@ -278,6 +356,8 @@ class FaissIndex:
             parts.append(f"nprobe={core.nprobe}/{core.nlist}")
         if isinstance(core, faiss.IndexHNSW):
             parts.append(f"efSearch={core.hnsw.efSearch}")
+        if _refine(self._cpu) is not None:
+            parts.append(f"k_factor={self.search_params.k_factor}")
         parts.append("gpu" if self._gpu is not None else "cpu")
         return ", ".join(parts + (["mmap read-only"] if self._read_only else []))
 
@@ -396,6 +476,9 @@ class FaissIndex:
             params = faiss.SearchParametersHNSW(sel=sel, efSearch=ef)  # type: ignore[attr-defined]
         else:  # flat-like indexes score every allowed vector anyway
             params = faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
+        refine = _refine(self._cpu)
+        if refine is not None:
+            return self._refine_search(xq, k, sel, params, refine)
         try:
             D, I = self._cpu.search(xq, k, params=params)
         except RuntimeError as err:
@@ -404,6 +487,19 @@ class FaissIndex:
                 "with --index-type flat, ivf, hnsw or ivfpq"
             ) from err
         return D, I
+
+    def _refine_search(self, xq: Any, k: int, sel: Any, params: Any, refine: Any) -> Any:
+        """Filtered search of IDMap2(IndexRefine): the id map does not translate selectors
+        nested in IndexRefineSearchParameters, so translate for the base index here."""
+        translated = faiss.IDSelectorTranslated(self._cpu.id_map, sel)
+        params.sel = translated
+        rparams = faiss.IndexRefineSearchParameters(  # type: ignore[call-arg]
+            k_factor=refine.k_factor, base_index_params=params
+        )
+        D, I = refine.search(xq, k, params=rparams)
+        if self._id_map is None:
+            self._id_map = faiss.vector_to_array(self._cpu.id_map)
+        return D, np.where(I >= 0, self._id_map[np.maximum(I, 0)], -1)
 
     def _scan_hnsw_storage(self, xq: Any, k: int, sel: Any, core: Any) -> tuple[Any, Any]:
         """Exact scan of the HNSW's vector storage; the selector sees ids via the id map."""
@@ -453,10 +549,22 @@ def _training_sample(xb: Any, index: Any) -> Any:
             # On by default, it reorders codes for Hamming pre-filtering (polysemous_ht),
             # which we never enable, and it is ~85% of IVFPQ training time.
             ivf.do_polysemous_training = False  # type: ignore[attr-defined]
-    size = max(TRAIN_POINTS_PER_CENTROID * (ivf.nlist if ivf is not None else 1), 4 * PQ_MIN_TRAIN)
+    size = training_sample_size(len(xb), ivf.nlist if ivf is not None else 0)
     if len(xb) <= size:
         return xb
     return xb[np.sort(np.random.default_rng(SEED).choice(len(xb), size, replace=False))]
+
+
+def training_sample_size(n: int, nlist: int) -> int:
+    """Vectors to train on: TRAIN_POINTS_PER_CENTROID per IVF list, within faiss's guidance
+    of 39..256 per centroid, and at least enough for 256-centroid PQ sub-quantizers.
+
+    k-means cost is linear in the sample, so at 1M vectors (IVF4000) this trains on 256k
+    rather than all 1M, and faiss would itself subsample to 256 per centroid."""
+    per_list = min(
+        max(TRAIN_POINTS_PER_CENTROID, MIN_POINTS_PER_CENTROID), MAX_TRAIN_POINTS_PER_CENTROID
+    )
+    return min(n, max(per_list * max(nlist, 1), 4 * PQ_MIN_TRAIN))
 
 
 def _mmap_flags() -> int:
