@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -103,3 +103,19 @@ class ModelIdentity:
         if self.weights_sha256 and other.weights_sha256:
             return self.weights_sha256 == other.weights_sha256 and self.dim == other.dim
         return (self.name, self.pretrained, self.dim) == (other.name, other.pretrained, other.dim)
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Search-time parameters of a faiss index; None means not applicable to its type."""
+
+    nprobe: int | None = None
+    ef_search: int | None = None
+    k_factor: int | None = None
+
+    def to_dict(self) -> dict[str, int]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchParams:
+        return cls(**{k: int(v) for k, v in data.items() if k in cls.__dataclass_fields__})

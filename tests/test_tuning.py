@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from retrieval import store as store_module
-from retrieval.catalog import IMAGES, TEXTS
 from retrieval.index import FaissIndex, exact_search, faiss_index
 from retrieval.index.tuning import SearchParams, Tuning, recall_at_k, tune
+from retrieval.types import IMAGES, TEXTS
 
 DIM = 32
 N = 10_000

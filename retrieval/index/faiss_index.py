@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,7 @@ from retrieval.errors import (
 )
 from retrieval.files import atomic_path
 from retrieval.index.exact import Scores
-from retrieval.index.tuning import SearchParams
-from retrieval.types import Ids, Vectors
+from retrieval.types import Ids, SearchParams, Vectors
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ def _auto_pq_min_bytes() -> int:
     except (ValueError, OSError, AttributeError):
         return AUTO_PQ_MIN_BYTES
     return min(AUTO_PQ_MIN_BYTES, ram // 4)
+
+
 MIN_POINTS_PER_CENTROID = 39  # faiss k-means warns below this: centroids become unstable.
 NLIST_PER_SQRT_N = 4  # faiss guideline is 4..16 * sqrt(n) lists; 4 keeps training cheap.
 MIN_NLIST = 16  # coarser partitions do not beat Flat, so IVF falls back to Flat below this.

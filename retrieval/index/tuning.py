@@ -20,7 +20,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from retrieval.types import Ids, Vectors
+from retrieval.index.faiss_index import _core, _refine
+from retrieval.types import Ids, SearchParams, Vectors
 
 K = 10
 DEFAULT_TARGET_RECALL = 0.95
@@ -31,22 +32,6 @@ HNSW_MAX_EF = 4096
 REFINE_K_FACTORS = (1, 2, 4, 8)
 TIMING_REPEATS = 2
 SEED = 4321
-
-
-@dataclass(frozen=True)
-class SearchParams:
-    """Search-time parameters of a faiss index; None means not applicable to its type."""
-
-    nprobe: int | None = None
-    ef_search: int | None = None
-    k_factor: int | None = None
-
-    def to_dict(self) -> dict[str, int]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SearchParams:
-        return cls(**{k: int(v) for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -73,7 +58,6 @@ class Tuning:
 
 def is_approximate(index: Any) -> bool:
     """True when the faiss index has a search-time knob (IVF or HNSW)."""
-    from retrieval.index.faiss_index import _core
 
     core = _core(index)
     return isinstance(core, faiss.IndexIVF | faiss.IndexHNSW)
@@ -162,7 +146,6 @@ class _Probe:
     """Runs the tuning queries against the index under candidate parameters."""
 
     def __init__(self, index: Any, xq: Any, self_ids: Any, truth: Any) -> None:
-        from retrieval.index.faiss_index import _core, _refine
 
         self.index, self.xq, self.self_ids, self.truth = index, xq, self_ids, truth
         core = _core(index.faiss_index)
