@@ -283,7 +283,7 @@ class FaissIndex:
         if not path.is_file():
             raise IndexNotFoundError(f"no index file at {path}: build one first")
         try:
-            index = faiss.read_index(str(path), _mmap_flags() if mmap else 0)
+            index = faiss.read_index(str(path), _mmap_flags(path) if mmap else 0)
         except RuntimeError as err:
             raise IndexCorruptError(
                 f"cannot read faiss index {path} ({_faiss_message(err)}): rebuild the index"
@@ -569,7 +569,13 @@ def training_sample_size(n: int, nlist: int) -> int:
     return min(n, max(per_list * max(nlist, 1), 4 * PQ_MIN_TRAIN))
 
 
-def _mmap_flags() -> int:
-    # IO_FLAG_MMAP_IFC (faiss >= 1.10) maps flat codes and inverted lists of every index type;
-    # older faiss only has IO_FLAG_MMAP, which maps IVF lists and reads the rest into RAM.
-    return int(getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY))
+def _mmap_flags(path: Path) -> int:
+    """IVF files ("Iw.." fourcc): IO_FLAG_MMAP | READ_ONLY maps the inverted lists so a query
+    faults in only the lists it probes (measured 0.02 s for a first query vs 1.0 s with
+    IO_FLAG_MMAP_IFC, which touches every list). Others: IO_FLAG_MMAP_IFC (faiss >= 1.10) also
+    maps flat codes, which plain IO_FLAG_MMAP would read into RAM."""
+    plain = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+    with open(path, "rb") as handle:
+        if handle.read(2) == b"Iw":
+            return int(plain)
+    return int(getattr(faiss, "IO_FLAG_MMAP_IFC", plain))
