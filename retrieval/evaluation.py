@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,8 @@ def load_pairs(path: Path) -> Pairs:
     missing: list[str] = []
     for where, image, caption in rows:
         image_path = Path(image).expanduser()
-        image_path = (image_path if image_path.is_absolute() else base / image_path).absolute()
+        # abspath folds `..` without resolving symlinks, matching the paths `index` stores.
+        image_path = Path(os.path.abspath(image_path if image_path.is_absolute() else base / image_path))
         if image_path not in index_of:
             if not image_path.is_file():
                 missing.append(f"{where}: {image_path}")
