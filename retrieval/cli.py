@@ -438,4 +438,4 @@ def _info_text(details: dict[str, Any]) -> str:
 from .serve import serve as _serve  # noqa: E402 (registered last: serve.py imports this module)
 
 app.command("serve")(_serve)
-from .eval_command import eval_command as _eval; app.command("eval")(_eval)  # noqa: E402, E702 EVAL-REGISTER: lead, move into retrieval/cli/
+app.command("eval")(__import__("retrieval.eval_command").eval_command.eval_command)  # EVAL-REGISTER

@@ -27,7 +27,8 @@ def eval_command(
     ks: Annotated[str, typer.Option("-k", help="Recall@K cut-offs, comma separated")] = "1,5,10",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
     report: Annotated[
-        Path | None, typer.Option(help="Write a self-contained HTML report here", show_default=False)
+        Path | None,
+        typer.Option(help="Write a self-contained HTML report here", show_default=False),
     ] = None,
     robustness: Annotated[
         bool, typer.Option("--robustness", help="Image->image Recall@1 under 6 perturbations")

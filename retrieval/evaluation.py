@@ -87,7 +87,9 @@ def load_pairs(path: Path) -> Pairs:
     for where, image, caption in rows:
         image_path = Path(image).expanduser()
         # abspath folds `..` without resolving symlinks, matching the paths `index` stores.
-        image_path = Path(os.path.abspath(image_path if image_path.is_absolute() else base / image_path))
+        image_path = Path(
+            os.path.abspath(image_path if image_path.is_absolute() else base / image_path)
+        )
         if image_path not in index_of:
             if not image_path.is_file():
                 missing.append(f"{where}: {image_path}")
@@ -133,7 +135,9 @@ def _jsonl_rows(path: Path, raw: str) -> list[tuple[str, str, str]]:
             record = json.loads(line)
         except ValueError as err:
             raise InputFileError(f"{where}: not valid JSON ({err})") from err
-        captions = record.get("captions", [record.get("caption")]) if isinstance(record, dict) else None
+        captions = (
+            record.get("captions", [record.get("caption")]) if isinstance(record, dict) else None
+        )
         image = record.get("image") if isinstance(record, dict) else None
         if not isinstance(image, str) or not isinstance(captions, list) or not captions:
             raise InputFileError(
@@ -147,7 +151,9 @@ def _jsonl_rows(path: Path, raw: str) -> list[tuple[str, str, str]]:
 
 
 # -- metrics ----------------------------------------------------------------------------------
-def exact_ranks(queries: np.ndarray, items: np.ndarray, correct: Sequence[np.ndarray]) -> np.ndarray:
+def exact_ranks(
+    queries: np.ndarray, items: np.ndarray, correct: Sequence[np.ndarray]
+) -> np.ndarray:
     """1-based rank of the best-scoring correct item for each query, exact (inner product).
 
     `correct[q]` holds the indexes of the items that answer query q. Ties count against the
@@ -178,7 +184,9 @@ def ranks_from_results(
     return ranks
 
 
-def recall_metrics(ranks: np.ndarray, ks: Sequence[int], *, with_ranks: bool = True) -> dict[str, Any]:
+def recall_metrics(
+    ranks: np.ndarray, ks: Sequence[int], *, with_ranks: bool = True
+) -> dict[str, Any]:
     """`recall@k` (fraction of queries whose answer ranks <= k) for each k, plus median and
     mean rank when the ranks are exact."""
     out: dict[str, Any] = {"queries": int(len(ranks))}
@@ -195,9 +203,7 @@ def recall_curve(ranks: np.ndarray, max_k: int) -> list[float]:
     return [float(np.mean(ranks <= k)) for k in range(1, max_k + 1)] if len(ranks) else []
 
 
-def overlap_at_k(
-    queries: np.ndarray, items: np.ndarray, approx_ids: np.ndarray, k: int
-) -> float:
+def overlap_at_k(queries: np.ndarray, items: np.ndarray, approx_ids: np.ndarray, k: int) -> float:
     """Recall@k of an approximate answer against exact search, tie-aware: a returned item counts
     when its exact score reaches the exact k-th best score (so equal-scoring duplicates that
     faiss orders differently are not misses)."""
@@ -234,7 +240,9 @@ def parse_ks(text: str) -> list[int]:
     except ValueError:
         ks = []
     if not ks or ks[0] < 1:
-        raise InvalidQueryError(f"-k takes positive integers joined by commas, like 1,5,10; got {text!r}")
+        raise InvalidQueryError(
+            f"-k takes positive integers joined by commas, like 1,5,10; got {text!r}"
+        )
     return ks
 
 

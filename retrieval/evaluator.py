@@ -104,7 +104,9 @@ def collect_vectors(
     if missing:
         model = embedder()
 
-        def on_batch(positions: list[int], batch: Vectors, skips: list[tuple[int, Skipped]]) -> None:
+        def on_batch(
+            positions: list[int], batch: Vectors, skips: list[tuple[int, Skipped]]
+        ) -> None:
             for row, position in enumerate(positions):
                 vectors[missing[position]] = batch[row]
             skipped.extend(skip for _, skip in skips)
@@ -248,9 +250,7 @@ def _index_section(
             "curve": recall_curve(ranks, k)
         }
         overlap_k = min(OVERLAP_K, index.ntotal)
-        section[name][f"recall@{OVERLAP_K}_vs_exact"] = overlap_at_k(
-            queries, items, ids, overlap_k
-        )
+        section[name][f"recall@{OVERLAP_K}_vs_exact"] = overlap_at_k(queries, items, ids, overlap_k)
     section["note"] = (
         f"{image_index.factory} built over the pairs' vectors as `mmsearch index --index-type "
         f"{index_type}` would build it; answers past rank {depth} count as misses"

@@ -40,7 +40,9 @@ def _rows(result: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
         exact, approx = result[key], result["index"][key]
         recalls = _recall_keys(exact)
         cells = [f"{exact[r]:.3f}" for r in recalls]
-        rows.append((label, "exact", [*cells, f"{exact['median_rank']:g}", f"{exact['mean_rank']:.1f}"]))
+        rows.append(
+            (label, "exact", [*cells, f"{exact['median_rank']:g}", f"{exact['mean_rank']:.1f}"])
+        )
         cells = [f"{approx[r]:.3f}" for r in recalls]
         overlap = next(v for k, v in approx.items() if k.endswith("_vs_exact"))
         rows.append((label, result["index"]["faiss"], [*cells, "", "", f"{overlap:.3f}"]))
@@ -77,7 +79,9 @@ def text_table(result: dict[str, Any]) -> str:
     header = _header(result)
     table = [header] + [[d, s, *c] for d, s, c in _rows(result)]
     widths = [max(len(row[i]) if i < len(row) else 0 for row in table) for i in range(len(header))]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) for row in table]
+    lines += [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) for row in table
+    ]
     lines += ["", f"{'latency':<40}  {'p50 ms':>8}  {'p99 ms':>8}  {'q/s':>8}"]
     lines += [f"{r[0]:<40}  {r[1]:>8}  {r[2]:>8}  {r[3]:>8}" for r in _efficiency_rows(result)]
     eff = result["efficiency"]
@@ -90,7 +94,9 @@ def text_table(result: dict[str, Any]) -> str:
     if "robustness" in result:
         rob = result["robustness"]
         lines += ["", f"robustness (image->image Recall@1 over {rob['images']} images)"]
-        lines += [f"  {name:<18} {v['recall@1']:.3f}" for name, v in rob.items() if name != "images"]
+        lines += [
+            f"  {name:<18} {v['recall@1']:.3f}" for name, v in rob.items() if name != "images"
+        ]
     timing = result["timing_s"]
     lines.append(
         f"\nembedding {timing['embed']:.1f}s, evaluation beyond embedding "
@@ -148,7 +154,8 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 def render_html(result: dict[str, Any]) -> str:
     """The report as one HTML document with no external resources."""
     plots = "".join(
-        f'<figure><img alt="{html.escape(alt)}" src="{uri}"></figure>' for alt, uri in _plots(result)
+        f'<figure><img alt="{html.escape(alt)}" src="{uri}"></figure>'
+        for alt, uri in _plots(result)
     )
     retrieval = _html_table(_header(result), [[d, s, *c] for d, s, c in _rows(result)])
     latency = _html_table(["query", "p50 ms", "p99 ms", "queries/s"], _efficiency_rows(result))
@@ -178,4 +185,6 @@ def write_report(result: dict[str, Any], path: Path) -> None:
     try:
         write_atomic(Path(path), render_html(result).encode("utf-8"))
     except OSError as err:
-        raise MmsearchError(f"cannot write report {path}: {err}; pick another --report path") from err
+        raise MmsearchError(
+            f"cannot write report {path}: {err}; pick another --report path"
+        ) from err

@@ -106,7 +106,10 @@ def test_pairs_jsonl_takes_a_caption_or_a_captions_list(tmp_path: Path) -> None:
     (a,) = make_images(tmp_path / "pics", 1)
     pairs_file = tmp_path / "sub" / "pairs.jsonl"
     pairs_file.parent.mkdir()
-    rows = [{"image": f"../pics/{a.name}", "captions": ["one", "two"]}, {"image": str(a), "caption": "three"}]
+    rows = [
+        {"image": f"../pics/{a.name}", "captions": ["one", "two"]},
+        {"image": str(a), "caption": "three"},
+    ]
     pairs_file.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     pairs = load_pairs(pairs_file)
     assert pairs.images == [a.absolute()]
