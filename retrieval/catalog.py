@@ -161,6 +161,14 @@ class Catalog:
             out[rows_of[item_id]] = np.frombuffer(blob, dtype=np.float16)
         return out
 
+    def get_vectors_by_key(self, keys: Sequence[str], dim: int) -> dict[str, np.ndarray]:
+        """float32 vectors stored under these content keys (keys without one are left out)."""
+        query = "SELECT key, vector FROM vectors WHERE key IN ({})"
+        return {
+            key: np.frombuffer(blob, dtype=np.float16).astype(np.float32).reshape(dim)
+            for key, blob in self._select_in(query, list(dict.fromkeys(keys)))
+        }
+
     def drop_unused_vectors(self) -> int:
         cursor = self.db.execute("DELETE FROM vectors WHERE key NOT IN (SELECT key FROM items)")
         return cursor.rowcount

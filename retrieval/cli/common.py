@@ -4,13 +4,15 @@ it imports no other CLI module."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ..config import INDEX_DIR_ENV
+from ..config import DEFAULT_MODEL, INDEX_DIR_ENV
 from ..errors import (
     IndexBusyError,
     IndexMismatchError,
@@ -19,6 +21,7 @@ from ..errors import (
     MmsearchError,
     ModelUnavailableError,
 )
+from ..types import ModelSpec
 
 # Exit codes: 2 is what typer uses for usage errors, so input problems share it.
 EXIT_CODES: dict[type[MmsearchError], int] = {
@@ -62,3 +65,45 @@ PrecisionOption = Annotated[
     str,
     typer.Option(help="auto (fp32 on CPU, bf16/fp16 on CUDA), fp32, fp16 or bf16"),
 ]
+
+
+def model_spec(model: str | None, pretrained: str | None) -> ModelSpec | None:
+    """The model asked for on the command line, or None to use the index's own."""
+    if model is None and pretrained is None:
+        return None
+    name = model or DEFAULT_MODEL.name
+    if model is None or model == DEFAULT_MODEL.name:
+        pretrained = pretrained if pretrained is not None else DEFAULT_MODEL.pretrained
+    from ..embedders.open_clip import normalise_spec
+
+    return normalise_spec(ModelSpec(name, pretrained or None))
+
+
+@contextmanager
+def progress(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """Progress callbacks for the library, drawn as tqdm bars on stderr (none with --quiet)."""
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+    labels = {"scan": "scanning", "embed": "embedding", "texts": "texts"}
+    units = {"scan": "file", "embed": "img", "texts": "text"}
+
+    def on_progress(stage: str, advance: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(
+                total=total,
+                desc=labels.get(stage, stage),
+                unit=units.get(stage, "it"),
+                disable=quiet,
+                file=sys.stderr,
+                leave=False,
+                dynamic_ncols=True,
+            )
+        bar.update(advance)
+
+    try:
+        yield on_progress
+    finally:
+        for bar in bars.values():
+            bar.close()

@@ -3,60 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from ..config import DEFAULT_MODEL, EmbedConfig, default_index_dir
 from ..errors import InputFileError, InvalidQueryError
-from ..types import IMAGES, TEXTS, ModelSpec
-from .common import DeviceOption, IndexOption, PrecisionOption, run_guarded
+from ..types import IMAGES, TEXTS
+from .common import DeviceOption, IndexOption, PrecisionOption, model_spec, progress, run_guarded
 from .render import report_dict, report_summary
-
-
-def _spec(model: str | None, pretrained: str | None) -> ModelSpec | None:
-    """The model asked for on the command line, or None to use the index's own."""
-    if model is None and pretrained is None:
-        return None
-    name = model or DEFAULT_MODEL.name
-    if model is None or model == DEFAULT_MODEL.name:
-        pretrained = pretrained if pretrained is not None else DEFAULT_MODEL.pretrained
-    from ..embedders.open_clip import normalise_spec
-
-    return normalise_spec(ModelSpec(name, pretrained or None))
-
-
-@contextmanager
-def _progress(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
-    from tqdm import tqdm
-
-    bars: dict[str, Any] = {}
-    labels = {"scan": "scanning", "embed": "embedding", "texts": "texts"}
-    units = {"scan": "file", "embed": "img", "texts": "text"}
-
-    def on_progress(stage: str, advance: int, total: int) -> None:
-        bar = bars.get(stage)
-        if bar is None:
-            bar = bars[stage] = tqdm(
-                total=total,
-                desc=labels.get(stage, stage),
-                unit=units.get(stage, "it"),
-                disable=quiet,
-                file=sys.stderr,
-                leave=False,
-                dynamic_ncols=True,
-            )
-        bar.update(advance)
-
-    try:
-        yield on_progress
-    finally:
-        for bar in bars.values():
-            bar.close()
 
 
 def index(
@@ -145,12 +101,14 @@ def index(
         text_list = load_texts(texts) if texts is not None else None
         products = load_catalog(catalog) if catalog is not None else None
         directory = index_dir or default_index_dir()
-        store, factory = open_for_indexing(directory, _spec(model, pretrained), config, index_type)
+        store, factory = open_for_indexing(
+            directory, model_spec(model, pretrained), config, index_type
+        )
         types = {IMAGES: index_type, TEXTS: index_type} if index_type != "auto" else None
         reports = []
         if target_recall is not None:
             store.target_recall = target_recall
-        with store, store.writer_lock(), _progress(quiet) as on_progress:
+        with store, store.writer_lock(), progress(quiet) as on_progress:
             if roots or text_list is not None:
                 report = sync_images_and_texts(
                     store,

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from .eval import eval_command
 from .index import index
 from .info import info
 from .query import query
@@ -37,3 +38,4 @@ def main(
 
 for command in (index, query, info, serve):
     app.command()(command)
+app.command("eval")(eval_command)
