@@ -17,6 +17,7 @@ from benchmarks.make_model import write_random_model
 from conftest import TINY_MODEL_CONFIG
 from retrieval.embedders import runtime
 from retrieval.embedders.open_clip import OpenClipEmbedder
+from retrieval.errors import ModelUnavailableError
 from retrieval.types import ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,24 +141,28 @@ def test_stale_entry_from_other_versions_is_not_used(tiny_model: str, tmp_path: 
 
 
 def test_architecture_that_does_not_export_falls_back_to_torch(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tiny_model: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch
 ) -> None:
-    # A timm tower whose image size is not a multiple of its patch grid: torch runs it, the
-    # exporter's shape checks reject it... see the assertion for what actually happens.
-    config = {
-        "model_cfg": {
-            **TINY_MODEL_CONFIG["model_cfg"],
-            "vision_cfg": {**TINY_MODEL_CONFIG["model_cfg"]["vision_cfg"], "output_tokens": True},
-        },
-        "preprocess_cfg": TINY_MODEL_CONFIG["preprocess_cfg"],
-    }
-    folder = write_random_model(tmp_path / "odd", config)
-    spec = ModelSpec(f"local-dir:{folder}", None)
+    # Every tiny open_clip family tried (ViT, ModifiedResNet, timm ConvNeXt, attentional pool,
+    # CoCa) exports with torch 2.14, so the exporter's rejection is injected at its call.
+    from retrieval.embedders import export
+
+    def reject(*args, **kwargs):
+        raise torch._dynamo.exc.Unsupported("data-dependent control flow")
+
+    monkeypatch.setattr(export.torch.onnx, "export", reject)
+    cache = tmp_path / "cache"
     with caplog.at_level("WARNING"):
-        embedder = OpenClipEmbedder.load(spec, device="cpu", cache_dir=tmp_path / "cache")
+        embedder = OpenClipEmbedder.load(ModelSpec(tiny_model, None), device="cpu", cache_dir=cache)
     assert embedder.backend == "torch"
+    assert "does not export (Unsupported: data-dependent control flow" in caplog.text
     assert "running it with torch" in caplog.text
     assert embedder.encode_texts(["a dog"]).shape == (1, 32)
+    assert list(cache.iterdir()) == []  # the half-built entry was removed
+    with pytest.raises(ModelUnavailableError, match="--backend torch"):
+        OpenClipEmbedder.load(
+            ModelSpec(tiny_model, None), device="cpu", backend="openvino", cache_dir=cache
+        )
 
 
 def test_runtime_module_does_not_import_torch(embedders, cache_dir: Path) -> None:
@@ -187,7 +192,6 @@ def test_runtime_module_does_not_import_torch(embedders, cache_dir: Path) -> Non
 
 def test_runtime_backend_refused_on_cuda_and_for_fp16() -> None:
     from retrieval.embedders.backend import resolve_backend
-    from retrieval.errors import ModelUnavailableError
 
     assert resolve_backend("auto", "cuda", "auto") == "torch"
     assert resolve_backend("auto", "cpu", "fp16") == "torch"

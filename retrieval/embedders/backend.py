@@ -86,6 +86,7 @@ def open_exported(
     engine: str,
     precision: str,
     threads: int,
+    context_length: int,
     cache_dir: Path | None = None,
     required: bool = False,
 ) -> runtime.ExportedEncoder | None:
@@ -105,7 +106,7 @@ def open_exported(
         export.export_model(
             model,
             image_size=identity.preprocess["image_size"],
-            context_length=int(getattr(model, "context_length", 77)),
+            context_length=context_length,
             dim=identity.dim,
             key=key,
             cache_dir=cache_dir,

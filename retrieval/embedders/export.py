@@ -147,6 +147,14 @@ def _check(model: torch.nn.Module, folder: Path, pooling: dict | None, context: 
             raise ExportError(f"exported {what} tower differs from torch by {error:.2e}")
 
 
+def _reason(err: BaseException) -> str:
+    """The innermost cause, in one line: torch.onnx wraps the useful message in a generic one."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0][:300] if lines else ''}"
+
+
 def export_model(
     model: torch.nn.Module,
     *,
@@ -195,7 +203,7 @@ def export_model(
         raise
     except Exception as err:  # the exporter raises anything from torch._dynamo internals
         shutil.rmtree(staging, ignore_errors=True)
-        raise ExportError(f"{type(err).__name__}: {str(err).splitlines()[0][:300]}") from err
+        raise ExportError(_reason(err)) from err
     if final.exists():  # a stale or corrupt entry the caller chose to rebuild
         shutil.rmtree(final, ignore_errors=True)
     try:

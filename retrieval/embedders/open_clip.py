@@ -292,6 +292,7 @@ class OpenClipEmbedder:
                 engine=engine,
                 precision=backends.runtime_precision(precision),
                 threads=threads or backends.default_threads(),
+                context_length=int(getattr(tokenizer, "context_length", 77)),
                 cache_dir=cache_dir,
                 required=backend != "auto",
             )
