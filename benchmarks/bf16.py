@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import copy
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -63,10 +62,17 @@ def main() -> None:
         with torch.inference_mode():
             model.encode_image(pixels)
 
-    ov = OpenClipEmbedder.load(spec, device="cpu", backend="openvino", precision="bf16",
-                               threads=args.threads, cache_dir=cache)
-    ov32 = OpenClipEmbedder.load(spec, device="cpu", backend="openvino", threads=args.threads,
-                                 cache_dir=cache)
+    ov = OpenClipEmbedder.load(
+        spec,
+        device="cpu",
+        backend="openvino",
+        precision="bf16",
+        threads=args.threads,
+        cache_dir=cache,
+    )
+    ov32 = OpenClipEmbedder.load(
+        spec, device="cpu", backend="openvino", threads=args.threads, cache_dir=cache
+    )
     rows = [
         ("torch fp32 eager", fp32_eager),
         ("torch autocast bf16 in inference_mode (old mmsearch)", autocast_inference_mode),
@@ -88,7 +94,7 @@ def main() -> None:
     torch_bf16 = OpenClipEmbedder.load(spec, device="cpu", backend="torch", precision="bf16")
     outputs: dict[str, list[np.ndarray]] = {"fp32": [], "torch bf16": [], "openvino bf16": []}
     for start in range(0, len(paths), args.batch_size):
-        batch = torch.stack([fp32.preprocess(load_image(p)) for p in paths[start:start + 8]])
+        batch = torch.stack([fp32.preprocess(load_image(p)) for p in paths[start : start + 8]])
         outputs["fp32"].append(fp32.encode_images(batch))
         outputs["torch bf16"].append(torch_bf16.encode_images(batch))
         outputs["openvino bf16"].append(ov.encode_images(batch))

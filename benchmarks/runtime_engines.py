@@ -55,7 +55,11 @@ def main() -> None:
     key = "bench" + export.architecture_sha256(model)
     started = time.perf_counter()
     entry = export.export_model(
-        model, image_size=size, context_length=model.context_length, dim=512, key=key,
+        model,
+        image_size=size,
+        context_length=model.context_length,
+        dim=512,
+        key=key,
         cache_dir=cache,
     )
     export_s = time.perf_counter() - started
@@ -83,26 +87,46 @@ def main() -> None:
             return model_bf16.encode_image(pixels_bf16)
 
     got = torch.nn.functional.normalize(torch_bf16().float(), dim=-1).numpy()
-    rows.append(("torch cast bf16", timed(torch_bf16, args.repeat), float("nan"),
-                 float(np.abs(got - want).max()), float((got * want).sum(-1).min())))
+    rows.append(
+        (
+            "torch cast bf16",
+            timed(torch_bf16, args.repeat),
+            float("nan"),
+            float(np.abs(got - want).max()),
+            float((got * want).sum(-1).min()),
+        )
+    )
     for engine, precision in (("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")):
-        encoder = runtime.open_folder(entry, threads=args.threads, precision=precision,
-                                      engine=engine)
+        encoder = runtime.open_folder(
+            entry, threads=args.threads, precision=precision, engine=engine
+        )
         got = encoder.encode_images(pixels)
         image_s = timed(lambda: encoder.encode_images(pixels), args.repeat)
         text_s = timed(lambda: encoder.encode_tokens(tokens), 30)
-        rows.append((f"{engine} {precision}", image_s, text_s, float(np.abs(got - want).max()),
-                     float((got * want).sum(-1).min())))
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                         capture_output=True, text=True).stdout.strip()
-    print(f"{args.arch} random weights, batch {args.batch_size}, {args.threads} threads, "
-          f"{platform.processor() or platform.machine()}, git {sha}; export took {export_s:.1f} s")
+        rows.append(
+            (
+                f"{engine} {precision}",
+                image_s,
+                text_s,
+                float(np.abs(got - want).max()),
+                float((got * want).sum(-1).min()),
+            )
+        )
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    print(
+        f"{args.arch} random weights, batch {args.batch_size}, {args.threads} threads, "
+        f"{platform.processor() or platform.machine()}, git {sha}; export took {export_s:.1f} s"
+    )
     base = rows[0][1]
-    print(f"| what | images/s | vs torch fp32 | text query ms | max abs err | min cosine |")
+    print("| what | images/s | vs torch fp32 | text query ms | max abs err | min cosine |")
     print("|---|---|---|---|---|---|")
     for name, image_s, text_s, error, cosine in rows:
-        print(f"| {name} | {args.batch_size / image_s:.1f} | {base / image_s:.2f}x | "
-              f"{text_s * 1e3:.1f} | {error:.1e} | {cosine:.6f} |")
+        print(
+            f"| {name} | {args.batch_size / image_s:.1f} | {base / image_s:.2f}x | "
+            f"{text_s * 1e3:.1f} | {error:.1e} | {cosine:.6f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from conftest import TINY_MODEL_CONFIG
 
 from benchmarks.make_model import write_random_model
-from conftest import TINY_MODEL_CONFIG
 from retrieval.embedders import runtime
 from retrieval.embedders.open_clip import OpenClipEmbedder
 from retrieval.errors import ModelUnavailableError
@@ -99,7 +99,9 @@ def test_second_load_reuses_the_cache(embedders, model_dir: Path, cache_dir: Pat
 
 
 def _entry(tiny_model: str, cache: Path) -> Path:
-    return OpenClipEmbedder.load(ModelSpec(tiny_model, None), device="cpu", cache_dir=cache).encoder.folder
+    return OpenClipEmbedder.load(
+        ModelSpec(tiny_model, None), device="cpu", cache_dir=cache
+    ).encoder.folder
 
 
 def test_truncated_entry_is_rebuilt(tiny_model: str, tmp_path: Path) -> None:
@@ -181,7 +183,11 @@ def test_runtime_module_does_not_import_torch(embedders, cache_dir: Path) -> Non
         "print('heavy:', heavy)\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True,
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
     )
     assert "heavy: []" in result.stdout, result.stdout + result.stderr

@@ -32,7 +32,9 @@ def resolve_backend(backend: str, device: str, precision: str) -> str:
             precision the runtime cannot run.
     """
     if backend not in BACKENDS:
-        raise ModelUnavailableError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        raise ModelUnavailableError(
+            f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}"
+        )
     on_gpu = device.startswith("cuda")
     if backend == "torch":
         return "torch"

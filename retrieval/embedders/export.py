@@ -180,7 +180,9 @@ def export_model(
     batch = torch.export.Dim("batch", min=1, max=4096)
     try:
         pixels = torch.zeros(EXAMPLE_BATCH, 3, image_size, image_size)
-        _export(_ImageTower(model).eval(), pixels, "pixels", {0: batch}, staging / runtime.IMAGE_FILE)
+        _export(
+            _ImageTower(model).eval(), pixels, "pixels", {0: batch}, staging / runtime.IMAGE_FILE
+        )
         text_dims: dict[int, Any] = {0: batch}
         width = context_length
         if pooling:

@@ -111,7 +111,9 @@ def read_meta(folder: Path, key: str | None = None, files: tuple[str, ...] = ())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as err:
-        logger.warning("export cache entry %s has an unreadable meta.json (%s); rebuilding", folder, err)
+        logger.warning(
+            "export cache entry %s has an unreadable meta.json (%s); rebuilding", folder, err
+        )
         return None
     problem = None
     if meta.get("format") != FORMAT or (key is not None and meta.get("key") != key):
@@ -151,9 +153,7 @@ def _onnxruntime_session(path: Path, threads: int, precision: str) -> Session:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(
-        str(path), options, providers=["CPUExecutionProvider"]
-    )
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda array: session.run(None, {name: array})[0]
 
