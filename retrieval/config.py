@@ -28,6 +28,9 @@ class EmbedConfig:
     precision: str = "auto"
     batch_size: int | None = None  # None: by device (see embedders/open_clip.py)
     num_workers: int | None = None
+    # auto|torch|openvino|onnxruntime (embedders/backend.py); None threads: every usable core
+    backend: str = "auto"
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
