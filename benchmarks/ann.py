@@ -202,9 +202,7 @@ def cold_open(n: int, dim: int, k: int) -> None:
         print("\n| open + first query (page cache dropped) | seconds | vs full load |")
         print("|---|---:|---:|")
         print(f"| full load (faiss.read_index) | {full:.3f} | 1.0x |")
-        print(
-            f"| memory-mapped (load(mmap=True)) | {mapped:.4f} | {full / mapped:.0f}x faster |"
-        )
+        print(f"| memory-mapped (load(mmap=True)) | {mapped:.4f} | {full / mapped:.0f}x faster |")
         print(f"identical first results: {same}")
 
 

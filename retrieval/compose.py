@@ -30,6 +30,8 @@ def load_embedder(
         precision=config.precision,
         batch_size=config.batch_size,
         num_workers=config.num_workers,
+        backend=config.backend,
+        threads=config.threads,
     )
     if expected is not None and not expected.same_model(embedder.identity):
         raise IndexMismatchError(
@@ -57,7 +59,7 @@ def open_for_indexing(
             store.close()
             raise
         if spec is not None:
-            from .embedders.open_clip import spec_matches
+            from .embedders.spec import spec_matches
 
             if not spec_matches(spec, store.identity):
                 store.close()
@@ -70,10 +72,18 @@ def open_for_indexing(
                 )
         identity = store.identity
         own = ModelSpec(identity.name, identity.pretrained)
-        return store, cache(lambda: load_embedder(own, config, expected=identity))
+
+        @cache
+        def load() -> OpenClipEmbedder:
+            embedder = load_embedder(own, config, expected=identity)
+            store.record_embedder(embedder.backend, embedder.precision, embedder.export_origin)
+            return embedder
+
+        return store, load
     embedder = load_embedder(spec or DEFAULT_MODEL, config)
     check_index_type(index_type, embedder.identity.dim)
     store = IndexStore.create(directory, embedder.identity)
+    store.record_embedder(embedder.backend, embedder.precision, embedder.export_origin)
     return store, lambda: embedder
 
 
@@ -87,11 +97,17 @@ def open_for_search(
     identity = store.identity
     own = ModelSpec(identity.name, identity.pretrained)
 
+    @cache
     def load() -> OpenClipEmbedder:
         return load_embedder(own, config, expected=identity)
 
     if batching is None:
-        return SearchService(store, load)
+        from .embedders.cold import open_cold_embedder
+
+        # A one-off CLI query: texts through the cached exported text tower and the torch-free
+        # tokenizer when the index has them (no torch import); images load the whole model.
+        cold = open_cold_embedder(identity, store.recorded_embedder(), config, load)
+        return SearchService(store, (lambda: cold) if cold else load)
     from .batching import BatchingEmbedder
 
     embedder = BatchingEmbedder(load, batching)  # loads the model on first use
@@ -100,9 +116,10 @@ def open_for_search(
 
 def _search_on_gpu(device: str) -> bool:
     """faiss searches on the GPU when the model runs there and the faiss GPU build is present."""
-    if device == "cpu":
-        return False
-    from .embedders.open_clip import resolve_device
     from .index import gpu_available
 
-    return resolve_device(device).startswith("cuda") and gpu_available()
+    if device == "cpu" or not gpu_available():  # asks faiss first: torch's import is seconds
+        return False
+    from .embedders.open_clip import resolve_device
+
+    return resolve_device(device).startswith("cuda")

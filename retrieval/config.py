@@ -25,6 +25,10 @@ def default_index_dir() -> Path:
     return Path(os.environ.get(INDEX_DIR_ENV) or DEFAULT_INDEX_DIR)
 
 
+# embedders/backend.py resolves these; listed here so a typo fails before any work starts.
+BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
+
+
 @dataclass(frozen=True)
 class EmbedConfig:
     """How to run the model: where, in what precision, how many at a time (the model itself
@@ -34,6 +38,9 @@ class EmbedConfig:
     precision: str = "auto"
     batch_size: int | None = None  # None: by device (see embedders/open_clip.py)
     num_workers: int | None = None
+    # auto|torch|openvino|onnxruntime (embedders/backend.py); None threads: every usable core
+    backend: str = "auto"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if not DEVICE_PATTERN.fullmatch(self.device):
@@ -43,6 +50,10 @@ class EmbedConfig:
         if self.precision not in PRECISIONS:
             raise InvalidQueryError(
                 f"unknown --precision {self.precision!r}; use one of {', '.join(PRECISIONS)}"
+            )
+        if self.backend not in BACKENDS:
+            raise InvalidQueryError(
+                f"unknown --backend {self.backend!r}; use one of {', '.join(BACKENDS)}"
             )
         if self.batch_size is not None and self.batch_size < 1:
             raise InvalidQueryError(f"--batch-size must be at least 1, got {self.batch_size}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -60,3 +61,32 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` with `data` crash-safely (see atomic_path)."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+HASH_CACHE_ENV = "MMSEARCH_HASH_CACHE"
+DEFAULT_HASH_CACHE = Path("~/.cache/mmsearch/hashes.json")
+
+
+def cached_sha256(path: str | Path) -> str:
+    """file_sha256 of a large file (model weights), remembered by (real path, size, mtime_ns,
+    inode) in $MMSEARCH_HASH_CACHE (default ~/.cache/mmsearch/hashes.json), so a re-run that
+    names the same weights again does not re-read hundreds of MB. The same size+mtime trust the
+    index gives image files; a file rewritten in place with another mtime is hashed again."""
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    cache_file = Path(os.environ.get(HASH_CACHE_ENV) or DEFAULT_HASH_CACHE).expanduser()
+    try:
+        entries = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        entries = {}
+    entry = entries.get(real) if isinstance(entries, dict) else None
+    if isinstance(entry, dict) and entry.get("stamp") == stamp:
+        return str(entry["sha256"])
+    digest = file_sha256(real)
+    entries = entries if isinstance(entries, dict) else {}
+    entries[real] = {"stamp": stamp, "sha256": digest}
+    with contextlib.suppress(OSError):  # a read-only home only costs the next run a re-hash
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cache_file, json.dumps(entries).encode())
+    return digest

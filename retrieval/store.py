@@ -316,6 +316,20 @@ class IndexStore:
         """After a commit: remove files of generations no reader will open again."""
         self._drop_stray_files()
 
+    def record_embedder(
+        self, backend: str, precision: str, export_origin: dict[str, str] | None = None
+    ) -> None:
+        """Note which runtime and precision embed this run's items (shown by `info`) and, for
+        an exported runtime, what its cache key comes from (so a cold text query can use the
+        cached text tower without loading torch)."""
+        record = {"backend": backend, "precision": precision, "export": export_origin}
+        self.catalog.set_meta("embedder", json.dumps(record))
+
+    def recorded_embedder(self) -> dict[str, Any] | None:
+        """What `record_embedder` noted last, or None."""
+        value = self.catalog.get_meta("embedder")
+        return json.loads(value) if value else None
+
     # -- reporting ----------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
         """Model, counts, index types, size on disk, created/updated times."""
@@ -336,10 +350,17 @@ class IndexStore:
                 "target_recall": tuning.target_recall if tuning else None,
             }
         updated = self.catalog.get_meta("updated")
+        embedder = self.recorded_embedder()
         return {
             "directory": str(self.directory.absolute()),
             "format_version": self.manifest["format_version"],
             "model": self.identity.to_dict(),
+            # backend and precision of the last run that embedded anything
+            "embedder": (
+                {"backend": embedder["backend"], "precision": embedder["precision"]}
+                if embedder
+                else None
+            ),
             "collections": collections,
             "products": self.catalog.product_count(),
             "generation": self.catalog.generation,

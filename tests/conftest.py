@@ -19,14 +19,29 @@ def tiny_model(tiny_model_dir: Path) -> str:
     return f"local-dir:{tiny_model_dir}"
 
 
+@pytest.fixture(scope="session")
+def export_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One exported-graph cache for the session: each tiny model exports once (~5 s), not once
+    per test, and nothing is written to the user's ~/.cache."""
+    return tmp_path_factory.mktemp("exports")
+
+
 @pytest.fixture(autouse=True)
-def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, export_cache: Path) -> Path:
     """Point every piece of state (index dir, caches) at tmp_path, stay offline, and run the
     model on the CPU so results compare exactly on machines with a GPU too."""
     monkeypatch.setenv("MMSEARCH_INDEX", str(tmp_path / "indexes" / "default"))
     monkeypatch.setenv("MMSEARCH_DEVICE", "cpu")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("MMSEARCH_EXPORT_CACHE", str(export_cache))
+    # OpenVINO, once loaded into a process, changes the rounding of later torch CPU ops there
+    # (in-process and forked-worker preprocessing stopped being bit-identical) and crashed
+    # DataLoader fork tests that ran after it in the same pytest process. So CLI and HTTP tests
+    # run the model with torch, and the tests that exercise the exported runtime carry the
+    # `runtime` marker and run last (pytest_collection_modifyitems below).
+    monkeypatch.setenv("MMSEARCH_BACKEND", "torch")
+    monkeypatch.setenv("MMSEARCH_HASH_CACHE", str(tmp_path / "hashes.json"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -36,3 +51,8 @@ def image_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "photos"
     make_images(folder, 12)
     return folder
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that load the exported runtime (OpenVINO) into this process run after all others."""
+    items.sort(key=lambda item: item.get_closest_marker("runtime") is not None)

@@ -61,6 +61,14 @@ DeviceOption = Annotated[
     str,
     typer.Option(help="auto (CUDA when available), cpu, or cuda[:N]", envvar="MMSEARCH_DEVICE"),
 ]
+BackendOption = Annotated[
+    str,
+    typer.Option(
+        help="auto (OpenVINO on a CPU when the model exports, else torch; torch on CUDA), "
+        "torch, openvino or onnxruntime",
+        envvar="MMSEARCH_BACKEND",
+    ),
+]
 PrecisionOption = Annotated[
     str,
     typer.Option(help="auto (fp32 on CPU, bf16/fp16 on CUDA), fp32, fp16 or bf16"),
@@ -74,7 +82,7 @@ def model_spec(model: str | None, pretrained: str | None) -> ModelSpec | None:
     name = model or DEFAULT_MODEL.name
     if model is None or model == DEFAULT_MODEL.name:
         pretrained = pretrained if pretrained is not None else DEFAULT_MODEL.pretrained
-    from ..embedders.open_clip import normalise_spec
+    from ..embedders.spec import normalise_spec
 
     return normalise_spec(ModelSpec(name, pretrained or None))
 

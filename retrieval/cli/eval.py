@@ -11,7 +11,15 @@ import typer
 
 from ..config import DEFAULT_MODEL, EmbedConfig, default_index_dir
 from ..types import ModelSpec
-from .common import DeviceOption, IndexOption, PrecisionOption, model_spec, progress, run_guarded
+from .common import (
+    BackendOption,
+    DeviceOption,
+    IndexOption,
+    PrecisionOption,
+    model_spec,
+    progress,
+    run_guarded,
+)
 
 
 def eval_command(
@@ -54,6 +62,7 @@ def eval_command(
     pretrained: Annotated[str | None, typer.Option(show_default=False)] = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
+    backend: BackendOption = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
 ) -> None:
     """Measure search quality on PAIRS: text->image and image->text Recall@K and ranks (exact),
@@ -80,7 +89,7 @@ def eval_command(
             check_report_dependencies()
         directory = index_dir or default_index_dir()
         store = IndexStore.open(directory, readonly=True) if IndexStore.exists(directory) else None
-        embed = EmbedConfig(device=device, precision=precision)
+        embed = EmbedConfig(device=device, precision=precision, backend=backend)
         spec = _evalmodel_spec(store, model_spec(model, pretrained))
         loaded: list[Any] = []
 
@@ -123,7 +132,7 @@ def _evalmodel_spec(store: Any, asked: ModelSpec | None) -> ModelSpec:
         return asked or DEFAULT_MODEL
     identity = store.identity
     if asked is not None:
-        from ..embedders.open_clip import spec_matches
+        from ..embedders.spec import spec_matches
         from ..errors import IndexMismatchError
 
         if not spec_matches(asked, identity):

@@ -11,7 +11,15 @@ import typer
 from ..config import DEFAULT_MODEL, EmbedConfig, default_index_dir
 from ..errors import InputFileError, InvalidQueryError
 from ..types import IMAGES, TEXTS
-from .common import DeviceOption, IndexOption, PrecisionOption, model_spec, progress, run_guarded
+from .common import (
+    BackendOption,
+    DeviceOption,
+    IndexOption,
+    PrecisionOption,
+    model_spec,
+    progress,
+    run_guarded,
+)
 from .render import report_dict, report_summary
 
 
@@ -69,6 +77,7 @@ def index(
     ] = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
+    backend: BackendOption = "auto",
     batch_size: Annotated[
         int | None,
         typer.Option(min=1, help="Images per forward pass (default: 8 on CPU, 256 on CUDA)"),
@@ -90,7 +99,11 @@ def index(
 
         # Every option is checked before any file is read or the model loads.
         config = EmbedConfig(
-            device=device, precision=precision, batch_size=batch_size, num_workers=workers
+            device=device,
+            precision=precision,
+            backend=backend,
+            batch_size=batch_size,
+            num_workers=workers,
         )
         roots = paths or []
         if not roots and catalog is None and texts is None:

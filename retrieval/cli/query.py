@@ -11,7 +11,7 @@ from ..config import EmbedConfig, default_index_dir
 from ..errors import InputFileError, InvalidQueryError
 from ..service import DEFAULT_TEXT_WEIGHT, SearchRequest, check_k
 from ..types import TARGETS
-from .common import DeviceOption, IndexOption, PrecisionOption, run_guarded
+from .common import BackendOption, DeviceOption, IndexOption, PrecisionOption, run_guarded
 from .render import result_table
 
 
@@ -63,6 +63,7 @@ def query(
     index_dir: IndexOption = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
+    backend: BackendOption = "auto",
 ) -> None:
     """Search by TEXT (text->image by default) or by --image (image->image); --target texts
     gives text->text or image->text, --target products searches a product catalog."""
@@ -90,7 +91,7 @@ def query(
             filters=parse_filters(filters or []),
             text_weight=text_weight,
         )
-        config = EmbedConfig(device=device, precision=precision)
+        config = EmbedConfig(device=device, precision=precision, backend=backend)
         with open_for_search(index_dir or default_index_dir(), config) as service:
             result = service.search(request)
         typer.echo(result.to_json() if as_json else result_table(result))

@@ -78,6 +78,9 @@ def info_text(details: dict[str, Any]) -> str:
         + (f" (pretrained={model['pretrained']})" if model["pretrained"] else ""),
         f"dim:       {model['dim']}",
     ]
+    if details.get("embedder"):
+        built = details["embedder"]
+        lines.append(f"embedded:  {built['backend']} {built['precision']} (last run that embedded)")
     for name, stats in details["collections"].items():
         faiss = stats["faiss"] or "empty"
         lines.append(f"{name + ':':<10} {stats['count']} ({faiss}; type {stats['index_type']})")

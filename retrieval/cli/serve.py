@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..config import MIB, BatchConfig, EmbedConfig, ServeConfig, default_index_dir
-from .common import DeviceOption, IndexOption, PrecisionOption, run_guarded
+from .common import BackendOption, DeviceOption, IndexOption, PrecisionOption, run_guarded
 
 _SERVE = ServeConfig()
 _BATCH = BatchConfig()
@@ -40,6 +40,7 @@ def serve(
     ] = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
+    backend: BackendOption = "auto",
     max_upload_mb: Annotated[
         float, typer.Option(min=0.01, help="Largest accepted query image, MiB (413 above)")
     ] = _SERVE.max_upload_bytes / MIB,
@@ -74,7 +75,7 @@ def serve(
     def body() -> None:
         from ..http.runner import is_loopback, run_server
 
-        embed = EmbedConfig(device=device, precision=precision)
+        embed = EmbedConfig(device=device, precision=precision, backend=backend)
         config = ServeConfig(
             api_key=api_key or None,
             cors_origins=tuple(cors_origin or ()),

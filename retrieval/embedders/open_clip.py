@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -17,15 +16,15 @@ import torch
 from open_clip import pretrained as oc_pretrained
 
 from ..errors import ModelUnavailableError
-from ..files import file_sha256
+from ..files import cached_sha256
 from ..images import load_image
 from ..types import ModelIdentity, ModelSpec, Skipped, Vectors
+from . import backend as backends
+from .export import text_features
 from .loader import create_image_loader, default_num_workers
+from .runtime import ExportedEncoder
+from .spec import HF_HUB, LOCAL_DIR, LOCAL_WEIGHT_NAMES, local_dir_weights, weights_path
 
-LOCAL_DIR = "local-dir:"
-HF_HUB = "hf-hub:"
-# Weights files open_clip looks for inside a local-dir folder, in its own order of preference.
-LOCAL_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 # A cache miss would otherwise spend ~50 s in huggingface_hub's retry loop before failing when
 # the machine is offline; one quick TCP connect tells us the answer up front.
 REACHABILITY_TIMEOUT_S = 3.0
@@ -60,13 +59,6 @@ def resolve_precision(precision: str, device: str) -> torch.dtype:
     if precision not in table:
         raise ModelUnavailableError(f"unknown precision {precision!r}; use auto, fp32, fp16, bf16.")
     return table[precision]
-
-
-def _local_dir_weights(folder: Path) -> Path | None:
-    for name in LOCAL_WEIGHT_NAMES:
-        if (folder / name).is_file():
-            return folder / name
-    return None
 
 
 def _hub_reachable() -> bool:
@@ -114,7 +106,7 @@ def _check_weights_available(spec: ModelSpec) -> None:
                 "must point at a folder with open_clip_config.json and open_clip_model.safetensors "
                 "(or open_clip_pytorch_model.bin)."
             )
-        if _local_dir_weights(folder) is None:
+        if local_dir_weights(folder) is None:
             raise ModelUnavailableError(
                 f"model folder {folder} has no weights file (looked for "
                 f"{', '.join(LOCAL_WEIGHT_NAMES)}); an index built from random weights would be "
@@ -157,14 +149,6 @@ def _check_weights_available(spec: ModelSpec) -> None:
         )
 
 
-def _weights_path(spec: ModelSpec) -> Path | None:
-    if spec.name.startswith(LOCAL_DIR):
-        return _local_dir_weights(Path(spec.name.removeprefix(LOCAL_DIR)).expanduser())
-    if spec.pretrained and Path(spec.pretrained).expanduser().is_file():
-        return Path(spec.pretrained).expanduser()
-    return None
-
-
 class OpenClipEmbedder:
     """Turns preprocessed image batches and texts into L2-normalised float32 vectors."""
 
@@ -179,6 +163,7 @@ class OpenClipEmbedder:
         dtype: torch.dtype = torch.float32,
         batch_size: int | None = None,
         num_workers: int | None = None,
+        encoder: ExportedEncoder | None = None,
     ) -> None:
         self.model = model
         self.preprocess = preprocess
@@ -191,6 +176,29 @@ class OpenClipEmbedder:
         if num_workers is None:
             num_workers = default_num_workers(for_accelerator=on_gpu)
         self.num_workers = num_workers
+        self.encoder = encoder
+        """The exported runtime that encodes on the CPU, or None when torch does."""
+        if encoder is None and dtype != torch.float32:
+            # Cast once: autocast inside inference_mode re-casts every weight on every call
+            # and ran 10x slower on a CPU (benchmarks/RESULTS.md, bf16 table).
+            self.model = self.model.to(dtype)
+
+    @property
+    def backend(self) -> str:
+        """`torch` or the exported runtime's name; for the manifest."""
+        return self.encoder.engine if self.encoder else "torch"
+
+    @property
+    def export_origin(self) -> dict[str, str] | None:
+        """What the exported graphs' cache key comes from, or None on torch; for the index."""
+        return dict(self.encoder.origin) if self.encoder else None
+
+    @property
+    def precision(self) -> str:
+        """`fp32`, `bf16` or `fp16`: what the model actually runs in; for the manifest."""
+        if self.encoder:
+            return self.encoder.precision
+        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
     @property
     def dim(self) -> int:
@@ -205,15 +213,25 @@ class OpenClipEmbedder:
         precision: str = "auto",
         batch_size: int | None = None,
         num_workers: int | None = None,
+        backend: str = "auto",
+        threads: int | None = None,
+        cache_dir: Path | None = None,
     ) -> OpenClipEmbedder:
         """Load an open_clip model by name/tag, hf-hub id, local-dir folder or checkpoint file.
 
         Raises:
             ModelUnavailableError: weights are neither cached nor downloadable, or the name is
-                unknown; the message says where mmsearch looked and how to supply weights.
+                unknown; the message says where mmsearch looked and how to supply weights,
+                or the chosen backend cannot run this model, device or precision.
+
+        `backend` is `auto` (an exported CPU runtime when the model exports, else torch),
+        `torch`, or a runtime name (runtime.ENGINES); `threads` are the model's CPU threads
+        (default: backend.default_threads()); exported graphs are cached under `cache_dir`
+        (default: runtime.default_cache_dir()).
         """
         device = resolve_device(device)
         dtype = resolve_precision(precision, device)
+        engine = backends.resolve_backend(backend, device, precision)
         _check_weights_available(spec)
         pretrained = None if spec.name.startswith((LOCAL_DIR, HF_HUB)) else spec.pretrained
         if pretrained and Path(pretrained).expanduser().is_file():
@@ -230,14 +248,29 @@ class OpenClipEmbedder:
                 + f": {err}. {_offline_help(spec)}"
             ) from err
         model.eval()
-        weights = _weights_path(spec)
+        weights = weights_path(spec)
         identity = ModelIdentity(
             name=spec.name,
             pretrained=spec.pretrained if pretrained else None,
             dim=_output_dim(model),
-            weights_sha256=file_sha256(weights) if weights else None,
+            weights_sha256=cached_sha256(weights) if weights else None,
             preprocess=_preprocess_dict(model),
         )
+        encoder = None
+        if not device.startswith("cuda"):
+            threads = threads or backends.default_threads()
+            torch.set_num_threads(threads)
+        if engine != "torch":
+            encoder = backends.open_exported(
+                model,
+                identity,
+                engine=engine,
+                precision=backends.runtime_precision(precision),
+                threads=threads or backends.default_threads(),
+                context_length=int(getattr(tokenizer, "context_length", 77)),
+                cache_dir=cache_dir,
+                required=backend != "auto",
+            )
         return cls(
             model,
             preprocess,
@@ -247,20 +280,16 @@ class OpenClipEmbedder:
             dtype=dtype,
             batch_size=batch_size,
             num_workers=num_workers,
+            encoder=encoder,
         )
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.split(":")[0], dtype=self.dtype)
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> Vectors:
         """One stacked forward pass over a (n, 3, H, W) batch; returns normalised float32."""
-        pixels = pixels.to(self.device, non_blocking=True)
-        with self._autocast():
-            features = self.model.encode_image(pixels)
-        return _normalise(features)
+        if self.encoder is not None:
+            return self.encoder.encode_images(pixels.numpy())
+        pixels = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
+        return _normalise(self.model.encode_image(pixels))
 
     def embed_image_files(
         self,
@@ -293,12 +322,15 @@ class OpenClipEmbedder:
         """Embed texts in batches of `batch_size`; returns normalised float32 (n, dim)."""
         chunks = []
         for start in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(list(texts[start : start + batch_size])).to(self.device)
-            with self._autocast():
-                features = encode_text_trimmed(self.model, tokens)
-                if features is None:
-                    features = self.model.encode_text(tokens)
-                chunks.append(_normalise(features))
+            tokens = self.tokenizer(list(texts[start : start + batch_size]))
+            if self.encoder is not None:
+                chunks.append(self.encoder.encode_tokens(tokens.numpy()))
+                continue
+            tokens = tokens.to(self.device)
+            features = encode_text_trimmed(self.model, tokens)
+            if features is None:
+                features = self.model.encode_text(tokens)
+            chunks.append(_normalise(features))
         if not chunks:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate(chunks)
@@ -321,20 +353,7 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
         ends = tokens.argmax(dim=-1)
     else:
         ends = (tokens == model.text_eos_id).int().argmax(dim=-1)
-    length = int(ends.max()) + 1
-    trimmed = tokens[:, :length]
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(trimmed).to(cast_dtype)
-    x = x + model.positional_embedding[:length].to(cast_dtype)
-    x = model.transformer(x, attn_mask=mask[:length, :length])
-    x = model.ln_final(x)
-    x = open_clip.transformer.text_global_pool(
-        x, trimmed, pool, eos_token_id=getattr(model, "text_eos_id", None)
-    )
-    projection = model.text_projection
-    if projection is None:
-        return x
-    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+    return text_features(model, tokens[:, : int(ends.max()) + 1])
 
 
 def _normalise(features: torch.Tensor) -> Vectors:
@@ -364,25 +383,3 @@ def _preprocess_dict(model: torch.nn.Module) -> dict[str, Any]:
         "interpolation": cfg.get("interpolation"),
         "resize_mode": cfg.get("resize_mode"),
     }
-
-
-def normalise_spec(spec: ModelSpec) -> ModelSpec:
-    """Make local paths absolute so an index found from another directory still loads them."""
-    if spec.name.startswith(LOCAL_DIR):
-        folder = Path(spec.name.removeprefix(LOCAL_DIR)).expanduser().absolute()
-        return ModelSpec(f"{LOCAL_DIR}{folder}", None)
-    if spec.name.startswith(HF_HUB):
-        return ModelSpec(spec.name, None)
-    if spec.pretrained and Path(spec.pretrained).expanduser().is_file():
-        return ModelSpec(spec.name, str(Path(spec.pretrained).expanduser().absolute()))
-    return spec
-
-
-def spec_matches(spec: ModelSpec, identity: ModelIdentity) -> bool:
-    """Whether `spec` names the model recorded in `identity`, without loading it: by weights
-    hash for local files, by name and tag otherwise."""
-    spec = normalise_spec(spec)
-    weights = _weights_path(spec)
-    if weights is not None and identity.weights_sha256:
-        return file_sha256(weights) == identity.weights_sha256
-    return (spec.name, spec.pretrained) == (identity.name, identity.pretrained)

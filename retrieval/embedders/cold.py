@@ -1,0 +1,92 @@
+"""Cold text queries without torch: the index's cached exported text tower plus the torch-free
+tokenizer. A fresh `mmsearch query TEXT` otherwise spends seconds importing torch and open_clip
+and loading the whole model for one short forward pass (benchmarks/cold_query.py).
+
+This module imports neither torch nor open_clip; image queries, and any model whose tokenizer
+or exported graphs are not at hand, go to the full embedder loaded on demand."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..config import EmbedConfig
+from ..tokenizer import ClipTokenizer, load_tokenizer
+from ..types import ModelIdentity, Vectors
+from . import runtime
+
+logger = logging.getLogger(__name__)
+
+
+class ImageEmbedder(Protocol):
+    def encode_image_sources(self, sources: Sequence[Path | bytes]) -> Vectors: ...
+
+
+class ColdEmbedder:
+    """Texts through the exported text tower; images through the full embedder, loaded once
+    on first use."""
+
+    def __init__(
+        self,
+        encoder: runtime.ExportedEncoder,
+        tokenizer: ClipTokenizer,
+        load_full: Callable[[], ImageEmbedder],
+    ) -> None:
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self._load_full = load_full
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> Vectors:
+        """Normalised float32 (n, dim), equal to the full embedder's within the export check."""
+        import numpy as np
+
+        chunks = [
+            self.encoder.encode_tokens(self.tokenizer(list(texts[start : start + batch_size])))
+            for start in range(0, len(texts), batch_size)
+        ]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.encoder.dim), np.float32)
+
+    def encode_image_sources(self, sources: Sequence[Path | bytes]) -> Vectors:
+        return self._load_full().encode_image_sources(sources)
+
+
+def _threads() -> int:
+    # The same rule as backend.default_threads, which lives beside torch.
+    if os.environ.get("MMSEARCH_THREADS"):
+        return max(1, int(os.environ["MMSEARCH_THREADS"]))
+    return max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else 1
+
+
+def open_cold_embedder(
+    identity: ModelIdentity,
+    recorded: dict[str, Any] | None,
+    config: EmbedConfig,
+    load_full: Callable[[], ImageEmbedder],
+) -> ColdEmbedder | None:
+    """A torch-free text embedder for the index's model, or None when any piece is missing:
+    the index was embedded with torch, the user asked for torch or a GPU, the precision is not
+    one the runtime runs, the tokenizer is not open_clip's default one, or the cache entry is
+    absent, stale (other library versions) or damaged. None means: load the full model."""
+    export = (recorded or {}).get("export")
+    engine = (recorded or {}).get("backend")
+    if not export or engine not in runtime.ENGINES or engine not in runtime.available_engines():
+        return None
+    if config.backend not in ("auto", engine) or config.device not in ("auto", "cpu"):
+        return None
+    precision = "fp32" if config.precision == "auto" else config.precision
+    if precision not in runtime.PRECISIONS:
+        return None
+    tokenizer = load_tokenizer(identity.name)
+    if tokenizer is None:
+        return None
+    key = runtime.export_key(export["weights"], export["architecture"], engine)
+    encoder = runtime.open_cached(
+        key, threads=_threads(), precision=precision, engine=engine, towers=("text",)
+    )
+    if encoder is None:
+        logger.info("no usable exported text tower for %s; loading the model", identity.name)
+        return None
+    return ColdEmbedder(encoder, tokenizer, load_full)

@@ -1,0 +1,215 @@
+"""Export an open_clip model's image and text towers to ONNX, once per model, into the export
+cache that `runtime.py` reads. This is the torch side; the runtime side never imports torch.
+
+torch.onnx's dynamo exporter is used: it keeps the batch and the text length symbolic. The
+legacy TorchScript exporter bakes the traced sizes into the attention reshapes of
+nn.MultiheadAttention (a graph traced at batch 2, length 10 fails at batch 3, length 20), so it
+would need one graph per shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import MmsearchError
+from . import runtime
+
+logger = logging.getLogger(__name__)
+
+# Dynamo needs example inputs whose sizes differ from 0/1 and from each other, or it
+# specialises them; 2 images, 2 texts of 7 tokens is the smallest safe choice.
+EXAMPLE_BATCH = 2
+EXAMPLE_TEXT_LENGTH = 7
+# ONNX opset 18 is the exporter's default in torch 2.5+ and every runtime we support reads it.
+OPSET = 18
+
+
+class ExportError(MmsearchError):
+    """The model's towers could not be exported; callers fall back to torch."""
+
+
+def text_features(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """CLIP's encode_text over `tokens` exactly as given (no padding beyond its width), for a
+    causal text tower pooled at the end-of-text token; see `encode_text_trimmed`."""
+    import open_clip
+
+    length = tokens.shape[1]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = open_clip.transformer.text_global_pool(
+        x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None)
+    )
+    projection = model.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
+
+def text_pooling(model: torch.nn.Module) -> dict[str, Any] | None:
+    """How the runtime finds where a token row may be cut (`pool`, `eos_id`), or None when the
+    text tower reads every position and rows must stay at the full context length."""
+    import open_clip
+
+    pool = getattr(model, "text_pool_type", None)
+    if not isinstance(model, open_clip.CLIP) or pool not in ("argmax", "eos"):
+        return None
+    if getattr(model, "attn_mask", None) is None:
+        return None
+    return {"pool": pool, "eos_id": getattr(model, "text_eos_id", None)}
+
+
+class _ImageTower(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+
+class _TextTower(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, trimmed: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.trimmed = trimmed
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.trimmed:
+            return text_features(self.model, tokens)
+        return self.model.encode_text(tokens)
+
+
+def architecture_sha256(model: torch.nn.Module) -> str:
+    """Hash of the module tree (layer types and sizes) plus the text pooling: what, besides
+    the weights, decides the exported graph."""
+    description = repr(model) + json.dumps(text_pooling(model), sort_keys=True)
+    return hashlib.sha256(description.encode()).hexdigest()
+
+
+def state_dict_sha256(model: torch.nn.Module) -> str:
+    """Hash of the weights in memory, for models loaded without a local weights file."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _export(module: torch.nn.Module, example: torch.Tensor, name: str, dims: dict, path: Path):
+    quiet = io.StringIO()  # the dynamo exporter prints its progress to stdout
+    with contextlib.redirect_stdout(quiet), torch.no_grad():
+        program = torch.onnx.export(
+            module,
+            (example,),
+            input_names=[name],
+            output_names=["features"],
+            dynamic_shapes=({axis: dim for axis, dim in dims.items()},),
+            dynamo=True,
+            opset_version=OPSET,
+            verbose=False,
+        )
+        program.save(str(path))
+
+
+def _check(model: torch.nn.Module, folder: Path, pooling: dict | None, context: int) -> None:
+    """Run the exported graphs once at shapes unlike the example and compare with eager torch:
+    an export that silently specialised a size fails here, not at query time."""
+    encoder = runtime.open_folder(folder, threads=1)
+    size = encoder.image_size
+    pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+    length = 5 if pooling else context
+    tokens = torch.randint(1, 400, (3, length), generator=torch.Generator().manual_seed(0))
+    tokens[:, -1] = pooling["eos_id"] if pooling and pooling["pool"] == "eos" else 49407
+    with torch.no_grad():
+        want_image = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1).numpy()
+        text = text_features(model, tokens) if pooling else model.encode_text(tokens)
+        want_text = torch.nn.functional.normalize(text, dim=-1).numpy()
+    got_image = encoder.encode_images(pixels.numpy())
+    got_text = encoder.encode_tokens(tokens.numpy())
+    for what, got, want in (("image", got_image, want_image), ("text", got_text, want_text)):
+        error = float(np.abs(got - want).max())
+        if not error <= runtime.EXACT_TOLERANCE:
+            raise ExportError(f"exported {what} tower differs from torch by {error:.2e}")
+
+
+def _reason(err: BaseException) -> str:
+    """The innermost cause, in one line: torch.onnx wraps the useful message in a generic one."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def export_model(
+    model: torch.nn.Module,
+    *,
+    image_size: int,
+    context_length: int,
+    dim: int,
+    key: str,
+    cache_dir: Path | None = None,
+) -> Path:
+    """Export both towers of an fp32 CPU model into the cache entry for `key` and return it.
+
+    The entry is built in a temporary folder beside its final place, checked against eager
+    torch, then renamed into place, so a reader never sees half an entry.
+
+    Raises:
+        ExportError: the exporter rejected the model or its graph disagrees with torch.
+    """
+    root = cache_dir or runtime.default_cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    final = runtime.entry_path(key, root)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
+    pooling = text_pooling(model)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        pixels = torch.zeros(EXAMPLE_BATCH, 3, image_size, image_size)
+        _export(
+            _ImageTower(model).eval(), pixels, "pixels", {0: batch}, staging / runtime.IMAGE_FILE
+        )
+        text_dims: dict[int, Any] = {0: batch}
+        width = context_length
+        if pooling:
+            text_dims[1] = torch.export.Dim("length", min=1, max=context_length)
+            width = EXAMPLE_TEXT_LENGTH
+        tokens = torch.ones(EXAMPLE_BATCH, width, dtype=torch.int64)
+        module = _TextTower(model, trimmed=pooling is not None).eval()
+        _export(module, tokens, "tokens", text_dims, staging / runtime.TEXT_FILE)
+        runtime.write_meta(
+            staging,
+            key=key,
+            image_size=image_size,
+            context_length=context_length,
+            dim=dim,
+            pooling=pooling,
+        )
+        _check(model, staging, pooling, context_length)
+    except ExportError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except Exception as err:  # the exporter raises anything from torch._dynamo internals
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ExportError(_reason(err)) from err
+    if final.exists():  # a stale or corrupt entry the caller chose to rebuild
+        shutil.rmtree(final, ignore_errors=True)
+    try:
+        os.replace(staging, final)
+    except OSError:  # another process renamed its copy first; theirs is as good as ours
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
