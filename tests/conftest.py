@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model(tiny_model_dir: Path) -> str:
     """The `--model` value for the tiny model."""
     return f"local-dir:{tiny_model_dir}"
+
+
+# OpenVINO, once loaded into a process, changes the rounding of later torch CPU ops there
+# (in-process and forked-worker preprocessing stopped being bit-identical) and crashed DataLoader
+# fork tests that ran after it in the same pytest process. So the suite runs the model with torch,
+# set for the whole session because module-scoped fixtures load models before any function-scoped
+# fixture runs; the tests of the exported runtime unset it, carry the `runtime` marker and run
+# last (pytest_collection_modifyitems below).
+os.environ["MMSEARCH_BACKEND"] = "torch"
 
 
 @pytest.fixture(scope="session")
@@ -35,12 +45,6 @@ def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, export_cache
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("MMSEARCH_EXPORT_CACHE", str(export_cache))
-    # OpenVINO, once loaded into a process, changes the rounding of later torch CPU ops there
-    # (in-process and forked-worker preprocessing stopped being bit-identical) and crashed
-    # DataLoader fork tests that ran after it in the same pytest process. So CLI and HTTP tests
-    # run the model with torch, and the tests that exercise the exported runtime carry the
-    # `runtime` marker and run last (pytest_collection_modifyitems below).
-    monkeypatch.setenv("MMSEARCH_BACKEND", "torch")
     monkeypatch.setenv("MMSEARCH_HASH_CACHE", str(tmp_path / "hashes.json"))
     monkeypatch.chdir(tmp_path)
     return tmp_path

@@ -22,6 +22,13 @@ from retrieval.types import ModelSpec
 
 pytestmark = pytest.mark.runtime
 
+
+@pytest.fixture(autouse=True)
+def default_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the exported runtime and what `auto` picks: no pinned backend."""
+    monkeypatch.delenv("MMSEARCH_BACKEND")
+
+
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4
 
@@ -57,7 +64,7 @@ def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 @pytest.fixture(scope="module")
 def embedders(model_dir: Path, cache_dir: Path) -> tuple[OpenClipEmbedder, OpenClipEmbedder]:
     spec = ModelSpec(f"local-dir:{model_dir}", None)
-    exported = OpenClipEmbedder.load(spec, device="cpu", backend="auto", cache_dir=cache_dir)
+    exported = OpenClipEmbedder.load(spec, device="cpu", backend="openvino", cache_dir=cache_dir)
     eager = OpenClipEmbedder.load(spec, device="cpu", backend="torch", cache_dir=cache_dir)
     return exported, eager
 

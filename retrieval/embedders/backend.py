@@ -31,6 +31,10 @@ def resolve_backend(backend: str, device: str, precision: str) -> str:
         ModelUnavailableError: unknown backend, an exported runtime asked for on CUDA, or a
             precision the runtime cannot run.
     """
+    if backend == "auto" and os.environ.get(BACKEND_ENV):
+        # The CLI reads MMSEARCH_BACKEND into --backend; library callers that say `auto` get
+        # the same override, so one variable pins the backend everywhere (the tests pin torch).
+        backend = os.environ[BACKEND_ENV]
     if backend not in BACKENDS:
         raise ModelUnavailableError(
             f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}"
