@@ -20,7 +20,6 @@ from . import export, runtime
 logger = logging.getLogger(__name__)
 
 BACKEND_ENV = "MMSEARCH_BACKEND"
-THREADS_ENV = "MMSEARCH_THREADS"
 BACKENDS = ("auto", "torch", *runtime.ENGINES)
 
 
@@ -66,16 +65,6 @@ def resolve_backend(backend: str, device: str, precision: str) -> str:
 def runtime_precision(precision: str) -> str:
     """`auto` on the CPU is exact fp32."""
     return "fp32" if precision == "auto" else precision
-
-
-def default_threads() -> int:
-    """Model threads when none are asked for: $MMSEARCH_THREADS, else every usable core
-    (decode workers mostly wait on the model; see benchmarks/RESULTS.md, threads table)."""
-    if os.environ.get(THREADS_ENV):
-        return max(1, int(os.environ[THREADS_ENV]))
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
 
 
 def model_export_origin(model: torch.nn.Module, identity: ModelIdentity) -> dict[str, str]:

@@ -8,7 +8,6 @@ or exported graphs are not at hand, go to the full embedder loaded on demand."""
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,13 +52,6 @@ class ColdEmbedder:
         return self._load_full().encode_image_sources(sources)
 
 
-def _threads() -> int:
-    # The same rule as backend.default_threads, which lives beside torch.
-    if os.environ.get("MMSEARCH_THREADS"):
-        return max(1, int(os.environ["MMSEARCH_THREADS"]))
-    return max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else 1
-
-
 def open_cold_embedder(
     identity: ModelIdentity,
     recorded: dict[str, Any] | None,
@@ -84,7 +76,7 @@ def open_cold_embedder(
         return None
     key = runtime.export_key(export["weights"], export["architecture"], engine)
     encoder = runtime.open_cached(
-        key, threads=_threads(), precision=precision, engine=engine, towers=("text",)
+        key, threads=runtime.default_threads(), precision=precision, engine=engine, towers=("text",)
     )
     if encoder is None:
         logger.info("no usable exported text tower for %s; loading the model", identity.name)

@@ -22,7 +22,7 @@ from ..types import ModelIdentity, ModelSpec, Skipped, Vectors
 from . import backend as backends
 from .export import text_features
 from .loader import create_image_loader, default_num_workers
-from .runtime import ExportedEncoder
+from .runtime import ExportedEncoder, default_threads
 from .spec import HF_HUB, LOCAL_DIR, LOCAL_WEIGHT_NAMES, local_dir_weights, weights_path
 
 # A cache miss would otherwise spend ~50 s in huggingface_hub's retry loop before failing when
@@ -226,7 +226,7 @@ class OpenClipEmbedder:
 
         `backend` is `auto` (an exported CPU runtime when the model exports, else torch),
         `torch`, or a runtime name (runtime.ENGINES); `threads` are the model's CPU threads
-        (default: backend.default_threads()); exported graphs are cached under `cache_dir`
+        (default: runtime.default_threads()); exported graphs are cached under `cache_dir`
         (default: runtime.default_cache_dir()).
         """
         device = resolve_device(device)
@@ -258,7 +258,7 @@ class OpenClipEmbedder:
         )
         encoder = None
         if not device.startswith("cuda"):
-            threads = threads or backends.default_threads()
+            threads = threads or default_threads()
             torch.set_num_threads(threads)
         if engine != "torch":
             encoder = backends.open_exported(
@@ -266,7 +266,7 @@ class OpenClipEmbedder:
                 identity,
                 engine=engine,
                 precision=backends.runtime_precision(precision),
-                threads=threads or backends.default_threads(),
+                threads=threads or default_threads(),
                 context_length=int(getattr(tokenizer, "context_length", 77)),
                 cache_dir=cache_dir,
                 required=backend != "auto",

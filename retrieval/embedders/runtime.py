@@ -46,6 +46,19 @@ class RuntimeUnavailableError(ModelUnavailableError):
     """The chosen runtime is not installed or cannot run the requested precision."""
 
 
+THREADS_ENV = "MMSEARCH_THREADS"
+
+
+def default_threads() -> int:
+    """Model threads when none are asked for: $MMSEARCH_THREADS, else every usable core
+    (decode workers mostly wait on the model; see benchmarks/RESULTS.md, threads table)."""
+    if os.environ.get(THREADS_ENV):
+        return max(1, int(os.environ[THREADS_ENV]))
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def default_cache_dir() -> Path:
     """Where exported graphs live: $MMSEARCH_EXPORT_CACHE or ~/.cache/mmsearch/exports."""
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
