@@ -214,3 +214,33 @@ def test_runtime_backend_refused_on_cuda_and_for_fp16() -> None:
         resolve_backend("openvino", "cuda", "auto")
     with pytest.raises(ModelUnavailableError, match="unknown backend"):
         resolve_backend("tensorrt", "cpu", "auto")
+
+
+def _encode_in_new_session(folder: Path, tokens: np.ndarray) -> np.ndarray:
+    encoder = runtime.open_folder(folder, threads=1)
+    return encoder.encode_tokens(tokens)
+
+
+def test_compiled_blobs_are_reused_and_never_trusted_when_damaged(
+    tiny_model: str, tmp_path: Path
+) -> None:
+    entry = _entry(tiny_model, tmp_path / "exports")
+    tokens = open_clip.get_tokenizer(tiny_model)(TEXTS).numpy()
+    first = _encode_in_new_session(entry, tokens)  # compiles and writes the blob
+    blobs = entry / runtime.OPENVINO_BLOBS
+    recorded = json.loads((blobs / runtime.BLOBS_FILE).read_text())
+    assert recorded and all((blobs / name).is_file() for name in recorded)
+    mtimes = {name: (blobs / name).stat().st_mtime_ns for name in recorded}
+    np.testing.assert_array_equal(_encode_in_new_session(entry, tokens), first)
+    assert {name: (blobs / name).stat().st_mtime_ns for name in recorded} == mtimes  # imported
+
+    name = next(iter(recorded))
+    data = bytearray((blobs / name).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (blobs / name).write_bytes(bytes(data))
+    (blobs / "half-written.blob").write_bytes(b"\0" * 100)  # as a killed compile leaves
+    np.testing.assert_array_equal(_encode_in_new_session(entry, tokens), first)
+    assert not (blobs / "half-written.blob").exists()
+    assert json.loads((blobs / runtime.BLOBS_FILE).read_text()) == {
+        blob.name: runtime.cached_sha256(blob) for blob in runtime._blob_files(blobs)
+    }
