@@ -10,7 +10,14 @@ import pytest
 
 from retrieval import store as store_module
 from retrieval.index import FaissIndex, exact_search, faiss_index
-from retrieval.index.tuning import SearchParams, Tuning, recall_at_k, tune
+from retrieval.index.tuning import (
+    TUNE_QUERIES,
+    SearchParams,
+    Tuning,
+    recall_at_k,
+    sample_rows,
+    tune,
+)
 from retrieval.types import IMAGES, TEXTS
 
 DIM = 32
@@ -64,6 +71,30 @@ def test_tuning_picks_the_smallest_nprobe_reaching_the_target(data) -> None:
     smaller = tune(index, xb, ids, target_recall=0.5)
     assert smaller.params.nprobe < result.params.nprobe  # type: ignore[operator]
     assert Tuning.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+
+
+def test_the_chosen_nprobe_is_the_smallest_whose_lower_bound_reaches_the_target(data) -> None:
+    """The margin: the chosen setting's recall clears the target by its own sampling error,
+    and one probe less does not (so the margin costs no more search width than it must)."""
+    xb, ids, _ = data
+    index = FaissIndex.build(xb, ids, "ivf")
+    result = tune(index, xb, ids, target_recall=TARGET)
+    xq, self_ids = xb[sample_rows(len(xb), TUNE_QUERIES)], ids[sample_rows(len(xb), TUNE_QUERIES)]
+    flat = FaissIndex.build(xb, ids, "flat")
+
+    def hits(nprobe: int) -> np.ndarray:
+        index.set_search_params(SearchParams(nprobe=nprobe))
+        _, found = index.search(xq, K + 1)
+        _, truth = flat.search(xq, K + 1)
+        drop = [(row[row != own][:K]) for row, own in zip(found, self_ids, strict=True)]
+        want = [(row[row != own][:K]) for row, own in zip(truth, self_ids, strict=True)]
+        return np.array([len(set(f) & set(t)) / K for f, t in zip(drop, want, strict=True)])
+
+    chosen = hits(result.params.nprobe)
+    bound = chosen.mean() - 1.645 * chosen.std(ddof=1) / np.sqrt(len(chosen))
+    assert bound >= TARGET and chosen.mean() == pytest.approx(result.recall_at_10, abs=1e-4)
+    fewer = hits(result.params.nprobe - 1)
+    assert fewer.mean() - 1.645 * fewer.std(ddof=1) / np.sqrt(len(fewer)) < TARGET
 
 
 def test_unreachable_target_reports_best_effort(data) -> None:
