@@ -124,17 +124,22 @@ def test_two_serve_replicas_over_one_mmapped_index_answer_identically(
     index = tmp_path / "index"
     run_ok("index", photos, "--index", index, "--model", tiny_model, "--index-type",
            "IVF4,Flat", "--ondisk", "--quiet")  # fmt: skip
-    with open_app(index) as (app_a, _), open_app(index) as (app_b, _):
-        with run_server(app_a) as url_a, run_server(app_b) as url_b:
-            for params in ({"q": "a red shoe", "k": 5}, {"q": "lake", "k": 8, "offset": 2}):
-                a = httpx.get(f"{url_a}/search", params=params).json()
-                b = httpx.get(f"{url_b}/search", params=params).json()
-                a.pop("took_ms", None), b.pop("took_ms", None)
-                assert a == b and len(a["results"]) == params["k"]
-            upload = (tmp_path / "photos" / "img_003.png").read_bytes()
-            hits = [
-                httpx.post(f"{url}/search/image", params={"k": 3},
-                           files={"file": ("q.png", upload)}).json()["results"]
-                for url in (url_a, url_b)
-            ]  # fmt: skip
-            assert hits[0] == hits[1] and hits[0][0]["path"].endswith("img_003.png")
+    # two replicas: separate services, stores and faiss readers over one directory
+    with (
+        open_app(index) as (app_a, _),
+        open_app(index) as (app_b, _),
+        run_server(app_a) as url_a,
+        run_server(app_b) as url_b,
+    ):
+        for params in ({"q": "a red shoe", "k": 5}, {"q": "lake", "k": 8, "offset": 2}):
+            a = httpx.get(f"{url_a}/search", params=params).json()
+            b = httpx.get(f"{url_b}/search", params=params).json()
+            a.pop("took_ms", None), b.pop("took_ms", None)
+            assert a == b and len(a["results"]) == params["k"]
+        upload = (tmp_path / "photos" / "img_003.png").read_bytes()
+        hits = [
+            httpx.post(f"{url}/search/image", params={"k": 3},
+                       files={"file": ("q.png", upload)}).json()["results"]
+            for url in (url_a, url_b)
+        ]  # fmt: skip
+        assert hits[0] == hits[1] and hits[0][0]["path"].endswith("img_003.png")
