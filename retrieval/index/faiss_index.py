@@ -572,9 +572,7 @@ def _has_ondisk_lists(path: Path) -> bool:
     """An .ivfdata file beside `path` (`x.ivfdata` or, in an index store, `images.N.ivfdata`
     of the same collection) means the index may keep its inverted lists there."""
     collection = path.name.split(".")[0]
-    return path.with_suffix(".ivfdata").exists() or any(
-        path.parent.glob(f"{collection}.*.ivfdata")
-    )
+    return path.with_suffix(".ivfdata").exists() or any(path.parent.glob(f"{collection}.*.ivfdata"))
 
 
 @contextlib.contextmanager
