@@ -179,6 +179,12 @@ class Catalog:
         for row in rows:
             yield _item(row)
 
+    def get_ids(self, collection: str) -> Ids:
+        """The item ids of a collection, ascending (the sharded index build reads vectors by
+        id range, never all at once)."""
+        rows = self.db.execute("SELECT id FROM items WHERE collection=? ORDER BY id", (collection,))
+        return np.fromiter((row[0] for row in rows), dtype=np.int64)
+
     def get_item(self, item_id: int) -> Item | None:
         row = self.db.execute("SELECT * FROM items WHERE id=?", (item_id,)).fetchone()
         return _item(row) if row else None

@@ -12,6 +12,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,9 +23,16 @@ from typing import Any
 import numpy as np
 
 from .catalog import Catalog
-from .errors import IndexBusyError, IndexCorruptError, IndexMismatchError, IndexNotFoundError
+from .errors import (
+    IndexBusyError,
+    IndexCorruptError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    InvalidQueryError,
+)
 from .files import write_atomic
 from .index import FaissIndex
+from .index.ondisk import DEFAULT_SHARD_SIZE, build_ondisk_ivf, ondisk_factory
 from .index.tuning import DEFAULT_TARGET_RECALL, Tuning, is_approximate, tune
 from .types import COLLECTIONS, IMAGES, TEXTS, ModelIdentity
 
@@ -71,6 +79,10 @@ class IndexStore:
         # None: keep each collection's recorded target (DEFAULT_TARGET_RECALL at first).
         self.target_recall: float | None = None
         self._rebuilt = False
+        # True: (re)build the images collection as a sharded IVF with its inverted lists in a
+        # memory-mapped .ivfdata file (index/ondisk.py); None: keep the collection's choice.
+        self.ondisk: bool | None = None
+        self.ondisk_shard_size = DEFAULT_SHARD_SIZE
 
     # -- opening ------------------------------------------------------------------------------
     @staticmethod
@@ -160,7 +172,7 @@ class IndexStore:
             index = FaissIndex.load(
                 path,
                 use_gpu=self.use_gpu,
-                mmap=path.stat().st_size >= MMAP_MIN_BYTES,
+                mmap=path.stat().st_size >= MMAP_MIN_BYTES and not self._ivfdata(collection),
                 search_params=tuning.params if tuning is not None else None,
             )
         elif generation > 0 and self.catalog.count(collection):
@@ -203,6 +215,7 @@ class IndexStore:
                 and not force_rebuild
                 and built_for == requested
                 and current_path.is_file()
+                and self._wants_ondisk(collection) == bool(self._ivfdata(collection))
             ):
                 # Nothing changed in this collection: the next generation shares the file
                 # (a hard link) instead of loading and rewriting a possibly large index.
@@ -244,8 +257,11 @@ class IndexStore:
         # Parameters such as nlist follow n, so an index built for n stays right for n/2..2n;
         # past that (or for another --index-type) rebuild, which also lets `auto` move from
         # exact to approximate search as a collection grows.
+        ondisk = self._wants_ondisk(collection)
         incremental = (
             current is not None
+            and not ondisk
+            and not current.on_disk  # readers may have its .ivfdata mapped: never modify it
             and built_for == requested
             and (current.supports_remove or not change.removed)
             and built_n / RETRAIN_GROWTH <= count <= RETRAIN_GROWTH * built_n
@@ -260,10 +276,57 @@ class IndexStore:
                 vectors = self.catalog.get_vectors_by_id(change.added, dim)
                 current.add(vectors, np.asarray(change.added, dtype=np.int64))
             return current
+        if ondisk:
+            index = self._build_ondisk(collection, requested, dim)
+            if index is not None:
+                return index
         ids, vectors = self.catalog.get_vectors(collection, dim)
         self.catalog.set_meta(f"built_n:{collection}", str(len(ids)))
         self.catalog.set_meta(f"built_for:{collection}", requested)
+        self.catalog.set_meta(f"ivfdata:{collection}", "")
         return FaissIndex.build(vectors, ids, requested)
+
+    def _wants_ondisk(self, collection: str) -> bool:
+        if collection != IMAGES:
+            return False
+        if self.ondisk is not None:
+            return self.ondisk
+        return self.catalog.get_meta(f"ondisk:{collection}") == "1"
+
+    def _ivfdata(self, collection: str) -> str:
+        """File name of the collection's on-disk inverted lists, or '' when it has none."""
+        return self.catalog.get_meta(f"ivfdata:{collection}", "") or ""
+
+    def _build_ondisk(self, collection: str, requested: str, dim: int) -> FaissIndex | None:
+        """The sharded on-disk IVF build, reading vectors from the catalog one shard at a time;
+        None (with a warning) when the collection is too small for an IVF index."""
+        ids = self.catalog.get_ids(collection)
+        try:
+            factory = ondisk_factory(requested, len(ids), dim)
+        except InvalidQueryError as err:
+            logger.warning("%s: building in memory instead: %s", collection, err)
+            return None
+        new = self.catalog.generation + 1
+        name = f"{collection}.{new}.ivfdata"
+        index = build_ondisk_ivf(
+            ids,
+            lambda chunk: self.catalog.get_vectors_by_id(chunk, dim),
+            dim,
+            factory,
+            self.directory / name,
+            self._build_dir(collection),
+            shard_size=self.ondisk_shard_size,
+        )
+        self.catalog.set_meta(f"built_n:{collection}", str(len(ids)))
+        self.catalog.set_meta(f"built_for:{collection}", requested)
+        self.catalog.set_meta(f"ondisk:{collection}", "1")
+        self.catalog.set_meta(f"ivfdata:{collection}", name)
+        return index
+
+    def _build_dir(self, collection: str) -> Path:
+        # Dot-named, so it is never taken for an index file; kept until the commit lands so
+        # a killed build resumes from its trained index and finished shards.
+        return self.directory / f".build-{collection}"
 
     def _tune(self, collection: str, index: FaissIndex, dim: int, *, rebuilt: bool) -> None:
         """Measure recall@10 and pick search parameters when the index was (re)built, grew
@@ -311,10 +374,17 @@ class IndexStore:
                 parts = name.split(".")
                 if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) != generation:
                     path.unlink(missing_ok=True)
+            elif name.endswith(".ivfdata") and name not in self._ivfdata_in_use():
+                path.unlink(missing_ok=True)
+
+    def _ivfdata_in_use(self) -> set[str]:
+        return {self._ivfdata(collection) for collection in COLLECTIONS} - {""}
 
     def cleanup(self) -> None:
         """After a commit: remove files of generations no reader will open again."""
         self._drop_stray_files()
+        for collection in COLLECTIONS:
+            shutil.rmtree(self._build_dir(collection), ignore_errors=True)
 
     def record_embedder(
         self, backend: str, precision: str, export_origin: dict[str, str] | None = None

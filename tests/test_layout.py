@@ -82,6 +82,7 @@ ROOMS = {
     "pydantic": "retrieval.http",
     "uvicorn": "retrieval.http",
     "prometheus_client": "retrieval.http",
+    "ray": "retrieval.distributed",
 }
 
 

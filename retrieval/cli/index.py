@@ -85,6 +85,32 @@ def index(
     workers: Annotated[
         int | None, typer.Option(min=0, help="Decoding processes (default: by CPU count)")
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Embed on a Ray cluster: its address (HOST:6379, ray://HOST:10001) or auto "
+            "(RAY_ADDRESS / a local `ray start`, else a new local one). PATHS may then also be "
+            "manifest files (.txt: one path or URL per line) and WebDataset shards (.tar). "
+            "Needs pip install 'mmsearch[ray]'",
+            envvar="MMSEARCH_RAY",
+            show_default=False,
+        ),
+    ] = None,
+    ray_actors: Annotated[
+        int | None,
+        typer.Option(min=1, help="Model copies on the cluster (default: one per GPU, else CPU)"),
+    ] = None,
+    ondisk: Annotated[
+        bool | None,
+        typer.Option(
+            "--ondisk/--in-memory",
+            help="Build the image index as a sharded IVF whose inverted lists live on disk "
+            "and are memory-mapped by queries (for indexes larger than RAM; needs an IVF "
+            "--index-type) (default: the index's own choice, in memory for a new one)",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run's report as JSON")] = False,
 ) -> None:
@@ -111,6 +137,11 @@ def index(
         for path in roots:
             if not path.exists():
                 raise InputFileError(f"{path} does not exist")
+        if ray is not None and (catalog is not None or texts is not None or not roots):
+            raise InvalidQueryError(
+                "--ray indexes images only: give image folders, manifests or .tar shards, "
+                "and index --texts/--catalog in a separate run without --ray"
+            )
         text_list = load_texts(texts) if texts is not None else None
         products = load_catalog(catalog) if catalog is not None else None
         directory = index_dir or default_index_dir()
@@ -121,8 +152,17 @@ def index(
         reports = []
         if target_recall is not None:
             store.target_recall = target_recall
+        store.ondisk = ondisk
         with store, store.writer_lock(), progress(quiet) as on_progress:
-            if roots or text_list is not None:
+            if ray is not None:
+                from ..distributed.ingest import RayOptions, index_with_ray
+
+                options = RayOptions(address=ray, actors=ray_actors)
+                report = index_with_ray(
+                    store, list(roots), config, options, index_types=types, on_progress=on_progress
+                )
+                reports.append(("files", report))
+            elif roots or text_list is not None:
                 report = sync_images_and_texts(
                     store,
                     roots,

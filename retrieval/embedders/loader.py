@@ -79,17 +79,27 @@ class ImageDataset(Dataset[Item]):
 
     def __getitem__(self, position: int) -> Item:
         path = self._paths[position]
-        try:
-            image = load_image(path, max_pixels=self._max_pixels)
-        except ImageDecodeError as err:
-            return position, Skipped(path, err.reason, err.detail)
-        except Exception as err:  # MemoryError included: one huge file must not end the run
-            return position, Skipped(path, "corrupt", f"{type(err).__name__}: {err}")
-        try:
-            return position, self._preprocess(image)
-        except Exception as err:
-            detail = f"preprocess failed: {type(err).__name__}: {err}"
-            return position, Skipped(path, "corrupt", detail)
+        return position, decode_source(path, path, self._preprocess, self._max_pixels)
+
+
+def decode_source(
+    source: str | Path | bytes,
+    label: str,
+    preprocess: Preprocess,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> torch.Tensor | Skipped:
+    """Decode and preprocess one file or byte string; a failure comes back as a `Skipped`
+    named `label` (shared by the DataLoader workers and the Ray actors of retrieval/distributed)."""
+    try:
+        image = load_image(source, max_pixels=max_pixels)
+    except ImageDecodeError as err:
+        return Skipped(label, err.reason, err.detail)
+    except Exception as err:  # MemoryError included: one huge file must not end the run
+        return Skipped(label, "corrupt", f"{type(err).__name__}: {err}")
+    try:
+        return preprocess(image)
+    except Exception as err:
+        return Skipped(label, "corrupt", f"preprocess failed: {type(err).__name__}: {err}")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from ..images import load_image
 from ..types import ModelIdentity, ModelSpec, Skipped, Vectors
 from . import backend as backends
 from .export import text_features
-from .loader import create_image_loader, default_num_workers
+from .loader import create_image_loader, decode_source, default_num_workers
 from .runtime import ExportedEncoder, default_threads
 from .spec import HF_HUB, LOCAL_DIR, LOCAL_WEIGHT_NAMES, local_dir_weights, weights_path
 
@@ -311,6 +311,25 @@ class OpenClipEmbedder:
             else:
                 vectors = self.encode_images(batch.pixels)
             on_batch(batch.positions, vectors, batch.skipped)
+
+    def embed_image_bytes(
+        self, sources: Sequence[bytes], labels: Sequence[str]
+    ) -> tuple[list[int], Vectors, list[tuple[int, Skipped]]]:
+        """Decode and embed one batch of encoded images in this process (a Ray actor's batch):
+        (positions embedded, their vectors, skipped positions), as `embed_image_files` reports."""
+        positions: list[int] = []
+        tensors: list[torch.Tensor] = []
+        skipped: list[tuple[int, Skipped]] = []
+        for position, (source, label) in enumerate(zip(sources, labels, strict=True)):
+            result = decode_source(source, label, self.preprocess)
+            if isinstance(result, Skipped):
+                skipped.append((position, result))
+            else:
+                positions.append(position)
+                tensors.append(result)
+        if not tensors:
+            return positions, np.zeros((0, self.dim), dtype=np.float32), skipped
+        return positions, self.encode_images(torch.stack(tensors)), skipped
 
     def encode_image_sources(self, sources: Sequence[Path | bytes]) -> Vectors:
         """Embed images given as files or bytes (query images); decode errors propagate."""

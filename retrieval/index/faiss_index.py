@@ -10,10 +10,13 @@ SearchParameters* and some fields; the few `type: ignore`s below are for those g
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import math
 import os
+import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -283,7 +286,17 @@ class FaissIndex:
         if not path.is_file():
             raise IndexNotFoundError(f"no index file at {path}: build one first")
         try:
-            index = faiss.read_index(str(path), _mmap_flags(path) if mmap else 0)
+            # ONDISK_SAME_DIR: a sharded build's inverted lists (ondisk.py) are found next
+            # to the index file, wherever the index directory has been moved or mounted.
+            # IO_FLAG_MMAP crashes faiss 1.15 on OnDiskInvertedLists (which map their own
+            # file anyway), so a file with a sibling .ivfdata is read without it.
+            ondisk = _has_ondisk_lists(path)
+            flags = (_mmap_flags(path) if mmap and not ondisk else 0) | (
+                faiss.IO_FLAG_ONDISK_SAME_DIR
+            )
+            # SAME_DIR printf()s the path it fixes up
+            with c_stdout_to_stderr() if ondisk else contextlib.nullcontext():
+                index = faiss.read_index(str(path), flags)
         except RuntimeError as err:
             raise IndexCorruptError(
                 f"cannot read faiss index {path} ({_faiss_message(err)}): rebuild the index"
@@ -322,11 +335,25 @@ class FaissIndex:
         return self._cpu
 
     @property
+    def on_disk(self) -> bool:
+        """True when the inverted lists live in a memory-mapped .ivfdata file (ondisk.py):
+        such an index is rebuilt, never modified, since readers may have the file mapped."""
+        ivf = _ivf(self._cpu)
+        return ivf is not None and isinstance(
+            faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists
+        )
+
+    @property
     def supports_remove(self) -> bool:
         """False for HNSW graphs and refined PQ (faiss cannot delete from them) and for
         memory-mapped indexes."""
         core = _core(self._cpu)
-        return not (self._read_only or isinstance(core, faiss.IndexHNSW) or _refine(self._cpu))
+        return not (
+            self._read_only
+            or self.on_disk
+            or isinstance(core, faiss.IndexHNSW)
+            or _refine(self._cpu)
+        )
 
     @property
     def search_params(self) -> SearchParams:
@@ -541,8 +568,38 @@ class FaissIndex:
         ) from errors[-1]
 
 
+def _has_ondisk_lists(path: Path) -> bool:
+    """An .ivfdata file beside `path` (`x.ivfdata` or, in an index store, `images.N.ivfdata`
+    of the same collection) means the index may keep its inverted lists there."""
+    collection = path.name.split(".")[0]
+    return path.with_suffix(".ivfdata").exists() or any(path.parent.glob(f"{collection}.*.ivfdata"))
+
+
+@contextlib.contextmanager
+def c_stdout_to_stderr() -> Iterator[None]:
+    """Send what faiss's C++ printf()s (on-disk list bookkeeping) to stderr: stdout carries
+    `--json` results. Flushes C stdio before switching back, or the text would leak later."""
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        libc.fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _training_sample(xb: Any, index: Any) -> Any:
     """Seed faiss's k-means and return a seeded subsample big enough to train `index`."""
+    positions = training_positions(len(xb), index)
+    return xb if positions is None else xb[positions]
+
+
+def training_positions(n: int, index: Any) -> Any:
+    """Seed `index`'s k-means; the sorted row positions (of n vectors ordered by id) that train
+    it, or None for all rows. The sharded on-disk build (ondisk.py) trains on the same rows."""
     ivf = _ivf(index)
     if ivf is not None:
         ivf.cp.seed = SEED
@@ -551,10 +608,10 @@ def _training_sample(xb: Any, index: Any) -> Any:
             # On by default, it reorders codes for Hamming pre-filtering (polysemous_ht),
             # which we never enable, and it is ~85% of IVFPQ training time.
             ivf.do_polysemous_training = False  # type: ignore[attr-defined]
-    size = training_sample_size(len(xb), ivf.nlist if ivf is not None else 0)
-    if len(xb) <= size:
-        return xb
-    return xb[np.sort(np.random.default_rng(SEED).choice(len(xb), size, replace=False))]
+    size = training_sample_size(n, ivf.nlist if ivf is not None else 0)
+    if n <= size:
+        return None
+    return np.sort(np.random.default_rng(SEED).choice(n, size, replace=False))
 
 
 def training_sample_size(n: int, nlist: int) -> int:

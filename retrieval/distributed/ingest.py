@@ -1,0 +1,155 @@
+"""`mmsearch index --ray`: list the records, embed the new ones on a Ray cluster into float16
+shards under the index directory, then add them to the catalog and build the index in one
+commit (store.py), exactly as the single-machine path does after its own embedding."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import EmbedConfig
+from ..errors import InvalidQueryError
+from ..ingest import IndexReport, Progress
+from ..store import CollectionChanges, IndexStore
+from ..types import IMAGES, TEXTS, ModelSpec, Skipped
+from .shards import DEFAULT_RECORDS_PER_SHARD, EMBEDDINGS_DIR, ShardSet
+from .sources import Record, list_records
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide to run: a cluster address (`auto` or `ray://HOST:10001`, `HOST:6379`),
+    actors in the pool (None: one per GPU, else per CPU) and records per embedding shard."""
+
+    address: str = "auto"
+    actors: int | None = None
+    shard_size: int = DEFAULT_RECORDS_PER_SHARD
+
+
+def _stat(record: Record) -> tuple[int | None, int | None]:
+    if not record.is_local_file:
+        return None, None
+    try:
+        stat = os.stat(record.path)
+    except OSError:
+        return None, None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _new_records(store: IndexStore, records: list[Record]) -> list[Record]:
+    """Records not in the catalog yet, or local files whose size or mtime changed."""
+    existing = {
+        item.path: (item.size, item.mtime_ns)
+        for item in store.catalog.iter_items(IMAGES)
+        if item.path and item.product_id is None
+    }
+    return [r for r in records if r.label not in existing or existing[r.label] != _stat(r)]
+
+
+def index_with_ray(
+    store: IndexStore,
+    inputs: list[Path | str],
+    config: EmbedConfig,
+    options: RayOptions,
+    *,
+    index_types: dict[str, str] | None = None,
+    on_progress: Progress | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> IndexReport:
+    """Index the images `inputs` name (folders, files, manifests, tar shards, URLs) with Ray.
+
+    Must run under `store.writer_lock()`. Records already indexed are not embedded again, and
+    shards finished by a killed run are reused. Images are added or updated, never removed
+    (run the single-machine `mmsearch index FOLDER` to drop deleted files)."""
+    try:
+        from .ray_embed import embed_with_ray  # ray imports only when a run needs it
+    except ImportError as err:
+        raise InvalidQueryError(
+            f"--ray needs Ray Data ({err}): pip install 'mmsearch[ray]' (or 'ray[data]'), "
+            "or drop --ray to index on this machine"
+        ) from err
+
+    started = time.perf_counter()
+    report = IndexReport()
+    records = list_records(inputs)
+    todo = _new_records(store, records)
+    report.unchanged = len(records) - len(todo)
+    identity = store.identity
+    shards = ShardSet(
+        store.directory / EMBEDDINGS_DIR,
+        todo,
+        {"model": identity.to_dict()},
+        options.shard_size,
+    )
+
+    reused = len(todo) - len(shards.pending_positions())  # finished by an earlier, killed run
+    if on_progress and reused:
+        on_progress("embed", reused, len(todo))
+    last = 0
+
+    def progress(done: int) -> None:
+        nonlocal last
+        if on_progress:
+            on_progress("embed", done - last, len(todo))
+        last = done
+        if on_batch:
+            on_batch(done)
+
+    embed_with_ray(
+        shards,
+        ModelSpec(identity.name, identity.pretrained),
+        config,
+        identity,
+        address=options.address,
+        actors=options.actors,
+        on_batch=progress,
+    )
+    _commit(store, todo, shards, report, index_types)
+    shards.remove()
+    store.cleanup()
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+def _commit(
+    store: IndexStore,
+    todo: list[Record],
+    shards: ShardSet,
+    report: IndexReport,
+    index_types: dict[str, str] | None,
+) -> None:
+    by_label = {
+        item.path: item
+        for item in store.catalog.iter_items(IMAGES)
+        if item.path and item.product_id is None
+    }
+    changes = CollectionChanges()
+    with store.catalog.transaction():
+        for shard in shards:
+            if len(shard.positions):
+                store.catalog.put_vectors(shard.keys, shard.vectors)
+            for position, key in zip(shard.positions.tolist(), shard.keys, strict=True):
+                record = todo[position]
+                size, mtime_ns = _stat(record)
+                old = by_label.get(record.label)
+                if old is not None:
+                    store.catalog.update_item(old.id, key=key, size=size, mtime_ns=mtime_ns)
+                    changes.removed.append(old.id)
+                    changes.added.append(old.id)
+                else:
+                    changes.added.append(
+                        store.catalog.add_item(
+                            IMAGES, key, path=record.label, size=size, mtime_ns=mtime_ns
+                        )
+                    )
+                report.indexed += 1
+                report.embedded += 1
+            report.skipped.extend(
+                Skipped(todo[p].label, reason, detail) for p, reason, detail in shard.skipped
+            )
+        if changes or index_types or store.catalog.generation == 0 or store.ondisk:
+            store.commit({IMAGES: changes, TEXTS: CollectionChanges()}, index_types=index_types)
+        store.catalog.drop_unused_vectors()
