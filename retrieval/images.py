@@ -14,6 +14,7 @@ from typing import BinaryIO, cast
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import faults
 from .errors import ImageDecodeError, InputFileError
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def _walk_directory(root: Path) -> Iterator[Path]:
                 logger.debug("skipping %s: directory already walked", entry.path)
                 continue
             visited.add(key)
+            faults.reached("walk")
             stack.append(iter(_sorted_entries(Path(entry.path))))
         elif is_file and is_image_path(entry.name):
             yield Path(entry.path)

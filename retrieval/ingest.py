@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from . import faults
 from .catalog import Item
 from .files import file_sha256
 from .images import walk_images
@@ -99,6 +100,9 @@ def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | N
         if item.path and item.product_id is None and _under(item.path, root_strs)
     }
     found = [path.absolute() for root in roots for path in walk_images(root)]
+    # An item whose vector row is gone (a damaged catalog) is re-read and re-embedded even when
+    # its file is unchanged: skipping it would leave it silently missing from every search.
+    stored = store.catalog.has_vectors({item.key for item in plan.existing.values()})
     seen: set[str] = set()
     for path in found:
         name = str(path)
@@ -108,9 +112,14 @@ def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | N
         try:
             stat = path.stat()
             old = plan.existing.get(name)
-            if old is not None and (old.size, old.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+            if (
+                old is not None
+                and (old.size, old.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+                and old.key in stored
+            ):
                 plan.unchanged += 1
                 continue
+            faults.reached("hash")
             key = file_key(path)
         except OSError as err:
             plan.skipped.append(Skipped(name, "unreadable", str(err)))
@@ -118,7 +127,7 @@ def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | N
         finally:
             if on_progress:
                 on_progress("scan", 1, len(found))
-        if old is not None and old.key == key:
+        if old is not None and old.key == key and key in stored:
             plan.unchanged += 1
             plan.touched.append((old, stat.st_size, stat.st_mtime_ns))
         else:
@@ -151,6 +160,7 @@ def embed_missing_images(
         nonlocal embedded
         with store.catalog.transaction():
             store.catalog.put_vectors([keys[p] for p in positions], vectors)
+        faults.reached("embed")
         embedded += len(positions)
         skipped.extend(skip for _, skip in skips)
         if on_progress:
@@ -224,6 +234,8 @@ def sync_images_and_texts(
         if image_changes or text_changes or index_types or store.catalog.generation == 0:
             store.commit(changes, index_types=index_types)
         store.catalog.drop_unused_vectors()
+        faults.reached("commit")
+    faults.reached("committed")
     store.cleanup()
     report.elapsed_s = time.perf_counter() - started
     return report
@@ -246,6 +258,7 @@ def embed_texts(
             vectors = embedder.encode_texts([wanted[key] for key in chunk])
             with store.catalog.transaction():
                 store.catalog.put_vectors(chunk, vectors)
+            faults.reached("texts")
             if on_progress:
                 on_progress("texts", len(chunk), len(missing))
     return wanted
