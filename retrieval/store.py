@@ -207,7 +207,8 @@ class IndexStore:
         except IndexCorruptError as err:
             raise IndexCorruptError(f"{err}; {repair}") from err
         count = self.catalog.count(collection)
-        if index.ntotal != count:
+        # A writer loads the old generation inside its transaction, after changing the items.
+        if index.ntotal != count and not self.catalog.db.in_transaction:
             raise IndexCorruptError(
                 f"{path} holds {index.ntotal} vectors but the catalog lists {count} "
                 f"{collection}; {repair}"
