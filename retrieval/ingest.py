@@ -18,6 +18,7 @@ from . import faults
 from .catalog import Item
 from .files import file_sha256
 from .images import walk_images
+from .space import check_free_space, disk_space_guard, estimate_run_bytes
 from .store import CollectionChanges, IndexStore
 from .types import IMAGES, TEXTS, Skipped, Vectors
 
@@ -192,8 +193,35 @@ def sync_images_and_texts(
     `store.writer_lock()`.
     """
     started = time.perf_counter()
-    report = IndexReport()
     plan = _plan_images(store, roots, on_progress)
+    needed = _space_needed(store, plan, texts)
+    check_free_space(store.directory, needed)
+    with disk_space_guard(store.directory, needed):
+        report = _apply_plan(store, plan, embedder_factory, texts, index_types, on_progress)
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+def _space_needed(store: IndexStore, plan: _ImagePlan, texts: list[str] | None) -> int:
+    new_texts = len(texts) if texts is not None else 0
+    images = store.catalog.count(IMAGES) - len(plan.removed) + len(plan.pending)
+    return estimate_run_bytes(
+        dim=store.identity.dim,
+        new_vectors=len(plan.pending) + new_texts,
+        changed_items=len(plan.pending) + len(plan.removed) + new_texts,
+        indexed=max(images, 0) + new_texts,
+    )
+
+
+def _apply_plan(
+    store: IndexStore,
+    plan: _ImagePlan,
+    embedder_factory: EmbedderFactory,
+    texts: list[str] | None,
+    index_types: dict[str, str] | None,
+    on_progress: Progress | None,
+) -> IndexReport:
+    report = IndexReport()
     keys_by_path = {path: key for path, (key, _, _) in plan.pending.items()}
     embedded, skipped = embed_missing_images(store, keys_by_path, embedder_factory, on_progress)
     report.embedded = embedded
@@ -237,7 +265,6 @@ def sync_images_and_texts(
         faults.reached("commit")
     faults.reached("committed")
     store.cleanup()
-    report.elapsed_s = time.perf_counter() - started
     return report
 
 

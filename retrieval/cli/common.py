@@ -15,6 +15,7 @@ import typer
 
 from ..config import DEFAULT_MODEL, INDEX_DIR_ENV
 from ..errors import (
+    DiskFullError,
     IndexBusyError,
     IndexMismatchError,
     InputFileError,
@@ -31,6 +32,7 @@ EXIT_CODES: dict[type[MmsearchError], int] = {
     ModelUnavailableError: 2,
     IndexMismatchError: 2,
     IndexBusyError: 75,  # EX_TEMPFAIL: try again later
+    DiskFullError: 74,  # EX_IOERR
 }
 EXIT_PROBLEMS = 1  # `check` found problems it did not (or could not) repair
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
