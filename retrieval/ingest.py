@@ -100,7 +100,10 @@ def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | N
         for item in store.catalog.iter_items(IMAGES)
         if item.path and item.product_id is None and _under(item.path, root_strs)
     }
-    found = [path.absolute() for root in roots for path in walk_images(root)]
+    def on_skip(path: Path, reason: str, detail: str) -> None:
+        plan.skipped.append(Skipped(str(path.absolute()), reason, detail))
+
+    found = [path.absolute() for root in roots for path in walk_images(root, on_skip)]
     # An item whose vector row is gone (a damaged catalog) is re-read and re-embedded even when
     # its file is unchanged: skipping it would leave it silently missing from every search.
     stored = store.catalog.has_vectors({item.key for item in plan.existing.values()})
@@ -110,6 +113,11 @@ def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | N
         if name in seen:
             continue
         seen.add(name)
+        if not _utf8(name):
+            # SQLite, JSON and the web page all need text; such a name cannot be stored.
+            detail = "the file name is not valid UTF-8; rename the file"
+            plan.skipped.append(Skipped(name.encode("utf-8", "replace").decode(), "bad-name", detail))
+            continue
         try:
             stat = path.stat()
             old = plan.existing.get(name)
@@ -135,6 +143,14 @@ def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | N
             plan.pending[name] = (key, stat.st_size, stat.st_mtime_ns)
     plan.removed = [item for path, item in plan.existing.items() if path not in seen]
     return plan
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by Python as lone surrogates
+        return False
+    return True
 
 
 def embed_missing_images(

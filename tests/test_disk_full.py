@@ -15,6 +15,7 @@ from testdata import make_images
 
 import retrieval.ingest
 from retrieval.integrity import check_index
+from retrieval.space import check_free_space
 
 # Room for the first index of 12 images plus about 1.3 MB: less than a run adding 1,000 images
 # is estimated to need (retrieval/space.py), more than one adding 20.
@@ -94,7 +95,7 @@ def test_disk_filling_up_during_the_run_fails_cleanly(
     _assert_previous_index_intact(directory, folder)
 
     filler.unlink()
-    monkeypatch.undo()
+    monkeypatch.setattr(retrieval.ingest, "check_free_space", check_free_space)
     report = json.loads(run_ok("index", folder, "--index", directory, "-q", "--json"))
     assert report["indexed"] == 20
     assert check_index(directory).ok
