@@ -27,14 +27,20 @@ UNDER_CAP_SIDE = 13_000
 _MEASURE = (
     "import json, resource, subprocess, sys; "
     "run = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-    "print(json.dumps({'rc': run.returncode, 'stdout': run.stdout, 'stderr': run.stderr[-3000:], "
+    "print(json.dumps({'rc': run.returncode, 'stdout': run.stdout, "
+    "'stderr': run.stderr[-3000:], "
     "'maxrss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"
 )
 
 
 def measure(folder: Path, index: Path, model: str, workdir: Path) -> dict[str, object]:
-    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}", "MMSEARCH_BACKEND": "torch",
-           "MMSEARCH_DEVICE": "cpu", "MMSEARCH_HASH_CACHE": str(workdir / "hashes.json")}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO}:{REPO / 'tests'}",
+        "MMSEARCH_BACKEND": "torch",
+        "MMSEARCH_DEVICE": "cpu",
+        "MMSEARCH_HASH_CACHE": str(workdir / "hashes.json"),
+    }
     command = [sys.executable, "-m", "retrieval", "index", str(folder), "--index", str(index),
                "--model", model, "-q", "--json", "--workers", "0"]  # fmt: skip
     started = time.perf_counter()

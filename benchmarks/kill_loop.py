@@ -181,7 +181,12 @@ def _index_command(folder: Folder, directory: Path, model: str) -> list[str]:
 
 
 def run_index(
-    folder: Folder, directory: Path, model: str, workdir: Path, *, fault: str | None = None,
+    folder: Folder,
+    directory: Path,
+    model: str,
+    workdir: Path,
+    *,
+    fault: str | None = None,
     kill_after: float | None = None,
 ) -> int:
     """One index run; its return code (-9 when it was killed)."""
@@ -235,7 +240,11 @@ def _answer_queries(directory: Path, state: State) -> None:
         raise AssertionError("info counts disagree with the catalog")
     # Query with an image whose indexed bytes are still on disk: it must find itself first.
     probe = next(
-        (p for p, key in sorted(state.images.items()) if Path(p).is_file() and _key(Path(p)) == key),
+        (
+            p
+            for p, key in sorted(state.images.items())
+            if Path(p).is_file() and _key(Path(p)) == key
+        ),
         None,
     )
     if probe is not None:

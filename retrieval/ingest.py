@@ -100,6 +100,7 @@ def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | N
         for item in store.catalog.iter_items(IMAGES)
         if item.path and item.product_id is None and _under(item.path, root_strs)
     }
+
     def on_skip(path: Path, reason: str, detail: str) -> None:
         plan.skipped.append(Skipped(str(path.absolute()), reason, detail))
 
@@ -116,7 +117,9 @@ def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | N
         if not _utf8(name):
             # SQLite, JSON and the web page all need text; such a name cannot be stored.
             detail = "the file name is not valid UTF-8; rename the file"
-            plan.skipped.append(Skipped(name.encode("utf-8", "replace").decode(), "bad-name", detail))
+            plan.skipped.append(
+                Skipped(name.encode("utf-8", "replace").decode(), "bad-name", detail)
+            )
             continue
         try:
             stat = path.stat()

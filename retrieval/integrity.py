@@ -185,7 +185,7 @@ def _check_vectors(catalog: Catalog, directory: Path, dim: int, report: CheckRep
                 str(directory / CATALOG),
                 f"{bad} stored vectors are not {dim} float16 values",
                 f"mmsearch index FOLDERS --index {directory} after deleting them: "
-                f"sqlite3 {directory / CATALOG} \"DELETE FROM vectors WHERE length(vector) != "
+                f'sqlite3 {directory / CATALOG} "DELETE FROM vectors WHERE length(vector) != '
                 f'{dim * 2}"',
                 False,
             )
@@ -221,9 +221,12 @@ def _check_faiss(
         report.problems.append(Problem("faiss-unreadable", str(path), str(err), repair, True))
         return
     expected = np.fromiter(
-        (row[0] for row in catalog.db.execute(
-            "SELECT id FROM items WHERE collection=? ORDER BY id", (collection,)
-        )),
+        (
+            row[0]
+            for row in catalog.db.execute(
+                "SELECT id FROM items WHERE collection=? ORDER BY id", (collection,)
+            )
+        ),
         dtype=np.int64,
     )
     found = index.ids()
@@ -247,9 +250,7 @@ def stray_files(directory: Path, generation: int) -> list[Path]:
     )
 
 
-def _check_stray_files(
-    directory: Path, generation: int, report: CheckReport, repair: str
-) -> None:
+def _check_stray_files(directory: Path, generation: int, report: CheckReport, repair: str) -> None:
     for path in stray_files(directory, generation):
         ours = path.name.endswith(".faiss") or (
             path.name.startswith(".") and path.name.endswith(".tmp")

@@ -80,5 +80,7 @@ def disk_space_guard(directory: Path, needed: int) -> Iterator[None]:
         # faiss's fwrite failure carries no errno: a write that failed with almost nothing
         # left free is taken for what it is.
         if is_disk_full(err) or (isinstance(err, MmsearchError) and free < needed):
-            raise DiskFullError(_message(directory, max(needed, free + MARGIN_BYTES), free)) from err
+            raise DiskFullError(
+                _message(directory, max(needed, free + MARGIN_BYTES), free)
+            ) from err
         raise

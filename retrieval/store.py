@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from . import faults
 from .catalog import Catalog
 from .errors import IndexBusyError, IndexCorruptError, IndexMismatchError, IndexNotFoundError
-from . import faults
 from .files import file_sha256, write_atomic
 from .index import FaissIndex
 from .index.tuning import DEFAULT_TARGET_RECALL, Tuning, is_approximate, tune
@@ -118,7 +118,9 @@ class IndexStore:
             return cls(directory, manifest, catalog)
         except (KeyError, TypeError, ValueError) as err:
             catalog.close()
-            raise IndexCorruptError(f"{directory / MANIFEST} is incomplete ({err}); {repair}") from err
+            raise IndexCorruptError(
+                f"{directory / MANIFEST} is incomplete ({err}); {repair}"
+            ) from err
 
     @classmethod
     def create(cls, directory: Path, identity: ModelIdentity) -> IndexStore:
@@ -195,7 +197,9 @@ class IndexStore:
         # Files read fully are hashed too (one more pass over bytes in the page cache);
         # memory-mapped ones are too large for every open: `mmsearch check` hashes them.
         if recorded and not mmap and file_sha256(path) != recorded:
-            raise IndexCorruptError(f"{path} does not match the checksum recorded at commit; {repair}")
+            raise IndexCorruptError(
+                f"{path} does not match the checksum recorded at commit; {repair}"
+            )
         tuning = self.tuning(collection)
         try:
             index = FaissIndex.load(

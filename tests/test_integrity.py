@@ -103,8 +103,9 @@ def test_faiss_file_with_other_ids_is_detected(built: Path, tmp_path: Path) -> N
         victim = next(store.catalog.iter_items("images"))
         with store.catalog.transaction():
             store.catalog.delete_items([victim.id])
-            store.catalog.add_item("images", victim.key, path=victim.path, size=victim.size,
-                                   mtime_ns=victim.mtime_ns)
+            store.catalog.add_item(
+                "images", victim.key, path=victim.path, size=victim.size, mtime_ns=victim.mtime_ns
+            )
     code, report = _check()
     assert code == 1 and _kinds(report) == ["faiss-mismatch"]
     assert "1 items missing, 1 ids not in the catalog" in report["problems"][0]["detail"]
@@ -144,7 +145,9 @@ def test_missing_vector_row_is_reported_and_reembedded_by_index(
     built: Path, tmp_path: Path
 ) -> None:
     db = sqlite3.connect(built / "catalog.sqlite")
-    key, path = db.execute("SELECT key, path FROM items WHERE collection='images' LIMIT 1").fetchone()
+    key, path = db.execute(
+        "SELECT key, path FROM items WHERE collection='images' LIMIT 1"
+    ).fetchone()
     db.execute("DELETE FROM vectors WHERE key=?", (key,))
     db.commit()
     db.close()
