@@ -8,11 +8,12 @@ import json
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 from clirun import invoke, run_ok
 from testdata import make_images
 
-from retrieval.index import exact_search
+from retrieval.index import FaissIndex, exact_search
 from retrieval.integrity import check_index
 from retrieval.store import IndexStore
 
@@ -205,3 +206,17 @@ def test_check_reads_the_index_without_writing(built: Path) -> None:
     before = state()
     assert check_index(built).ok
     assert state() == before
+
+
+@pytest.mark.parametrize("index_type", ["flat", "IVF4,Flat", "hnsw", "IVF4,PQ4x4,RFlat"])
+def test_faiss_index_lists_its_ids_for_every_index_type(index_type: str) -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((300, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = rng.choice(10_000, size=300, replace=False).astype(np.int64)
+    index = FaissIndex.build(vectors, ids, index_type)
+    assert np.array_equal(index.ids(), np.sort(ids))
+    if index.supports_remove:
+        index.remove(ids[:10])
+    expected = np.sort(ids[10:]) if index.supports_remove else np.sort(ids)
+    assert np.array_equal(index.ids(), expected)
