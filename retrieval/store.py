@@ -179,7 +179,14 @@ class IndexStore:
         path = self._faiss_path(collection, generation)
         index: FaissIndex | None = None
         if path.is_file():
-            index = self._load_verified(collection, path)
+            try:
+                index = self._load_verified(collection, path)
+            except IndexCorruptError:
+                # The checksum and count were read apart from the generation: if an index run
+                # committed in between, they belong to the next generation, not to this file.
+                if self.catalog.generation == generation:
+                    raise
+                return self.get_index(collection)
         elif generation > 0 and self.catalog.count(collection):
             # Cannot happen after a clean commit; rebuild rather than refuse to answer.
             logger.warning("%s is missing; rebuilding it in memory from stored vectors", path)
