@@ -49,3 +49,7 @@ class InputFileError(MmsearchError):
 
 class ImageTooLargeError(MmsearchError):
     """An uploaded image is over the byte or megapixel cap."""
+
+
+class DiskFullError(MmsearchError):
+    """The index directory's filesystem has too little free space for the run."""

@@ -4,16 +4,19 @@ never pulls in torch."""
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
+import stat
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, cast
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import faults
 from .errors import ImageDecodeError, InputFileError
 
 logger = logging.getLogger(__name__)
@@ -48,8 +51,16 @@ def is_image_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def walk_images(root: Path) -> Iterator[Path]:
-    """Yield absolute paths of the image files under `root` (or `root` itself), sorted by name."""
+SkipCallback = Callable[[Path, str, str], None]
+"""on_skip(path, reason, detail): an entry with an image name that is not a file to read."""
+
+
+def walk_images(root: Path, on_skip: SkipCallback | None = None) -> Iterator[Path]:
+    """Yield absolute paths of the image files under `root` (or `root` itself), sorted by name.
+
+    Entries with image names that are not regular files (FIFOs, devices, sockets, links to
+    them, broken links) are never yielded, so nothing blocks reading them; `on_skip` hears of
+    each one with reason "not-a-file"."""
     root = Path(os.path.abspath(root))
     if root.is_dir():
         try:
@@ -58,7 +69,7 @@ def walk_images(root: Path) -> Iterator[Path]:
             raise InputFileError(
                 f"{root}: cannot read this directory ({err.strerror}); check its permissions"
             ) from err
-        return _walk_directory(root)
+        return _walk_directory(root, on_skip)
     if root.is_file():
         # Named explicitly, so it is yielded whatever its extension: a `.heic` given on the
         # command line should come back as a Skipped with a reason, not vanish silently.
@@ -71,7 +82,7 @@ def walk_images(root: Path) -> Iterator[Path]:
     raise InputFileError(f"{root}: no such file or directory; check the path for typos")
 
 
-def _walk_directory(root: Path) -> Iterator[Path]:
+def _walk_directory(root: Path, on_skip: SkipCallback | None) -> Iterator[Path]:
     # Identity is (device, inode) of the resolved directory, so a symlink back to an ancestor,
     # or a second link to a folder already walked, is entered once and never loops.
     visited = {_identity(root)}
@@ -96,9 +107,45 @@ def _walk_directory(root: Path) -> Iterator[Path]:
                 logger.debug("skipping %s: directory already walked", entry.path)
                 continue
             visited.add(key)
+            faults.reached("walk")
             stack.append(iter(_sorted_entries(Path(entry.path))))
         elif is_file and is_image_path(entry.name):
             yield Path(entry.path)
+        elif on_skip is not None and is_image_path(entry.name):
+            on_skip(Path(entry.path), "not-a-file", _special_kind(entry.path))
+
+
+def _special_kind(path: str) -> str:
+    """What a non-regular entry is, for the skip report (stat never opens it, so a FIFO
+    cannot block here)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        link = " (a broken symbolic link)" if os.path.islink(path) else ""
+        return f"{err.strerror or err}{link}"
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind + (" (through a symbolic link)" if os.path.islink(path) else "")
+    return "not a regular file"
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open a file for reading only if it is a regular file: O_NONBLOCK keeps a FIFO swapped in
+    under an image's name from blocking the open, and fstat refuses FIFOs and devices (a link to
+    /dev/zero would otherwise be read for ever)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO or a device?)", str(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _identity(directory: Path) -> tuple[int, int]:
@@ -124,7 +171,7 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = MAX_IMAGE_PIXELS
         return _decode(io.BytesIO(source), _BYTES_LABEL, max_pixels)
     label = str(source)
     try:
-        stream = open(source, "rb")  # noqa: SIM115 (closed by the `with` below)
+        stream = open_regular(source)
     except OSError as err:
         raise ImageDecodeError(label, "unreadable", _describe(err)) from err
     with stream:

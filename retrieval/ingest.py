@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from . import faults
 from .catalog import Item
 from .files import file_sha256
 from .images import walk_images
+from .space import check_free_space, disk_space_guard, estimate_run_bytes
 from .store import CollectionChanges, IndexStore
 from .types import IMAGES, TEXTS, Skipped, Vectors
 
@@ -98,19 +100,38 @@ def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | N
         for item in store.catalog.iter_items(IMAGES)
         if item.path and item.product_id is None and _under(item.path, root_strs)
     }
-    found = [path.absolute() for root in roots for path in walk_images(root)]
+
+    def on_skip(path: Path, reason: str, detail: str) -> None:
+        plan.skipped.append(Skipped(str(path.absolute()), reason, detail))
+
+    found = [path.absolute() for root in roots for path in walk_images(root, on_skip)]
+    # An item whose vector row is gone (a damaged catalog) is re-read and re-embedded even when
+    # its file is unchanged: skipping it would leave it silently missing from every search.
+    stored = store.catalog.has_vectors({item.key for item in plan.existing.values()})
     seen: set[str] = set()
     for path in found:
         name = str(path)
         if name in seen:
             continue
         seen.add(name)
+        if not _utf8(name):
+            # SQLite, JSON and the web page all need text; such a name cannot be stored.
+            detail = "the file name is not valid UTF-8; rename the file"
+            plan.skipped.append(
+                Skipped(name.encode("utf-8", "replace").decode(), "bad-name", detail)
+            )
+            continue
         try:
             stat = path.stat()
             old = plan.existing.get(name)
-            if old is not None and (old.size, old.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+            if (
+                old is not None
+                and (old.size, old.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+                and old.key in stored
+            ):
                 plan.unchanged += 1
                 continue
+            faults.reached("hash")
             key = file_key(path)
         except OSError as err:
             plan.skipped.append(Skipped(name, "unreadable", str(err)))
@@ -118,13 +139,21 @@ def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | N
         finally:
             if on_progress:
                 on_progress("scan", 1, len(found))
-        if old is not None and old.key == key:
+        if old is not None and old.key == key and key in stored:
             plan.unchanged += 1
             plan.touched.append((old, stat.st_size, stat.st_mtime_ns))
         else:
             plan.pending[name] = (key, stat.st_size, stat.st_mtime_ns)
     plan.removed = [item for path, item in plan.existing.items() if path not in seen]
     return plan
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by Python as lone surrogates
+        return False
+    return True
 
 
 def embed_missing_images(
@@ -151,6 +180,7 @@ def embed_missing_images(
         nonlocal embedded
         with store.catalog.transaction():
             store.catalog.put_vectors([keys[p] for p in positions], vectors)
+        faults.reached("embed")
         embedded += len(positions)
         skipped.extend(skip for _, skip in skips)
         if on_progress:
@@ -182,8 +212,35 @@ def sync_images_and_texts(
     `store.writer_lock()`.
     """
     started = time.perf_counter()
-    report = IndexReport()
     plan = _plan_images(store, roots, on_progress)
+    needed = _space_needed(store, plan, texts)
+    check_free_space(store.directory, needed)
+    with disk_space_guard(store.directory, needed):
+        report = _apply_plan(store, plan, embedder_factory, texts, index_types, on_progress)
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+def _space_needed(store: IndexStore, plan: _ImagePlan, texts: list[str] | None) -> int:
+    new_texts = len(texts) if texts is not None else 0
+    images = store.catalog.count(IMAGES) - len(plan.removed) + len(plan.pending)
+    return estimate_run_bytes(
+        dim=store.identity.dim,
+        new_vectors=len(plan.pending) + new_texts,
+        changed_items=len(plan.pending) + len(plan.removed) + new_texts,
+        indexed=max(images, 0) + new_texts,
+    )
+
+
+def _apply_plan(
+    store: IndexStore,
+    plan: _ImagePlan,
+    embedder_factory: EmbedderFactory,
+    texts: list[str] | None,
+    index_types: dict[str, str] | None,
+    on_progress: Progress | None,
+) -> IndexReport:
+    report = IndexReport()
     keys_by_path = {path: key for path, (key, _, _) in plan.pending.items()}
     embedded, skipped = embed_missing_images(store, keys_by_path, embedder_factory, on_progress)
     report.embedded = embedded
@@ -224,8 +281,9 @@ def sync_images_and_texts(
         if image_changes or text_changes or index_types or store.catalog.generation == 0:
             store.commit(changes, index_types=index_types)
         store.catalog.drop_unused_vectors()
+        faults.reached("commit")
+    faults.reached("committed")
     store.cleanup()
-    report.elapsed_s = time.perf_counter() - started
     return report
 
 
@@ -246,6 +304,7 @@ def embed_texts(
             vectors = embedder.encode_texts([wanted[key] for key in chunk])
             with store.catalog.transaction():
                 store.catalog.put_vectors(chunk, vectors)
+            faults.reached("texts")
             if on_progress:
                 on_progress("texts", len(chunk), len(missing))
     return wanted

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from . import faults
 from .catalog import Catalog
 from .errors import (
     IndexBusyError,
@@ -30,7 +31,7 @@ from .errors import (
     IndexNotFoundError,
     InvalidQueryError,
 )
-from .files import write_atomic
+from .files import file_sha256, write_atomic
 from .index import FaissIndex
 from .index.ondisk import DEFAULT_SHARD_SIZE, build_ondisk_ivf, ondisk_factory
 from .index.tuning import DEFAULT_TARGET_RECALL, Tuning, is_approximate, tune
@@ -103,17 +104,35 @@ class IndexStore:
                 f"no index at {directory}: create one with "
                 f"`mmsearch index PATH --index {directory}`"
             )
+        repair = f"run `mmsearch check --repair --index {directory}`"
         try:
             manifest = json.loads((directory / MANIFEST).read_text())
+            if not isinstance(manifest, dict):
+                raise ValueError("not a JSON object")
         except (OSError, ValueError) as err:
-            raise IndexCorruptError(f"cannot read {directory / MANIFEST}: {err}") from err
+            raise IndexCorruptError(f"cannot read {directory / MANIFEST}: {err}; {repair}") from err
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise IndexMismatchError(
                 f"index {directory} has format version {version}; this mmsearch reads version "
                 f"{FORMAT_VERSION}. Upgrade mmsearch, or rebuild the index into a new --index DIR."
             )
-        return cls(directory, manifest, Catalog(directory / CATALOG, readonly=readonly))
+        catalog = Catalog(directory / CATALOG, readonly=readonly)
+        recorded = catalog.get_meta(MANIFEST_META)
+        if recorded is not None and json.loads(recorded) != manifest:
+            # An edited model name or dim would embed queries with the wrong model.
+            catalog.close()
+            raise IndexCorruptError(
+                f"{directory / MANIFEST} differs from the copy the catalog recorded when the "
+                f"index was created (edited by hand?); {repair} to restore it"
+            )
+        try:
+            return cls(directory, manifest, catalog)
+        except (KeyError, TypeError, ValueError) as err:
+            catalog.close()
+            raise IndexCorruptError(
+                f"{directory / MANIFEST} is incomplete ({err}); {repair}"
+            ) from err
 
     @classmethod
     def create(cls, directory: Path, identity: ModelIdentity) -> IndexStore:
@@ -127,6 +146,7 @@ class IndexStore:
             "created": now,
         }
         catalog = Catalog(directory / CATALOG)
+        record_manifest(catalog, manifest)
         # The manifest is written last: its presence is what makes the directory an index.
         write_atomic(directory / MANIFEST, json.dumps(manifest, indent=2).encode())
         return cls(directory, manifest, catalog)
@@ -152,6 +172,9 @@ class IndexStore:
                     "to finish (or stop it) and run again."
                 ) from err
             self._drop_stray_files()
+            if self.catalog.get_meta(MANIFEST_META) is None:  # indexes made before it existed
+                with self.catalog.transaction():
+                    record_manifest(self.catalog, self.manifest)
             yield
 
     # -- reading ------------------------------------------------------------------------------
@@ -168,19 +191,52 @@ class IndexStore:
         path = self._faiss_path(collection, generation)
         index: FaissIndex | None = None
         if path.is_file():
-            tuning = self.tuning(collection)
-            index = FaissIndex.load(
-                path,
-                use_gpu=self.use_gpu,
-                mmap=path.stat().st_size >= MMAP_MIN_BYTES and not self._ivfdata(collection),
-                search_params=tuning.params if tuning is not None else None,
-            )
+            try:
+                index = self._load_verified(collection, path)
+            except IndexCorruptError:
+                # The checksum and count were read apart from the generation: if an index run
+                # committed in between, they belong to the next generation, not to this file.
+                if self.catalog.generation == generation:
+                    raise
+                return self.get_index(collection)
         elif generation > 0 and self.catalog.count(collection):
             # Cannot happen after a clean commit; rebuild rather than refuse to answer.
             logger.warning("%s is missing; rebuilding it in memory from stored vectors", path)
             ids, vectors = self.catalog.get_vectors(collection, self.identity.dim)
             index = FaissIndex.build(vectors, ids, self.index_type(collection))
         self._indexes[collection] = (generation, index)
+        return index
+
+    def _load_verified(self, collection: str, path: Path) -> FaissIndex:
+        """Load a faiss file, refusing one that differs from what the commit recorded: a
+        damaged file must fail loudly, never answer with wrong neighbours."""
+        repair = f"run `mmsearch check --repair --index {self.directory}` to rebuild it"
+        # on-disk inverted lists are mapped by faiss itself (IO_FLAG_MMAP breaks them)
+        mmap = path.stat().st_size >= MMAP_MIN_BYTES and not self._ivfdata(collection)
+        recorded = self.catalog.get_meta(f"sha256:{collection}")
+        # Files read fully are hashed too (one more pass over bytes in the page cache);
+        # memory-mapped ones are too large for every open: `mmsearch check` hashes them.
+        if recorded and not mmap and file_sha256(path) != recorded:
+            raise IndexCorruptError(
+                f"{path} does not match the checksum recorded at commit; {repair}"
+            )
+        tuning = self.tuning(collection)
+        try:
+            index = FaissIndex.load(
+                path,
+                use_gpu=self.use_gpu,
+                mmap=mmap,
+                search_params=tuning.params if tuning is not None else None,
+            )
+        except IndexCorruptError as err:
+            raise IndexCorruptError(f"{err}; {repair}") from err
+        count = self.catalog.count(collection)
+        # A writer loads the old generation inside its transaction, after changing the items.
+        if index.ntotal != count and not self.catalog.db.in_transaction:
+            raise IndexCorruptError(
+                f"{path} holds {index.ntotal} vectors but the catalog lists {count} "
+                f"{collection}; {repair}"
+            )
         return index
 
     def index_type(self, collection: str) -> str:
@@ -220,15 +276,22 @@ class IndexStore:
                 # Nothing changed in this collection: the next generation shares the file
                 # (a hard link) instead of loading and rewriting a possibly large index.
                 os.link(current_path, self._faiss_path(collection, new))
+                faults.reached("faiss")
                 continue
             self._rebuilt = True
             index = self._next_index(
                 collection, change, requested, dim, force_rebuild=force_rebuild
             )
+            checksum = ""
             if index is not None:
                 self._tune(collection, index, dim, rebuilt=self._rebuilt)
+                faults.reached("faiss")
                 index.save(self._faiss_path(collection, new))
+                checksum = file_sha256(self._faiss_path(collection, new))
                 self.catalog.set_meta(f"factory:{collection}", index.factory)
+            # Checked by every reader that loads the file and by `mmsearch check`.
+            self.catalog.set_meta(f"sha256:{collection}", checksum)
+            faults.reached("faiss")
         self.catalog.set_meta("generation", str(new))
         self.catalog.set_meta("updated", str(time.time()))
 
@@ -369,10 +432,12 @@ class IndexStore:
         for path in self.directory.iterdir():
             name = path.name
             if name.endswith(".tmp") and name.startswith("."):
+                faults.reached("cleanup")
                 path.unlink(missing_ok=True)
             elif name.endswith(".faiss"):
                 parts = name.split(".")
                 if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) != generation:
+                    faults.reached("cleanup")
                     path.unlink(missing_ok=True)
             elif name.endswith(".ivfdata") and name not in self._ivfdata_in_use():
                 path.unlink(missing_ok=True)
@@ -438,3 +503,13 @@ class IndexStore:
             "created": self.manifest.get("created"),
             "updated": float(updated) if updated else None,
         }
+
+
+# The catalog keeps a copy of manifest.json, so `mmsearch check` can tell a hand-edited or
+# damaged manifest from the one the index was created with, and rewrite it.
+MANIFEST_META = "manifest"
+
+
+def record_manifest(catalog: Catalog, manifest: dict[str, Any]) -> None:
+    """Store the manifest's canonical JSON in the catalog (committed by the caller)."""
+    catalog.set_meta(MANIFEST_META, json.dumps(manifest, sort_keys=True))

@@ -4,6 +4,7 @@ it imports no other CLI module."""
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ import typer
 
 from ..config import DEFAULT_MODEL, INDEX_DIR_ENV
 from ..errors import (
+    DiskFullError,
     IndexBusyError,
     IndexMismatchError,
     InputFileError,
@@ -30,7 +32,9 @@ EXIT_CODES: dict[type[MmsearchError], int] = {
     ModelUnavailableError: 2,
     IndexMismatchError: 2,
     IndexBusyError: 75,  # EX_TEMPFAIL: try again later
+    DiskFullError: 74,  # EX_IOERR
 }
+EXIT_PROBLEMS = 1  # `check` found problems it did not (or could not) repair
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 T = TypeVar("T")
 
@@ -43,6 +47,14 @@ def run_guarded(action: Callable[[], T]) -> T:
         typer.echo(f"error: {err}", err=True)
         code = next((c for kind, c in EXIT_CODES.items() if isinstance(err, kind)), 1)
         raise typer.Exit(code) from None
+    except sqlite3.DatabaseError as err:
+        # Damage below the catalog's own error handling (a malformed page, a truncated file).
+        typer.echo(
+            f"error: the index catalog is damaged ({err}); run `mmsearch check --index DIR` "
+            "for details and the fix",
+            err=True,
+        )
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         typer.echo("interrupted; the previous index is unchanged and still usable", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None

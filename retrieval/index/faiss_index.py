@@ -436,6 +436,23 @@ class FaissIndex:
         D[I < 0] = -np.inf  # faiss pads with -FLT_MAX for inner product; callers expect -inf
         return D, I
 
+    def ids(self) -> Ids:
+        """Every id stored in the index, sorted (for integrity checks against the catalog)."""
+        if hasattr(self._cpu, "id_map"):
+            found = faiss.vector_to_array(self._cpu.id_map)
+        else:
+            ivf = _ivf(self._cpu)
+            if ivf is None:  # a bare index numbers its vectors 0..n-1
+                return np.arange(self.ntotal, dtype=np.int64)
+            lists = ivf.invlists
+            parts = [
+                faiss.rev_swig_ptr(lists.get_ids(number), lists.list_size(number)).copy()
+                for number in range(ivf.nlist)
+                if lists.list_size(number)
+            ]
+            found = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return np.sort(np.asarray(found, dtype=np.int64))
+
     def save(self, path: Path) -> None:
         """Atomically write the CPU index to `path` (temp file, fsync, rename)."""
         path = Path(path)
