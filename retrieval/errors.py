@@ -49,3 +49,7 @@ class InputFileError(MmsearchError):
 
 class ImageTooLargeError(MmsearchError):
     """An uploaded image is over the byte or megapixel cap."""
+
+
+class ItemNotFoundError(MmsearchError):
+    """A query names an item id that the index does not hold."""
