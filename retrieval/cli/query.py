@@ -151,7 +151,9 @@ def query(
             minus_image or [], item or [], minus_item or [],
         )  # fmt: skip
         if not parts and like is None:
-            raise InvalidQueryError("give a query TEXT, --image PATH, --item ID or --like ID")
+            raise InvalidQueryError(
+                "give either a query TEXT, --image PATH, --item ID or --like ID"
+            )
         if text is not None and not text.strip():
             raise InvalidQueryError("the query text is empty; pass some words to search for")
         if target not in (None, *TARGETS):
