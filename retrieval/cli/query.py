@@ -180,5 +180,7 @@ def query(
         with open_for_search(index_dir or default_index_dir(), config) as service:
             result = service.search(request)
         typer.echo(result.to_json() if as_json else result_table(result))
+        if result.has_more and not as_json:  # a hint, so on stderr: stdout stays the table
+            typer.echo(f"more results: --offset {offset + k}", err=True)
 
     run_guarded(body)

@@ -64,8 +64,6 @@ def result_table(result: SearchResult) -> str:
         if hit.duplicates:
             shown = f"{shown}  (+{len(hit.duplicates)} near-duplicates: {hit.duplicates})"
         lines.append(f"{hit.rank:>4}  {hit.score:>7.4f}  {shown}")
-    if result.has_more:
-        lines.append("more results: raise --offset")
     return "\n".join(lines)
 
 
