@@ -60,7 +60,7 @@ class SearchRequest:
     # "More like this": the stored vector of this item is a part, and the item is left out.
     like: int | None = None
     min_score: float | None = None  # drop hits whose cosine score is below this
-    collapse: bool = False  # fold near-duplicates of a better hit into it
+    collapse: bool = False  # fold near-duplicates of a better hit into it (images, texts)
     duplicate_threshold: float = DEFAULT_DUPLICATE_THRESHOLD
 
     @property
@@ -237,9 +237,8 @@ class SearchService:
         else:
             vector = self.embed_image(request.image)[0]
         if target == PRODUCTS:
-            if request.collapse:
-                raise InvalidQueryError("collapse applies to images and texts, not products")
-            # One more than the page: whether a next page exists.
+            # `collapse` changes nothing here: a product search already gives one hit per
+            # product. One more than the page: whether a next page exists.
             probe = replace(request, k=request.k + 1)
             hits = self._products_page(vector, probe)
             if request.min_score is not None:
