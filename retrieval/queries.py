@@ -22,6 +22,9 @@ MAX_PARTS = 16
 # cropped copies of one photo score about 0.97-1.0 with CLIP ViT-B-32; distinct photos of one
 # subject rarely pass 0.93).
 DEFAULT_DUPLICATE_THRESHOLD = 0.95
+# Candidates a collapsed search looks at, at most: past this, a page of mostly folded results
+# stops deepening (it would otherwise read every stored vector of a large index).
+MAX_COLLAPSE_DEPTH = 10_000
 # A weighted sum shorter than this (relative to the total weight) points nowhere: the parts
 # cancel out, and normalising it would amplify rounding noise into a random direction.
 MIN_SUM_NORM = 1e-4
@@ -112,16 +115,19 @@ def collapse(vectors: np.ndarray, threshold: float) -> list[tuple[int, list[int]
         return []
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     rows = rows / np.where(norms > 0, norms, 1.0)
-    similar = (rows @ rows.T) >= threshold
+    # Each row is compared with the kept rows only (never an n x n matrix): memory stays
+    # O(kept x dim) however many candidates fold.
     kept: list[int] = []
+    kept_vectors = np.zeros((0, rows.shape[1]), dtype=np.float32)
     folded: dict[int, list[int]] = {}
     for row in range(len(rows)):
-        owner = next((k for k in kept if similar[row, k]), None)
-        if owner is None:
-            kept.append(row)
-            folded[row] = []
-        else:
-            folded[owner].append(row)
+        close = np.flatnonzero(kept_vectors @ rows[row] >= threshold)
+        if close.size:
+            folded[kept[int(close[0])]].append(row)
+            continue
+        kept.append(row)
+        folded[row] = []
+        kept_vectors = np.vstack([kept_vectors, rows[row : row + 1]])
     return [(row, folded[row]) for row in kept]
 
 

@@ -15,7 +15,14 @@ import numpy as np
 
 from .catalog import Item, filter_products, product_columns
 from .errors import InvalidQueryError, ItemNotFoundError
-from .queries import DEFAULT_DUPLICATE_THRESHOLD, MAX_PARTS, QueryPart, collapse, combine
+from .queries import (
+    DEFAULT_DUPLICATE_THRESHOLD,
+    MAX_COLLAPSE_DEPTH,
+    MAX_PARTS,
+    QueryPart,
+    collapse,
+    combine,
+)
 from .store import IndexStore
 from .types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, TEXTS, Hit, Ids, Vectors
 
@@ -327,7 +334,7 @@ class SearchService:
                 exhausted = exhausted or any(s < request.min_score for s, _ in pairs)
                 pairs = [pair for pair in pairs if pair[0] >= request.min_score]
             groups = self._group(pairs, request)
-            if len(groups) >= wanted or exhausted:
+            if len(groups) >= wanted or exhausted or depth >= MAX_COLLAPSE_DEPTH:
                 break
             depth = min(depth * 4, index.ntotal)
         page = groups[request.offset : request.offset + request.k]

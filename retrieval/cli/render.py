@@ -62,7 +62,7 @@ def result_table(result: SearchResult) -> str:
         if target == PRODUCTS:
             shown = f"{hit.metadata.get('product_id')}  {hit.metadata.get('title')}  {shown or ''}"
         if hit.duplicates:
-            shown = f"{shown}  (+{len(hit.duplicates)} near-duplicates: {hit.duplicates})"
+            shown = f"{shown}  (+{len(hit.duplicates)} near-duplicates, ids in --json)"
         lines.append(f"{hit.rank:>4}  {hit.score:>7.4f}  {shown}")
     return "\n".join(lines)
 
