@@ -7,8 +7,8 @@ the full-dimension pairs (1.0 by construction), planted groups found.
 
 The vectors mimic CLIP image embeddings: a shared direction (CLIP's cone), 1,000 topic clusters
 and per-image variation, both with a decaying spectrum (variance ~ 1/i along the i-th axis), so
-unrelated images score about 0.25 and images of one topic about 0.6, while planted copies (1-3
-per original) score 0.96-0.995 against their original.
+unrelated images score about 0.16 (median), while planted copies (1-3 per original) score
+0.96-0.995 against their original.
 """
 
 from __future__ import annotations
