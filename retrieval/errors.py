@@ -53,3 +53,7 @@ class ImageTooLargeError(MmsearchError):
 
 class DiskFullError(MmsearchError):
     """The index directory's filesystem has too little free space for the run."""
+
+
+class ItemNotFoundError(MmsearchError):
+    """A query names an item id that the index does not hold."""

@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from .catalog import Item, filter_products, product_columns
-from .errors import InvalidQueryError
+from .errors import InvalidQueryError, ItemNotFoundError
+from .queries import (
+    DEFAULT_DUPLICATE_THRESHOLD,
+    MAX_COLLAPSE_DEPTH,
+    MAX_PARTS,
+    QueryPart,
+    collapse,
+    combine,
+)
 from .store import IndexStore
 from .types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, TEXTS, Hit, Ids, Vectors
 
@@ -54,11 +62,24 @@ class SearchRequest:
     # How the query echo names an image given as bytes (an upload's file name, "base64");
     # an image given as a path is echoed as its absolute path.
     image_name: str | None = None
+    # A composed query (instead of text/image): weighted parts, see retrieval/queries.py.
+    parts: tuple[QueryPart, ...] = ()
+    # "More like this": the stored vector of this item is a part, and the item is left out.
+    like: int | None = None
+    min_score: float | None = None  # drop hits whose cosine score is below this
+    collapse: bool = False  # fold near-duplicates of a better hit into it (images, texts)
+    duplicate_threshold: float = DEFAULT_DUPLICATE_THRESHOLD
+
+    @property
+    def composed(self) -> bool:
+        return bool(self.parts) or self.like is not None
 
     def echo(self, target: str) -> dict[str, Any]:
         """The `query` part of a result: what was searched, with the target resolved."""
         echo: dict[str, Any] = {"target": target, "k": self.k, "offset": self.offset}
-        if self.text is not None:
+        if self.composed:
+            echo.update(self._composed_echo())
+        elif self.text is not None:
             echo["text"] = self.text
         elif isinstance(self.image, Path):
             echo["image"] = str(self.image.absolute())
@@ -68,6 +89,18 @@ class SearchRequest:
             echo["filters"] = dict(self.filters)
         if target == PRODUCTS and self.text is not None:
             echo["text_weight"] = self.text_weight
+        if self.min_score is not None:
+            echo["min_score"] = self.min_score
+        if self.collapse:
+            echo["collapse"] = True
+        return echo
+
+    def _composed_echo(self) -> dict[str, Any]:
+        echo: dict[str, Any] = {}
+        if self.parts:
+            echo["parts"] = [part.echo() for part in self.parts]
+        if self.like is not None:
+            echo["like"] = self.like
         return echo
 
 
@@ -78,10 +111,13 @@ class SearchResult:
 
     query: dict[str, Any]
     hits: list[Hit]
+    has_more: bool = False  # a next page (offset + k) has at least one hit
 
     def to_dict(self, **extra: Any) -> dict[str, Any]:
-        """`{"query": {...}, "results": [...]}`, then `extra` (e.g. the HTTP `took_ms`)."""
-        return {"query": self.query, "results": [hit.to_dict() for hit in self.hits], **extra}
+        """`{"query": {...}, "results": [...], "has_more": bool}`, then `extra` (e.g. the HTTP
+        `took_ms`)."""
+        results = [hit.to_dict() for hit in self.hits]
+        return {"query": self.query, "results": results, "has_more": self.has_more, **extra}
 
     def to_json(self, **extra: Any) -> str:
         """Compact JSON of to_dict(): the exact bytes both front ends send."""
@@ -187,29 +223,158 @@ class SearchService:
     def search(self, request: SearchRequest) -> SearchResult:
         """Run one SearchRequest: text or image, over images, texts or products."""
         target = request.target or self.default_target()
-        return SearchResult(request.echo(target), self._search(request, target))
+        hits, has_more = self._search(request, target)
+        return SearchResult(request.echo(target), hits, has_more)
 
-    def _search(self, request: SearchRequest, target: str) -> list[Hit]:
+    def _search(self, request: SearchRequest, target: str) -> tuple[list[Hit], bool]:
         check_k(request.k, request.offset)
-        if (request.text is None) == (request.image is None):
+        if request.composed:
+            if request.text is not None or request.image is not None:
+                raise InvalidQueryError("give either query parts or a text/image, not both")
+        elif (request.text is None) == (request.image is None):
             raise InvalidQueryError("give either a query text or an image (not both, not neither)")
         if target not in TARGETS:
             raise InvalidQueryError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
-        if request.text is not None:
+        if request.min_score is not None and not np.isfinite(request.min_score):
+            raise InvalidQueryError(f"min_score must be a finite number, got {request.min_score}")
+        if request.composed:
+            vector = self.composed_vector(request.parts, like=request.like)
+        elif request.text is not None:
             vector = self.embed_texts([request.text])[0]
         else:
             vector = self.embed_image(request.image)[0]
         if target == PRODUCTS:
-            if not self.has_catalog:
-                raise InvalidQueryError(
-                    "target products needs a product catalog: index one with "
-                    "`mmsearch index --catalog products.csv`"
-                )
-            weight = request.text_weight if request.text is not None else 0.0
-            return self._search_products(vector, request, weight)
+            # `collapse` changes nothing here: a product search already gives one hit per
+            # product. One more than the page: whether a next page exists.
+            probe = replace(request, k=request.k + 1)
+            hits = self._products_page(vector, probe)
+            if request.min_score is not None:
+                hits = [hit for hit in hits if hit.score >= request.min_score]
+            return hits[: request.k], len(hits) > request.k
         if request.filters:
             raise InvalidQueryError("filters apply to products only; use target=products")
-        return self.search_vector(vector, target=target, k=request.k, offset=request.offset)
+        return self.search_page(vector, request, target)
+
+    def _products_page(self, vector: np.ndarray, request: SearchRequest) -> list[Hit]:
+        if not self.has_catalog:
+            raise InvalidQueryError(
+                "target products needs a product catalog: index one with "
+                "`mmsearch index --catalog products.csv`"
+            )
+        has_text = request.text is not None or any(p.text is not None for p in request.parts)
+        weight = request.text_weight if has_text else 0.0
+        return self._search_products(vector, request, weight)
+
+    # -- composed queries, paging with cutoffs, collapsed duplicates --------------------------
+    def composed_vector(self, parts: tuple[QueryPart, ...], *, like: int | None = None) -> Vectors:
+        """The normalised weighted sum of the parts' normalised vectors; item parts (and
+        `like`) use the stored vector, so only text and image parts run the model."""
+        if like is not None:
+            parts = (QueryPart(item=like), *parts)
+        if not parts:
+            raise InvalidQueryError("a composed query needs at least one part")
+        if len(parts) > MAX_PARTS:
+            raise InvalidQueryError(f"at most {MAX_PARTS} query parts, got {len(parts)}")
+        for part in parts:
+            part.check()
+        dim = self.store.identity.dim
+        vectors = np.zeros((len(parts), dim), dtype=np.float32)
+        texts = [n for n, part in enumerate(parts) if part.text is not None]
+        images = [n for n, part in enumerate(parts) if part.image is not None]
+        items = [n for n, part in enumerate(parts) if part.item is not None]
+        if texts:  # one batched forward pass for all text parts
+            vectors[texts] = self.embed_texts([parts[n].text or "" for n in texts])
+        if images:
+            sources = [parts[n].image for n in images]
+            vectors[images] = self.embedder.encode_image_sources(sources)  # type: ignore[arg-type]
+        if items:
+            vectors[items] = self.stored_vectors([parts[n].item or 0 for n in items])
+        return combine(vectors, [part.weight for part in parts])
+
+    def stored_vectors(self, item_ids: list[int]) -> Vectors:
+        """The stored (float16, re-normalised) vectors of indexed items, in that order.
+
+        Raises:
+            ItemNotFoundError: an id is not in the index.
+        """
+        known = self.store.catalog.get_items(item_ids)
+        missing = [item_id for item_id in item_ids if item_id not in known]
+        if missing:
+            raise ItemNotFoundError(
+                f"no item with id {missing[0]} in this index; use an id from a search result"
+            )
+        vectors = self.store.catalog.get_vectors_by_id(item_ids, self.store.identity.dim)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.where(norms > 0, norms, 1.0)
+
+    def search_page(
+        self, vector: np.ndarray, request: SearchRequest, target: str
+    ) -> tuple[list[Hit], bool]:
+        """One page (offset, k) of `target` hits for a vector, after dropping `request.like`,
+        hits under `min_score` and (with `collapse`) near-duplicates of better hits; and
+        whether another page follows. Searches deeper until the page is full or the index
+        runs out."""
+        if target not in COLLECTIONS:
+            raise InvalidQueryError(
+                f"unknown target {target!r}; use one of {', '.join(COLLECTIONS)}"
+            )
+        with self._lock:
+            index = self.store.get_index(target)
+        if index is None:
+            return [], False
+        wanted = request.offset + request.k + 1  # one more: whether a next page exists
+        depth = min(wanted + (request.like is not None), max(index.ntotal, 1))
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        while True:
+            scores, ids = index.search(query, depth)
+            pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+            exhausted = len(pairs) < depth or depth >= index.ntotal
+            pairs = [pair for pair in pairs if pair[1] != request.like]
+            if request.min_score is not None:
+                exhausted = exhausted or any(s < request.min_score for s, _ in pairs)
+                pairs = [pair for pair in pairs if pair[0] >= request.min_score]
+            groups = self._group(pairs, request)
+            if len(groups) >= wanted or exhausted or depth >= MAX_COLLAPSE_DEPTH:
+                break
+            depth = min(depth * 4, index.ntotal)
+        page = groups[request.offset : request.offset + request.k]
+        return self._page_hits(page, request.offset), len(groups) > request.offset + request.k
+
+    def _group(
+        self, pairs: list[tuple[float, int]], request: SearchRequest
+    ) -> list[tuple[float, int, tuple[int, ...] | None]]:
+        """(score, id, folded duplicate ids or None when not collapsing), in rank order."""
+        if not request.collapse:
+            return [(score, item_id, None) for score, item_id in pairs]
+        vectors = self.store.catalog.get_vectors_by_id(
+            [i for _, i in pairs], self.store.identity.dim
+        )
+        return [
+            (pairs[row][0], pairs[row][1], tuple(pairs[f][1] for f in folded))
+            for row, folded in collapse(vectors, request.duplicate_threshold)
+        ]
+
+    def _page_hits(
+        self, page: list[tuple[float, int, tuple[int, ...] | None]], offset: int
+    ) -> list[Hit]:
+        items = self.store.catalog.get_items([item_id for _, item_id, _ in page])
+        hits = []
+        for score, item_id, duplicates in page:
+            item = items.get(item_id)
+            if item is None:
+                continue
+            hits.append(
+                Hit(
+                    rank=offset + len(hits) + 1,
+                    score=score,
+                    id=item_id,
+                    path=item.path,
+                    text=item.text,
+                    metadata=self._metadata(item.product_id, item.metadata),
+                    duplicates=duplicates,
+                )
+            )
+        return hits
 
     def _allowed_products(self, filters: Mapping[str, Any]) -> list[str] | None:
         if not filters:

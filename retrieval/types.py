@@ -50,6 +50,8 @@ class Hit:
     path: str | None = None
     text: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # With collapsed duplicates: ids of lower-ranked near-duplicates folded into this hit.
+    duplicates: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape shared by `mmsearch query --json` and the HTTP API: rank, score, id,
@@ -59,6 +61,8 @@ class Hit:
             out["path"] = self.path
         if self.text is not None:
             out["text"] = self.text
+        if self.duplicates is not None:
+            out["duplicates"] = list(self.duplicates)
         for key, value in self.metadata.items():
             out.setdefault(key, value)
         return out

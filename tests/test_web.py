@@ -3,6 +3,7 @@ uvicorn server: type a query, upload an image, filter a catalog, use an API key.
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -115,8 +116,20 @@ def search_for(driver: WebDriver, text: str) -> list[WebElement]:
     box = driver.find_element(By.ID, "query")
     box.clear()
     box.send_keys(text + Keys.ENTER)
-    wait_for(driver, lambda d: "results for" in d.find_element(By.ID, "status").text)
+    return wait_for_results(driver)
+
+
+def wait_for_results(driver: WebDriver) -> list[WebElement]:
+    wait_for(driver, lambda d: RESULTS_STATUS.search(d.find_element(By.ID, "status").text))
     return wait_for(driver, loaded_cards)
+
+
+RESULTS_STATUS = re.compile(r"\d+ results? for")
+
+
+def shown_and_folded(cards: list[WebElement]) -> int:
+    """Results on the page: each card plus the near-duplicates collapsed into it."""
+    return sum(1 + int(card.get_attribute("data-duplicates") or 0) for card in cards)
 
 
 def test_typing_a_query_shows_result_cards_with_thumbnails(
@@ -124,8 +137,7 @@ def test_typing_a_query_shows_result_cards_with_thumbnails(
 ) -> None:
     open_page(browser, photo_site, "12 images")
     cards = search_for(browser, "a red shoe")
-    assert len(cards) == 12
-    assert "12 results" in browser.find_element(By.ID, "status").text
+    assert shown_and_folded(cards) == 12  # duplicates are collapsed by default
     assert all("score" in card.text for card in cards)
     assert not browser.find_element(By.ID, "filters").is_displayed()
 
@@ -166,5 +178,129 @@ def test_api_key_is_asked_for_stored_and_sent(
         browser.find_element(By.ID, "save-key").click()
         wait_for(browser, lambda d: "12 images" in d.find_element(By.ID, "summary").text)
         cards = search_for(browser, "a blue hat")  # thumbnails too: fetched with the key
-        assert len(cards) == 12
+        assert shown_and_folded(cards) == 12
         browser.execute_script("localStorage.clear()")
+
+
+# -- refinements: chips, collapsed duplicates, min score, uniform thumbnails -------------------
+def card_ids(cards: list[WebElement]) -> list[int]:
+    return [int(card.get_attribute("data-id") or -1) for card in cards]
+
+
+def wait_for_label(driver: WebDriver, needle: str, present: bool = True) -> list[WebElement]:
+    """Results of the search whose status names (or no longer names) `needle`."""
+
+    def done(d: WebDriver) -> bool:
+        status = d.find_element(By.ID, "status").text
+        return bool(RESULTS_STATUS.search(status)) and (needle in status) == present
+
+    wait_for(driver, done)
+    return wait_for(driver, loaded_cards)
+
+
+def api_ids(site: Site, body: dict) -> list[int]:
+    import httpx
+
+    answer = httpx.post(f"{site.base}/search", json={"k": 24, **body}, timeout=WAIT_S)
+    assert answer.status_code == 200, answer.text
+    return [hit["id"] for hit in answer.json()["results"]]
+
+
+def set_collapse(driver: WebDriver, on: bool) -> None:
+    box = driver.find_element(By.ID, "collapse")
+    if box.is_selected() != on:
+        box.click()
+
+
+def test_more_and_less_like_this_chips_compose_the_query(
+    browser: WebDriver, photo_site: Site
+) -> None:
+    open_page(browser, photo_site, "12 images")
+    set_collapse(browser, False)
+    cards = search_for(browser, "a red shoe")
+    ids = card_ids(cards)
+    names = [card.find_element(By.CSS_SELECTOR, ".title").text for card in cards]
+    cards[3].find_element(By.CSS_SELECTOR, ".more-like").click()
+    cards = wait_for_label(browser, f"+{names[3]}")
+    text = {"text": "a red shoe"}
+    assert card_ids(cards) == api_ids(photo_site, {"parts": [text, {"item": ids[3]}]})
+    other = next(card for card in cards if int(card.get_attribute("data-id") or -1) == ids[6])
+    other.find_element(By.CSS_SELECTOR, ".less-like").click()
+    cards = wait_for_label(browser, f"−{names[6]}")
+    both = [text, {"item": ids[3], "weight": 1}, {"item": ids[6], "weight": -0.5}]
+    assert card_ids(cards) == api_ids(photo_site, {"parts": both})
+    chips = browser.find_elements(By.CSS_SELECTOR, "#chips li.chip")
+    assert [chip.get_attribute("data-item") for chip in chips] == [str(ids[3]), str(ids[6])]
+    assert "negative" in (chips[1].get_attribute("class") or "")
+    chips[0].find_element(By.CSS_SELECTOR, ".remove-chip").click()
+    cards = wait_for_label(browser, f"+{names[3]}", present=False)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#chips li.chip")) == 1
+    assert card_ids(cards) == api_ids(photo_site, {"parts": [text, both[2]]})
+    browser.find_element(By.CSS_SELECTOR, "#chips .remove-chip").click()
+
+
+def test_duplicates_are_collapsed_by_default_and_min_score_cuts(
+    browser: WebDriver, photo_site: Site
+) -> None:
+    open_page(browser, photo_site, "12 images")
+    assert browser.find_element(By.ID, "collapse").is_selected()
+    cards = search_for(browser, "a cat")
+    import httpx
+
+    collapsed = httpx.get(f"{photo_site.base}/search", params={"q": "a cat", "k": 24,
+                          "collapse": "true"}).json()["results"]  # fmt: skip
+    assert card_ids(cards) == [hit["id"] for hit in collapsed]
+    folded = [int(card.get_attribute("data-duplicates") or 0) for card in cards]
+    assert folded == [len(hit["duplicates"]) for hit in collapsed]
+    assert sum(folded) > 0  # the tiny model's noise images are near-duplicates at 0.95
+    badge = cards[folded.index(max(folded))].find_element(By.CSS_SELECTOR, ".dup-count").text
+    assert badge.startswith(f"+{max(folded)} near-duplicate")
+    set_collapse(browser, False)  # re-runs the search
+    cards = wait_for(browser, lambda d: (c := loaded_cards(d)) and len(c) == 12 and c)
+    full = api_ids(photo_site, {"text": "a cat"})
+    assert card_ids(cards) == full
+    scores = httpx.get(f"{photo_site.base}/search", params={"q": "a cat"}).json()["results"]
+    cut = scores[4]["score"]
+    browser.find_element(By.ID, "min-score").send_keys(str(cut))
+    cards = search_for(browser, "a cat")
+    wait_for(
+        browser,
+        lambda d: (
+            len(loaded_cards(d)) == len(api_ids(photo_site, {"text": "a cat", "min_score": cut}))
+        ),
+    )
+    assert card_ids(loaded_cards(browser)) == api_ids(
+        photo_site, {"text": "a cat", "min_score": cut}
+    )
+    browser.find_element(By.ID, "min-score").clear()
+    set_collapse(browser, True)
+
+
+def test_portrait_and_landscape_thumbnails_get_the_same_box(
+    browser: WebDriver, tiny_model: str, tmp_path: Path
+) -> None:
+    from clirun import run_ok
+    from testdata import make_images
+
+    make_images(tmp_path / "mixed", 3, seed=5, size=(30, 120))  # tall portraits
+    for n, path in enumerate(make_images(tmp_path / "wide", 3, seed=6, size=(160, 40))):
+        path.rename(tmp_path / "mixed" / f"wide_{n}.png")
+    run_ok("index", tmp_path / "mixed", "--model", tiny_model, "--index", tmp_path / "ix",
+           "--quiet")  # fmt: skip
+    with open_app(tmp_path / "ix") as (app, _), run_server(app) as base:
+        browser.get(base)
+        wait_for(browser, lambda d: "6 images" in d.find_element(By.ID, "summary").text)
+        set_collapse(browser, False)
+        cards = search_for(browser, "anything")
+        assert len(cards) == 6
+        boxes = browser.execute_script(
+            "return [...document.querySelectorAll('#results .card')].map(card => {"
+            " const t = card.querySelector('.thumb').getBoundingClientRect();"
+            " const i = card.querySelector('.thumb img').getBoundingClientRect();"
+            " return [t.width, t.height, i.width, i.height, card.getBoundingClientRect().height];"
+            "})"
+        )
+        assert len({tuple(round(v) for v in box) for box in boxes}) == 1, boxes
+        width, height = boxes[0][:2]
+        assert abs(width - height) <= 1  # square boxes, image filling each
+        set_collapse(browser, True)

@@ -20,6 +20,7 @@ from ..errors import (
     IndexMismatchError,
     InputFileError,
     InvalidQueryError,
+    ItemNotFoundError,
     MmsearchError,
     ModelUnavailableError,
 )
@@ -29,6 +30,7 @@ from ..types import ModelSpec
 EXIT_CODES: dict[type[MmsearchError], int] = {
     InvalidQueryError: 2,
     InputFileError: 2,
+    ItemNotFoundError: 2,
     ModelUnavailableError: 2,
     IndexMismatchError: 2,
     IndexBusyError: 75,  # EX_TEMPFAIL: try again later

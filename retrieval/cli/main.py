@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from .check import check
+from .duplicates import duplicates
 from .eval import eval_command
 from .index import index
 from .info import info
@@ -41,3 +42,4 @@ for command in (index, query, info, serve):
     app.command()(command)
 app.command("eval")(eval_command)
 app.command()(check)
+app.command()(duplicates)

@@ -9,6 +9,7 @@ import typer
 
 from ..config import EmbedConfig, default_index_dir
 from ..errors import InputFileError, InvalidQueryError
+from ..queries import DEFAULT_DUPLICATE_THRESHOLD, QueryPart, parse_weight
 from ..service import DEFAULT_TEXT_WEIGHT, SearchRequest, check_k
 from ..types import TARGETS
 from .common import BackendOption, DeviceOption, IndexOption, PrecisionOption, run_guarded
@@ -26,13 +27,85 @@ def parse_filters(raw: list[str]) -> dict[str, str]:
     return parsed
 
 
+def composed_parts(
+    text: str | None,
+    image: Path | None,
+    minus: list[str],
+    minus_image: list[str],
+    items: list[str],
+    minus_items: list[str],
+) -> tuple[QueryPart, ...]:
+    """The command line's query parts, each with its `@W` weight (negated for --minus*)."""
+    parts: list[QueryPart] = []
+    for raw, sign in [(text, 1.0)] * (text is not None) + [(m, -1.0) for m in minus]:
+        body, weight = parse_weight(raw or "", sign=sign)
+        parts.append(QueryPart(text=body, weight=weight))
+    raw_images = [(str(image), 1.0)] * (image is not None) + [(m, -1.0) for m in minus_image]
+    for raw, sign in raw_images:
+        body, weight = parse_weight(raw, sign=sign)
+        path = Path(body)
+        if not path.is_file():
+            raise InputFileError(f"query image {path} does not exist")
+        parts.append(QueryPart(image=path, weight=weight))
+    for raw, sign in [(i, 1.0) for i in items] + [(i, -1.0) for i in minus_items]:
+        body, weight = parse_weight(raw, sign=sign)
+        try:
+            parts.append(QueryPart(item=int(body), weight=weight))
+        except ValueError:
+            raise InvalidQueryError(f"--item takes an item id (ID or ID@W), got {raw!r}") from None
+    return tuple(parts)
+
+
+PartsOption = Annotated[
+    list[str] | None,
+    typer.Option(show_default=False, help="Subtract this text (TEXT or TEXT@W; repeatable)"),
+]
+
+
 def query(
     text: Annotated[
-        str | None, typer.Argument(help="Text to search for", show_default=False)
+        str | None,
+        typer.Argument(help="Text to search for (TEXT@W gives it weight W)", show_default=False),
     ] = None,
     image: Annotated[
-        Path | None, typer.Option(help="Search by this image instead of text", show_default=False)
+        str | None,
+        typer.Option(
+            help="Search by this image (PATH or PATH@W), alone or with TEXT", show_default=False
+        ),
     ] = None,
+    minus: PartsOption = None,
+    minus_image: Annotated[
+        list[str] | None,
+        typer.Option(show_default=False, help="Subtract this image (PATH or PATH@W; repeatable)"),
+    ] = None,
+    item: Annotated[
+        list[str] | None,
+        typer.Option(show_default=False, help="Add an indexed item's stored vector (ID or ID@W)"),
+    ] = None,
+    minus_item: Annotated[
+        list[str] | None,
+        typer.Option(show_default=False, help="Subtract an indexed item's vector (ID or ID@W)"),
+    ] = None,
+    like: Annotated[
+        int | None,
+        typer.Option(
+            help="More like this item id: its stored vector, no model run; the item itself is "
+            "left out of the results",
+            show_default=False,
+        ),
+    ] = None,
+    min_score: Annotated[
+        float | None,
+        typer.Option(help="Drop hits with a cosine score below this", show_default=False),
+    ] = None,
+    collapse_duplicates: Annotated[
+        bool,
+        typer.Option(
+            "--collapse-duplicates",
+            help=f"Fold near-duplicates (cosine >= {DEFAULT_DUPLICATE_THRESHOLD}) of a better "
+            "hit into it",
+        ),
+    ] = False,
     target: Annotated[
         str | None,
         typer.Option(
@@ -66,25 +139,37 @@ def query(
     backend: BackendOption = "auto",
 ) -> None:
     """Search by TEXT (text->image by default) or by --image (image->image); --target texts
-    gives text->text or image->text, --target products searches a product catalog."""
+    gives text->text or image->text, --target products searches a product catalog. Parts
+    combine: TEXT, --image, --item add (weight 1, or @W), --minus* subtract; --like ID finds
+    items like an indexed one."""
 
     def body() -> None:
         from ..compose import open_for_search
 
-        if (text is None) == (image is None):
+        parts = composed_parts(
+            text, Path(image) if image is not None else None, minus or [],
+            minus_image or [], item or [], minus_item or [],
+        )  # fmt: skip
+        if not parts and like is None:
             raise InvalidQueryError(
-                "give either a query TEXT or --image PATH (not both, not neither)"
+                "give either a query TEXT, --image PATH, --item ID or --like ID"
             )
         if text is not None and not text.strip():
             raise InvalidQueryError("the query text is empty; pass some words to search for")
-        if image is not None and not image.is_file():
-            raise InputFileError(f"query image {image} does not exist")
         if target not in (None, *TARGETS):
             raise InvalidQueryError(f"--target must be one of {', '.join(TARGETS)}, not {target!r}")
         check_k(k, offset)
+        # One unweighted text or image keeps the plain query (and its echo); anything else
+        # is a composed query.
+        single = len(parts) == 1 and like is None and parts[0].item is None
+        plain = single and parts[0].weight == 1.0 and (text is None or "@" not in text)
         request = SearchRequest(
-            text=text,
-            image=image,
+            text=parts[0].text if plain else None,
+            image=parts[0].image if plain else None,
+            parts=() if plain else parts,
+            like=like,
+            min_score=min_score,
+            collapse=collapse_duplicates,
             target=target,
             k=k,
             offset=offset,
@@ -95,5 +180,7 @@ def query(
         with open_for_search(index_dir or default_index_dir(), config) as service:
             result = service.search(request)
         typer.echo(result.to_json() if as_json else result_table(result))
+        if result.has_more and not as_json:  # a hint, so on stderr: stdout stays the table
+            typer.echo(f"more results: --offset {offset + k}", err=True)
 
     run_guarded(body)

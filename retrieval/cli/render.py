@@ -52,6 +52,8 @@ def result_table(result: SearchResult) -> str:
     """rank, score and path/text/product per hit, or why there are none."""
     target = result.query["target"]
     if not result.hits:
+        if "min_score" in result.query or result.query.get("offset"):
+            return "no results: none above --min-score / past --offset"
         return f"no results: the {target} index is empty"
     column = {IMAGES: "path", TEXTS: "text", PRODUCTS: "product"}[target]
     lines = [f"{'rank':>4}  {'score':>7}  {column}"]
@@ -59,6 +61,8 @@ def result_table(result: SearchResult) -> str:
         shown = hit.path if hit.path is not None else hit.text
         if target == PRODUCTS:
             shown = f"{hit.metadata.get('product_id')}  {hit.metadata.get('title')}  {shown or ''}"
+        if hit.duplicates:
+            shown = f"{shown}  (+{len(hit.duplicates)} near-duplicates, ids in --json)"
         lines.append(f"{hit.rank:>4}  {hit.score:>7.4f}  {shown}")
     return "\n".join(lines)
 

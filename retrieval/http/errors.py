@@ -21,6 +21,7 @@ from ..errors import (
     IndexNotFoundError,
     InputFileError,
     InvalidQueryError,
+    ItemNotFoundError,
     MmsearchError,
     ModelUnavailableError,
 )
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 ERROR_STATUS: dict[type[MmsearchError], tuple[int, str]] = {
     InvalidQueryError: (422, "invalid_query"),
+    ItemNotFoundError: (404, "not_found"),
     InputFileError: (422, "invalid_input"),
     ImageDecodeError: (422, "image_decode"),
     ImageTooLargeError: (413, "too_large"),

@@ -5,8 +5,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
+from ..queries import MAX_PARTS
 from ..service import DEFAULT_TEXT_WEIGHT, MAX_K
 
 Target = Literal["images", "texts", "products"]
@@ -37,19 +46,60 @@ class ErrorOut(BaseModel):
     details: list[dict[str, Any]] | None = Field(None, description="validation errors, per field")
 
 
-class SearchBody(BaseModel):
-    """POST /search: search by `text` or by `image_b64` (exactly one of them)."""
+class PartIn(BaseModel):
+    """One part of a composed query: exactly one of `text`, `image_b64` and `item`, with a
+    signed weight (negative subtracts it)."""
 
     model_config = ConfigDict(
         extra="forbid",
-        # Documents "exactly one of text and image_b64"; the service enforces it (422).
+        json_schema_extra={
+            "oneOf": [{"required": ["text"]}, {"required": ["image_b64"]}, {"required": ["item"]}]
+        },
+    )
+
+    text: str | None = Field(None, max_length=MAX_QUERY_CHARS, pattern=NOT_BLANK)
+    image_b64: str | None = Field(None, description="an image file's bytes, base64")
+    item: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="an indexed item's id: its stored vector is used"
+    )
+    weight: float = Field(1.0, allow_inf_nan=False, ge=-100.0, le=100.0, examples=[-0.5])
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PartIn:
+        given = [n for n in ("text", "image_b64", "item") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"a part needs exactly one of text, image_b64 and item, got {given or 'none'}"
+            )
+        return self
+
+
+class SearchBody(BaseModel):
+    """POST /search: search by `text`, by `image_b64`, or by weighted `parts` (exactly one)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        # Documents "exactly one of text, image_b64 and parts"; the service enforces it (422).
         json_schema_extra={
             "oneOf": [
                 {"required": ["text"], "properties": {"text": {"type": "string"}}},
                 {"required": ["image_b64"], "properties": {"image_b64": {"type": "string"}}},
+                {"required": ["parts"], "properties": {"parts": {"type": "array"}}},
             ]
         },
     )
+
+    parts: list[PartIn] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PARTS,
+        description="a composed query: the normalised weighted sum of the parts' vectors",
+        examples=[[{"text": "red dress"}, {"text": "stripes", "weight": -0.5}, {"item": 42}]],
+    )
+    min_score: float | None = Field(
+        None, ge=-1.0, le=1.0, allow_inf_nan=False, description="drop hits below this cosine"
+    )
+    collapse: bool = Field(False, description="fold near-duplicates of a better hit into it")
 
     text: str | None = Field(
         None, max_length=MAX_QUERY_CHARS, pattern=NOT_BLANK, examples=["red running shoes"]
@@ -77,6 +127,15 @@ class SearchBody(BaseModel):
     )
 
 
+class PartEcho(BaseModel):
+    """A composed query's part as the server understood it."""
+
+    text: str | None = None
+    image: str | None = Field(None, description="'base64' for an uploaded part")
+    item: int | None = None
+    weight: float
+
+
 class QueryOut(BaseModel):
     """The search as the server understood it (target resolved)."""
 
@@ -87,6 +146,10 @@ class QueryOut(BaseModel):
     offset: int
     filters: dict[str, FilterValue] | None = None
     text_weight: float | None = None
+    parts: list[PartEcho] | None = Field(None, description="composed queries: the parts")
+    like: int | None = Field(None, description="more like this item (left out of the results)")
+    min_score: float | None = None
+    collapse: bool | None = None
 
 
 class HitOut(BaseModel):
@@ -102,6 +165,9 @@ class HitOut(BaseModel):
     text: str | None = Field(None, description="text hits: the indexed text")
     product_id: str | None = None
     title: str | None = None
+    duplicates: list[int] | None = Field(
+        None, description="with collapse: ids of near-duplicates folded into this hit"
+    )
 
 
 class SearchOut(BaseModel):
@@ -109,6 +175,7 @@ class SearchOut(BaseModel):
 
     query: QueryOut
     results: list[HitOut]
+    has_more: bool = Field(description="true when a next page (offset + k) has results")
     took_ms: float = Field(description="server time for the search, milliseconds")
 
 

@@ -16,8 +16,8 @@ from ..images import header_size
 from ..service import MAX_K
 from .models import MAX_FILTERS, MAX_OFFSET, Target
 
-SEARCH_PARAMS = frozenset({"q", "k", "offset", "target", "text_weight"})
-UPLOAD_PARAMS = frozenset({"k", "offset", "target"})
+SEARCH_PARAMS = frozenset({"q", "k", "offset", "target", "text_weight", "min_score", "collapse"})
+UPLOAD_PARAMS = frozenset({"k", "offset", "target", "min_score", "collapse"})
 FILTER_HELP = (
     "Any other query parameter is a product filter: COLUMN=VALUE for equality, COLUMN_min=N / "
     "COLUMN_max=N for numeric ranges (see /stats for the columns)."
@@ -32,6 +32,13 @@ WeightParam = Annotated[
     float, Query(ge=0.0, le=1.0, allow_inf_nan=False, description="products: title weight")
 ]
 ItemId = Annotated[int, PathParam(ge=0, le=2**63 - 1, description="item id from a result")]
+MinScoreParam = Annotated[
+    float | None,
+    Query(ge=-1.0, le=1.0, allow_inf_nan=False, description="drop hits scoring below this cosine"),
+]
+CollapseParam = Annotated[
+    bool, Query(description="fold near-duplicates of a better hit into it (`duplicates`)")
+]
 SizeParam = Annotated[
     int | None, Query(ge=16, le=1024, description="thumbnail: longest side in pixels")
 ]

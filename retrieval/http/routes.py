@@ -28,6 +28,7 @@ from .. import __version__
 from ..batching import LruCache
 from ..config import ServeConfig
 from ..errors import ImageDecodeError, MmsearchError
+from ..queries import QueryPart
 from ..service import DEFAULT_TEXT_WEIGHT, SearchRequest, SearchService
 from .errors import ERROR_RESPONSES, http_error, install_error_handlers, internal_error
 from .items import indexed_file, item_out, make_thumbnail
@@ -38,6 +39,7 @@ from .models import (
     NOT_BLANK,
     HealthOut,
     ItemOut,
+    PartIn,
     ReadyOut,
     SearchBody,
     SearchOut,
@@ -47,8 +49,10 @@ from .params import (
     FILTER_HELP,
     SEARCH_PARAMS,
     UPLOAD_PARAMS,
+    CollapseParam,
     ItemId,
     KParam,
+    MinScoreParam,
     OffsetParam,
     SizeParam,
     TargetParam,
@@ -171,23 +175,39 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
         offset: OffsetParam = 0,
         target: TargetParam = None,
         text_weight: WeightParam = DEFAULT_TEXT_WEIGHT,
+        min_score: MinScoreParam = None,
+        collapse: CollapseParam = False,
     ) -> Response:
         filters = query_filters(request, SEARCH_PARAMS)
         query = SearchRequest(
-            text=q, target=target, k=k, offset=offset, filters=filters, text_weight=text_weight
+            text=q,
+            target=target,
+            k=k,
+            offset=offset,
+            filters=filters,
+            text_weight=text_weight,
+            min_score=min_score,
+            collapse=collapse,
         )
         return await server.admission.run(lambda: server.search(query))
 
     @api.post("/search", **SEARCH_OPTIONS)
     async def search_post(body: SearchBody) -> Response:
-        """Search by `text` or by a base64 `image_b64`, with optional product `filters`."""
+        """Search by `text`, by a base64 `image_b64`, or by weighted `parts` (texts, images,
+        indexed items; negative weights subtract), with optional product `filters`."""
 
         def work() -> Response:
             image = None
             if body.image_b64 is not None:
                 image = decode_base64(body.image_b64, config.max_upload_bytes)
-            fields = body.model_dump(exclude={"image_b64"})
-            return server.search(SearchRequest(image=image, image_name="base64", **fields))
+            parts = tuple(_query_part(part, config.max_upload_bytes) for part in body.parts or ())
+            for part in parts:
+                if isinstance(part.image, bytes):
+                    check_megapixels(part.image, config.max_megapixels)
+            fields = body.model_dump(exclude={"image_b64", "parts"})
+            return server.search(
+                SearchRequest(image=image, image_name="base64", parts=parts, **fields)
+            )
 
         return await server.admission.run(work)
 
@@ -200,6 +220,8 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
         k: KParam = 10,
         offset: OffsetParam = 0,
         target: TargetParam = None,
+        min_score: MinScoreParam = None,
+        collapse: CollapseParam = False,
     ) -> Response:
         data = await file.read(config.max_upload_bytes + 1)
         check_upload_size(data, config.max_upload_bytes)
@@ -211,8 +233,48 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
             k=k,
             offset=offset,
             filters=filters,
+            min_score=min_score,
+            collapse=collapse,
         )
         return await server.admission.run(lambda: server.search(query))
+
+    @api.get("/items/{item_id}/similar", **SEARCH_OPTIONS)
+    async def similar(
+        item_id: ItemId,
+        k: KParam = 10,
+        offset: OffsetParam = 0,
+        target: TargetParam = None,
+        min_score: MinScoreParam = None,
+        collapse: CollapseParam = False,
+    ) -> Response:
+        """More like this: items nearest to the item's stored vector (no model run); the
+        item itself is left out. `target` defaults to the item's own collection."""
+
+        def work() -> Response:
+            item = server.service.get_item(item_id)
+            if item is None:
+                raise HTTPException(404, f"no item with id {item_id} in this index")
+            query = SearchRequest(
+                like=item_id,
+                target=target or item.collection,
+                k=k,
+                offset=offset,
+                min_score=min_score,
+                collapse=collapse,
+            )
+            return server.search(query)
+
+        return await server.admission.run(work)
+
+
+def _query_part(part: PartIn, max_upload_bytes: int) -> QueryPart:
+    """A validated request part as the service's QueryPart (base64 images decoded)."""
+    image = None
+    if part.image_b64 is not None:
+        image = decode_base64(part.image_b64, max_upload_bytes)
+    return QueryPart(
+        text=part.text, image=image, item=part.item, weight=part.weight, image_name="base64"
+    )
 
 
 def _add_item_routes(api: APIRouter, server: _Server) -> None:

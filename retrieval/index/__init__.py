@@ -11,6 +11,7 @@ from retrieval.index.faiss_index import (
     gpu_available,
     resolve_index_type,
 )
+from retrieval.index.neighbours import range_pairs
 
 __all__ = [
     "INDEX_TYPES",
@@ -19,5 +20,6 @@ __all__ = [
     "Scores",
     "exact_search",
     "gpu_available",
+    "range_pairs",
     "resolve_index_type",
 ]

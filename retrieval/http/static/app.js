@@ -6,6 +6,10 @@ const THUMB_SIZE = 256;
 const $ = (id) => document.getElementById(id);
 let stats = null;
 let blobUrls = [];
+// Composed-query parts added from result cards: {item, weight, label}.
+let chips = [];
+// "Less like this" subtracts at half weight: a full -1 against a single +1 text often cancels.
+const LESS_WEIGHT = -0.5;
 
 function apiKey() {
   return localStorage.getItem(KEY_STORAGE) || "";
@@ -91,11 +95,94 @@ function searchParams() {
   for (const input of document.querySelectorAll("[data-filter]")) {
     if (input.value.trim()) params.set(input.dataset.filter, input.value.trim());
   }
+  addRefinements(params);
   return params;
+}
+
+// -- refinements: min score, collapsed duplicates, more/less like this chips ------------------
+function addRefinements(params) {
+  const minScore = $("min-score").value.trim();
+  if (minScore) params.set("min_score", minScore);
+  params.set("collapse", $("collapse").checked ? "true" : "false");
+}
+
+function composedBody(text) {
+  const parts = text ? [{ text }] : [];
+  for (const chip of chips) parts.push({ item: chip.item, weight: chip.weight });
+  const body = { parts, k: Number($("k").value || "24"), collapse: $("collapse").checked };
+  if ($("target").value) body.target = $("target").value;
+  const minScore = $("min-score").value.trim();
+  if (minScore) body.min_score = Number(minScore);
+  const filters = {};
+  for (const input of document.querySelectorAll("[data-filter]")) {
+    const value = input.value.trim();
+    if (value) filters[input.dataset.filter] = input.dataset.filter.match(/_(min|max)$/) ? Number(value) : value;
+  }
+  if (Object.keys(filters).length) body.filters = filters;
+  if (text && stats && stats.has_catalog) body.text_weight = Number($("text-weight").value);
+  return body;
+}
+
+async function searchComposed() {
+  const text = $("query").value.trim();
+  if (!text && !chips.length) return;
+  const label = [text ? `“${text}”` : "", ...chips.map((c) => `${c.weight > 0 ? "+" : "−"}${c.label}`)]
+    .filter(Boolean).join(" ");
+  const options = {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(composedBody(text)),
+  };
+  await runSearch(label, () => api("/search", options));
+}
+
+function addChip(hit, weight) {
+  chips = chips.filter((chip) => chip.item !== hit.id);
+  chips.push({ item: hit.id, weight, label: hit.title || (hit.path ? baseName(hit.path) : hit.text || `#${hit.id}`) });
+  renderChips();
+  searchComposed();
+}
+
+function removeChip(item) {
+  chips = chips.filter((chip) => chip.item !== item);
+  renderChips();
+  if (chips.length || $("query").value.trim()) searchComposed();
+}
+
+function renderChips() {
+  const list = $("chips");
+  list.replaceChildren();
+  for (const chip of chips) {
+    const li = document.createElement("li");
+    li.className = chip.weight > 0 ? "chip" : "chip negative";
+    li.dataset.item = chip.item;
+    li.append(`${chip.weight > 0 ? "more like" : "less like"} ${chip.label}`);
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "remove-chip";
+    remove.textContent = "×";
+    remove.title = "Remove from the query";
+    remove.addEventListener("click", () => removeChip(chip.item));
+    li.append(remove);
+    list.append(li);
+  }
+}
+
+function decorateCard(card, hit) {
+  card.querySelector(".more-like").addEventListener("click", () => addChip(hit, 1));
+  card.querySelector(".less-like").addEventListener("click", () => addChip(hit, LESS_WEIGHT));
+  const folded = (hit.duplicates || []).length;
+  card.dataset.duplicates = folded;
+  if (folded) {
+    const badge = card.querySelector(".dup-count");
+    badge.textContent = `+${folded} near-duplicate${folded === 1 ? "" : "s"}`;
+    badge.title = `ids ${hit.duplicates.join(", ")}`;
+  }
 }
 
 async function searchText(event) {
   event.preventDefault();
+  if (chips.length) return searchComposed();
   const text = $("query").value.trim();
   if (!text) return;
   const params = searchParams();
@@ -118,7 +205,8 @@ async function runSearch(label, request) {
     const answer = await (await request()).json();
     renderResults(answer.results);
     const n = answer.results.length;
-    setStatus(`${n} result${n === 1 ? "" : "s"} for ${label} in ${answer.took_ms.toFixed(0)} ms`);
+    const more = answer.has_more ? " (more past these)" : "";
+    setStatus(`${n} result${n === 1 ? "" : "s"} for ${label} in ${answer.took_ms.toFixed(0)} ms${more}`);
   } catch (error) {
     setStatus(error.message, true);
   }
@@ -149,6 +237,7 @@ function renderResults(results) {
     card.querySelector(".title").title = hit.path || hit.text || "";
     if (typeof hit.price === "number") card.querySelector(".price").textContent = hit.price.toFixed(2);
     card.querySelector(".score").textContent = `score ${hit.score.toFixed(3)}`;
+    decorateCard(card, hit);
     list.append(card);
   }
 }
@@ -205,6 +294,7 @@ function init() {
   $("text-weight").addEventListener("input", (event) => {
     $("text-weight-value").textContent = Number(event.target.value).toFixed(2);
   });
+  $("collapse").addEventListener("change", () => $("search-form").requestSubmit());
   setUpDropZone();
   loadStats();
 }
