@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,6 +36,13 @@ from ..errors import ModelUnavailableError
 from ..images import MAX_IMAGE_PIXELS, open_header
 
 logger = logging.getLogger(__name__)
+
+# torchvision 0.29 deprecates its image codecs in favour of TorchCodec, warning on every call;
+# decode_jpeg is still the batched nvjpeg decoder this path measures, so the warning is noise.
+# (Moving to torchcodec's decoder, once measured on a GPU, is the way off it.)
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities of TorchVision"
+)
 
 PIL_PATH = "pil"
 """Preprocessing-path name of the CPU workers: Pillow decode + the model's PIL transforms."""
