@@ -269,3 +269,22 @@ def test_index_records_the_tensor_path_and_rejects_unknown_decode(
     result = invoke("index", folder, "--decode", "nvjpeg")
     assert result.exit_code == 2
     assert "unknown --decode 'nvjpeg'" in result.output
+
+
+def test_background_decoding_yields_the_same_batches_and_stops_when_closed(
+    tmp_path: Path,
+) -> None:
+    paths = _write_jpegs(tmp_path, 9)
+    decoder = JpegBatchDecoder(TensorPreprocess(image_transform(32, is_train=False)))
+    direct = list(decoder.batches(paths, batch_size=2))
+    ahead = list(decoder.batches_ahead(paths, batch_size=2))
+    assert [b.positions for b in ahead] == [b.positions for b in direct]
+    for ours, reference in zip(ahead, direct, strict=True):
+        assert torch.equal(ours.pixels, reference.pixels)
+    stream = decoder.batches_ahead(paths, batch_size=1)
+    next(stream)
+    stream.close()  # must join its thread rather than hang on the full queue
+    missing = decoder.batches_ahead([tmp_path / "missing.jpg", *paths[:1]], batch_size=1)
+    assert [b.fallback for b in missing] == [[0], []]
+    with pytest.raises(ValueError, match="batch_size"):  # raised in the thread, seen here
+        list(decoder.batches_ahead(paths, batch_size=0))

@@ -326,7 +326,7 @@ class OpenClipEmbedder:
     ) -> None:
         """JPEGs through the batched decoder; what it leaves, through the CPU workers after."""
         leftover: list[int] = []
-        for batch in decoder.batches(paths, self.batch_size):
+        for batch in decoder.batches_ahead(paths, self.batch_size):
             leftover.extend(batch.fallback)
             if batch.pixels is not None:
                 on_batch(batch.positions, self.encode_images(batch.pixels), [])

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import io
 import logging
+import queue
+import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -54,6 +57,9 @@ READ_THREADS = 8
 # Batches read ahead of the one being decoded: enough to hide a slow disk read, while holding
 # only a few hundred files' bytes.
 PREFETCH_BATCHES = 3
+# Decoded batches waiting for the model: two keep it fed across a slow batch; each is
+# batch x 3 x 224 x 224 float32 (~150 MB at batch 256) of device memory.
+DECODED_AHEAD = 2
 EXIF_ORIENTATION = 0x0112
 _JPEG_SOI = b"\xff\xd8\xff"
 _JPEG_EOI = b"\xff\xd9"
@@ -228,6 +234,8 @@ class TensorBatch:
     """(len(positions), 3, S, S) float32 on the decode device, or None when empty."""
     fallback: list[int] = field(default_factory=list)
     """Positions for the CPU decode workers: not JPEGs this path takes, or rejected by it."""
+    ready: Any = None
+    """On CUDA, the event after which `pixels` are complete on the decode stream."""
 
 
 @dataclass
@@ -266,6 +274,53 @@ class JpegBatchDecoder:
         with ThreadPoolExecutor(self.threads, thread_name_prefix="mmsearch-read") as pool:
             for reads in self._read_ahead(paths, batch_size, pool):
                 yield self._decode(reads)
+
+    def batches_ahead(self, paths: Sequence[str | Path], batch_size: int) -> Iterator[TensorBatch]:
+        """`batches`, decoded in a background thread (on its own CUDA stream on a GPU) up to
+        DECODED_AHEAD batches ahead, so decoding the next batch overlaps the forward pass and
+        the commit of this one. Closing the iterator early stops the thread."""
+        results: queue.Queue[TensorBatch | BaseException | None] = queue.Queue(DECODED_AHEAD)
+        stop = threading.Event()
+        stream = torch.cuda.Stream(self.device) if self.device.startswith("cuda") else None
+
+        def produce() -> None:
+            try:
+                with torch.cuda.stream(stream) if stream is not None else nullcontext():
+                    for batch in self.batches(paths, batch_size):
+                        if stream is not None and batch.pixels is not None:
+                            batch.ready = torch.cuda.Event()
+                            batch.ready.record(stream)
+                        while not stop.is_set():
+                            try:
+                                results.put(batch, timeout=0.1)
+                                break
+                            except queue.Full:
+                                continue
+                        if stop.is_set():
+                            return
+                results.put(None)
+            except BaseException as err:  # noqa: BLE001 (re-raised in the consuming thread)
+                results.put(err)
+
+        worker = threading.Thread(target=produce, name="mmsearch-decode", daemon=True)
+        worker.start()
+        try:
+            while (item := results.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                if item.ready is not None and item.pixels is not None:
+                    consumer = torch.cuda.current_stream(self.device)
+                    consumer.wait_event(item.ready)
+                    # Made on the decode stream, used on this one: keep the allocator from
+                    # reusing its memory before this stream is done with it.
+                    item.pixels.record_stream(consumer)
+                yield item
+        finally:
+            stop.set()
+            while worker.is_alive():
+                with suppress(queue.Empty):
+                    results.get(timeout=0.1)
+            worker.join()
 
     def _read_ahead(
         self, paths: Sequence[str | Path], batch_size: int, pool: ThreadPoolExecutor
