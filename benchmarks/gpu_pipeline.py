@@ -155,8 +155,15 @@ def profile(paths: Sequence[Path], model_dir: Path, args: argparse.Namespace) ->
             hashlib.sha256(blob).digest()
     # First calls pay one-off costs (plugin and kernel set-up): warm each stage on one file.
     jpeg_orientation(blobs[0])
-    decoder.preprocess([decode_jpeg(torch.frombuffer(bytearray(blobs[0]), dtype=torch.uint8),
-                                    mode=ImageReadMode.RGB, device=device)])
+    decoder.preprocess(
+        [
+            decode_jpeg(
+                torch.frombuffer(bytearray(blobs[0]), dtype=torch.uint8),
+                mode=ImageReadMode.RGB,
+                device=device,
+            )
+        ]
+    )
     embedder.preprocess(load_image(blobs[0]))
     with timed(t, "JPEG header check (Pillow)"):
         for blob in blobs:
@@ -266,8 +273,13 @@ def end_to_end(folder: Path, paths: list[Path], args: argparse.Namespace) -> Non
             with BusySampler(args.device) as sampler:
                 seconds, _ = baseline(subset, model_dir, args.device, args.baseline_batch_size)
             rows.append(
-                (f"hand-rolled loop (PIL, batch {args.baseline_batch_size}, fp32)", len(subset),
-                 seconds, sampler.busy, "")
+                (
+                    f"hand-rolled loop (PIL, batch {args.baseline_batch_size}, fp32)",
+                    len(subset),
+                    seconds,
+                    sampler.busy,
+                    "",
+                )
             )
         for decode in ("cpu", "gpu"):
             seconds, embedded, skipped, busy, embedder = run_index(folder, model_dir, args, decode)
@@ -276,8 +288,9 @@ def end_to_end(folder: Path, paths: list[Path], args: argparse.Namespace) -> Non
                 f"{embedder.precision}, batch {embedder.batch_size}, "
                 f"{embedder.num_workers} workers, skipped {skipped}"
             )
-            rows.append((f"mmsearch index --decode {decode}: {label}", embedded, seconds, busy,
-                         settings))
+            rows.append(
+                (f"mmsearch index --decode {decode}: {label}", embedded, seconds, busy, settings)
+            )
             del embedder
         name = args.model_dir.name if args.model_dir else arch
         print(f"\n### End to end: {name} (random weights), {n} distinct JPEGs, {args.device}")
@@ -287,8 +300,10 @@ def end_to_end(folder: Path, paths: list[Path], args: argparse.Namespace) -> Non
         for label, count, seconds, busy, settings in rows:
             rate = count / seconds
             ratio = f"{rate / loop_rate:.2f}x" if loop_rate else "n/a"
-            print(f"| {label} | {count} | {seconds:.1f} | {rate:.0f} | {ratio} | {busy} | "
-                  f"{settings} |")
+            print(
+                f"| {label} | {count} | {seconds:.1f} | {rate:.0f} | {ratio} | {busy} | "
+                f"{settings} |"
+            )
 
 
 def agreement(paths: list[Path], model_dir: Path, args: argparse.Namespace) -> None:
@@ -306,8 +321,10 @@ def agreement(paths: list[Path], model_dir: Path, args: argparse.Namespace) -> N
         embedders[decode] = embedder
         vectors: dict[int, np.ndarray] = {}
 
-        def on_batch(positions: list[int], batch: np.ndarray, _skips: Any) -> None:
-            vectors.update(zip(positions, batch, strict=True))
+        def on_batch(
+            positions: list[int], batch: np.ndarray, _skips: Any, into: dict = vectors
+        ) -> None:
+            into.update(zip(positions, batch, strict=True))
 
         started = time.perf_counter()
         embedder.embed_image_files(paths, on_batch)
@@ -329,13 +346,19 @@ def agreement(paths: list[Path], model_dir: Path, args: argparse.Namespace) -> N
     diffs = ((tensor - pil).abs() * std * 255)[taken]
     worst = int(np.argmin(cosines)) if len(cosines) else 0
     print(f"\n### Agreement: {len(common)} files, tensor path on {args.device} vs Pillow, fp32")
-    print(f"min cosine {cosines.min():.6f} (file {paths[common[worst]].name}), "
-          f"mean {cosines.mean():.6f}, files below 0.995: {(cosines < 0.995).sum()}")
-    print(f"pixels (first {len(taken)} files, in 1/255): max {diffs.max():.2f}, "
-          f"mean {diffs.mean():.4f}")
-    print(f"embed wall s (decode+model, same model): pil {seconds['cpu']:.1f}, "
-          f"tensor {seconds['gpu']:.1f}; files the tensor path leaves to the CPU workers: "
-          f"{sum(jpeg_orientation(p.read_bytes()) is None for p in paths)}")
+    print(
+        f"min cosine {cosines.min():.6f} (file {paths[common[worst]].name}), "
+        f"mean {cosines.mean():.6f}, files below 0.995: {(cosines < 0.995).sum()}"
+    )
+    print(
+        f"pixels (first {len(taken)} files, in 1/255): max {diffs.max():.2f}, "
+        f"mean {diffs.mean():.4f}"
+    )
+    print(
+        f"embed wall s (decode+model, same model): pil {seconds['cpu']:.1f}, "
+        f"tensor {seconds['gpu']:.1f}; files the tensor path leaves to the CPU workers: "
+        f"{sum(jpeg_orientation(p.read_bytes()) is None for p in paths)}"
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -347,7 +370,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=20_000, help="distinct variants to make")
     parser.add_argument("--no-variants", action="store_true", help="use --source files as is")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--arch", default="ViT-B-32", help="comma-separated, e.g. ViT-B-32,ViT-L-14")
+    parser.add_argument(
+        "--arch", default="ViT-B-32", help="comma-separated, e.g. ViT-B-32,ViT-L-14"
+    )
     parser.add_argument("--model-dir", type=Path, default=None, help="a local-dir model instead")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--batch-size", type=int, default=None)

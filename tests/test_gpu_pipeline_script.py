@@ -29,8 +29,16 @@ def test_cpu_mode_prints_every_section(
     )  # fmt: skip
     out = capsys.readouterr().out
     assert "wrote 8 variants" in out
-    for stage in ("read (1 thread)", "sha256", "Pillow decode", "decode_jpeg batched on cpu",
-                  "tensor resize+normalise", "H2D copy", "forward (fp32", "SQLite commit"):
+    for stage in (
+        "read (1 thread)",
+        "sha256",
+        "Pillow decode",
+        "decode_jpeg batched on cpu",
+        "tensor resize+normalise",
+        "H2D copy",
+        "forward (fp32",
+        "SQLite commit",
+    ):
         assert f"| {stage}" in out, stage
     assert "| hand-rolled loop" in out and "| mmsearch index --decode cpu" in out
     assert "| mmsearch index --decode gpu: GPU decode path | 8 |" in out

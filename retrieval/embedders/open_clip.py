@@ -23,8 +23,8 @@ from . import backend as backends
 from .export import text_features
 from .loader import create_image_loader, default_num_workers
 from .runtime import ExportedEncoder, default_threads
-from .tensor_decode import PIL_PATH, JpegBatchDecoder, create_decoder
 from .spec import HF_HUB, LOCAL_DIR, LOCAL_WEIGHT_NAMES, local_dir_weights, weights_path
+from .tensor_decode import PIL_PATH, JpegBatchDecoder, create_decoder
 
 # A cache miss would otherwise spend ~50 s in huggingface_hub's retry loop before failing when
 # the machine is offline; one quick TCP connect tells us the answer up front.

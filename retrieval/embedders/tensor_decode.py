@@ -165,9 +165,7 @@ class _KeepRatio:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         step = self._step
-        size = step.get_params(
-            _PilSize(image.shape[-1], image.shape[-2]), step.size, step.longest
-        )
+        size = step.get_params(_PilSize(image.shape[-1], image.shape[-2]), step.size, step.longest)
         return resize_like_pil(image, size, step.interpolation)
 
 
