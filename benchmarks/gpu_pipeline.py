@@ -109,16 +109,18 @@ def timed(results: dict[str, float], name: str, device: str = "cpu"):
     results[name] = time.perf_counter() - started
 
 
-def load_embedder(model_dir: Path, device: str, precision: str, decode: str, batch: int | None):
+def load_embedder(model_dir: Path, args: argparse.Namespace, decode: str, precision: str = ""):
     from retrieval.embedders.open_clip import OpenClipEmbedder
     from retrieval.types import ModelSpec
 
     return OpenClipEmbedder.load(
         ModelSpec(f"local-dir:{model_dir}", None),
-        device=device,
-        precision=precision,
-        batch_size=batch,
+        device=args.device,
+        precision=precision or args.precision,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
         backend="torch",
+        threads=args.threads,
         decode=decode,
     )
 
@@ -133,7 +135,7 @@ def profile(paths: Sequence[Path], model_dir: Path, args: argparse.Namespace) ->
     from retrieval.images import load_image, walk_images
 
     device = args.device
-    embedder = load_embedder(model_dir, device, args.precision, "gpu", args.batch_size)
+    embedder = load_embedder(model_dir, args, "gpu")
     decoder = embedder.decoder
     assert decoder is not None
     batch = embedder.batch_size
@@ -190,7 +192,8 @@ def profile(paths: Sequence[Path], model_dir: Path, args: argparse.Namespace) ->
     pinned = torch.randn(batch, 3, size, size)
     if device.startswith("cuda"):
         pinned = pinned.pin_memory()
-    rounds = max(1, min(n // batch, 32))  # enough for a steady rate, bounded on a CPU
+    # Enough passes for a steady rate; a CPU only needs a few to show it is the bottleneck.
+    rounds = max(1, min(n // batch, 32 if device.startswith("cuda") else 4))
     with timed(t, "H2D copy of pinned fp32 pixels", device):
         for _ in range(rounds):
             pinned.to(device, non_blocking=True)
@@ -239,6 +242,7 @@ def run_index(folder: Path, model_dir: Path, args: argparse.Namespace, decode: s
             batch_size=args.batch_size,
             num_workers=args.workers,
             backend="torch",
+            threads=args.threads,
             decode=decode,
         )
         store, factory = open_for_indexing(
@@ -317,7 +321,7 @@ def agreement(paths: list[Path], model_dir: Path, args: argparse.Namespace) -> N
     seconds: dict[str, float] = {}
     embedders = {}
     for decode in ("cpu", "gpu"):
-        embedder = load_embedder(model_dir, args.device, "fp32", decode, args.batch_size)
+        embedder = load_embedder(model_dir, args, decode, precision="fp32")
         embedders[decode] = embedder
         vectors: dict[int, np.ndarray] = {}
 
@@ -377,6 +381,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (1 on a contended machine)"
+    )
     parser.add_argument("--baseline-limit", type=int, default=3000)
     parser.add_argument("--baseline-batch-size", type=int, default=256)
     parser.add_argument("--profile-count", type=int, default=2048)

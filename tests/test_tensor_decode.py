@@ -182,11 +182,13 @@ def _progressive_and_cmyk(folder: Path) -> dict[str, Path]:
         "cmyk": folder / "cmyk.jpg",
         "png": folder / "photo.png",
         "baseline": folder / "baseline.jpg",
+        "gray": folder / "gray.jpg",
     }
     photo.save(files["progressive"], quality=90, progressive=True)
     photo.convert("CMYK").save(files["cmyk"], quality=90)
     photo.save(files["png"])
     photo.save(files["baseline"], quality=90)
+    photo.convert("L").save(files["gray"], quality=90)  # decode_jpeg takes it, as RGB
     return files
 
 
@@ -195,7 +197,7 @@ def test_files_the_decoder_does_not_take_fall_back(tmp_path: Path) -> None:
     paths = list(files.values())
     decoder = JpegBatchDecoder(TensorPreprocess(image_transform(32, is_train=False)))
     (batch,) = decoder.batches(paths, batch_size=8)
-    assert batch.positions == [3]  # only the baseline RGB JPEG
+    assert batch.positions == [3, 4]  # the baseline RGB and grayscale JPEGs
     assert batch.fallback == [0, 1, 2]
 
 
