@@ -44,7 +44,8 @@ SECTIONS = ("profile", "e2e", "agreement")
 
 
 class BusySampler:
-    """GPU utilisation (%) sampled by `nvidia-smi -lms` while the block runs; None on a CPU."""
+    """GPU utilisation (%) sampled by `nvidia-smi --loop-ms` while the block runs (n/a on a
+    CPU or without nvidia-smi)."""
 
     def __init__(self, device: str, interval_ms: int = 100) -> None:
         self.samples: list[float] = []
@@ -57,7 +58,7 @@ class BusySampler:
                 f"--id={index}",
                 "--query-gpu=utilization.gpu",
                 "--format=csv,noheader,nounits",
-                f"-lms={interval_ms}",
+                f"--loop-ms={interval_ms}",
             ]
         else:
             self._command = []
