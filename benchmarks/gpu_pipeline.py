@@ -352,8 +352,8 @@ def agreement(paths: list[Path], model_dir: Path, args: argparse.Namespace) -> N
     worst = int(np.argmin(cosines)) if len(cosines) else 0
     print(f"\n### Agreement: {len(common)} files, tensor path on {args.device} vs Pillow, fp32")
     print(
-        f"min cosine {cosines.min():.6f} (file {paths[common[worst]].name}), "
-        f"mean {cosines.mean():.6f}, files below 0.995: {(cosines < 0.995).sum()}"
+        f"min cosine {cosines.min():.8f} (file {paths[common[worst]].name}), "
+        f"mean {cosines.mean():.8f}, files below 0.995: {(cosines < 0.995).sum()}"
     )
     print(
         f"pixels (first {len(taken)} files, in 1/255): max {diffs.max():.2f}, "
