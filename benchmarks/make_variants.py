@@ -23,6 +23,21 @@ def _write(job: tuple[Path, Path, int]) -> None:
         image.crop(box).save(target, quality=90)
 
 
+def write_variants(source: Path, target: Path, count: int, processes: int | None = None) -> int:
+    """Write `count` distinct JPEGs made from the photos in `source` into `target`."""
+    sources = sorted(p for p in source.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    if not sources:
+        raise SystemExit(f"no .jpg/.jpeg/.png photos in {source}")
+    target.mkdir(parents=True, exist_ok=True)
+    jobs = [
+        (sources[n % len(sources)], target / f"v{n:05d}.jpg", n // len(sources))
+        for n in range(count)
+    ]
+    with Pool(processes) as pool:
+        pool.map(_write, jobs, chunksize=16)
+    return len(jobs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -31,17 +46,8 @@ def main() -> None:
     parser.add_argument("target", type=Path)
     parser.add_argument("--count", type=int, default=3000)
     args = parser.parse_args()
-    sources = sorted(
-        p for p in args.source.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"}
-    )
-    args.target.mkdir(parents=True, exist_ok=True)
-    jobs = [
-        (sources[n % len(sources)], args.target / f"v{n:05d}.jpg", n // len(sources))
-        for n in range(args.count)
-    ]
-    with Pool() as pool:
-        pool.map(_write, jobs, chunksize=16)
-    print(f"wrote {len(jobs)} images to {args.target}")
+    jobs = write_variants(args.source, args.target, args.count)
+    print(f"wrote {jobs} images to {args.target}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ def load_embedder(
         num_workers=config.num_workers,
         backend=config.backend,
         threads=config.threads,
+        decode=config.decode,
     )
     if expected is not None and not expected.same_model(embedder.identity):
         raise IndexMismatchError(
@@ -77,6 +78,7 @@ def open_for_indexing(
         def load() -> OpenClipEmbedder:
             embedder = load_embedder(own, config, expected=identity)
             store.record_embedder(embedder.backend, embedder.precision, embedder.export_origin)
+            store.record_preprocessing(embedder.preprocessing)
             return embedder
 
         return store, load
@@ -84,6 +86,7 @@ def open_for_indexing(
     check_index_type(index_type, embedder.identity.dim)
     store = IndexStore.create(directory, embedder.identity)
     store.record_embedder(embedder.backend, embedder.precision, embedder.export_origin)
+    store.record_preprocessing(embedder.preprocessing)
     return store, lambda: embedder
 
 

@@ -27,6 +27,10 @@ def default_index_dir() -> Path:
 
 # embedders/backend.py resolves these; listed here so a typo fails before any work starts.
 BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
+# embedders/tensor_decode.py: auto = batched torchvision JPEG decoding on CUDA, Pillow workers
+# elsewhere; gpu forces the torchvision path (on the CPU too); cpu never takes it.
+DECODE_MODES = ("auto", "cpu", "gpu")
+DECODE_ENV = "MMSEARCH_DECODE"
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class EmbedConfig:
     # auto|torch|openvino|onnxruntime (embedders/backend.py); None threads: every usable core
     backend: str = "auto"
     threads: int | None = None
+    decode: str = "auto"  # auto|cpu|gpu, see DECODE_MODES
 
     def __post_init__(self) -> None:
         if not DEVICE_PATTERN.fullmatch(self.device):
@@ -54,6 +59,10 @@ class EmbedConfig:
         if self.backend not in BACKENDS:
             raise InvalidQueryError(
                 f"unknown --backend {self.backend!r}; use one of {', '.join(BACKENDS)}"
+            )
+        if self.decode not in DECODE_MODES:
+            raise InvalidQueryError(
+                f"unknown --decode {self.decode!r}; use one of {', '.join(DECODE_MODES)}"
             )
         if self.batch_size is not None and self.batch_size < 1:
             raise InvalidQueryError(f"--batch-size must be at least 1, got {self.batch_size}")

@@ -10,7 +10,9 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -42,6 +44,9 @@ EmbedderFactory = Callable[[], Embedder]
 # Texts are embedded and committed in chunks of this size: small enough that a killed run loses
 # little, large enough to amortise the transaction.
 TEXT_CHUNK = 512
+# Threads hashing files during the scan: enough to keep a local SSD or the page cache busy
+# (sha256 runs ~1 GB/s per core), few enough not to crowd a small machine.
+HASH_THREADS = min(8, os.cpu_count() or 1)
 
 
 @dataclass
@@ -108,42 +113,37 @@ def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | N
     # An item whose vector row is gone (a damaged catalog) is re-read and re-embedded even when
     # its file is unchanged: skipping it would leave it silently missing from every search.
     stored = store.catalog.has_vectors({item.key for item in plan.existing.values()})
-    seen: set[str] = set()
-    for path in found:
-        name = str(path)
-        if name in seen:
-            continue
-        seen.add(name)
-        if not _utf8(name):
+    all_names = list(dict.fromkeys(str(path) for path in found))  # a file under two roots: once
+    seen = set(all_names)
+    names = []
+    for name in all_names:
+        if _utf8(name):
+            names.append(name)
+        else:
             # SQLite, JSON and the web page all need text; such a name cannot be stored.
             detail = "the file name is not valid UTF-8; rename the file"
             plan.skipped.append(
                 Skipped(name.encode("utf-8", "replace").decode(), "bad-name", detail)
             )
-            continue
-        try:
-            stat = path.stat()
-            old = plan.existing.get(name)
-            if (
-                old is not None
-                and (old.size, old.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
-                and old.key in stored
-            ):
-                plan.unchanged += 1
-                continue
-            faults.reached("hash")
-            key = file_key(path)
-        except OSError as err:
-            plan.skipped.append(Skipped(name, "unreadable", str(err)))
-            continue
-        finally:
+    # Hashing is most of the scan (a read and a sha256 per changed file); hashlib and the reads
+    # release the GIL, so threads hash files side by side instead of one after another.
+    with ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="mmsearch-hash") as pool:
+        outcomes = pool.map(partial(_scan_one, plan.existing, stored), map(Path, names))
+        for name, outcome in zip(names, outcomes, strict=True):
             if on_progress:
                 on_progress("scan", 1, len(found))
-        if old is not None and old.key == key and key in stored:
-            plan.unchanged += 1
-            plan.touched.append((old, stat.st_size, stat.st_mtime_ns))
-        else:
-            plan.pending[name] = (key, stat.st_size, stat.st_mtime_ns)
+            if isinstance(outcome, Skipped):
+                plan.skipped.append(outcome)
+            elif outcome is None:
+                plan.unchanged += 1
+            else:
+                key, stat = outcome
+                old = plan.existing.get(name)
+                if old is not None and old.key == key and key in stored:
+                    plan.unchanged += 1
+                    plan.touched.append((old, stat.st_size, stat.st_mtime_ns))
+                else:
+                    plan.pending[name] = (key, stat.st_size, stat.st_mtime_ns)
     plan.removed = [item for path, item in plan.existing.items() if path not in seen]
     return plan
 
@@ -154,6 +154,26 @@ def _utf8(name: str) -> bool:
     except UnicodeEncodeError:  # undecodable bytes, kept by Python as lone surrogates
         return False
     return True
+
+
+def _scan_one(
+    existing: dict[str, Item], stored: set[str], path: Path
+) -> tuple[str, os.stat_result] | Skipped | None:
+    """(key, stat) of a file that may have changed, None when its size and mtime match the
+    catalog, or the Skipped for a file that cannot be read."""
+    try:
+        stat = path.stat()
+        old = existing.get(str(path))
+        if (
+            old is not None
+            and (old.size, old.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+            and old.key in stored
+        ):
+            return None
+        faults.reached("hash")
+        return file_key(path), stat
+    except OSError as err:
+        return Skipped(str(path), "unreadable", str(err))
 
 
 def embed_missing_images(

@@ -460,6 +460,20 @@ class IndexStore:
         record = {"backend": backend, "precision": precision, "export": export_origin}
         self.catalog.set_meta("embedder", json.dumps(record))
 
+    def record_preprocessing(self, path: str) -> None:
+        """Add `path` (`pil` or `tensor:DEVICE`, see embedders/tensor_decode.py) to the
+        preprocessing paths that built this index's images. Mixing them in one index is sound
+        because tests/test_tensor_decode.py holds the tensor path to the Pillow reference
+        (embedding cosine >= 0.995 on the sample photos); `info` lists them."""
+        paths = set(self.recorded_preprocessing())
+        if path not in paths:
+            self.catalog.set_meta("preprocessing", json.dumps(sorted(paths | {path})))
+
+    def recorded_preprocessing(self) -> list[str]:
+        """The preprocessing paths recorded so far (oldest indexes: none, which means `pil`)."""
+        value = self.catalog.get_meta("preprocessing")
+        return list(json.loads(value)) if value else []
+
     def recorded_embedder(self) -> dict[str, Any] | None:
         """What `record_embedder` noted last, or None."""
         value = self.catalog.get_meta("embedder")
@@ -497,6 +511,7 @@ class IndexStore:
                 else None
             ),
             "collections": collections,
+            "preprocessing": self.recorded_preprocessing() or None,
             "products": self.catalog.product_count(),
             "generation": self.catalog.generation,
             "size_bytes": size,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..config import DEFAULT_MODEL, EmbedConfig, default_index_dir
+from ..config import DECODE_ENV, DEFAULT_MODEL, EmbedConfig, default_index_dir
 from ..errors import InputFileError, InvalidQueryError
 from ..types import IMAGES, TEXTS
 from .common import (
@@ -111,6 +111,14 @@ def index(
             show_default=False,
         ),
     ] = None,
+    decode: Annotated[
+        str,
+        typer.Option(
+            help="auto (batched torchvision JPEG decoding on the GPU with --device cuda, Pillow "
+            "workers otherwise), gpu (the torchvision path on any device) or cpu (Pillow workers)",
+            envvar=DECODE_ENV,
+        ),
+    ] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run's report as JSON")] = False,
 ) -> None:
@@ -130,6 +138,7 @@ def index(
             backend=backend,
             batch_size=batch_size,
             num_workers=workers,
+            decode=decode,
         )
         roots = paths or []
         if not roots and catalog is None and texts is None:

@@ -85,6 +85,8 @@ def info_text(details: dict[str, Any]) -> str:
     if details.get("embedder"):
         built = details["embedder"]
         lines.append(f"embedded:  {built['backend']} {built['precision']} (last run that embedded)")
+    if details.get("preprocessing"):
+        lines.append(f"decoded:   {', '.join(details['preprocessing'])} (preprocessing paths)")
     for name, stats in details["collections"].items():
         faiss = stats["faiss"] or "empty"
         lines.append(f"{name + ':':<10} {stats['count']} ({faiss}; type {stats['index_type']})")

@@ -24,6 +24,7 @@ from .export import text_features
 from .loader import create_image_loader, decode_source, default_num_workers
 from .runtime import ExportedEncoder, default_threads
 from .spec import HF_HUB, LOCAL_DIR, LOCAL_WEIGHT_NAMES, local_dir_weights, weights_path
+from .tensor_decode import PIL_PATH, JpegBatchDecoder, create_decoder
 
 # A cache miss would otherwise spend ~50 s in huggingface_hub's retry loop before failing when
 # the machine is offline; one quick TCP connect tells us the answer up front.
@@ -164,6 +165,7 @@ class OpenClipEmbedder:
         batch_size: int | None = None,
         num_workers: int | None = None,
         encoder: ExportedEncoder | None = None,
+        decoder: JpegBatchDecoder | None = None,
     ) -> None:
         self.model = model
         self.preprocess = preprocess
@@ -178,6 +180,8 @@ class OpenClipEmbedder:
         self.num_workers = num_workers
         self.encoder = encoder
         """The exported runtime that encodes on the CPU, or None when torch does."""
+        self.decoder = decoder
+        """Batched torchvision JPEG decoding for embed_image_files, or None (CPU workers)."""
         if encoder is None and dtype != torch.float32:
             # Cast once: autocast inside inference_mode re-casts every weight on every call
             # and ran 10x slower on a CPU (benchmarks/RESULTS.md, bf16 table).
@@ -201,6 +205,13 @@ class OpenClipEmbedder:
         return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
     @property
+    def preprocessing(self) -> str:
+        """Which path decodes and preprocesses index images, for the index's record: `pil`
+        (Pillow in the CPU workers) or `tensor:DEVICE` (torchvision's decode_jpeg and the
+        tensor transforms, with the CPU workers for the files it does not take)."""
+        return f"tensor:{self.decoder.device}" if self.decoder else PIL_PATH
+
+    @property
     def dim(self) -> int:
         return self.identity.dim
 
@@ -216,6 +227,7 @@ class OpenClipEmbedder:
         backend: str = "auto",
         threads: int | None = None,
         cache_dir: Path | None = None,
+        decode: str = "auto",
     ) -> OpenClipEmbedder:
         """Load an open_clip model by name/tag, hf-hub id, local-dir folder or checkpoint file.
 
@@ -227,7 +239,9 @@ class OpenClipEmbedder:
         `backend` is `auto` (an exported CPU runtime when the model exports, else torch),
         `torch`, or a runtime name (runtime.ENGINES); `threads` are the model's CPU threads
         (default: runtime.default_threads()); exported graphs are cached under `cache_dir`
-        (default: runtime.default_cache_dir()).
+        (default: runtime.default_cache_dir()). `decode` is `auto` (batched torchvision JPEG
+        decoding on CUDA, Pillow workers elsewhere), `gpu` (the torchvision path on any device)
+        or `cpu` (always the Pillow workers); see tensor_decode.py.
         """
         device = resolve_device(device)
         dtype = resolve_precision(precision, device)
@@ -281,6 +295,7 @@ class OpenClipEmbedder:
             batch_size=batch_size,
             num_workers=num_workers,
             encoder=encoder,
+            decoder=create_decoder(decode, preprocess, device),
         )
 
     @torch.inference_mode()
@@ -298,6 +313,33 @@ class OpenClipEmbedder:
     ) -> None:
         """Decode in worker processes, embed one stacked batch at a time, and hand each batch's
         vectors (by position in `paths`) and skipped files to `on_batch`."""
+        if self.decoder is not None:
+            self._embed_with_decoder(self.decoder, paths, on_batch)
+            return
+        self._embed_with_workers(paths, list(range(len(paths))), on_batch)
+
+    def _embed_with_decoder(
+        self,
+        decoder: JpegBatchDecoder,
+        paths: list[Path],
+        on_batch: Callable[[list[int], Vectors, list[tuple[int, Skipped]]], None],
+    ) -> None:
+        """JPEGs through the batched decoder; what it leaves, through the CPU workers after."""
+        leftover: list[int] = []
+        for batch in decoder.batches_ahead(paths, self.batch_size):
+            leftover.extend(batch.fallback)
+            if batch.pixels is not None:
+                on_batch(batch.positions, self.encode_images(batch.pixels), [])
+        if leftover:
+            self._embed_with_workers([paths[p] for p in leftover], leftover, on_batch)
+
+    def _embed_with_workers(
+        self,
+        paths: list[Path],
+        positions: list[int],
+        on_batch: Callable[[list[int], Vectors, list[tuple[int, Skipped]]], None],
+    ) -> None:
+        """Pillow decoding in DataLoader workers; `positions[i]` is what `paths[i]` reports as."""
         loader = create_image_loader(
             paths,
             self.preprocess,
@@ -310,7 +352,11 @@ class OpenClipEmbedder:
                 vectors = np.zeros((0, self.dim), dtype=np.float32)
             else:
                 vectors = self.encode_images(batch.pixels)
-            on_batch(batch.positions, vectors, batch.skipped)
+            on_batch(
+                [positions[p] for p in batch.positions],
+                vectors,
+                [(positions[p], skip) for p, skip in batch.skipped],
+            )
 
     def embed_image_bytes(
         self, sources: Sequence[bytes], labels: Sequence[str]
