@@ -50,15 +50,24 @@ class Hit:
     path: str | None = None
     text: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # An image's generated caption (`mmsearch index --captions`).
+    caption: str | None = None
+    # Keyword and hybrid searches: the 1-based rank of this hit in each ranking that found it,
+    # e.g. {"semantic": 3, "keyword": 1}.
+    signals: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape shared by `mmsearch query --json` and the HTTP API: rank, score, id,
-        path or text, then any product fields."""
+        path or text, caption and signals when present, then any product fields."""
         out: dict[str, Any] = {"rank": self.rank, "score": round(self.score, 6), "id": self.id}
         if self.path is not None:
             out["path"] = self.path
         if self.text is not None:
             out["text"] = self.text
+        if self.caption is not None:
+            out["caption"] = self.caption
+        if self.signals is not None:
+            out["signals"] = dict(self.signals)
         for key, value in self.metadata.items():
             out.setdefault(key, value)
         return out

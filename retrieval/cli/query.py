@@ -9,6 +9,7 @@ import typer
 
 from ..config import EmbedConfig, default_index_dir
 from ..errors import InputFileError, InvalidQueryError
+from ..hybrid import MODES
 from ..service import DEFAULT_TEXT_WEIGHT, SearchRequest, check_k
 from ..types import TARGETS
 from .common import BackendOption, DeviceOption, IndexOption, PrecisionOption, run_guarded
@@ -57,6 +58,15 @@ def query(
         float,
         typer.Option(min=0.0, max=1.0, help="Products: weight of the title match vs the image"),
     ] = DEFAULT_TEXT_WEIGHT,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="semantic (CLIP), keyword (BM25 over names, titles, texts, captions) or hybrid "
+            "(both, fused by reciprocal rank) (default: hybrid with a catalog, else semantic)",
+            envvar="MMSEARCH_MODE",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON on stdout, nothing else")
     ] = False,
@@ -81,6 +91,8 @@ def query(
             raise InputFileError(f"query image {image} does not exist")
         if target not in (None, *TARGETS):
             raise InvalidQueryError(f"--target must be one of {', '.join(TARGETS)}, not {target!r}")
+        if mode not in (None, *MODES):
+            raise InvalidQueryError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
         check_k(k, offset)
         request = SearchRequest(
             text=text,
@@ -90,6 +102,7 @@ def query(
             offset=offset,
             filters=parse_filters(filters or []),
             text_weight=text_weight,
+            mode=mode,
         )
         config = EmbedConfig(device=device, precision=precision, backend=backend)
         with open_for_search(index_dir or default_index_dir(), config) as service:

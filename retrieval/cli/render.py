@@ -59,6 +59,10 @@ def result_table(result: SearchResult) -> str:
         shown = hit.path if hit.path is not None else hit.text
         if target == PRODUCTS:
             shown = f"{hit.metadata.get('product_id')}  {hit.metadata.get('title')}  {shown or ''}"
+        if hit.caption is not None:
+            shown = f"{shown}  ({hit.caption})"
+        if hit.signals:
+            shown = f"{shown}  [{', '.join(f'{k} #{v}' for k, v in hit.signals.items())}]"
         lines.append(f"{hit.rank:>4}  {hit.score:>7.4f}  {shown}")
     return "\n".join(lines)
 

@@ -49,6 +49,7 @@ from .params import (
     UPLOAD_PARAMS,
     ItemId,
     KParam,
+    ModeParam,
     OffsetParam,
     SizeParam,
     TargetParam,
@@ -171,10 +172,17 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
         offset: OffsetParam = 0,
         target: TargetParam = None,
         text_weight: WeightParam = DEFAULT_TEXT_WEIGHT,
+        mode: ModeParam = None,
     ) -> Response:
         filters = query_filters(request, SEARCH_PARAMS)
         query = SearchRequest(
-            text=q, target=target, k=k, offset=offset, filters=filters, text_weight=text_weight
+            text=q,
+            target=target,
+            k=k,
+            offset=offset,
+            filters=filters,
+            text_weight=text_weight,
+            mode=mode,
         )
         return await server.admission.run(lambda: server.search(query))
 
