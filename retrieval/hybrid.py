@@ -84,4 +84,14 @@ def fuse_hits(
     ]
 
 
-__all__ = ["HYBRID", "HYBRID_DEPTH", "KEYWORD", "MODES", "RRF_K", "SEMANTIC", "Fused", "fuse", "fuse_hits"]
+__all__ = [
+    "HYBRID",
+    "HYBRID_DEPTH",
+    "KEYWORD",
+    "MODES",
+    "RRF_K",
+    "SEMANTIC",
+    "Fused",
+    "fuse",
+    "fuse_hits",
+]

@@ -122,6 +122,12 @@ def test_keyword_results_equal_bm25_by_hand(service: SearchService, query: str) 
                                                "sunset_red.png"}  # fmt: skip
 
 
+def rrf_order(score: float, ranks: dict[str, int]) -> tuple[float, int, int]:
+    """Equal scores: the better best rank first, then semantic before keyword."""
+    best = min(ranks.values())
+    return (-score, best, 0 if ranks.get("semantic") == best else 1)
+
+
 def test_hybrid_equals_rrf_of_the_two_rankings_by_hand(service: SearchService) -> None:
     for target in ("images", "texts"):
         request = SearchRequest(text="red dress", target=target, k=100)
@@ -138,13 +144,7 @@ def test_hybrid_equals_rrf_of_the_two_rankings_by_hand(service: SearchService) -
         assert hybrid.query["mode"] == "hybrid"
         got = [(h.id, h.score, h.signals) for h in hybrid.hits]
 
-
-        def order(item_id: int) -> tuple[float, int, int]:
-            # equal scores: the better best rank first, then semantic before keyword
-            best = min(ranks[item_id].values())
-            return (-fused[item_id], best, 0 if ranks[item_id].get("semantic") == best else 1)
-
-        want = sorted(fused, key=order)[:6]
+        want = sorted(fused, key=lambda i: rrf_order(fused[i], ranks[i]))[:6]
         assert [h[0] for h in got] == want
         assert [h[1] for h in got] == pytest.approx([fused[i] for i in want], abs=1e-12)
         assert [h[2] for h in got] == [ranks[i] for i in want]
@@ -286,6 +286,9 @@ def test_cli_and_http_agree_on_modes(named_index: Path) -> None:
     assert "keyword #1" in table
     wrong = invoke("query", "red", "--mode", "fuzzy", "--index", named_index)
     assert wrong.exit_code == 2 and "error: --mode must be one of" in wrong.stderr
-    assert json_lines("query", "red", "--mode", "keyword", "--json", "--index", named_index)[0][
-        "query"
-    ]["mode"] == "keyword"
+    assert (
+        json_lines("query", "red", "--mode", "keyword", "--json", "--index", named_index)[0][
+            "query"
+        ]["mode"]
+        == "keyword"
+    )

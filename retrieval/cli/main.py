@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from .caption import caption
 from .eval import eval_command
 from .index import index
 from .info import info
@@ -39,3 +40,4 @@ def main(
 for command in (index, query, info, serve):
     app.command()(command)
 app.command("eval")(eval_command)
+app.command()(caption)

@@ -4,12 +4,14 @@ JSON of index reports. Pure functions from values to strings."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..types import IMAGES, PRODUCTS, TEXTS
 
 if TYPE_CHECKING:
+    from ..captions import CaptionReport
     from ..ingest import IndexReport
     from ..service import SearchResult
 
@@ -46,6 +48,26 @@ def report_dict(report: IndexReport, directory: Path) -> dict[str, Any]:
         "elapsed_s": round(report.elapsed_s, 3),
         "images_per_s": round(report.images_per_s, 2),
     }
+
+
+def caption_summary(report: CaptionReport, *, as_json: bool) -> str:
+    """One line (or JSON line) about a captioning pass."""
+    fields = {
+        "kind": "captions",
+        "captioned": report.captioned,
+        "generated": report.generated,
+        "already": report.already,
+        "skipped": len(report.skipped),
+        "elapsed_s": round(report.elapsed_s, 3),
+        "captions_per_s": round(report.captions_per_s, 3),
+    }
+    if as_json:
+        return json.dumps(fields)
+    return (
+        f"captioned {report.captioned} (generated {report.generated}), already had one "
+        f"{report.already}, skipped {len(report.skipped)}, {report.elapsed_s:.1f}s, "
+        f"{report.captions_per_s:.2f} captions/s"
+    )
 
 
 def result_table(result: SearchResult) -> str:
