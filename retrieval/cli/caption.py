@@ -10,21 +10,30 @@ import typer
 
 from ..config import EmbedConfig
 from ..errors import InputFileError
-from .common import (
-    CaptionModelOption,
-    CaptionPretrainedOption,
-    DeviceOption,
-    caption_spec,
-    run_guarded,
-)
+from .common import DeviceOption, caption_spec, run_guarded
 
 
 def caption(
     images: Annotated[
         list[Path], typer.Argument(help="Image files to caption", show_default=False)
     ],
-    model: CaptionModelOption = None,
-    pretrained: CaptionPretrainedOption = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="open_clip CoCa model: coca_ViT-B-32 (default), coca_ViT-L-14, hf-hub:ORG/REPO "
+            "or local-dir:PATH",
+            envvar="MMSEARCH_CAPTION_MODEL",
+            show_default=False,
+        ),
+    ] = None,
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            help="Pretrained tag or checkpoint file (default for coca_ViT-B-32: "
+            "mscoco_finetuned_laion2b_s13b_b90k)",
+            show_default=False,
+        ),
+    ] = None,
     device: DeviceOption = "auto",
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="Images per batch (default: 8 on CPU, 64 on CUDA)")
