@@ -155,6 +155,35 @@ def test_catalog_page_filters_and_shows_titles_and_prices(
     assert (tmp_path / "catalog.png").stat().st_size > 10_000
 
 
+def test_keyword_mode_finds_a_caption_and_shows_it_with_its_signal(
+    browser: WebDriver, photo_site: Site
+) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    from retrieval.catalog import Catalog
+
+    catalog = Catalog(photo_site.root / "index" / "catalog.sqlite")
+    item = next(i for i in catalog.iter_items("images") if i.path.endswith("img_007.png"))
+    with catalog.transaction():
+        catalog.set_text(item.id, "a zebra on a beach")  # as `index --captions` stores one
+    try:
+        open_page(browser, photo_site, "12 images")
+        Select(browser.find_element(By.ID, "mode")).select_by_value("keyword")
+        cards = search_for(browser, "zebra")
+        assert len(cards) == 1
+        assert cards[0].find_element(By.CSS_SELECTOR, ".title").text == "img_007.png"
+        assert cards[0].find_element(By.CSS_SELECTOR, ".caption").text == "a zebra on a beach"
+        assert cards[0].find_element(By.CSS_SELECTOR, ".signals").text == "keyword #1"
+        Select(browser.find_element(By.ID, "mode")).select_by_value("semantic")
+        cards = search_for(browser, "zebra")
+        assert len(cards) == 12
+        assert not any(card.find_element(By.CSS_SELECTOR, ".signals").text for card in cards)
+    finally:
+        with catalog.transaction():
+            catalog.set_text(item.id, None)
+        catalog.close()
+
+
 def test_api_key_is_asked_for_stored_and_sent(
     browser: WebDriver, photo_site: Site, tmp_path: Path
 ) -> None:
