@@ -229,9 +229,11 @@ class SearchService:
             hits = self._keyword_hits(request, target, wanted)
             return hits[request.offset :]
         depth = min(MAX_K, max(HYBRID_DEPTH, wanted))
+        # Keyword first: of two hits that tie (each ranked r by one list only), the one whose
+        # words match wins; a match of names or captions is the more precise evidence.
         rankings = {
-            SEMANTIC: self._search(replace(request, k=depth, offset=0), target),
             KEYWORD: self._keyword_hits(request, target, depth),
+            SEMANTIC: self._search(replace(request, k=depth, offset=0), target),
         }
         return fuse_hits(rankings, _fusion_key(target), k=request.k, offset=request.offset)
 

@@ -123,9 +123,9 @@ def test_keyword_results_equal_bm25_by_hand(service: SearchService, query: str) 
 
 
 def rrf_order(score: float, ranks: dict[str, int]) -> tuple[float, int, int]:
-    """Equal scores: the better best rank first, then semantic before keyword."""
+    """Equal scores: the better best rank first, then keyword before semantic."""
     best = min(ranks.values())
-    return (-score, best, 0 if ranks.get("semantic") == best else 1)
+    return (-score, best, 0 if ranks.get("keyword") == best else 1)
 
 
 def test_hybrid_equals_rrf_of_the_two_rankings_by_hand(service: SearchService) -> None:
