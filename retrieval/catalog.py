@@ -279,8 +279,11 @@ def _migrate_if_writable(path: Path) -> None:
     """A reader of a catalog written by an older mmsearch migrates it first (e.g. builds the
     keyword index), when it may write there; otherwise it reads the old schema as is."""
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as probe:
+        probe = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
             version = probe.execute("PRAGMA user_version").fetchone()[0]
+        finally:
+            probe.close()
         if version < len(MIGRATIONS):
             Catalog(path).close()
     except sqlite3.OperationalError:

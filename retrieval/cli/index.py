@@ -127,6 +127,12 @@ def index(
         text_list = load_texts(texts) if texts is not None else None
         products = load_catalog(catalog) if catalog is not None else None
         directory = index_dir or default_index_dir()
+        only_captions = captions and not roots and catalog is None and texts is None
+        if only_captions and not (directory / "manifest.json").is_file():
+            raise InputFileError(
+                f"no index at {directory} to caption; index images first (`mmsearch index "
+                "PATH --captions`) or pass --index DIR"
+            )
         captioner = caption_spec(caption_model, caption_pretrained) if captions else None
         store, factory = open_for_indexing(
             directory, model_spec(model, pretrained), config, index_type
