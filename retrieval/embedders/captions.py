@@ -5,9 +5,9 @@ Decoding: open_clip's `CoCa.generate` needs `transformers` (its logits processor
 BeamSearchScorer; open_clip 3.3.0 failed to import them from transformers 5.24 and from 4.57.6,
 and an older transformers would pin huggingface_hub<1 for the whole project). When open_clip can
 import them we call `model.generate` (beam search, open_clip's default); otherwise we run
-greedy decoding over the same CoCa forward pass that `generate` calls (`model(image, text, image_latent=...,
-image_embs=...)["logits"]`), with the same start/end tokens and minimum length, so captions
-work without the extra dependency. Both are deterministic.
+greedy decoding over the same CoCa forward pass that `generate` calls (`model(image, text,
+image_latent=..., image_embs=...)["logits"]`), with the same start/end tokens and minimum
+length, so captions work without the extra dependency. Both are deterministic.
 """
 
 from __future__ import annotations
