@@ -83,7 +83,9 @@ def eager_reference(model: Path, paths: list[Path], captions: list[str]) -> tupl
             for path in paths[start : start + 8]:
                 with Image.open(path) as image:
                     batch.append(preprocess(ImageOps.exif_transpose(image).convert("RGB")))
-            images.append(torch.nn.functional.normalize(net.encode_image(torch.stack(batch)), dim=-1))
+            images.append(
+                torch.nn.functional.normalize(net.encode_image(torch.stack(batch)), dim=-1)
+            )
         for start in range(0, len(captions), 64):
             tokens = tokenizer(captions[start : start + 64])
             texts.append(torch.nn.functional.normalize(net.encode_text(tokens), dim=-1))
@@ -141,7 +143,9 @@ def main() -> None:
     if captions_file.is_file():
         with captions_file.open(newline="") as handle:
             wanted = set(names)
-            captions = [r["caption"] for r in csv.DictReader(handle) if Path(r["image"]).name in wanted]
+            captions = [
+                r["caption"] for r in csv.DictReader(handle) if Path(r["image"]).name in wanted
+            ]
     model = model_dir_for("ViT-B-32")
     work = Path(tempfile.mkdtemp(prefix="mmsearch-cpu-targets-"))
     try:
@@ -187,7 +191,9 @@ def main() -> None:
         cosine = (fp32 * bf16).sum(axis=1) / (
             np.linalg.norm(fp32, axis=1) * np.linalg.norm(bf16, axis=1)
         )
-        print(f"bf16 vs fp32 over {n} images: min cosine {cosine.min():.5f}, mean {cosine.mean():.5f}")
+        print(
+            f"bf16 vs fp32 over {n} images: min cosine {cosine.min():.5f}, mean {cosine.mean():.5f}"
+        )
         if captions and len(captions) == n:
             ref_images, ref_texts = eager_reference(model, paths, captions)
             ours_texts = default_text_vectors(model, captions)

@@ -33,9 +33,23 @@ def write_random_model(folder: Path, config: str | dict[str, Any], *, seed: int 
     model, _, _ = open_clip.create_model_and_transforms(
         "local-dir:" + str(folder), load_weights=False
     )
+    if isinstance(model, open_clip.CoCa):
+        _init_text_decoder_projection(model)
     state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(folder / "open_clip_model.safetensors"))
     return folder
+
+
+def _init_text_decoder_projection(model: Any) -> None:
+    """CoCa's decoder projection to the vocabulary is left at zero when built without weights
+    (open_clip fills it from the checkpoint), so every token would tie and a random model
+    would caption everything as the same padding; give it the scale open_clip uses for
+    the text projection (width ** -0.5)."""
+    import torch
+
+    projection = model.text_decoder.text_projection
+    with torch.no_grad():
+        projection.normal_(std=projection.shape[0] ** -0.5)
 
 
 def main() -> None:

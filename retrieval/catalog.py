@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from . import keywords
 from .types import Ids
 
 SQL_CHUNK = 500
@@ -44,6 +45,7 @@ MIGRATIONS: tuple[str, ...] = (
         metadata TEXT NOT NULL
     );
     """,
+    keywords.MIGRATION,
 )
 
 
@@ -85,7 +87,10 @@ class Catalog:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves so one index run is one commit.
         self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
-        if not readonly:
+        keywords.register(self.db)
+        if readonly:
+            _migrate_if_writable(path)
+        else:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
@@ -97,6 +102,10 @@ class Catalog:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             self.db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
+
+    def set_text(self, item_id: int, text: str | None) -> None:
+        """Set an item's text (an image's caption; None clears it)."""
+        self.db.execute("UPDATE items SET text=? WHERE id=?", (text, item_id))
 
     def transaction(self) -> _Transaction:
         return _Transaction(self.db)
@@ -270,6 +279,21 @@ class Catalog:
     def item_ids_for_products(self, product_ids: Iterable[str]) -> Ids:
         rows = self._select_in("SELECT id FROM items WHERE product_id IN ({})", list(product_ids))
         return np.asarray(sorted(row[0] for row in rows), dtype=np.int64)
+
+
+def _migrate_if_writable(path: Path) -> None:
+    """A reader of a catalog written by an older mmsearch migrates it first (e.g. builds the
+    keyword index), when it may write there; otherwise it reads the old schema as is."""
+    try:
+        probe = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            version = probe.execute("PRAGMA user_version").fetchone()[0]
+        finally:
+            probe.close()
+        if version < len(MIGRATIONS):
+            Catalog(path).close()
+    except sqlite3.OperationalError:
+        pass
 
 
 class _Transaction:

@@ -15,6 +15,7 @@ from .store import IndexStore
 from .types import ModelIdentity, ModelSpec
 
 if TYPE_CHECKING:
+    from .embedders.captions import CocaCaptioner
     from .embedders.open_clip import OpenClipEmbedder
 
 
@@ -41,6 +42,15 @@ def load_embedder(
             "changed on disk. Restore them, or build a new index with --index DIR."
         )
     return embedder
+
+
+def load_captioner(spec: ModelSpec, config: EmbedConfig) -> CocaCaptioner:
+    """Load a CoCa caption model (torch and open_clip are imported here, on first use)."""
+    from .embedders.captions import CocaCaptioner
+
+    return CocaCaptioner.load(
+        spec, device=config.device, batch_size=config.batch_size, num_workers=config.num_workers
+    )
 
 
 def open_for_indexing(

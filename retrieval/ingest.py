@@ -289,6 +289,7 @@ def _apply_plan(
             old = plan.existing.get(path)
             if old is not None:
                 store.catalog.update_item(old.id, key=key, size=size, mtime_ns=mtime_ns)
+                store.catalog.set_text(old.id, None)  # new bytes: the old caption is stale
                 image_changes.removed.append(old.id)
                 image_changes.added.append(old.id)
             else:

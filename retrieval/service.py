@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from . import keywords
 from .catalog import Item, filter_products, product_columns
 from .errors import InvalidQueryError, ItemNotFoundError
+from .hybrid import HYBRID, HYBRID_DEPTH, KEYWORD, MODES, SEMANTIC, fuse_hits
 from .queries import (
     DEFAULT_DUPLICATE_THRESHOLD,
     MAX_COLLAPSE_DEPTH,
@@ -69,6 +71,9 @@ class SearchRequest:
     min_score: float | None = None  # drop hits whose cosine score is below this
     collapse: bool = False  # fold near-duplicates of a better hit into it (images, texts)
     duplicate_threshold: float = DEFAULT_DUPLICATE_THRESHOLD
+    # semantic (CLIP), keyword (BM25) or hybrid (both, fused); None: hybrid for text queries
+    # of an index with a product catalog, else semantic.
+    mode: str | None = None
 
     @property
     def composed(self) -> bool:
@@ -199,7 +204,8 @@ class SearchService:
                     score=score,
                     id=item_id,
                     path=item.path,
-                    text=item.text,
+                    text=item.text if item.collection != IMAGES else None,
+                    caption=item.text if item.collection == IMAGES else None,
                     metadata=self._metadata(item.product_id, item.metadata),
                 )
             )
@@ -223,8 +229,109 @@ class SearchService:
     def search(self, request: SearchRequest) -> SearchResult:
         """Run one SearchRequest: text or image, over images, texts or products."""
         target = request.target or self.default_target()
-        hits, has_more = self._search(request, target)
-        return SearchResult(request.echo(target), hits, has_more)
+        mode = self.resolve_mode(request)
+        echo = {**request.echo(target), "mode": mode}
+        if mode == SEMANTIC:
+            hits, has_more = self._search(request, target)
+        else:
+            hits, has_more = self._search_keywords(request, target, mode)
+        return SearchResult(echo, hits, has_more)
+
+    def resolve_mode(self, request: SearchRequest) -> str:
+        """The request's search mode, or its default: hybrid for a text query of an index with
+        a product catalog, semantic otherwise."""
+        if request.mode is None:
+            return HYBRID if request.text is not None and self.has_catalog else SEMANTIC
+        if request.mode not in MODES:
+            raise InvalidQueryError(f"unknown mode {request.mode!r}; use one of {', '.join(MODES)}")
+        if request.composed and request.mode != SEMANTIC:
+            raise InvalidQueryError(
+                "composed and more-like-this queries are vectors: use mode semantic (the default)"
+            )
+        if request.mode != SEMANTIC and request.text is None:
+            raise InvalidQueryError(
+                f"{request.mode} search needs a query text; search by image with mode semantic"
+            )
+        return request.mode
+
+    def _search_keywords(
+        self, request: SearchRequest, target: str, mode: str
+    ) -> tuple[list[Hit], bool]:
+        """Keyword (BM25) hits, or in hybrid mode their reciprocal rank fusion with the
+        semantic hits (see hybrid.py), and whether another page follows; filters narrow both
+        rankings alike. `min_score` (a cosine) and `collapse` act on the semantic ranking."""
+        check_k(request.k, request.offset)
+        wanted = request.k + request.offset
+        if wanted > MAX_K:
+            raise InvalidQueryError(
+                f"{mode} results go {MAX_K} deep: offset + k must be at most {MAX_K}"
+            )
+        if target not in TARGETS:
+            raise InvalidQueryError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
+        if request.filters and target != PRODUCTS:
+            raise InvalidQueryError("filters apply to products only; use target=products")
+        if mode == KEYWORD:
+            if request.min_score is not None:
+                raise InvalidQueryError(
+                    "min_score is a cosine cutoff: use it with mode semantic or hybrid"
+                )
+            hits = self._keyword_hits(request, target, wanted + 1)
+            return hits[request.offset : wanted], len(hits) > wanted
+        depth = min(MAX_K, max(HYBRID_DEPTH, wanted + 1))
+        # Keyword first: of two hits that tie (each ranked r by one list only), the one whose
+        # words match wins; a match of names or captions is the more precise evidence.
+        rankings = {
+            KEYWORD: self._keyword_hits(request, target, depth),
+            SEMANTIC: self._search(replace(request, k=depth, offset=0), target)[0],
+        }
+        page = fuse_hits(rankings, _fusion_key(target), k=request.k + 1, offset=request.offset)
+        return page[: request.k], len(page) > request.k
+
+    def _keyword_hits(self, request: SearchRequest, target: str, depth: int) -> list[Hit]:
+        """The top `depth` BM25 hits of the query's words (products: each product scored by
+        its best item, shown by its best-matching image)."""
+        catalog = self.store.catalog
+        if not keywords.has_keywords(catalog.db):
+            raise InvalidQueryError(
+                f"the index at {self.store.directory} has no keyword index (an older mmsearch "
+                "built it and it is read-only here); run `mmsearch index` on it once to add one"
+            )
+        text = request.text or ""
+        if target != PRODUCTS:
+            matches = keywords.search(catalog.db, text, target, limit=depth)
+        else:
+            if not self.has_catalog:
+                raise InvalidQueryError("target products needs a product catalog")
+            allowed = self._allowed_products(request.filters)
+            found = keywords.search(catalog.db, text, None, limit=None, product_ids=allowed)
+            best: dict[str, keywords.KeywordMatch] = {}
+            shown: dict[str, keywords.KeywordMatch] = {}
+            for match in found:  # best first, so the first match of a product is its score
+                pid = match.product_id or ""
+                best.setdefault(pid, match)
+                upgrade = pid in shown and shown[pid].collection != IMAGES == match.collection
+                if pid not in shown or upgrade:  # show the best-matching image, if any
+                    shown[pid] = match
+            matches = [replace(shown[pid], score=best[pid].score) for pid in list(best)[:depth]]
+        items = catalog.get_items([m.id for m in matches])
+        hits = []
+        for match in matches:
+            item = items[match.id]
+            image = item.collection == IMAGES
+            extra = {} if target == PRODUCTS else item.metadata
+            hits.append(
+                Hit(
+                    rank=len(hits) + 1,
+                    score=match.score,
+                    id=item.id,
+                    path=item.path,
+                    text=None if image else item.text,
+                    caption=item.text if image else None,
+                    metadata=self._metadata(item.product_id, extra),
+                    signals={KEYWORD: len(hits) + 1},
+                )
+            )
+        return hits
 
     def _search(self, request: SearchRequest, target: str) -> tuple[list[Hit], bool]:
         check_k(request.k, request.offset)
@@ -369,7 +476,8 @@ class SearchService:
                     score=score,
                     id=item_id,
                     path=item.path,
-                    text=item.text,
+                    text=item.text if item.collection != IMAGES else None,
+                    caption=item.text if item.collection == IMAGES else None,
                     metadata=self._metadata(item.product_id, item.metadata),
                     duplicates=duplicates,
                 )
@@ -449,6 +557,7 @@ class SearchService:
                 id=item.id,
                 path=item.path,
                 text=None if item.path else item.text,
+                caption=item.text if item.path else None,
                 metadata=self._metadata(item.product_id, {}),
             )
             for n, (score, item) in enumerate(page)
@@ -526,6 +635,13 @@ class SearchService:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _fusion_key(target: str) -> Callable[[Hit], Any]:
+    """What makes two hits the same result: the product for product searches, else the item."""
+    if target == PRODUCTS:
+        return lambda hit: hit.metadata.get("product_id")
+    return lambda hit: hit.id
 
 
 def check_k(k: int, offset: int = 0) -> None:

@@ -52,10 +52,15 @@ class Hit:
     metadata: dict[str, Any] = field(default_factory=dict)
     # With collapsed duplicates: ids of lower-ranked near-duplicates folded into this hit.
     duplicates: tuple[int, ...] | None = None
+    # An image's generated caption (`mmsearch index --captions`).
+    caption: str | None = None
+    # Keyword and hybrid searches: the 1-based rank of this hit in each ranking that found it,
+    # e.g. {"semantic": 3, "keyword": 1}.
+    signals: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape shared by `mmsearch query --json` and the HTTP API: rank, score, id,
-        path or text, then any product fields."""
+        path or text, caption and signals when present, then any product fields."""
         out: dict[str, Any] = {"rank": self.rank, "score": round(self.score, 6), "id": self.id}
         if self.path is not None:
             out["path"] = self.path
@@ -63,6 +68,10 @@ class Hit:
             out["text"] = self.text
         if self.duplicates is not None:
             out["duplicates"] = list(self.duplicates)
+        if self.caption is not None:
+            out["caption"] = self.caption
+        if self.signals is not None:
+            out["signals"] = dict(self.signals)
         for key, value in self.metadata.items():
             out.setdefault(key, value)
         return out

@@ -37,7 +37,8 @@ def test_text_search_fuses_title_and_best_image_exactly(
     query = embedder.encode_texts(["shoes model 3"])[0]
     catalog = service.store.catalog
     for weight in (0.0, 0.3, 1.0):
-        hits = service.search(SearchRequest(text="shoes model 3", k=9, text_weight=weight)).hits
+        request = SearchRequest(text="shoes model 3", k=9, text_weight=weight, mode="semantic")
+        hits = service.search(request).hits
         expected = {}
         for product_id in catalog.get_products():
             ids = catalog.item_ids_for_products([product_id]).tolist()

@@ -167,6 +167,45 @@ def test_catalog_page_filters_and_shows_titles_and_prices(
     assert (tmp_path / "catalog.png").stat().st_size > 10_000
 
 
+def test_keyword_mode_finds_a_caption_and_shows_it_with_its_signal(
+    browser: WebDriver, photo_site: Site
+) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    from retrieval.catalog import Catalog
+
+    captions = {"img_003.png": "zebra", "img_007.png": "a zebra on a beach"}
+    catalog = Catalog(photo_site.root / "index" / "catalog.sqlite")
+    items = [i for i in catalog.iter_items("images") if Path(i.path or "").name in captions]
+    with catalog.transaction():  # as `index --captions` stores them
+        for item in items:
+            catalog.set_text(item.id, captions[Path(item.path or "").name])
+    try:
+        open_page(browser, photo_site, "12 images")
+        Select(browser.find_element(By.ID, "mode")).select_by_value("keyword")
+        cards = search_for(browser, "zebra")
+        # BM25: the same one match, in a shorter text, ranks first
+        assert [card.find_element(By.CSS_SELECTOR, ".title").text for card in cards] == list(
+            captions
+        )
+        assert [card.find_element(By.CSS_SELECTOR, ".caption").text for card in cards] == list(
+            captions.values()
+        )
+        assert [card.find_element(By.CSS_SELECTOR, ".signals").text for card in cards] == [
+            "keyword #1",
+            "keyword #2",
+        ]
+        Select(browser.find_element(By.ID, "mode")).select_by_value("semantic")
+        cards = search_for(browser, "zebra")
+        assert len(cards) == 12
+        assert not any(card.find_element(By.CSS_SELECTOR, ".signals").text for card in cards)
+    finally:
+        with catalog.transaction():
+            for item in items:
+                catalog.set_text(item.id, None)
+        catalog.close()
+
+
 def test_api_key_is_asked_for_stored_and_sent(
     browser: WebDriver, photo_site: Site, tmp_path: Path
 ) -> None:

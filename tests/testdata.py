@@ -43,6 +43,49 @@ TINY_MODEL_CONFIG = {
 }
 
 
+# The CoCa counterpart, for captions: coca_ViT-B-32's layout (attentional pooler, output tokens,
+# a multimodal text decoder) shrunk like the model above.
+TINY_COCA_CONFIG = {
+    "model_cfg": {
+        "embed_dim": 64,  # CoCa's decoder reads image tokens projected to embed_dim: = its width
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 1,
+            "width": 64,
+            "head_width": 32,
+            "patch_size": 8,
+            "attentional_pool": True,
+            "attn_pooler_heads": 2,
+            "output_tokens": True,
+        },
+        "text_cfg": {
+            "context_length": 76,
+            "vocab_size": 49408,
+            "width": 64,
+            "heads": 2,
+            "layers": 1,
+            "embed_cls": True,
+            "output_tokens": True,
+        },
+        "multimodal_cfg": {
+            "context_length": 76,
+            "vocab_size": 49408,
+            "width": 64,
+            "heads": 2,
+            "layers": 1,
+            "attn_pooler_heads": 2,
+        },
+        "custom_text": True,
+    },
+    "preprocess_cfg": TINY_MODEL_CONFIG["preprocess_cfg"],
+}
+
+
+def write_tiny_coca(folder: Path, seed: int = 0) -> Path:
+    """The tiny CoCa model with seeded random weights, written as a local-dir folder."""
+    return write_random_model(folder, TINY_COCA_CONFIG, seed=seed)
+
+
 def write_tiny_model(folder: Path, seed: int = 0) -> Path:
     """The tiny model with seeded random weights, written as a local-dir folder."""
     return write_random_model(folder, TINY_MODEL_CONFIG, seed=seed)

@@ -101,14 +101,46 @@ def model_spec(model: str | None, pretrained: str | None) -> ModelSpec | None:
     return normalise_spec(ModelSpec(name, pretrained or None))
 
 
+CaptionModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--caption-model",
+        help="open_clip CoCa model for captions: coca_ViT-B-32 (default), coca_ViT-L-14, "
+        "hf-hub:ORG/REPO or local-dir:PATH",
+        envvar="MMSEARCH_CAPTION_MODEL",
+        show_default=False,
+    ),
+]
+CaptionPretrainedOption = Annotated[
+    str | None,
+    typer.Option(
+        "--caption-pretrained",
+        help="Pretrained tag or checkpoint of the caption model "
+        "(default for coca_ViT-B-32: mscoco_finetuned_laion2b_s13b_b90k)",
+        show_default=False,
+    ),
+]
+
+
+def caption_spec(model: str | None, pretrained: str | None) -> ModelSpec:
+    """The caption model asked for, with the default CoCa model and tag filled in."""
+    from ..captions import DEFAULT_CAPTION_MODEL
+    from ..embedders.spec import normalise_spec
+
+    name = model or DEFAULT_CAPTION_MODEL.name
+    if name == DEFAULT_CAPTION_MODEL.name and pretrained is None:
+        pretrained = DEFAULT_CAPTION_MODEL.pretrained
+    return normalise_spec(ModelSpec(name, pretrained or None))
+
+
 @contextmanager
 def progress(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
     """Progress callbacks for the library, drawn as tqdm bars on stderr (none with --quiet)."""
     from tqdm import tqdm
 
     bars: dict[str, Any] = {}
-    labels = {"scan": "scanning", "embed": "embedding", "texts": "texts"}
-    units = {"scan": "file", "embed": "img", "texts": "text"}
+    labels = {"scan": "scanning", "embed": "embedding", "texts": "texts", "captions": "captions"}
+    units = {"scan": "file", "embed": "img", "texts": "text", "captions": "img"}
 
     def on_progress(stage: str, advance: int, total: int) -> None:
         bar = bars.get(stage)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -13,14 +13,17 @@ from ..errors import InputFileError, InvalidQueryError
 from ..types import IMAGES, TEXTS
 from .common import (
     BackendOption,
+    CaptionModelOption,
+    CaptionPretrainedOption,
     DeviceOption,
     IndexOption,
     PrecisionOption,
+    caption_spec,
     model_spec,
     progress,
     run_guarded,
 )
-from .render import report_dict, report_summary
+from .render import caption_summary, report_dict, report_summary
 
 
 def index(
@@ -119,6 +122,16 @@ def index(
             envvar=DECODE_ENV,
         ),
     ] = "auto",
+    captions: Annotated[
+        bool,
+        typer.Option(
+            "--captions",
+            help="Caption every image that has no caption yet with a CoCa model (slow on a "
+            "CPU); captions are searchable by keyword and shown in results",
+        ),
+    ] = False,
+    caption_model: CaptionModelOption = None,
+    caption_pretrained: CaptionPretrainedOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run's report as JSON")] = False,
 ) -> None:
@@ -141,7 +154,7 @@ def index(
             decode=decode,
         )
         roots = paths or []
-        if not roots and catalog is None and texts is None:
+        if not roots and catalog is None and texts is None and not captions:
             raise InvalidQueryError("give image folders or files to index, or --catalog FILE")
         for path in roots:
             if not path.exists():
@@ -154,11 +167,18 @@ def index(
         text_list = load_texts(texts) if texts is not None else None
         products = load_catalog(catalog) if catalog is not None else None
         directory = index_dir or default_index_dir()
+        only_captions = captions and not roots and catalog is None and texts is None
+        if only_captions and not (directory / "manifest.json").is_file():
+            raise InputFileError(
+                f"no index at {directory} to caption; index images first (`mmsearch index "
+                "PATH --captions`) or pass --index DIR"
+            )
+        captioner = caption_spec(caption_model, caption_pretrained) if captions else None
         store, factory = open_for_indexing(
             directory, model_spec(model, pretrained), config, index_type
         )
         types = {IMAGES: index_type, TEXTS: index_type} if index_type != "auto" else None
-        reports = []
+        reports: list[tuple[str, Any]] = []
         if target_recall is not None:
             store.target_recall = target_recall
         store.ondisk = ondisk
@@ -186,12 +206,21 @@ def index(
                     store, products, factory, index_types=types, on_progress=on_progress
                 )
                 reports.append(("catalog", report))
+            if captioner is not None:
+                from ..captions import caption_missing
+                from ..compose import load_captioner
+
+                spec = captioner
+                done = caption_missing(store, lambda: load_captioner(spec, config), on_progress)
+                reports.append(("captions", done))
         for _, report in reports:
             for skip in report.skipped:
                 detail = f" ({skip.detail})" if skip.detail else ""
                 typer.echo(f"skipped {skip.path}: {skip.reason}{detail}", err=True)
         for kind, report in reports:
-            if as_json:
+            if kind == "captions":
+                typer.echo(caption_summary(report, as_json=as_json))
+            elif as_json:
                 typer.echo(json.dumps({"kind": kind, **report_dict(report, directory)}))
             else:
                 typer.echo(report_summary(report, directory, kind))

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from .caption import caption
 from .check import check
 from .duplicates import duplicates
 from .eval import eval_command
@@ -43,3 +44,4 @@ for command in (index, query, info, serve):
 app.command("eval")(eval_command)
 app.command()(check)
 app.command()(duplicates)
+app.command()(caption)

@@ -9,6 +9,7 @@ import typer
 
 from ..config import EmbedConfig, default_index_dir
 from ..errors import InputFileError, InvalidQueryError
+from ..hybrid import MODES
 from ..queries import DEFAULT_DUPLICATE_THRESHOLD, QueryPart, parse_weight
 from ..service import DEFAULT_TEXT_WEIGHT, SearchRequest, check_k
 from ..types import TARGETS
@@ -130,6 +131,15 @@ def query(
         float,
         typer.Option(min=0.0, max=1.0, help="Products: weight of the title match vs the image"),
     ] = DEFAULT_TEXT_WEIGHT,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="semantic (CLIP), keyword (BM25 over names, titles, texts, captions) or hybrid "
+            "(both, fused by reciprocal rank) (default: hybrid with a catalog, else semantic)",
+            envvar="MMSEARCH_MODE",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON on stdout, nothing else")
     ] = False,
@@ -158,11 +168,13 @@ def query(
             raise InvalidQueryError("the query text is empty; pass some words to search for")
         if target not in (None, *TARGETS):
             raise InvalidQueryError(f"--target must be one of {', '.join(TARGETS)}, not {target!r}")
+        if mode not in (None, *MODES):
+            raise InvalidQueryError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
         check_k(k, offset)
         # One unweighted text or image keeps the plain query (and its echo); anything else
         # is a composed query.
         single = len(parts) == 1 and like is None and parts[0].item is None
-        plain = single and parts[0].weight == 1.0 and (text is None or "@" not in text)
+        plain = single and parts[0].weight == 1.0 and (text is None or parts[0].text == text)
         request = SearchRequest(
             text=parts[0].text if plain else None,
             image=parts[0].image if plain else None,
@@ -175,6 +187,7 @@ def query(
             offset=offset,
             filters=parse_filters(filters or []),
             text_weight=text_weight,
+            mode=mode,
         )
         config = EmbedConfig(device=device, precision=precision, backend=backend)
         with open_for_search(index_dir or default_index_dir(), config) as service:

@@ -4,12 +4,14 @@ JSON of index reports. Pure functions from values to strings."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..types import IMAGES, PRODUCTS, TEXTS
 
 if TYPE_CHECKING:
+    from ..captions import CaptionReport
     from ..ingest import IndexReport
     from ..service import SearchResult
 
@@ -48,6 +50,26 @@ def report_dict(report: IndexReport, directory: Path) -> dict[str, Any]:
     }
 
 
+def caption_summary(report: CaptionReport, *, as_json: bool) -> str:
+    """One line (or JSON line) about a captioning pass."""
+    fields = {
+        "kind": "captions",
+        "captioned": report.captioned,
+        "generated": report.generated,
+        "already": report.already,
+        "skipped": len(report.skipped),
+        "elapsed_s": round(report.elapsed_s, 3),
+        "captions_per_s": round(report.captions_per_s, 3),
+    }
+    if as_json:
+        return json.dumps(fields)
+    return (
+        f"captioned {report.captioned} (generated {report.generated}), already had one "
+        f"{report.already}, skipped {len(report.skipped)}, {report.elapsed_s:.1f}s, "
+        f"{report.captions_per_s:.2f} captions/s"
+    )
+
+
 def result_table(result: SearchResult) -> str:
     """rank, score and path/text/product per hit, or why there are none."""
     target = result.query["target"]
@@ -63,6 +85,10 @@ def result_table(result: SearchResult) -> str:
             shown = f"{hit.metadata.get('product_id')}  {hit.metadata.get('title')}  {shown or ''}"
         if hit.duplicates:
             shown = f"{shown}  (+{len(hit.duplicates)} near-duplicates, ids in --json)"
+        if hit.caption is not None:
+            shown = f"{shown}  ({hit.caption})"
+        if hit.signals:
+            shown = f"{shown}  [{', '.join(f'{k} #{v}' for k, v in hit.signals.items())}]"
         lines.append(f"{hit.rank:>4}  {hit.score:>7.4f}  {shown}")
     return "\n".join(lines)
 

@@ -19,6 +19,12 @@ from ..queries import MAX_PARTS
 from ..service import DEFAULT_TEXT_WEIGHT, MAX_K
 
 Target = Literal["images", "texts", "products"]
+Mode = Literal["semantic", "keyword", "hybrid"]
+MODE_HELP = (
+    "semantic (CLIP), keyword (BM25 over file/folder names, titles, texts, captions) or hybrid "
+    "(reciprocal rank fusion of both, k=60); default: hybrid for text queries of an index with "
+    "a product catalog, else semantic. Image queries are semantic."
+)
 
 # CLIP's tokenizer keeps 77 tokens (roughly 300 characters of English); 2,000 characters leaves
 # room for any real query while keeping tokenisation cost and cache keys small.
@@ -125,6 +131,7 @@ class SearchBody(BaseModel):
         allow_inf_nan=False,
         description="products, text queries: score = w * title match + (1 - w) * image match",
     )
+    mode: Mode | None = Field(None, description=MODE_HELP)
 
 
 class PartEcho(BaseModel):
@@ -150,6 +157,7 @@ class QueryOut(BaseModel):
     like: int | None = Field(None, description="more like this item (left out of the results)")
     min_score: float | None = None
     collapse: bool | None = None
+    mode: Mode = Field(description="the search mode used (the default resolved)")
 
 
 class HitOut(BaseModel):
@@ -163,6 +171,13 @@ class HitOut(BaseModel):
     id: int = Field(description="item id: GET /items/{id}, /items/{id}/image")
     path: str | None = Field(None, description="image hits: the indexed file")
     text: str | None = Field(None, description="text hits: the indexed text")
+    caption: str | None = Field(None, description="image hits: the generated caption, if any")
+    signals: dict[str, int] | None = Field(
+        None,
+        description="keyword and hybrid modes: the hit's 1-based rank in each ranking that "
+        'found it, e.g. {"semantic": 3, "keyword": 1}; `score` is then BM25 (keyword) or the '
+        "reciprocal rank fusion score (hybrid) instead of a cosine similarity",
+    )
     product_id: str | None = None
     title: str | None = None
     duplicates: list[int] | None = Field(

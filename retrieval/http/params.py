@@ -14,9 +14,11 @@ from starlette.exceptions import HTTPException
 from ..errors import ImageDecodeError, ImageTooLargeError, InvalidQueryError
 from ..images import header_size
 from ..service import MAX_K
-from .models import MAX_FILTERS, MAX_OFFSET, Target
+from .models import MAX_FILTERS, MAX_OFFSET, MODE_HELP, Mode, Target
 
-SEARCH_PARAMS = frozenset({"q", "k", "offset", "target", "text_weight", "min_score", "collapse"})
+SEARCH_PARAMS = frozenset(
+    {"q", "k", "offset", "target", "text_weight", "min_score", "collapse", "mode"}
+)
 UPLOAD_PARAMS = frozenset({"k", "offset", "target", "min_score", "collapse"})
 FILTER_HELP = (
     "Any other query parameter is a product filter: COLUMN=VALUE for equality, COLUMN_min=N / "
@@ -28,6 +30,7 @@ TargetParam = Annotated[
     Target | None,
     Query(description="default: products when the index has a catalog, else images"),
 ]
+ModeParam = Annotated[Mode | None, Query(description=MODE_HELP)]
 WeightParam = Annotated[
     float, Query(ge=0.0, le=1.0, allow_inf_nan=False, description="products: title weight")
 ]

@@ -53,6 +53,7 @@ from .params import (
     ItemId,
     KParam,
     MinScoreParam,
+    ModeParam,
     OffsetParam,
     SizeParam,
     TargetParam,
@@ -177,6 +178,7 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
         text_weight: WeightParam = DEFAULT_TEXT_WEIGHT,
         min_score: MinScoreParam = None,
         collapse: CollapseParam = False,
+        mode: ModeParam = None,
     ) -> Response:
         filters = query_filters(request, SEARCH_PARAMS)
         query = SearchRequest(
@@ -188,6 +190,7 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
             text_weight=text_weight,
             min_score=min_score,
             collapse=collapse,
+            mode=mode,
         )
         return await server.admission.run(lambda: server.search(query))
 

@@ -187,6 +187,7 @@ async function searchText(event) {
   if (!text) return;
   const params = searchParams();
   params.set("q", text);
+  applyMode(params);
   if (stats && stats.has_catalog) params.set("text_weight", $("text-weight").value);
   await runSearch(`“${text}”`, () => api(`/search?${params}`));
 }
@@ -238,8 +239,32 @@ function renderResults(results) {
     if (typeof hit.price === "number") card.querySelector(".price").textContent = hit.price.toFixed(2);
     card.querySelector(".score").textContent = `score ${hit.score.toFixed(3)}`;
     decorateCard(card, hit);
+    renderCaption(card, hit);
+    renderSignals(card, hit);
     list.append(card);
   }
+}
+
+// -- search mode, captions and signals (keywords + CLIP) ---------------------------------------
+function applyMode(params) {
+  // Text searches only: image queries are always semantic.
+  if ($("mode").value) params.set("mode", $("mode").value);
+  // min_score is a cosine cutoff: keyword (BM25) search has none.
+  if ($("mode").value === "keyword") params.delete("min_score");
+}
+
+function renderCaption(card, hit) {
+  const box = card.querySelector(".caption");
+  box.textContent = hit.caption || "";
+  box.hidden = !hit.caption;
+}
+
+function renderSignals(card, hit) {
+  // Which ranking(s) found the hit, e.g. "semantic #3 · keyword #1".
+  const box = card.querySelector(".signals");
+  const signals = Object.entries(hit.signals || {});
+  box.textContent = signals.map(([name, rank]) => `${name} #${rank}`).join(" · ");
+  box.hidden = signals.length === 0;
 }
 
 async function showThumbnail(img, id) {
