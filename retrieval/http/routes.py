@@ -31,7 +31,7 @@ from ..errors import ImageDecodeError, MmsearchError
 from ..service import DEFAULT_TEXT_WEIGHT, SearchRequest, SearchService
 from .errors import ERROR_RESPONSES, http_error, install_error_handlers, internal_error
 from .items import indexed_file, item_out, make_thumbnail
-from .limits import AdmissionLimiter, BodyLimitMiddleware
+from .limits import AdmissionLimiter, BodyLimitMiddleware, BodyTimeoutMiddleware
 from .metrics import Metrics, ObserveMiddleware
 from .models import (
     MAX_QUERY_CHARS,
@@ -58,7 +58,7 @@ from .params import (
     decode_base64,
     query_filters,
 )
-from .security import api_key_dependency
+from .security import ApiKeyMiddleware, api_key_dependency
 
 logger = logging.getLogger(__name__)
 
@@ -132,12 +132,20 @@ def create_app(service: SearchService, config: ServeConfig) -> FastAPI:
         responses=ERROR_RESPONSES,
     )
     install_error_handlers(app)
-    # Added innermost first: requests pass Observe, then CORS, then the body cap.
+    # Added innermost first: requests pass Observe, then CORS, then the key check, then the
+    # body-read timeout, then the body cap.
     app.add_middleware(
         BodyLimitMiddleware,
         limit=config.max_upload_bytes * 4 // 3 + BODY_OVERHEAD,
         reject=lambda err: http_error(None, err),
     )
+    app.add_middleware(
+        BodyTimeoutMiddleware, idle_s=config.body_idle_timeout_s, total_s=config.body_timeout_s
+    )
+    if config.api_key:
+        app.add_middleware(
+            ApiKeyMiddleware, api_key=config.api_key, reject=lambda err: http_error(None, err)
+        )
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -226,19 +234,22 @@ def _add_item_routes(api: APIRouter, server: _Server) -> None:
     @api.get("/items/{item_id}/image", response_class=Response, responses=IMAGE_RESPONSES)
     async def get_item_image(item_id: ItemId, size: SizeParam = None) -> Response:
         """The indexed image file, or a JPEG thumbnail of it (cached in memory)."""
-        path, key = await admission.run(lambda: indexed_file(service, item_id))
+        path, data = await admission.run(lambda: indexed_file(service, item_id))
         headers = {"Cache-Control": "private, max-age=3600"}
         if size is None:
             media_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
-            return FileResponse(path, media_type=media_type, headers=headers)
-        thumbnail = server.thumbnails.get((*key, size))
+            return Response(data, media_type=media_type, headers=headers)
+        # The bytes were checked against the indexed hash, so (id, size) names one thumbnail
+        # until the item is re-indexed under a new id or with new bytes (a new length and hash).
+        key = (item_id, len(data), hash(data), size)
+        thumbnail = server.thumbnails.get(key)
         if thumbnail is None:
             try:
-                thumbnail = await admission.run(lambda: make_thumbnail(path, size))
+                thumbnail = await admission.run(lambda: make_thumbnail(data, size))
             except ImageDecodeError as err:
                 # The indexed file broke after indexing: the client asked nothing wrong.
                 raise HTTPException(404, f"image {item_id} can no longer be read: {err}") from err
-            server.thumbnails.put((*key, size), thumbnail)
+            server.thumbnails.put(key, thumbnail)
         return Response(thumbnail, media_type="image/jpeg", headers=headers)
 
 
