@@ -60,11 +60,14 @@ def indexed_file(service: SearchService, item_id: int) -> tuple[str, bytes]:
         fd = os.open(item.path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         raise gone from None
-    with os.fdopen(fd, "rb") as stream:
-        stat = os.fstat(stream.fileno())
+    try:
+        stat = os.fstat(fd)
         if not S_ISREG(stat.st_mode) or (item.size is not None and stat.st_size != item.size):
             raise changed
-        data = stream.read(stat.st_size + 1)
+        with os.fdopen(fd, "rb", closefd=False) as stream:
+            data = stream.read(stat.st_size + 1)
+    finally:
+        os.close(fd)
     expected = item.key.removeprefix("img:") if item.key.startswith("img:") else None
     if len(data) != stat.st_size or (
         expected is not None and hashlib.sha256(data).hexdigest() != expected

@@ -116,7 +116,6 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
 
-
 class BodyTimeoutMiddleware:
     """Bounds how long a request body may take: each chunk must arrive within `idle_s` of the
     previous one and the whole body within `total_s`, else 408 (raised from `receive`, which
@@ -146,7 +145,9 @@ class BodyTimeoutMiddleware:
             ) as waited:
                 message = await receive()
             if waited.cancelled_caught:
-                why = f"stalled for {self.idle_s:g} s" if stalled else f"took over {self.total_s:g} s"
+                why = (
+                    f"stalled for {self.idle_s:g} s" if stalled else f"took over {self.total_s:g} s"
+                )
                 raise HTTPException(408, f"the request body {why}; send it faster or retry")
             done = message["type"] != "http.request" or not message.get("more_body", False)
             return message

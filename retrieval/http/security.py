@@ -24,7 +24,9 @@ BearerToken = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
 
 # Routes that hold no data: liveness, the search page and its assets (the page asks for the key
 # and sends it on its API calls), and the API docs. Everything else needs the key.
-PUBLIC_PATHS = frozenset({"/health", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+PUBLIC_PATHS = frozenset(
+    {"/health", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+)
 PUBLIC_PREFIXES = ("/static/",)
 
 
