@@ -14,6 +14,7 @@ import httpx
 import pytest
 from httpkit import index_photos, open_app, run_server
 
+from benchmarks.fuzz_http import fuzz
 from retrieval.config import ServeConfig
 
 # Short timeouts so each slow-client case takes about a second; the defaults are 10/15/120 s.
@@ -279,6 +280,15 @@ def test_garbage_request_lines_are_refused(live: str) -> None:
         raw = exchange(live, line)
         assert raw == b"" or 400 <= status_of(raw) < 500, (line, raw[:200])
     assert_alive(live)
+
+
+def test_schemathesis_against_the_live_server_gets_only_documented_4xx(live: str) -> None:
+    # A few cases per operation; `python -m benchmarks.fuzz_http` runs thousands.
+    report = fuzz(live, examples=4, stateful=4)
+    assert not report.failures, "\n\n".join(report.failures.values())
+    assert report.total >= 60 and report.stateful_steps > 0
+    assert report.statuses[200] > 0 and not any(status >= 500 for status in report.statuses)
+    assert len(report.cases) >= 9  # every operation was called
 
 
 def test_the_server_still_searches_after_all_that(live: str) -> None:
