@@ -44,14 +44,15 @@ def write_images(folder: Path, count: int, *, seed: int, start: int = 0) -> list
     return paths
 
 
-def write_catalog(folder: Path, count: int) -> Path:
-    """`count` products with two images each, a category, a price and a brand."""
+def write_catalog(folder: Path, count: int, *, skip: int = 0) -> Path:
+    """Products `skip`..`count`-1 with two images each, a category, a price and a brand; the
+    same number is always the same product with the same images."""
     images = write_images(folder / "img", count * 2, seed=3)
     path = folder / "products.csv"
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "title", "image", "category", "price", "brand"])
-        for n in range(count):
+        for n in range(skip, count):
             category = CATEGORIES[n % len(CATEGORIES)]
             pair = f"img/{images[2 * n].name}|img/{images[2 * n + 1].name}"
             brand = "acme" if n % 2 else "zenith"
