@@ -186,8 +186,8 @@ def print_report(report: FuzzReport, rss: tuple[float, float] | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--examples", type=int, default=200, help="cases per operation and mode")
-    parser.add_argument("--stateful", type=int, default=100, help="stateful runs")
+    parser.add_argument("--examples", type=int, default=400, help="cases per operation and mode")
+    parser.add_argument("--stateful", type=int, default=150, help="stateful runs")
     parser.add_argument("--products", type=int, default=40)
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
