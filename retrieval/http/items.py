@@ -45,6 +45,22 @@ def item_out(service: SearchService, item_id: int) -> ItemOut:
     )
 
 
+def thumbnail_key(service: SearchService, item_id: int, size: int) -> tuple[int, int, int, int]:
+    """The thumbnail cache key of an indexed image as it is on disk now, or 404 when it is
+    gone or no longer a regular file of the indexed size and mtime."""
+    item = service.get_item(item_id)
+    if item is None or item.collection != IMAGES or not item.path:
+        raise HTTPException(404, f"no indexed image with id {item_id}")
+    try:
+        stat = os.stat(item.path)
+    except OSError:
+        raise HTTPException(404, f"image {item_id} is no longer on disk; re-index") from None
+    indexed = (item.size, item.mtime_ns) if item.size is not None else None
+    if not S_ISREG(stat.st_mode) or indexed not in (None, (stat.st_size, stat.st_mtime_ns)):
+        raise HTTPException(404, f"image {item_id} changed on disk since indexing; re-index")
+    return item.id, stat.st_size, stat.st_mtime_ns, size
+
+
 def indexed_file(service: SearchService, item_id: int) -> tuple[str, bytes]:
     """The path and bytes of an indexed image, or 404. Only paths read from the catalog are
     ever opened, and the bytes are served only when they are the ones indexed: a regular file

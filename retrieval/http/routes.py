@@ -30,7 +30,7 @@ from ..config import ServeConfig
 from ..errors import ImageDecodeError, MmsearchError
 from ..service import DEFAULT_TEXT_WEIGHT, SearchRequest, SearchService
 from .errors import ERROR_RESPONSES, http_error, install_error_handlers, internal_error
-from .items import indexed_file, item_out, make_thumbnail
+from .items import indexed_file, item_out, make_thumbnail, thumbnail_key
 from .limits import AdmissionLimiter, BodyLimitMiddleware, BodyTimeoutMiddleware
 from .metrics import Metrics, ObserveMiddleware
 from .models import (
@@ -234,22 +234,25 @@ def _add_item_routes(api: APIRouter, server: _Server) -> None:
     @api.get("/items/{item_id}/image", response_class=Response, responses=IMAGE_RESPONSES)
     async def get_item_image(item_id: ItemId, size: SizeParam = None) -> Response:
         """The indexed image file, or a JPEG thumbnail of it (cached in memory)."""
-        path, data = await admission.run(lambda: indexed_file(service, item_id))
         headers = {"Cache-Control": "private, max-age=3600"}
-        if size is None:
+        key = None
+        if size is not None:
+            # A cached thumbnail was made from verified bytes, so a cheap stat (the file is
+            # still there, regular, the indexed size and mtime) is enough to serve it again.
+            key = await admission.run(lambda: thumbnail_key(service, item_id, size))
+            cached = server.thumbnails.get(key)
+            if cached is not None:
+                return Response(cached, media_type="image/jpeg", headers=headers)
+        path, data = await admission.run(lambda: indexed_file(service, item_id))
+        if key is None:  # no size: the original file
             media_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
             return Response(data, media_type=media_type, headers=headers)
-        # The bytes were checked against the indexed hash, so (id, size) names one thumbnail
-        # until the item is re-indexed under a new id or with new bytes (a new length and hash).
-        key = (item_id, len(data), hash(data), size)
-        thumbnail = server.thumbnails.get(key)
-        if thumbnail is None:
-            try:
-                thumbnail = await admission.run(lambda: make_thumbnail(data, size))
-            except ImageDecodeError as err:
-                # The indexed file broke after indexing: the client asked nothing wrong.
-                raise HTTPException(404, f"image {item_id} can no longer be read: {err}") from err
-            server.thumbnails.put(key, thumbnail)
+        try:
+            thumbnail = await admission.run(lambda: make_thumbnail(data, size))
+        except ImageDecodeError as err:
+            # The indexed file broke after indexing: the client asked nothing wrong.
+            raise HTTPException(404, f"image {item_id} can no longer be read: {err}") from err
+        server.thumbnails.put(key, thumbnail)
         return Response(thumbnail, media_type="image/jpeg", headers=headers)
 
 
