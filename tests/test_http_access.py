@@ -243,7 +243,9 @@ def test_serve_never_prints_the_key(tiny_model: str, tmp_path: Path) -> None:
                 if httpx.get(f"{base}/health", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
-                assert server.poll() is None and time.monotonic() < deadline
+                if server.poll() is not None or time.monotonic() > deadline:
+                    reader.join(timeout=10)
+                    raise AssertionError(b"".join(output).decode(errors="replace")) from None
                 time.sleep(0.2)
         for headers in (
             {"X-API-Key": KEY},
