@@ -112,3 +112,10 @@ class ServeConfig:
     # ~20 KB per 256 px JPEG thumbnail: 64 MiB holds a few thousand.
     thumbnail_cache_bytes: int = 64 * MIB
     batching: BatchConfig = field(default_factory=BatchConfig)
+    # Slow clients: a request head (line + headers) must arrive within header_timeout_s of the
+    # connection opening or of the previous answer, a body chunk within body_idle_timeout_s of
+    # the last, and the whole body within body_timeout_s. 120 s moves a 20 MiB upload at
+    # 1.4 Mbit/s; a slowloris client holds a connection for at most that long.
+    header_timeout_s: float = 10.0
+    body_idle_timeout_s: float = 15.0
+    body_timeout_s: float = 120.0

@@ -64,14 +64,19 @@ def free_port() -> int:
 
 
 @contextmanager
-def run_server(app: FastAPI) -> Iterator[str]:
-    """Serve `app` with uvicorn on 127.0.0.1 in a thread; yields its base URL once ready."""
+def run_server(app: FastAPI, config: ServeConfig | None = None) -> Iterator[str]:
+    """Serve `app` with uvicorn on 127.0.0.1 in a thread, configured as `mmsearch serve` runs
+    it (`config` supplies its timeouts); yields its base URL once ready."""
     import uvicorn
 
+    from retrieval.http.runner import server_config
+
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    )
+    options = server_config(
+        app, config or ServeConfig(), host="127.0.0.1", port=port, log_level="warning",
+        access_log=False,
+    )  # fmt: skip
+    server = uvicorn.Server(options)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"

@@ -244,3 +244,21 @@ def test_compiled_blobs_are_reused_and_never_trusted_when_damaged(
     assert json.loads((blobs / runtime.BLOBS_FILE).read_text()) == {
         blob.name: runtime.cached_sha256(blob) for blob in runtime._blob_files(blobs)
     }
+
+
+def test_runtime_answers_many_threads_at_once(embedders) -> None:
+    # `serve` embeds image uploads from up to --max-concurrency worker threads at once; one
+    # shared OpenVINO InferRequest used to fail them with "Infer Request is busy" (HTTP 500).
+    from concurrent.futures import ThreadPoolExecutor
+
+    exported, _ = embedders
+    batches = [torch.randn(1 + n % 3, 3, 32, 32, generator=torch.Generator().manual_seed(n))
+               for n in range(48)]  # fmt: skip
+    serial = [exported.encode_images(pixels) for pixels in batches]
+    with ThreadPoolExecutor(16) as pool:
+        parallel = list(pool.map(exported.encode_images, batches))
+        texts = list(pool.map(lambda n: exported.encode_texts([TEXTS[n % 4]]), range(48)))
+    for got, want in zip(parallel, serial, strict=True):
+        np.testing.assert_array_equal(got, want)
+    for n, got in enumerate(texts):
+        np.testing.assert_array_equal(got, exported.encode_texts([TEXTS[n % 4]]))

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -195,10 +196,15 @@ def _openvino_session(path: Path, threads: int, precision: str) -> Session:
     if os.access(blobs, os.W_OK):
         _record_blobs(blobs)
     request = compiled.create_infer_request()
+    # An InferRequest runs one inference at a time ("Infer Request is busy" otherwise), and
+    # `serve` embeds uploads from many worker threads at once. One request behind a lock, not
+    # one per thread: with the LATENCY hint each inference already uses every thread.
+    busy = threading.Lock()
 
     def run(array: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-        # infer() returns views of the request's buffers; copy before the next call reuses them
-        return np.array(request.infer([array])[0], dtype=np.float32)
+        with busy:
+            # infer() returns views of the request's buffers; copy before the next call
+            return np.array(request.infer([array])[0], dtype=np.float32)
 
     return run
 
@@ -274,6 +280,7 @@ class ExportedEncoder:
     # in the index so a cold text query can find this entry again without loading torch.
     origin: dict[str, str] = field(default_factory=dict)
     _sessions: dict[str, Session] = field(default_factory=dict, repr=False)
+    _loading: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def dim(self) -> int:
@@ -284,10 +291,11 @@ class ExportedEncoder:
         return int(self.meta["image_size"])
 
     def _session(self, file: str) -> Session:
-        if file not in self._sessions:
-            create = ENGINES[self.engine].create_session
-            self._sessions[file] = create(self.folder / file, self.threads, self.precision)
-        return self._sessions[file]
+        with self._loading:  # two threads' first queries compile one graph, not two
+            if file not in self._sessions:
+                create = ENGINES[self.engine].create_session
+                self._sessions[file] = create(self.folder / file, self.threads, self.precision)
+            return self._sessions[file]
 
     def encode_images(self, pixels: npt.NDArray[np.float32]) -> Vectors:
         """(n, 3, H, W) float32 preprocessed pixels -> (n, dim) normalised float32."""

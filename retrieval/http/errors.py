@@ -48,12 +48,13 @@ HTTP_CODES = {
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
+    408: "timeout",
     413: "too_large",
     429: "overloaded",
     503: "not_ready",
 }
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut} for status in (400, 401, 404, 413, 422, 429, 500, 503)
+    status: {"model": ErrorOut} for status in (400, 401, 404, 408, 413, 422, 429, 500, 503)
 }
 
 

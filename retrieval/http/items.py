@@ -1,10 +1,12 @@
 """Serving indexed items: their stored fields, the indexed image file, and cached-size JPEG
-thumbnails. Only paths read from the catalog are ever served."""
+thumbnails. Only paths read from the catalog are ever served, and only their indexed bytes."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+from stat import S_ISREG
 
 from starlette.exceptions import HTTPException
 
@@ -17,9 +19,9 @@ from .models import ItemOut
 THUMBNAIL_QUALITY = 85
 
 
-def make_thumbnail(path: str, size: int) -> bytes:
-    """A JPEG of the image at `path`, scaled to fit in size x size (aspect kept)."""
-    image = load_image(path)
+def make_thumbnail(data: bytes, size: int) -> bytes:
+    """A JPEG of the image file `data`, scaled to fit in size x size (aspect kept)."""
+    image = load_image(data)
     image.thumbnail((size, size))
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=THUMBNAIL_QUALITY, optimize=True)
@@ -43,9 +45,9 @@ def item_out(service: SearchService, item_id: int) -> ItemOut:
     )
 
 
-def indexed_file(service: SearchService, item_id: int) -> tuple[str, tuple[int, int, int]]:
-    """The path of an indexed image and a key that changes with the file, or 404. Only paths
-    read from the catalog are ever served, and only while the file is the one indexed."""
+def thumbnail_key(service: SearchService, item_id: int, size: int) -> tuple[int, int, int, int]:
+    """The thumbnail cache key of an indexed image as it is on disk now, or 404 when it is
+    gone or no longer a regular file of the indexed size and mtime."""
     item = service.get_item(item_id)
     if item is None or item.collection != IMAGES or not item.path:
         raise HTTPException(404, f"no indexed image with id {item_id}")
@@ -53,7 +55,38 @@ def indexed_file(service: SearchService, item_id: int) -> tuple[str, tuple[int, 
         stat = os.stat(item.path)
     except OSError:
         raise HTTPException(404, f"image {item_id} is no longer on disk; re-index") from None
-    # A file replaced since indexing (or a link pointed elsewhere) is not what was indexed.
-    if item.size is not None and (stat.st_size, stat.st_mtime_ns) != (item.size, item.mtime_ns):
+    indexed = (item.size, item.mtime_ns) if item.size is not None else None
+    if not S_ISREG(stat.st_mode) or indexed not in (None, (stat.st_size, stat.st_mtime_ns)):
         raise HTTPException(404, f"image {item_id} changed on disk since indexing; re-index")
-    return item.path, (item.id, stat.st_size, stat.st_mtime_ns)
+    return item.id, stat.st_size, stat.st_mtime_ns, size
+
+
+def indexed_file(service: SearchService, item_id: int) -> tuple[str, bytes]:
+    """The path and bytes of an indexed image, or 404. Only paths read from the catalog are
+    ever opened, and the bytes are served only when they are the ones indexed: a regular file
+    (never a FIFO or device swapped in), of the indexed size, with the indexed SHA-256. Reading
+    once and checking what was read leaves no gap between check and use for a swapped link."""
+    item = service.get_item(item_id)
+    if item is None or item.collection != IMAGES or not item.path:
+        raise HTTPException(404, f"no indexed image with id {item_id}")
+    gone = HTTPException(404, f"image {item_id} is no longer on disk; re-index")
+    changed = HTTPException(404, f"image {item_id} changed on disk since indexing; re-index")
+    try:
+        # O_NONBLOCK: opening a FIFO put in the file's place must not wait for a writer.
+        fd = os.open(item.path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        raise gone from None
+    try:
+        stat = os.fstat(fd)
+        if not S_ISREG(stat.st_mode) or (item.size is not None and stat.st_size != item.size):
+            raise changed
+        with os.fdopen(fd, "rb", closefd=False) as stream:
+            data = stream.read(stat.st_size + 1)
+    finally:
+        os.close(fd)
+    expected = item.key.removeprefix("img:") if item.key.startswith("img:") else None
+    if len(data) != stat.st_size or (
+        expected is not None and hashlib.sha256(data).hexdigest() != expected
+    ):
+        raise changed
+    return item.path, data

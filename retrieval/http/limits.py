@@ -1,4 +1,5 @@
-"""Admission control (429 instead of a hang) and the request body cap (413)."""
+"""Admission control (429 instead of a hang), the request body cap (413) and the body-read
+timeout (408)."""
 
 from __future__ import annotations
 
@@ -113,3 +114,42 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+class BodyTimeoutMiddleware:
+    """Bounds how long a request body may take: each chunk must arrive within `idle_s` of the
+    previous one and the whole body within `total_s`, else 408 (raised from `receive`, which
+    FastAPI's body reading turns into the app's JSON error). uvicorn has no body-read timeout
+    of its own, so without this a client sending one byte a minute (slowloris) would hold a
+    connection and a request slot forever."""
+
+    def __init__(self, app: ASGIApp, idle_s: float, total_s: float) -> None:
+        self.app = app
+        self.idle_s = idle_s
+        self.total_s = total_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = anyio.current_time() + self.total_s
+        done = False
+
+        async def timed_receive() -> Message:
+            nonlocal done
+            if done:  # after the body only http.disconnect comes: waiting for it is no cost
+                return await receive()
+            stalled = self.idle_s < deadline - anyio.current_time()
+            with anyio.move_on_after(
+                self.idle_s if stalled else deadline - anyio.current_time()
+            ) as waited:
+                message = await receive()
+            if waited.cancelled_caught:
+                why = (
+                    f"stalled for {self.idle_s:g} s" if stalled else f"took over {self.total_s:g} s"
+                )
+                raise HTTPException(408, f"the request body {why}; send it faster or retry")
+            done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, timed_receive, send)

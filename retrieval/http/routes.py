@@ -31,8 +31,8 @@ from ..errors import ImageDecodeError, MmsearchError
 from ..queries import QueryPart
 from ..service import DEFAULT_TEXT_WEIGHT, SearchRequest, SearchService
 from .errors import ERROR_RESPONSES, http_error, install_error_handlers, internal_error
-from .items import indexed_file, item_out, make_thumbnail
-from .limits import AdmissionLimiter, BodyLimitMiddleware
+from .items import indexed_file, item_out, make_thumbnail, thumbnail_key
+from .limits import AdmissionLimiter, BodyLimitMiddleware, BodyTimeoutMiddleware
 from .metrics import Metrics, ObserveMiddleware
 from .models import (
     MAX_QUERY_CHARS,
@@ -63,7 +63,7 @@ from .params import (
     decode_base64,
     query_filters,
 )
-from .security import api_key_dependency
+from .security import ApiKeyMiddleware, api_key_dependency
 
 logger = logging.getLogger(__name__)
 
@@ -137,12 +137,20 @@ def create_app(service: SearchService, config: ServeConfig) -> FastAPI:
         responses=ERROR_RESPONSES,
     )
     install_error_handlers(app)
-    # Added innermost first: requests pass Observe, then CORS, then the body cap.
+    # Added innermost first: requests pass Observe, then CORS, then the key check, then the
+    # body-read timeout, then the body cap.
     app.add_middleware(
         BodyLimitMiddleware,
         limit=config.max_upload_bytes * 4 // 3 + BODY_OVERHEAD,
         reject=lambda err: http_error(None, err),
     )
+    app.add_middleware(
+        BodyTimeoutMiddleware, idle_s=config.body_idle_timeout_s, total_s=config.body_timeout_s
+    )
+    if config.api_key:
+        app.add_middleware(
+            ApiKeyMiddleware, api_key=config.api_key, reject=lambda err: http_error(None, err)
+        )
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -291,19 +299,25 @@ def _add_item_routes(api: APIRouter, server: _Server) -> None:
     @api.get("/items/{item_id}/image", response_class=Response, responses=IMAGE_RESPONSES)
     async def get_item_image(item_id: ItemId, size: SizeParam = None) -> Response:
         """The indexed image file, or a JPEG thumbnail of it (cached in memory)."""
-        path, key = await admission.run(lambda: indexed_file(service, item_id))
         headers = {"Cache-Control": "private, max-age=3600"}
-        if size is None:
+        key = None
+        if size is not None:
+            # A cached thumbnail was made from verified bytes, so a cheap stat (the file is
+            # still there, regular, the indexed size and mtime) is enough to serve it again.
+            key = await admission.run(lambda: thumbnail_key(service, item_id, size))
+            cached = server.thumbnails.get(key)
+            if cached is not None:
+                return Response(cached, media_type="image/jpeg", headers=headers)
+        path, data = await admission.run(lambda: indexed_file(service, item_id))
+        if key is None:  # no size: the original file
             media_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
-            return FileResponse(path, media_type=media_type, headers=headers)
-        thumbnail = server.thumbnails.get((*key, size))
-        if thumbnail is None:
-            try:
-                thumbnail = await admission.run(lambda: make_thumbnail(path, size))
-            except ImageDecodeError as err:
-                # The indexed file broke after indexing: the client asked nothing wrong.
-                raise HTTPException(404, f"image {item_id} can no longer be read: {err}") from err
-            server.thumbnails.put((*key, size), thumbnail)
+            return Response(data, media_type=media_type, headers=headers)
+        try:
+            thumbnail = await admission.run(lambda: make_thumbnail(data, size))
+        except ImageDecodeError as err:
+            # The indexed file broke after indexing: the client asked nothing wrong.
+            raise HTTPException(404, f"image {item_id} can no longer be read: {err}") from err
+        server.thumbnails.put(key, thumbnail)
         return Response(thumbnail, media_type="image/jpeg", headers=headers)
 
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 from ..config import EmbedConfig, ServeConfig
+
+HEAD_LIMIT_BYTES = 16 * 1024
 
 
 def is_loopback(host: str) -> bool:
@@ -18,6 +21,24 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def server_config(app: Any, config: ServeConfig, *, host: str, port: int, **options: Any) -> Any:
+    """The uvicorn.Config that `mmsearch serve` runs `app` under (tests run the same one)."""
+    import uvicorn
+
+    from .slow_clients import head_timeout_protocol
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=head_timeout_protocol(config.header_timeout_s),
+        # 16 KiB for the request line plus headers (h11's default, said here so it is a choice):
+        # a longer query string or a header flood gets uvicorn's 400 and a closed connection.
+        h11_max_incomplete_event_size=HEAD_LIMIT_BYTES,
+        **options,
+    )
 
 
 def run_server(
@@ -37,4 +58,6 @@ def run_server(
 
     with open_for_search(directory, embed, batching=config.batching) as service:
         service.warm()
-        uvicorn.run(create_app(service, config), host=host, port=port, access_log=access_log)
+        app = create_app(service, config)
+        options = server_config(app, config, host=host, port=port, access_log=access_log)
+        uvicorn.Server(options).run()

@@ -8,8 +8,9 @@ target is met, then bisect. "Met" means the recall's one-sided 95% lower confide
 the sampled queries reaches the target (falling back to the plain mean when no setting can), so
 the chosen setting holds on queries the tuner never saw. The few candidates left (one per
 k_factor) are timed and the fastest wins. faiss.contrib has an autotuner
-(ParameterSpace.explore) but it sweeps the whole grid and keeps a Pareto front; it needs ground truth in its own form and does not bisect, so the ~40
-lines below are cheaper to run at build time and easier to reason about."""
+(ParameterSpace.explore) but it sweeps the whole grid and keeps a Pareto front; it needs ground
+truth in its own form and does not bisect, so the ~40 lines below are cheaper to run at build
+time and easier to reason about."""
 
 # ruff: noqa: E741
 
