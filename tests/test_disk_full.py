@@ -80,11 +80,12 @@ def test_disk_filling_up_during_the_run_fails_cleanly(
 
     def fill_after_check(where: Path, needed: int) -> None:
         # Another process takes all the space right after the run's own check passed.
-        with open(filler, "wb") as handle:
+        # Unbuffered: a buffered file would raise ENOSPC again from close() when a partial
+        # write left bytes in its buffer.
+        with open(filler, "wb", buffering=0) as handle:
             try:
                 while True:
                     handle.write(b"\0" * 65536)
-                    handle.flush()
             except OSError:
                 pass
 
