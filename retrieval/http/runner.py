@@ -4,6 +4,7 @@ close the service (which stops the text batcher) on the way out."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from pathlib import Path
 from typing import Any
@@ -60,4 +61,7 @@ def run_server(
         service.warm()
         app = create_app(service, config)
         options = server_config(app, config, host=host, port=port, access_log=access_log)
-        uvicorn.Server(options).run()
+        # uvicorn re-raises the SIGINT it handled once it has shut down; uvicorn.run() swallows
+        # that KeyboardInterrupt and so do we: Ctrl+C is how `serve` is meant to stop (exit 0).
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.Server(options).run()
