@@ -21,12 +21,10 @@ import itertools
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,38 +141,6 @@ def index_complete(directory: Path, count: int) -> bool:
 
 
 # -- server ---------------------------------------------------------------------------------------
-@contextmanager
-def running_server(directory: Path, port: int, args: tuple[str, ...], log: Path) -> Iterator[str]:
-    """`mmsearch serve` in a child process; yields its base URL once /ready answers 200."""
-    command = [sys.executable, "-c", "from retrieval.cli import app; app()", "serve",
-               "--index", str(directory), "--host", "127.0.0.1", "--port", str(port),
-               "--device", "cpu", "--no-access-log", *args]  # fmt: skip
-    with open(log, "ab") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"mmsearch serve exited with {process.returncode}; see {log}")
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"mmsearch serve not ready after 300 s; see {log}")
-            time.sleep(0.2)
-        yield base
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 # -- load -----------------------------------------------------------------------------------------
 async def drive(
     base: str, concurrency: int, next_text: Callable[[], str], seconds: float, cap: int
@@ -227,13 +193,15 @@ def text_source(repeated: bool, counter: Iterator[int]) -> Callable[[], str]:
 
 def run_setups(directory: Path, args: argparse.Namespace, log: Path) -> list[Result]:
     results: list[Result] = []
+    from benchmarks.livekit import serve_child  # livekit imports this module
+
     counter = itertools.count()
     port = args.port
     servers: dict[tuple[str, ...], list[Setup]] = {}
     for setup in SETUPS:
         servers.setdefault(setup.server_args, []).append(setup)
     for server_args, setups in servers.items():
-        with running_server(directory, port, server_args, log) as base:
+        with serve_child(directory, port, server_args, log) as (base, _):
             for setup in setups:
                 next_text = text_source(setup.repeated, counter)
                 # Warm-up: thread pools and connections; for repeated texts, every one of them
@@ -317,7 +285,9 @@ def main() -> None:
         print(f"built {directory} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     log = args.workdir / "server.log"
     results = run_setups(directory, args, log)
-    with running_server(directory, args.port, (), log) as base:
+    from benchmarks.livekit import serve_child  # livekit imports this module
+
+    with serve_child(directory, args.port, (), log) as (base, _):
         stats = httpx.get(f"{base}/stats", timeout=30).json()
 
     baselines = {r.concurrency: r for r in results if r.setup == SETUPS[0].name}

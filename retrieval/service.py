@@ -191,25 +191,7 @@ class SearchService:
 
     def _hits(self, scores: np.ndarray, ids: np.ndarray, offset: int) -> list[Hit]:
         pairs = [(float(s), int(i)) for s, i in zip(scores, ids, strict=True) if i >= 0]
-        pairs = pairs[offset:]
-        items = self.store.catalog.get_items([i for _, i in pairs])
-        hits = []
-        for score, item_id in pairs:
-            item = items.get(item_id)
-            if item is None:
-                continue
-            hits.append(
-                Hit(
-                    rank=offset + len(hits) + 1,
-                    score=score,
-                    id=item_id,
-                    path=item.path,
-                    text=item.text if item.collection != IMAGES else None,
-                    caption=item.text if item.collection == IMAGES else None,
-                    metadata=self._metadata(item.product_id, item.metadata),
-                )
-            )
-        return hits
+        return self._page_hits([(s, i, None) for s, i in pairs[offset:]], offset)
 
     def _metadata(self, product_id: str | None, metadata: dict[str, Any]) -> dict[str, Any]:
         if product_id is None:
