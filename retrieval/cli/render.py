@@ -84,7 +84,9 @@ def result_table(result: SearchResult) -> str:
         if target == PRODUCTS:
             shown = f"{hit.metadata.get('product_id')}  {hit.metadata.get('title')}  {shown or ''}"
         if hit.duplicates:
-            shown = f"{shown}  (+{len(hit.duplicates)} near-duplicates, ids in --json)"
+            folded = len(hit.duplicates)
+            plural = "s" if folded != 1 else ""
+            shown = f"{shown}  (+{folded} near-duplicate{plural}, ids in --json)"
         if hit.caption is not None:
             shown = f"{shown}  ({hit.caption})"
         if hit.signals:
