@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clirun import invoke, run_ok
+from fastapi.testclient import TestClient
+from httpkit import open_app
 from PIL import Image
 from testdata import shared_images_or_skip
 
@@ -123,6 +125,12 @@ def test_duplicates_finds_planted_copies_among_sample_photos(
     assert printed["threshold"] == PIXEL_THRESHOLD
     table = run_ok("duplicates", "--threshold", PIXEL_THRESHOLD, "--index", index)
     assert table.startswith("group 1 (3 images)")
+
+    with open_app(index) as (app, _), TestClient(app) as client:
+        answer = client.get("/duplicates", params={"threshold": PIXEL_THRESHOLD})
+        assert answer.status_code == 200 and answer.json() == printed
+        assert client.get("/duplicates", params={"threshold": 1.5}).status_code == 422
+        assert "/duplicates" in client.get("/openapi.json").json()["paths"]
 
 
 def test_duplicates_rejects_a_bad_threshold(tiny_model: str, image_folder: Path) -> None:

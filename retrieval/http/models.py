@@ -206,6 +206,23 @@ class ItemOut(BaseModel):
     image_url: str | None = Field(None, description="where to fetch the image (image items)")
 
 
+class DuplicateMemberOut(BaseModel):
+    id: int
+    path: str | None = None
+    score: float = Field(description="cosine to the group's first (best) image; 1.0 for it")
+
+
+class DuplicateGroupOut(BaseModel):
+    items: list[DuplicateMemberOut] = Field(description="best representative first")
+
+
+class DuplicatesOut(BaseModel):
+    """Near-duplicate image groups, as `mmsearch duplicates --json` prints them."""
+
+    threshold: float
+    groups: list[DuplicateGroupOut] = Field(description="largest group first")
+
+
 class HealthOut(BaseModel):
     """Liveness: the process answers."""
 

@@ -42,6 +42,11 @@ MinScoreParam = Annotated[
 CollapseParam = Annotated[
     bool, Query(description="fold near-duplicates of a better hit into it (`duplicates`)")
 ]
+ThresholdParam = Annotated[
+    float,
+    Query(gt=0.0, le=1.0, allow_inf_nan=False, description="cosine at or above which two images "
+          "count as near-duplicates"),
+]  # fmt: skip
 SizeParam = Annotated[
     int | None, Query(ge=16, le=1024, description="thumbnail: longest side in pixels")
 ]

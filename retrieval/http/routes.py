@@ -27,8 +27,9 @@ from starlette.middleware.cors import CORSMiddleware
 from .. import __version__
 from ..batching import LruCache
 from ..config import ServeConfig
+from ..duplicates import find_duplicates
 from ..errors import ImageDecodeError, MmsearchError
-from ..queries import QueryPart
+from ..queries import DEFAULT_DUPLICATE_THRESHOLD, QueryPart
 from ..service import DEFAULT_TEXT_WEIGHT, SearchRequest, SearchService
 from .errors import ERROR_RESPONSES, http_error, install_error_handlers, internal_error
 from .items import indexed_file, item_out, make_thumbnail, thumbnail_key
@@ -37,6 +38,7 @@ from .metrics import Metrics, ObserveMiddleware
 from .models import (
     MAX_QUERY_CHARS,
     NOT_BLANK,
+    DuplicatesOut,
     HealthOut,
     ItemOut,
     PartIn,
@@ -57,6 +59,7 @@ from .params import (
     OffsetParam,
     SizeParam,
     TargetParam,
+    ThresholdParam,
     WeightParam,
     check_megapixels,
     check_upload_size,
@@ -290,6 +293,20 @@ def _query_part(part: PartIn, max_upload_bytes: int) -> QueryPart:
 
 def _add_item_routes(api: APIRouter, server: _Server) -> None:
     service, admission = server.service, server.admission
+
+    @api.get("/duplicates", response_model=DuplicatesOut)
+    async def duplicates(
+        threshold: ThresholdParam = DEFAULT_DUPLICATE_THRESHOLD,
+    ) -> DuplicatesOut:
+        """Groups of near-duplicate images from the stored vectors (no model run), the best
+        image (most pixels, then largest file) first: `mmsearch duplicates --json`. An exact
+        search over all pairs: about a minute of CPU per 100k images."""
+
+        def work() -> DuplicatesOut:
+            report = find_duplicates(service.store, threshold)
+            return DuplicatesOut.model_validate(report.to_dict())
+
+        return await admission.run(work)
 
     @api.get("/items/{item_id}", response_model=ItemOut)
     async def get_item(item_id: ItemId) -> ItemOut:
