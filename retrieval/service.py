@@ -26,7 +26,7 @@ from .queries import (
     combine,
 )
 from .store import IndexStore
-from .types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, TEXTS, Hit, Ids, Vectors
+from .types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, TEXTS, Hit, Vectors
 
 if TYPE_CHECKING:
     from .batching import BatchingTextEncoder
@@ -166,33 +166,6 @@ class SearchService:
         return self.embedder.encode_image_sources([source])
 
     # -- searching ----------------------------------------------------------------------------
-    def search_vector(
-        self,
-        vector: np.ndarray,
-        *,
-        target: str = IMAGES,
-        k: int = 10,
-        offset: int = 0,
-        allowed_ids: Ids | None = None,
-    ) -> list[Hit]:
-        """Top-k hits of `target` for one query vector, skipping the first `offset`."""
-        check_k(k, offset)
-        if target not in COLLECTIONS:
-            raise InvalidQueryError(
-                f"unknown target {target!r}; use one of {', '.join(COLLECTIONS)}"
-            )
-        with self._lock:
-            index = self.store.get_index(target)
-        if index is None:
-            return []
-        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-        scores, ids = index.search(query, k + offset, allowed_ids=allowed_ids)
-        return self._hits(scores[0], ids[0], offset)
-
-    def _hits(self, scores: np.ndarray, ids: np.ndarray, offset: int) -> list[Hit]:
-        pairs = [(float(s), int(i)) for s, i in zip(scores, ids, strict=True) if i >= 0]
-        return self._page_hits([(s, i, None) for s, i in pairs[offset:]], offset)
-
     def _metadata(self, product_id: str | None, metadata: dict[str, Any]) -> dict[str, Any]:
         if product_id is None:
             return metadata
