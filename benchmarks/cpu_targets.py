@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.embed import DEFAULT_IMAGES, environment, model_dir_for
+from benchmarks.embed import DEFAULT_IMAGES, environment, model_dir_for, model_only_images_per_s
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,22 +107,14 @@ def top10_overlap(queries_a, images_a, queries_b, images_b) -> float:
     return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top_a, top_b, strict=True)]))
 
 
-def model_only_ceiling(model: Path, batch: int = 8, precision: str = "fp32") -> float:
-    import torch
-
+def model_only_ceiling(model: Path, precision: str = "fp32") -> float:
     from retrieval.embedders.open_clip import OpenClipEmbedder
     from retrieval.types import ModelSpec
 
     embedder = OpenClipEmbedder.load(
         ModelSpec(f"local-dir:{model}", None), device="cpu", precision=precision
     )
-    size = embedder.identity.preprocess["image_size"]
-    ready = torch.randn(embedder.batch_size or batch, 3, size, size)
-    embedder.encode_images(ready)
-    started = time.perf_counter()
-    for _ in range(5):
-        embedder.encode_images(ready)
-    return 5 * len(ready) / (time.perf_counter() - started)
+    return model_only_images_per_s(embedder)
 
 
 def main() -> None:
