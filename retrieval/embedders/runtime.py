@@ -183,8 +183,8 @@ def _openvino_session(path: Path, threads: int, precision: str) -> Session:
     if os.access(blobs, os.W_OK):  # a read-only cache entry just compiles every time
         _check_blobs(blobs)
         # OpenVINO's own model cache: compiling from the path with CACHE_DIR set imports the
-        # compiled blob and skips both the ONNX read (~0.9 s for ViT-B-32's text tower) and the
-        # compile (~0.7 s); its key covers the file's path, size and mtime and this config.
+        # compiled blob and skips both the ONNX read and the compile; its key covers the file's
+        # path, size and mtime and this config.
         core.set_property({"CACHE_DIR": str(blobs)})
     config = {
         "INFERENCE_NUM_THREADS": threads,
