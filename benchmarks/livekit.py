@@ -99,11 +99,16 @@ def environment() -> list[str]:
 
 @contextmanager
 def serve_child(
-    directory: Path, port: int, args: tuple[str, ...], log: Path
+    directory: Path,
+    port: int,
+    args: tuple[str, ...],
+    log: Path,
+    command: list[str] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`mmsearch serve` on 127.0.0.1:PORT in a child process; yields (base URL, process) once
-    /health answers (runner.py warms the model before binding, so it is ready then)."""
-    command = [sys.executable, "-c", "from retrieval.cli import app; app()", "serve",
+    """`mmsearch serve` (or another server `command` that answers /health) on 127.0.0.1:PORT in
+    a child process; yields (base URL, process) once /health answers (runner.py warms the model
+    before binding, so it is ready then)."""
+    command = command or [sys.executable, "-c", "from retrieval.cli import app; app()", "serve",
                "--index", str(directory), "--host", "127.0.0.1", "--port", str(port),
                "--device", "cpu", "--no-access-log", *args]  # fmt: skip
     with open(log, "ab") as output:
@@ -113,14 +118,14 @@ def serve_child(
         deadline = time.monotonic() + 300
         while True:
             if process.poll() is not None:
-                raise SystemExit(f"mmsearch serve exited with {process.returncode}; see {log}")
+                raise SystemExit(f"the server exited with {process.returncode}; see {log}")
             try:
                 if httpx.get(f"{base}/health", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise SystemExit(f"mmsearch serve not up after 300 s; see {log}")
+                raise SystemExit(f"the server is not up after 300 s; see {log}")
             time.sleep(0.2)
         yield base, process
     finally:

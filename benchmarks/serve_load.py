@@ -1,10 +1,13 @@
 """Load test of `mmsearch serve`: text search requests/s and p50/p99 latency at concurrency 1, 16
-and 64, for the unbatched baseline and for mmsearch's micro-batching with the query cache off
-and on, over an index of synthetic vectors.
+and 64, against a hand-rolled reference server (benchmarks/reference_server.py: open_clip torch
+fp32 eager, queries padded to the context length, faiss IndexFlatIP, FastAPI), the unbatched
+baseline, each runtime (`--backend torch`, the default exported runtime) and mmsearch's
+micro-batching with the query cache off and on, over an index of synthetic vectors.
 
-    python -m benchmarks.serve_load                      # 10k vectors, tiny model (~2 min)
+    python -m benchmarks.serve_load                      # 10k vectors, tiny model (~3 min)
     python -m benchmarks.serve_load --vectors 1000000    # 1M vectors (IVF1024,Flat)
     python -m benchmarks.serve_load --arch ViT-B-32      # real text tower (random weights)
+    python -m benchmarks.serve_load --arch ViT-B-32 --concurrency 1   # the warm-query target
 
 The index holds N random unit vectors as image items, written through the catalog and store
 APIs; the model is real (a tiny open_clip model by default, random weights) so each text query
@@ -58,14 +61,21 @@ class Setup:
     name: str
     server_args: tuple[str, ...]
     repeated: bool
+    reference: bool = False  # benchmarks/reference_server.py instead of mmsearch serve
 
 
+REFERENCE = "reference: open_clip torch eager, padded, + faiss Flat (FastAPI)"
+DEFAULT_RUNTIME = "mmsearch (default runtime): batching + cache, distinct texts"
 SETUPS = (
+    Setup(REFERENCE, (), repeated=False, reference=True),
     Setup("baseline: one pass per query, no cache", ("--max-batch", "1", "--cache-size", "0"),
           repeated=False),
-    Setup("mmsearch: batching, cache off", ("--cache-size", "0"), repeated=False),
-    Setup("mmsearch: batching + cache, distinct texts", (), repeated=False),
-    Setup("mmsearch: batching + cache, repeated texts", (), repeated=True),
+    Setup("mmsearch --backend torch: batching + cache, distinct texts", ("--backend", "torch"),
+          repeated=False),
+    Setup("mmsearch (default runtime): batching, cache off", ("--cache-size", "0"),
+          repeated=False),
+    Setup(DEFAULT_RUNTIME, (), repeated=False),
+    Setup("mmsearch (default runtime): batching + cache, repeated texts", (), repeated=True),
 )  # fmt: skip
 
 
@@ -154,7 +164,7 @@ async def drive(
         httpx.AsyncClient(base_url=base, timeout=30, limits=httpx.Limits(max_connections=1))
         for _ in range(concurrency)
     ]
-    stats_before = (await clients[0].get("/stats")).json()["server"]
+    stats_before = await server_stats(clients[0])
     deadline = time.perf_counter() + seconds
     started = time.perf_counter()
 
@@ -173,13 +183,22 @@ async def drive(
 
     await asyncio.gather(*(worker(client) for client in clients))
     result.seconds = time.perf_counter() - started
-    stats_after = (await clients[0].get("/stats")).json()["server"]
+    stats_after = await server_stats(clients[0])
     for client in clients:
         await client.aclose()
-    batches = stats_after["text_batches"] - stats_before["text_batches"]
-    texts = stats_after["texts_embedded"] - stats_before["texts_embedded"]
-    result.batch_mean = texts / batches if batches else None
+    if stats_before and stats_after:
+        batches = stats_after["text_batches"] - stats_before["text_batches"]
+        texts = stats_after["texts_embedded"] - stats_before["texts_embedded"]
+        result.batch_mean = texts / batches if batches else None
+    else:  # the reference server: one pass per request
+        result.batch_mean = 1.0
     return result
+
+
+async def server_stats(client: httpx.AsyncClient) -> dict | None:
+    """mmsearch serve's batching counters; None for a server without /stats."""
+    response = await client.get("/stats")
+    return response.json()["server"] if response.status_code == 200 else None
 
 
 def text_source(repeated: bool, counter: Iterator[int]) -> Callable[[], str]:
@@ -191,24 +210,30 @@ def text_source(repeated: bool, counter: Iterator[int]) -> Callable[[], str]:
     return lambda: f"{WORDS[(n := next(counter)) % 8]} {ITEMS[n // 8 % 8]} number {n}"
 
 
-def run_setups(directory: Path, args: argparse.Namespace, log: Path) -> list[Result]:
+def reference_command(directory: Path, model: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "benchmarks.reference_server", "--index", str(directory),
+            "--model", model, "--port", str(port)]  # fmt: skip
+
+
+def run_setups(directory: Path, model: str, args: argparse.Namespace, log: Path) -> list[Result]:
     results: list[Result] = []
     from benchmarks.livekit import serve_child  # livekit imports this module
 
     counter = itertools.count()
     port = args.port
-    servers: dict[tuple[str, ...], list[Setup]] = {}
+    servers: dict[tuple[bool, tuple[str, ...]], list[Setup]] = {}
     for setup in SETUPS:
-        servers.setdefault(setup.server_args, []).append(setup)
-    for server_args, setups in servers.items():
-        with serve_child(directory, port, server_args, log) as (base, _):
+        servers.setdefault((setup.reference, setup.server_args), []).append(setup)
+    for (reference, server_args), setups in servers.items():
+        command = reference_command(directory, model, port) if reference else None
+        with serve_child(directory, port, server_args, log, command) as (base, _):
             for setup in setups:
                 next_text = text_source(setup.repeated, counter)
                 # Warm-up: thread pools and connections; for repeated texts, every one of them
                 # into the cache, however long that takes with a slow model.
                 warm_s = 120.0 if setup.repeated else 1.0
                 asyncio.run(drive(base, 4, next_text, warm_s, REPEATED_TEXTS))
-                for concurrency in CONCURRENCIES:
+                for concurrency in args.concurrency:
                     result = asyncio.run(
                         drive(base, concurrency, next_text, args.seconds, args.max_requests)
                     )
@@ -222,10 +247,30 @@ def run_setups(directory: Path, args: argparse.Namespace, log: Path) -> list[Res
 def row(result: Result, baseline: Result | None) -> str:
     errors = ", ".join(f"{k}: {v}" for k, v in sorted(result.errors.items())) or "0"
     ratio = f"{result.rps / baseline.rps:.2f}x" if baseline and baseline.rps else "-"
+    faster = (
+        f"{baseline.percentile(50) / result.percentile(50):.2f}x"
+        if baseline and result.latencies_ms
+        else "-"
+    )
     return (
         f"| {result.setup} | {result.concurrency} | {result.requests} | {result.rps:.1f} | "
-        f"{ratio} | {result.percentile(50):.1f} | {result.percentile(99):.1f} | "
+        f"{ratio} | {result.percentile(50):.1f} | {faster} | {result.percentile(99):.1f} | "
         f"{'-' if result.batch_mean is None else f'{result.batch_mean:.1f}'} | {errors} |"
+    )
+
+
+def target_line(results: list[Result]) -> str:
+    """Issue 7's warm-query target: p50 at concurrency 1, distinct texts (cache misses), the
+    default runtime against the reference, at least 3x faster."""
+    cells = {(r.setup, r.concurrency): r for r in results}
+    reference, ours = cells.get((REFERENCE, 1)), cells.get((DEFAULT_RUNTIME, 1))
+    if not reference or not ours:
+        return "- warm-query target: needs concurrency 1 in the run"
+    ratio = reference.percentile(50) / ours.percentile(50)
+    return (
+        f"- warm text query p50 at concurrency 1, distinct texts: reference "
+        f"{reference.percentile(50):.1f} ms, mmsearch {ours.percentile(50):.1f} ms: "
+        f"**{ratio:.2f}x faster** (target 3x: {'met' if ratio >= 3 else 'not met'})"
     )
 
 
@@ -269,6 +314,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="per cell")
     parser.add_argument("--max-requests", type=int, default=5000, help="per cell")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--concurrency",
+        type=lambda text: tuple(int(part) for part in text.split(",")),
+        default=CONCURRENCIES,
+        help="comma-separated client counts (default 1,16,64)",
+    )
     parser.add_argument("--workdir", type=Path, default=Path(".bench") / "serve_load")
     args = parser.parse_args()
     # auto at 1M is IVF4000 (k-means over 256k points: minutes on 2 cores); IVF1024 trains in
@@ -284,26 +335,28 @@ def main() -> None:
         build_index(directory, model, args.vectors, index_type)
         print(f"built {directory} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     log = args.workdir / "server.log"
-    results = run_setups(directory, args, log)
+    results = run_setups(directory, model, args, log)
     from benchmarks.livekit import serve_child  # livekit imports this module
 
     with serve_child(directory, args.port, (), log) as (base, _):
         stats = httpx.get(f"{base}/stats", timeout=30).json()
 
-    baselines = {r.concurrency: r for r in results if r.setup == SETUPS[0].name}
+    baselines = {r.concurrency: r for r in results if r.setup == REFERENCE}
     print(f"\n## mmsearch serve: text search, {args.vectors:,} vectors\n")
-    print("| server | concurrency | requests | req/s | vs baseline | p50 ms | p99 ms | "
-          "texts/pass | errors |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("| server | concurrency | requests | req/s | req/s vs reference | p50 ms | "
+          "p50 vs reference | p99 ms | texts/pass | errors |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for result in results:
         print(row(result, baselines.get(result.concurrency)))
-    print("\n" + "\n".join(environment(stats, args)))
+    print("\n" + target_line(results))
+    print("\n".join(environment(stats, args)))
     command = [
         "python -m benchmarks.serve_load",
         f"--vectors {args.vectors}",
         f"--arch {args.arch}",
         f"--index-type '{index_type}'",
         f"--seconds {args.seconds:g}",
+        f"--concurrency {','.join(map(str, args.concurrency))}",
     ]
     print(f"- reproduce: `{' '.join(command)}`")
 
