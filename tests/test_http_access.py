@@ -4,6 +4,7 @@ body is read, and the key appears in no answer, log line or metric."""
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import signal
@@ -13,12 +14,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from clirun import run_ok
 from fastapi.testclient import TestClient
 from httpkit import free_port, index_photos, open_app
+from starlette.routing import Mount
 
 from retrieval.config import ServeConfig
 from retrieval.http import security
@@ -135,7 +138,19 @@ def test_ids_that_do_not_exist_and_traversal_read_nothing(
 
 
 # -- the API key -----------------------------------------------------------------------------------
-PUBLIC = {"/health", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+def basic(password: str, user: str = "anyone") -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+GOOD_CREDENTIALS = [
+    {"X-API-Key": KEY}, {"Authorization": f"Bearer {KEY}"}, basic(KEY), basic(KEY, ""),
+]  # fmt: skip
+BAD_CREDENTIALS = [
+    {}, {"X-API-Key": "wrong"}, {"Authorization": f"Basic {KEY}"}, {"Authorization": "Bearer"},
+    {"X-API-Key": KEY[:-1]}, {"X-API-Key": KEY + "x"}, {"X-API-Key": ""}, basic("wrong"),
+    basic(KEY + "x"), {"Authorization": "Basic " + base64.b64encode(KEY.encode()).decode()},
+    {"Authorization": "Basic !!!"}, {"Authorization": "Basic"},
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -146,24 +161,75 @@ def keyed(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def concrete(path: str) -> str:
-    return path.replace("{item_id}", "1")
+    return path.replace("{item_id}", "1").replace("{path:path}", "app.js")
 
 
-def test_every_route_but_the_public_ones_needs_the_key(keyed: TestClient) -> None:
-    paths = keyed.get("/openapi.json").json()["paths"]
-    guarded = [(m.upper(), p) for p, ops in paths.items() if p not in PUBLIC for m in ops]
-    assert len(guarded) >= 8  # every search, item and status route
+def real_routes(routes: list[Any]) -> list[tuple[str, str]]:
+    """(method, path) of every route the app serves, read from the app itself (docs, the page,
+    the static mount included), so a route added later is checked without editing this test."""
+    found = []
+    for route in routes:
+        if isinstance(route, Mount):
+            found.append(("GET", f"{route.path}/app.js"))
+        elif hasattr(route, "original_router"):  # FastAPI >= 0.165 keeps included routers whole
+            found += real_routes(route.original_router.routes)
+        else:
+            found += [(method, concrete(route.path)) for method in sorted(route.methods or ())]
+    return [(method, path) for method, path in found if method != "HEAD"]
+
+
+def test_every_route_but_health_needs_the_key(keyed: TestClient) -> None:
+    routes = real_routes(keyed.app.routes)
+    paths = {path for _, path in routes}
+    assert {"/", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", "/static/app.js",
+            "/search", "/stats", "/metrics", "/items/1/image"} <= paths  # fmt: skip
+    guarded = [(method, path) for method, path in routes if path != "/health"]
     for method, path in guarded:
-        for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": f"Basic {KEY}"},
-                        {"Authorization": "Bearer"}, {"X-API-Key": KEY[:-1]},
-                        {"X-API-Key": KEY + "x"}, {"X-API-Key": ""}):  # fmt: skip
-            response = keyed.request(method, concrete(path), headers=headers)
+        for headers in BAD_CREDENTIALS:
+            response = keyed.request(method, path, headers=headers)
             assert response.status_code == 401, (method, path, headers, response.text)
             assert response.json()["error"] == "unauthorized"
-    for path in ("/static/app.js", "/nowhere", "/items/1/image/x"):
-        assert keyed.get(path, headers={}).status_code == (200 if "static" in path else 401)
-    for path in PUBLIC - {"/docs/oauth2-redirect"}:
-        assert keyed.get(path).status_code == 200, path
+    for path in ("/nowhere", "/items/1/image/x", "/static/missing.js"):
+        assert keyed.get(path).status_code == 401, path
+    assert keyed.get("/health").status_code == 200
+
+
+def test_each_of_the_three_ways_to_send_the_key_opens_every_route(keyed: TestClient) -> None:
+    for method, path in real_routes(keyed.app.routes):
+        if method != "GET" or path == "/docs/oauth2-redirect":
+            continue
+        for headers in GOOD_CREDENTIALS:
+            response = keyed.get(path, headers=headers)
+            assert response.status_code != 401, (path, headers, response.text)
+    for headers in GOOD_CREDENTIALS:  # the page and its assets, as a browser fetches them
+        for path in ("/", "/static/app.js", "/static/style.css", "/docs", "/openapi.json"):
+            assert keyed.get(path, headers=headers).status_code == 200, (path, headers)
+
+
+def test_browsers_are_asked_for_basic_auth_and_api_clients_for_a_bearer_token(
+    keyed: TestClient,
+) -> None:
+    challenge = 'Basic realm="mmsearch", charset="UTF-8"'
+    for path in ("/", "/docs", "/redoc", "/openapi.json", "/static/app.js"):
+        assert keyed.get(path).headers["WWW-Authenticate"] == challenge, path
+    # A link to a search opened in the address bar is a navigation too: the browser asks for
+    # HTML. A script's fetch() or curl does not, and gets no login prompt.
+    navigate = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    assert keyed.get("/search?q=x", headers=navigate).headers["WWW-Authenticate"] == challenge
+    for path in ("/search?q=x", "/stats", "/items/1/image"):
+        assert keyed.get(path).headers["WWW-Authenticate"] == "Bearer", path
+
+
+def test_the_schema_documents_all_three_schemes_on_every_guarded_route(keyed: TestClient) -> None:
+    schema = keyed.get("/openapi.json", headers={"X-API-Key": KEY}).json()
+    schemes = schema["components"]["securitySchemes"]
+    assert {(s["type"], s.get("scheme"), s.get("name")) for s in schemes.values()} == {
+        ("apiKey", None, "X-API-Key"), ("http", "bearer", None), ("http", "basic", None),
+    }  # fmt: skip
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            wanted = [] if path == "/health" else [{name: []} for name in schemes]
+            assert operation.get("security", []) == wanted, (method, path)
 
 
 def test_no_body_is_read_or_validated_without_the_key(keyed: TestClient) -> None:
@@ -196,6 +262,10 @@ def test_the_key_is_compared_in_constant_time(
     assert keyed.get("/stats", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
     # Once in the middleware, once in the dependency that documents the scheme: never `==`.
     assert calls == [(KEY.encode(), KEY.encode())] * 2
+    calls.clear()
+    assert keyed.get("/", headers=basic("guess")).status_code == 401
+    assert keyed.get("/", headers=basic(KEY)).status_code == 200
+    assert calls == [(b"guess", KEY.encode()), (KEY.encode(), KEY.encode())]
 
 
 def test_non_ascii_keys_are_refused_not_crashed_on(keyed: TestClient) -> None:
@@ -210,12 +280,14 @@ def test_the_key_is_in_no_answer_log_or_metric(
     good = {"X-API-Key": KEY}
     seen: list[str] = []
     with caplog.at_level(logging.DEBUG):
-        for headers in (good, {"X-API-Key": "wrong"}, {}):
+        for headers in (good, {"X-API-Key": "wrong"}, {}, basic(KEY), basic(KEY + "!"),
+                        basic("u", KEY)):  # fmt: skip
             for method, path, kwargs in (
                 ("GET", "/search?q=x", {}), ("GET", "/search?q=%20", {}), ("GET", "/stats", {}),
                 ("POST", "/search", {"json": {"image_b64": "!!"}}), ("GET", "/items/99999", {}),
                 ("POST", "/search/image", {"files": {"file": ("a.png", b"junk")}}),
                 ("GET", "/metrics", {}), ("GET", "/openapi.json", {}), ("GET", "/ready", {}),
+                ("GET", "/", {}), ("GET", "/docs", {}), ("GET", "/static/app.js", {}),
             ):  # fmt: skip
                 response = keyed.request(method, path, headers=headers, **kwargs)  # type: ignore[arg-type]
                 seen.append(response.text + str(response.headers))
@@ -251,8 +323,11 @@ def test_serve_never_prints_the_key(tiny_model: str, tmp_path: Path) -> None:
             {"X-API-Key": KEY},
             {"X-API-Key": KEY + "!"},
             {"Authorization": "Bearer " + KEY},
+            basic(KEY),
+            basic(KEY + "!"),
         ):
-            for path in ("/search?q=x", "/stats", "/metrics", "/items/999/image", "/search?q="):
+            paths = ("/search?q=x", "/stats", "/metrics", "/items/999/image", "/search?q=", "/")
+            for path in paths:
                 assert KEY not in httpx.get(base + path, headers=headers, timeout=30).text
     finally:
         server.send_signal(signal.SIGINT)

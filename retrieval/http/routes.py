@@ -376,12 +376,12 @@ def _public_routes() -> APIRouter:
 
     @public.get("/health", response_model=HealthOut)
     async def health() -> HealthOut:
-        """Liveness: always 200 while the process serves (no API key needed)."""
+        """Liveness: always 200 while the process serves (the one route needing no API key)."""
         return HealthOut()
 
     @public.get("/", include_in_schema=False)
     async def page() -> FileResponse:
-        # The page holds no data, so it loads without a key; its API calls send the key.
+        # With a key set, ApiKeyMiddleware asks a browser for it (HTTP Basic) before this runs.
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     return public

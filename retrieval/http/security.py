@@ -1,4 +1,12 @@
-"""API-key security: `X-API-Key: KEY` or `Authorization: Bearer KEY`, compared in constant time.
+"""API-key security: with a key set, every route but /health needs it, sent as `X-API-Key: KEY`,
+`Authorization: Bearer KEY` or HTTP Basic auth (any user name, the key as password), compared
+in constant time.
+
+Basic auth is how a browser logs in: the page, its assets and the docs are protected too, so
+the browser must hold the key before any script runs. A 401 to a browser (a route it navigates
+to, or a request that accepts HTML) carries `WWW-Authenticate: Basic realm="mmsearch"`, the
+browser prompts once, and then sends the credentials on every same-origin request, fetch() and
+<img> included. API clients get a `Bearer` challenge, which no browser turns into a prompt.
 
 The key is checked twice over: by ApiKeyMiddleware, before any request body is read or any
 parameter is validated (so a client without the key learns nothing and costs nothing), and by
@@ -6,74 +14,119 @@ the router dependency, which is what puts the security schemes into the OpenAPI 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
-from collections.abc import Callable
-from typing import Annotated, Any
+from collections.abc import Callable, Mapping
+from typing import Annotated
 
-from fastapi import Security
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Request, Security
+from fastapi.security import (
+    APIKeyHeader,
+    HTTPAuthorizationCredentials,
+    HTTPBasic,
+    HTTPBasicCredentials,
+    HTTPBearer,
+)
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+REALM = "mmsearch"
+BASIC_CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8"'
+
+
+class _DocumentedBasic(HTTPBasic):
+    """HTTPBasic for the OpenAPI schema only: FastAPI's raises its own 401 on a malformed
+    header even with auto_error=False, and the key check below must be the only judge."""
+
+    async def __call__(self, request: Request) -> HTTPBasicCredentials | None:  # type: ignore[override]
+        return None
+
+
 # Module-level, so the string annotations below (PEP 563) resolve when FastAPI reads them.
+# These only document the schemes in /docs; require_key reads the headers itself.
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
 BEARER = HTTPBearer(auto_error=False)
+BASIC = _DocumentedBasic(
+    realm=REALM, auto_error=False, description="any user name; the API key as password"
+)
 ApiKey = Annotated[str | None, Security(API_KEY_HEADER)]
 BearerToken = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+BasicCredentials = Annotated[HTTPBasicCredentials | None, Security(BASIC)]
 
-
-# Routes that hold no data: liveness, the search page and its assets (the page asks for the key
-# and sends it on its API calls), and the API docs. Everything else needs the key.
-PUBLIC_PATHS = frozenset(
-    {"/health", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+# Liveness only: a load balancer probes it without credentials and it tells nobody anything.
+PUBLIC_PATHS = frozenset({"/health"})
+# Routes a browser navigates to (or the docs page loads without scripts adding headers): their
+# 401s ask for Basic auth, so the browser prompts instead of showing a JSON error.
+BROWSER_PATHS = frozenset({"/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+BROWSER_PREFIXES = ("/static/",)
+HOW_TO_SEND = (
+    "send `X-API-Key: KEY`, `Authorization: Bearer KEY`, or HTTP Basic auth with the key as "
+    "password (a browser asks for it)"
 )
-PUBLIC_PREFIXES = ("/static/",)
 
 
-def key_problem(given: str | None, expected: bytes) -> HTTPException | None:
-    """The 401 for a missing or wrong key, or None when `given` is the key."""
-    if given is None:
-        return HTTPException(
-            401,
-            "this server needs an API key: send `X-API-Key: KEY` or `Authorization: Bearer KEY`",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    # Constant-time, so response timing does not reveal how much of a guess was right. Bytes,
-    # because compare_digest refuses non-ASCII str (a header may hold any latin-1 text).
-    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
-        return HTTPException(
-            401, "the API key is not valid", headers={"WWW-Authenticate": "Bearer"}
-        )
+def presented_key(headers: Mapping[bytes, bytes]) -> str | None:
+    """The key a request sends: its X-API-Key header, else its Bearer token, else the password
+    of its Basic credentials ("" for malformed Basic, which then fails the comparison)."""
+    if b"x-api-key" in headers:
+        return headers[b"x-api-key"].decode("latin-1")
+    scheme, _, credentials = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer" and credentials:
+        return credentials
+    if scheme.lower() == "basic" and credentials:
+        try:
+            decoded = base64.b64decode(credentials, validate=True)
+        except (binascii.Error, ValueError):
+            return ""
+        # Browsers send UTF-8; surrogateescape keeps any other bytes comparable (and wrong).
+        _, colon, password = decoded.decode("utf-8", "surrogateescape").partition(":")
+        return password if colon else ""
     return None
 
 
-def api_key_dependency(api_key: str) -> Callable[[str | None, Any], None]:
-    """A dependency accepting `X-API-Key: KEY` or `Authorization: Bearer KEY`, else 401."""
+def wants_browser_challenge(path: str, headers: Mapping[bytes, bytes]) -> bool:
+    """True for requests a browser makes by navigating: the page, its assets, the docs, or
+    anything asked for as HTML (a link to /search?q=... typed into the address bar)."""
+    if path in BROWSER_PATHS or path.startswith(BROWSER_PREFIXES):
+        return True
+    return b"text/html" in headers.get(b"accept", b"")
+
+
+def key_problem(given: str | None, expected: bytes, *, browser: bool) -> HTTPException | None:
+    """The 401 for a missing or wrong key, or None when `given` is the key. The message never
+    repeats what was sent: a mistyped key in an answer would end up in someone's logs."""
+    challenge = {"WWW-Authenticate": BASIC_CHALLENGE if browser else "Bearer"}
+    if given is None:
+        return HTTPException(401, f"this server needs an API key: {HOW_TO_SEND}", challenge)
+    # Constant-time, so response timing does not reveal how much of a guess was right. Bytes,
+    # because compare_digest refuses non-ASCII str (a header may hold any latin-1 text).
+    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
+        return HTTPException(401, "the API key is not valid", challenge)
+    return None
+
+
+def api_key_dependency(api_key: str) -> Callable[..., None]:
+    """A dependency requiring the key in any of the three forms, else 401; its parameters
+    declare the three security schemes in the OpenAPI schema (so /docs offers all three)."""
     expected = api_key.encode()
 
-    def require_key(key: ApiKey, token: BearerToken) -> None:
-        given = key if key is not None else (token.credentials if token else None)
-        problem = key_problem(given, expected)
+    def require_key(
+        request: Request, _key: ApiKey, _token: BearerToken, _basic: BasicCredentials
+    ) -> None:
+        headers = dict(request.scope["headers"])
+        browser = wants_browser_challenge(request.url.path, headers)
+        problem = key_problem(presented_key(headers), expected, browser=browser)
         if problem is not None:
             raise problem
 
     return require_key
 
 
-def _given_key(scope: Scope) -> str | None:
-    """The key a request sends, read as APIKeyHeader and HTTPBearer read it."""
-    headers = dict(scope["headers"])
-    if b"x-api-key" in headers:
-        return headers[b"x-api-key"].decode("latin-1")
-    scheme, _, credentials = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-    if scheme.lower() == "bearer" and credentials:
-        return credentials
-    return None
-
-
 class ApiKeyMiddleware:
-    """401 for any request without the key to a route that is not public, before the app reads
-    its body or validates its parameters."""
+    """401 for any request without the key to any route but /health, before the app reads its
+    body or validates its parameters."""
 
     def __init__(
         self, app: ASGIApp, api_key: str, reject: Callable[[HTTPException], ASGIApp]
@@ -84,10 +137,10 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] == "http" and not (
-            path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
-        ):
-            problem = key_problem(_given_key(scope), self.expected)
+        if scope["type"] == "http" and path not in PUBLIC_PATHS:
+            headers = dict(scope["headers"])
+            browser = wants_browser_challenge(path, headers)
+            problem = key_problem(presented_key(headers), self.expected, browser=browser)
             if problem is not None:
                 await self.reject(problem)(scope, receive, send)
                 return

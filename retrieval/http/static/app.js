@@ -1,27 +1,24 @@
 // mmsearch search page: plain JavaScript, no build step. Talks to the JSON API of this server.
 "use strict";
 
-const KEY_STORAGE = "mmsearch.apiKey";
 const THUMB_SIZE = 256;
 const $ = (id) => document.getElementById(id);
 let stats = null;
-let blobUrls = [];
 // Composed-query parts added from result cards: {item, weight, label}.
 let chips = [];
 // "Less like this" subtracts at half weight: a full -1 against a single +1 text often cancels.
 const LESS_WEIGHT = -0.5;
 
-function apiKey() {
-  return localStorage.getItem(KEY_STORAGE) || "";
-}
-
-function headers() {
-  const key = apiKey();
-  return key ? { "X-API-Key": key } : {};
+// With an API key set, the browser logged in with HTTP Basic auth to load this page, and sends
+// those credentials on every same-origin request by itself: fetch() and <img> need no key here.
+// Paths are resolved against location.origin, never the page's URL: a page opened as
+// http://user:key@host/ would lend them its user:key, and fetch() refuses such URLs.
+function apiUrl(path) {
+  return new URL(path, location.origin).href;
 }
 
 async function api(path, options = {}) {
-  const response = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
+  const response = await fetch(apiUrl(path), options);
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
     try {
@@ -46,8 +43,8 @@ async function loadStats() {
   } catch (error) {
     $("summary").textContent = "";
     if (error.status === 401) {
-      $("key-box").open = true;
-      setStatus("This server needs an API key: enter it above.", true);
+      // The key changed since the browser logged in: a reload makes it ask again.
+      setStatus("This server needs an API key: reload the page and give the key as the password.", true);
     } else {
       setStatus(`Could not load the index: ${error.message}`, true);
     }
@@ -214,8 +211,6 @@ async function runSearch(label, request) {
 }
 
 function renderResults(results) {
-  for (const url of blobUrls) URL.revokeObjectURL(url);
-  blobUrls = [];
   const list = $("results");
   list.replaceChildren();
   for (const hit of results) {
@@ -267,21 +262,10 @@ function renderSignals(card, hit) {
   box.hidden = signals.length === 0;
 }
 
-async function showThumbnail(img, id) {
-  const url = `/items/${id}/image?size=${THUMB_SIZE}`;
-  if (!apiKey()) {
-    img.src = url; // no key: let the browser fetch and cache it
-    return;
-  }
-  // An <img> cannot send the key header, so fetch the bytes and show them from a blob URL.
-  try {
-    const blob = await (await api(url)).blob();
-    const blobUrl = URL.createObjectURL(blob);
-    blobUrls.push(blobUrl);
-    img.src = blobUrl;
-  } catch (_) {
-    img.alt = "(image unavailable)";
-  }
+function showThumbnail(img, id) {
+  // The browser sends the Basic credentials for <img> too, and caches the thumbnail.
+  img.src = apiUrl(`/items/${id}/image?size=${THUMB_SIZE}`);
+  img.addEventListener("error", () => { img.alt = "(image unavailable)"; }, { once: true });
 }
 
 function baseName(path) {
@@ -306,11 +290,6 @@ function setUpDropZone() {
 }
 
 function init() {
-  $("api-key").value = apiKey();
-  $("save-key").addEventListener("click", () => {
-    localStorage.setItem(KEY_STORAGE, $("api-key").value.trim());
-    loadStats();
-  });
   $("search-form").addEventListener("submit", searchText);
   $("image-input").addEventListener("change", (event) => {
     searchImage(event.target.files[0]);
