@@ -34,7 +34,7 @@ from .errors import (
 from .files import file_sha256, write_atomic
 from .index import FaissIndex
 from .index.ondisk import DEFAULT_SHARD_SIZE, build_ondisk_ivf, ondisk_factory
-from .index.tuning import DEFAULT_TARGET_RECALL, Tuning, is_approximate, tune
+from .index.tuning import DEFAULT_TARGET_RECALL, Tuning, is_approximate, tune, tune_streamed
 from .types import COLLECTIONS, IMAGES, TEXTS, ModelIdentity
 
 logger = logging.getLogger(__name__)
@@ -407,12 +407,23 @@ class IndexStore:
         ):
             index.set_search_params(old.params)
             return
-        ids, vectors = self.catalog.get_vectors(collection, dim)
         texts = None
         if collection == IMAGES and self.catalog.count(TEXTS):
             # Cross-modal queries (captions against images) are what users run.
             texts = self.catalog.get_vectors(TEXTS, dim)[1]
-        result = tune(index, vectors, ids, target_recall=target, text_queries=texts)
+        if self._wants_ondisk(collection) and index.on_disk:
+            # Built shard by shard: read the catalog in chunks so peak RSS follows the
+            # chunk, not n (the same sample and exact truth as `tune`).
+            result = tune_streamed(
+                index,
+                self.catalog.get_ids(collection),
+                lambda chunk: self.catalog.get_vectors_by_id(chunk, dim),
+                target_recall=target,
+                text_queries=texts,
+            )
+        else:
+            ids, vectors = self.catalog.get_vectors(collection, dim)
+            result = tune(index, vectors, ids, target_recall=target, text_queries=texts)
         self.catalog.set_meta(f"tuning:{collection}", json.dumps(result.to_dict()))
         if not result.reached:
             logger.warning(

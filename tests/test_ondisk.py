@@ -143,3 +143,20 @@ def test_two_serve_replicas_over_one_mmapped_index_answer_identically(
             for url in (url_a, url_b)
         ]  # fmt: skip
         assert hits[0] == hits[1] and hits[0][0]["path"].endswith("img_003.png")
+
+
+def test_streamed_tuning_chooses_the_in_memory_tunings_params():
+    """tune_streamed (chunked reads, for sharded builds) picks what tune picks with all
+    vectors in RAM: same query sample, same exact truth."""
+    from retrieval.index import FaissIndex
+    from retrieval.index.tuning import tune, tune_streamed
+
+    rng = np.random.default_rng(3)
+    xb = rng.normal(size=(6000, 32)).astype(np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    ids = np.arange(10, 6010, dtype=np.int64)
+    index = FaissIndex.build(xb, ids, "IVF64,Flat")
+    expected = tune(index, xb, ids, n_queries=300)
+    streamed = tune_streamed(index, ids, lambda c: xb[c - 10], n_queries=300, chunk_size=1000)
+    assert streamed.params == expected.params
+    assert streamed.recall_at_10 == expected.recall_at_10

@@ -17,6 +17,7 @@ time and easier to reason about."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,6 +36,9 @@ HNSW_MAX_EF = 4096
 REFINE_K_FACTORS = (1, 2, 4, 8)
 TIMING_REPEATS = 2
 SEED = 4321
+# Vectors per exact-search chunk in tune_streamed: 262,144 x 512 float32 is 512 MiB, one
+# on-disk build shard (ondisk.DEFAULT_SHARD_SIZE).
+STREAM_CHUNK = 262_144
 # A setting "reaches" the target when the one-sided 95% lower confidence bound of its measured
 # recall does (mean - 1.645 standard errors of the per-query recalls): tuned on ~1,000 sampled
 # queries, a setting that only just reaches the target on them lands below it on other queries
@@ -103,6 +107,50 @@ def tune(
         xq = np.vstack([xq, texts])
         self_ids = np.concatenate([self_ids, np.full(len(texts), -2, np.int64)])
     truth = _exact_knn(xb, ids, xq, self_ids)
+    return _choose(index, xq, self_ids, truth, target_recall)
+
+
+def tune_streamed(
+    index: Any,
+    ids: Ids,
+    read_vectors: Callable[[Ids], Vectors],
+    *,
+    target_recall: float = DEFAULT_TARGET_RECALL,
+    text_queries: Vectors | None = None,
+    n_queries: int = TUNE_QUERIES,
+    chunk_size: int = STREAM_CHUNK,
+) -> Tuning:
+    """`tune`, reading the collection through `read_vectors(ids)` one chunk at a time, so peak
+    memory follows `chunk_size`, not n: for indexes built shard by shard (ondisk.py), whose
+    vectors never sit in RAM together. Same query sample and exact truth as `tune`."""
+    ids = np.asarray(ids, dtype=np.int64)
+    rows = sample_rows(len(ids), n_queries)
+    xq, self_ids = np.ascontiguousarray(read_vectors(ids[rows]), dtype=np.float32), ids[rows]
+    if text_queries is not None and len(text_queries):
+        texts = np.asarray(text_queries, dtype=np.float32)
+        texts = texts[sample_rows(len(texts), TUNE_TEXT_QUERIES)]
+        xq = np.vstack([xq, texts])
+        self_ids = np.concatenate([self_ids, np.full(len(texts), -2, np.int64)])
+    # faiss's ResultHeap merges each chunk's exact top-k into a running one.
+    heap = faiss.ResultHeap(len(xq), K + 1, keep_max=True)
+    for start in range(0, len(ids), chunk_size):
+        chunk = ids[start : start + chunk_size]
+        flat = faiss.IndexFlatIP(xq.shape[1])
+        flat.add(np.ascontiguousarray(read_vectors(chunk), dtype=np.float32))
+        D, I = flat.search(xq, min(K + 1, len(chunk)))
+        pad = K + 1 - I.shape[1]
+        D = np.pad(D, ((0, 0), (0, pad)), constant_values=-np.inf)
+        I = np.pad(
+            np.where(I >= 0, chunk[np.maximum(I, 0)], -1), ((0, 0), (0, pad)), constant_values=-1
+        )
+        heap.add_result(D, I)
+    heap.finalize()
+    truth = _drop_self(heap.I, self_ids)
+    return _choose(index, xq, self_ids, truth, target_recall)
+
+
+def _choose(index: Any, xq: Any, self_ids: Any, truth: Any, target_recall: float) -> Tuning:
+    """Search the candidate parameters against `truth`, apply and return the cheapest."""
     probe = _Probe(index, xq, self_ids, truth)
     # Confidently first (the lower bound reaches the target); when no setting can (a small or
     # hard query sample, or a compressed index near its ceiling), the plain mean decides.
