@@ -268,8 +268,9 @@ def main(argv: list[str] | None = None) -> None:
         "--indexes",
         nargs="+",
         default=["auto", "flat", "ivf", "hnsw", "ivfpq", "hnswlib", "usearch"],
-        choices=MMSEARCH_TYPES + PEERS,
-        help="run in this order; each row prints as soon as it is measured",
+        metavar="INDEX",
+        help=f"run in this order, each row printed as soon as it is measured: "
+        f"{', '.join(MMSEARCH_TYPES + PEERS)} or a faiss factory string such as IVF4000,Flat",
     )
     parser.add_argument(
         "--hnsw-m", type=int, default=32, help="links per node, for faiss HNSW and the peers"
