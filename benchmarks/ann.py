@@ -30,12 +30,18 @@ TUNE_QUERIES = 500
 
 
 def clip_like(
-    n: int, nq: int, dim: int, seed: int = 7, mean_cosine: float | None = None
+    n: int,
+    nq: int,
+    dim: int,
+    seed: int = 7,
+    mean_cosine: float | None = None,
+    tune_queries: int = TUNE_QUERIES,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Database, tuning queries and evaluation queries (float32, unit norm).
 
-    mean_cosine=None keeps the original output bit for bit (benchmarks/sharded_ivf.py uses it);
-    a value in (0, 1) sets the shared mean's length so database pairs average that cosine."""
+    The defaults keep the original output bit for bit (benchmarks/sharded_ivf.py uses it):
+    mean_cosine in (0, 1) sets the shared mean's length so database pairs average that cosine;
+    tuning queries past the first TUNE_QUERIES are drawn last, leaving the others unchanged."""
     rng = np.random.default_rng(seed)
     basis = np.linalg.qr(rng.normal(size=(dim, SUBSPACE)))[0].T  # orthonormal 64 x dim
     spectrum = 1.0 / np.sqrt(1 + np.arange(SUBSPACE))  # anisotropic: decaying variances
@@ -55,7 +61,10 @@ def clip_like(
             out[start : start + c] = x / np.linalg.norm(x, axis=1, keepdims=True)
         return out
 
-    return draw(n, False), draw(TUNE_QUERIES, True), draw(nq, True)
+    xb, tq, xq = draw(n, False), draw(min(tune_queries, TUNE_QUERIES), True), draw(nq, True)
+    if tune_queries > TUNE_QUERIES:
+        tq = np.vstack([tq, draw(tune_queries - TUNE_QUERIES, True)])
+    return xb, tq, xq
 
 
 def _mean_norm(spectrum: np.ndarray, dim: int, mean_cosine: float | None) -> float:
@@ -135,7 +144,15 @@ def run_mmsearch(kind, xb, ids, tq, xq, truth, target, k):
     build_s = time.perf_counter() - start
     tuning, start = None, time.perf_counter()
     if is_approximate(index.faiss_index):
-        tuning = tune(index, xb, ids, target_recall=target, text_queries=tq, n_queries=500)
+        tuning = tune(
+            index,
+            xb,
+            ids,
+            target_recall=target,
+            text_queries=tq,
+            n_queries=500,
+            n_text_queries=len(tq),
+        )
     tune_s = time.perf_counter() - start
     faiss.omp_set_num_threads(1)
     if tuning is None:
@@ -281,6 +298,12 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="efConstruction for faiss HNSW and the peers alike (default: mmsearch's 64)",
     )
+    parser.add_argument(
+        "--tune-queries",
+        type=int,
+        default=TUNE_QUERIES,
+        help="held-apart queries every library tunes its search width on (mmsearch: all of them)",
+    )
     parser.add_argument("--mean-cosine", type=float, default=None, help="e.g. 0.5, as CLIP")
     parser.add_argument("--build-threads", type=int, default=1, help="searches always use 1")
     parser.add_argument("--cold-n", type=int, default=1_000_000, help="0 skips the cold open")
@@ -303,7 +326,9 @@ def compare(args: argparse.Namespace) -> None:
     faiss_index.HNSW_M = args.hnsw_m
     ef_construction = args.ef_construction or faiss_index.HNSW_EF_CONSTRUCTION
     faiss_index.HNSW_EF_CONSTRUCTION = ef_construction
-    xb, tq, xq = clip_like(args.n, args.queries, args.dim, mean_cosine=args.mean_cosine)
+    xb, tq, xq = clip_like(
+        args.n, args.queries, args.dim, mean_cosine=args.mean_cosine, tune_queries=args.tune_queries
+    )
     ids = np.arange(args.n, dtype=np.int64)
     import faiss
 
