@@ -228,11 +228,13 @@ def test_load_reports_missing_and_corrupt_files(tmp_path) -> None:
         ("auto", 0, 512, "Flat"),
         ("auto", 50_000, 512, "Flat"),
         ("auto", 100_000, 512, "IVF1265,Flat"),
-        ("auto", 3_000_000, 512, "IVF6928,PQ64x8,Refine(SQ8)"),
+        ("auto", 1_000_000, 512, "IVF2048,Flat"),  # nlist capped (MAX_NLIST), not 4000
+        ("auto", 3_000_000, 512, "IVF2048,PQ64x8,Refine(SQ8)"),
         ("flat", 10, 512, "Flat"),
         ("HNSW", 10, 512, "HNSW32"),
         ("ivf", 10_000, 512, "IVF256,Flat"),
-        ("ivf", 1_000_000, 512, "IVF4000,Flat"),
+        ("ivf", 250_000, 512, "IVF2000,Flat"),  # 4 sqrt(n) below the cap
+        ("ivf", 1_000_000, 512, "IVF2048,Flat"),
         ("ivfpq", 100_000, 512, "IVF1265,PQ64x8,Refine(SQ8)"),
         ("ivfpq", 100_000, 768, "IVF1265,PQ64x8,Refine(SQ8)"),
         ("ivfpq", 100_000, 100, "IVF1265,PQ10x8,Refine(SQ8)"),

@@ -90,12 +90,14 @@ def tune(
     target_recall: float = DEFAULT_TARGET_RECALL,
     text_queries: Vectors | None = None,
     n_queries: int = TUNE_QUERIES,
+    n_text_queries: int = TUNE_TEXT_QUERIES,
 ) -> Tuning:
     """Tune `index` (a FaissIndex holding exactly `vectors` under `ids`) and apply the result.
 
     Queries are a sample of `vectors` themselves (each query's own id is dropped from both the
     exact and the approximate answer, so it does not inflate recall) plus, when given, a sample
-    of `text_queries` (e.g. caption vectors searched against an image index).
+    of `text_queries` (e.g. caption vectors searched against an image index), at most
+    `n_text_queries` of them: more queries narrow the confidence bound (benchmarks/ann.py).
     """
     xb = np.ascontiguousarray(vectors, dtype=np.float32)
     ids = np.asarray(ids, dtype=np.int64)
@@ -103,7 +105,7 @@ def tune(
     xq, self_ids = xb[rows], ids[rows]
     if text_queries is not None and len(text_queries):
         texts = np.asarray(text_queries, dtype=np.float32)
-        texts = texts[sample_rows(len(texts), TUNE_TEXT_QUERIES)]
+        texts = texts[sample_rows(len(texts), n_text_queries)]
         xq = np.vstack([xq, texts])
         self_ids = np.concatenate([self_ids, np.full(len(texts), -2, np.int64)])
     truth = _exact_knn(xb, ids, xq, self_ids)
