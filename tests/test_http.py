@@ -350,7 +350,9 @@ def test_api_key_guards_every_endpoint_but_health(photo_index: Path) -> None:
         paths = ["/search?q=x", "/stats", "/metrics", "/ready", f"/items/{image_id}"]
         paths.append(f"/items/{image_id}/image")
         assert client.get("/health").status_code == 200
-        assert client.get("/").status_code == 200  # the page has no data; its calls send the key
+        # the page too: a browser logs in with HTTP Basic (tests/test_http_access.py)
+        assert client.get("/").status_code == 401
+        assert client.get("/", headers={"X-API-Key": KEY}).status_code == 200
         for path in paths:
             denied = client.get(path)
             assert denied.status_code == 401, path
@@ -361,8 +363,9 @@ def test_api_key_guards_every_endpoint_but_health(photo_index: Path) -> None:
             assert client.get(path, headers=bearer).status_code == 200, path
         upload = client.post("/search/image", files={"file": ("q.png", png_bytes())})
         assert upload.status_code == 401
-        schemes = client.get("/openapi.json").json()["components"]["securitySchemes"]
-        assert set(schemes) == {"APIKeyHeader", "HTTPBearer"}
+        assert client.get("/openapi.json").status_code == 401
+        schema = client.get("/openapi.json", headers={"X-API-Key": KEY}).json()
+        assert {"APIKeyHeader", "HTTPBearer"} <= set(schema["components"]["securitySchemes"])
 
 
 def test_cors_is_closed_by_default_and_opens_for_configured_origins(photo_index: Path) -> None:
