@@ -20,7 +20,6 @@ from ..files import cached_sha256
 from ..images import load_image
 from ..types import ModelIdentity, ModelSpec, Skipped, Vectors
 from . import backend as backends
-from . import runtime
 from .export import text_features
 from .loader import create_image_loader, decode_source, default_num_workers
 from .runtime import ExportedEncoder, default_threads
@@ -156,7 +155,7 @@ class OpenClipEmbedder:
 
     def __init__(
         self,
-        model: torch.nn.Module | Callable[[], torch.nn.Module],
+        model: torch.nn.Module,
         preprocess: Callable[[Any], torch.Tensor],
         tokenizer: Callable[[Sequence[str]], torch.Tensor],
         identity: ModelIdentity,
@@ -168,10 +167,7 @@ class OpenClipEmbedder:
         encoder: ExportedEncoder | None = None,
         decoder: JpegBatchDecoder | None = None,
     ) -> None:
-        # A callable is the model not built yet: an exported runtime encodes without it, and only
-        # code that needs the torch module (captions, a torch fallback) pays for loading it.
-        self._model = model if isinstance(model, torch.nn.Module) else None
-        self._load_model = None if isinstance(model, torch.nn.Module) else model
+        self.model = model
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.identity = identity
@@ -189,21 +185,7 @@ class OpenClipEmbedder:
         if encoder is None and dtype != torch.float32:
             # Cast once: autocast inside inference_mode re-casts every weight on every call
             # and ran 10x slower on a CPU (benchmarks/RESULTS.md, bf16 table).
-            self._model = self.model.to(dtype)
-
-    @property
-    def model(self) -> torch.nn.Module:
-        """The open_clip torch module, loaded on first use when the embedder was opened from
-        the export cache."""
-        if self._model is None:
-            assert self._load_model is not None
-            self._model = self._load_model()
-        return self._model
-
-    @property
-    def model_loaded(self) -> bool:
-        """Whether the torch module is in memory (False after a load from the export cache)."""
-        return self._model is not None
+            self.model = self.model.to(dtype)
 
     @property
     def backend(self) -> str:
@@ -268,18 +250,19 @@ class OpenClipEmbedder:
         pretrained = None if spec.name.startswith((LOCAL_DIR, HF_HUB)) else spec.pretrained
         if pretrained and Path(pretrained).expanduser().is_file():
             pretrained = str(Path(pretrained).expanduser())
-        weights = weights_path(spec)
-        if not device.startswith("cuda"):
-            threads = threads or default_threads()
-            torch.set_num_threads(threads)
-        options = {"batch_size": batch_size, "num_workers": num_workers}
-        if engine != "torch" and weights is not None:
-            cached = cls._from_export_cache(
-                spec, pretrained, weights, engine, precision, threads, cache_dir, decode, options
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                spec.name, pretrained=pretrained, device=device
             )
-            if cached is not None:
-                return cached
-        model, preprocess, tokenizer = _create_model(spec, pretrained, device)
+            tokenizer = open_clip.get_tokenizer(spec.name)
+        except (RuntimeError, OSError, ValueError) as err:
+            raise ModelUnavailableError(
+                f"cannot load model {spec.name}"
+                + (f" with pretrained={spec.pretrained}" if pretrained else "")
+                + f": {err}. {_offline_help(spec)}"
+            ) from err
+        model.eval()
+        weights = weights_path(spec)
         identity = ModelIdentity(
             name=spec.name,
             pretrained=spec.pretrained if pretrained else None,
@@ -288,6 +271,9 @@ class OpenClipEmbedder:
             preprocess=_preprocess_dict(model),
         )
         encoder = None
+        if not device.startswith("cuda"):
+            threads = threads or default_threads()
+            torch.set_num_threads(threads)
         if engine != "torch":
             encoder = backends.open_exported(
                 model,
@@ -306,62 +292,10 @@ class OpenClipEmbedder:
             identity,
             device=device,
             dtype=dtype,
+            batch_size=batch_size,
+            num_workers=num_workers,
             encoder=encoder,
             decoder=create_decoder(decode, preprocess, device),
-            **options,
-        )
-
-    @classmethod
-    def _from_export_cache(
-        cls,
-        spec: ModelSpec,
-        pretrained: str | None,
-        weights: Path,
-        engine: str,
-        precision: str,
-        threads: int | None,
-        cache_dir: Path | None,
-        decode: str,
-        options: dict[str, Any],
-    ) -> OpenClipEmbedder | None:
-        """The embedder over a valid export cache entry, without building the torch model:
-        the module tree is made on the meta device (no memory, no weight init, no weights read:
-        0.07 s against 2.5-5 s for ViT-B-32 on 2 cores), which is enough for the identity and
-        the entry's key; the real model loads only if something asks for it. None when there is
-        no valid entry or the skeleton cannot say what it needs (the full load then runs)."""
-        try:
-            skeleton, preprocess, tokenizer = _create_model(spec, pretrained, "meta")
-        except (ModelUnavailableError, NotImplementedError):
-            return None
-        dim = getattr(getattr(skeleton, "visual", None), "output_dim", None)
-        if dim is None:
-            return None
-        identity = ModelIdentity(
-            name=spec.name,
-            pretrained=spec.pretrained if pretrained else None,
-            dim=int(dim),
-            weights_sha256=cached_sha256(weights),
-            preprocess=_preprocess_dict(skeleton),
-        )
-        origin = backends.model_export_origin(skeleton, identity)
-        key = runtime.export_key(origin["weights"], origin["architecture"], engine)
-        encoder = runtime.open_cached(
-            key,
-            threads=threads or default_threads(),
-            precision=backends.runtime_precision(precision),
-            engine=engine,
-            cache_dir=cache_dir,
-        )
-        if encoder is None or encoder.dim != identity.dim:
-            return None
-        encoder.origin = origin
-
-        def load_model() -> torch.nn.Module:
-            return _create_model(spec, pretrained, "cpu")[0]
-
-        decoder = create_decoder(decode, preprocess, "cpu")
-        return cls(
-            load_model, preprocess, tokenizer, identity, encoder=encoder, decoder=decoder, **options
         )
 
     @torch.inference_mode()
@@ -490,26 +424,6 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
 def _normalise(features: torch.Tensor) -> Vectors:
     features = torch.nn.functional.normalize(features.float(), dim=-1)
     return np.ascontiguousarray(features.cpu().numpy(), dtype=np.float32)
-
-
-def _create_model(
-    spec: ModelSpec, pretrained: str | None, device: str
-) -> tuple[torch.nn.Module, Callable[[Any], torch.Tensor], Any]:
-    """open_clip's (model in eval mode, eval transform, tokenizer); `device="meta"` builds the
-    module tree alone, without reading or initialising weights."""
-    try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            spec.name, pretrained=pretrained, device=device, load_weights=device != "meta"
-        )
-        tokenizer = open_clip.get_tokenizer(spec.name)
-    except (RuntimeError, OSError, ValueError) as err:
-        raise ModelUnavailableError(
-            f"cannot load model {spec.name}"
-            + (f" with pretrained={spec.pretrained}" if pretrained else "")
-            + f": {err}. {_offline_help(spec)}"
-        ) from err
-    model.eval()
-    return model, preprocess, tokenizer
 
 
 def _output_dim(model: torch.nn.Module) -> int:
