@@ -102,12 +102,7 @@ def tune(
     xb = np.ascontiguousarray(vectors, dtype=np.float32)
     ids = np.asarray(ids, dtype=np.int64)
     rows = sample_rows(len(xb), n_queries)
-    xq, self_ids = xb[rows], ids[rows]
-    if text_queries is not None and len(text_queries):
-        texts = np.asarray(text_queries, dtype=np.float32)
-        texts = texts[sample_rows(len(texts), n_text_queries)]
-        xq = np.vstack([xq, texts])
-        self_ids = np.concatenate([self_ids, np.full(len(texts), -2, np.int64)])
+    xq, self_ids = _with_texts(xb[rows], ids[rows], text_queries, n_text_queries)
     truth = _exact_knn(xb, ids, xq, self_ids)
     return _choose(index, xq, self_ids, truth, target_recall)
 
@@ -127,12 +122,8 @@ def tune_streamed(
     vectors never sit in RAM together. Same query sample and exact truth as `tune`."""
     ids = np.asarray(ids, dtype=np.int64)
     rows = sample_rows(len(ids), n_queries)
-    xq, self_ids = np.ascontiguousarray(read_vectors(ids[rows]), dtype=np.float32), ids[rows]
-    if text_queries is not None and len(text_queries):
-        texts = np.asarray(text_queries, dtype=np.float32)
-        texts = texts[sample_rows(len(texts), TUNE_TEXT_QUERIES)]
-        xq = np.vstack([xq, texts])
-        self_ids = np.concatenate([self_ids, np.full(len(texts), -2, np.int64)])
+    sampled = np.ascontiguousarray(read_vectors(ids[rows]), dtype=np.float32)
+    xq, self_ids = _with_texts(sampled, ids[rows], text_queries, TUNE_TEXT_QUERIES)
     # faiss's ResultHeap merges each chunk's exact top-k into a running one.
     heap = faiss.ResultHeap(len(xq), K + 1, keep_max=True)
     for start in range(0, len(ids), chunk_size):
@@ -149,6 +140,18 @@ def tune_streamed(
     heap.finalize()
     truth = _drop_self(heap.I, self_ids)
     return _choose(index, xq, self_ids, truth, target_recall)
+
+
+def _with_texts(
+    xq: Any, self_ids: Any, text_queries: Vectors | None, n_text_queries: int
+) -> tuple[Any, Any]:
+    """The sampled stored-vector queries plus a sample of `text_queries`, which have no own id
+    to drop (-2)."""
+    if text_queries is None or not len(text_queries):
+        return xq, self_ids
+    texts = np.asarray(text_queries, dtype=np.float32)
+    texts = texts[sample_rows(len(texts), n_text_queries)]
+    return np.vstack([xq, texts]), np.concatenate([self_ids, np.full(len(texts), -2, np.int64)])
 
 
 def _choose(index: Any, xq: Any, self_ids: Any, truth: Any, target_recall: float) -> Tuning:
