@@ -188,24 +188,31 @@ class IndexStore:
         cached = self._indexes.get(collection)
         if cached is not None and cached[0] == generation:
             return cached[1]
-        path = self._faiss_path(collection, generation)
-        index: FaissIndex | None = None
-        if path.is_file():
-            try:
-                index = self._load_verified(collection, path)
-            except IndexCorruptError:
-                # The checksum and count were read apart from the generation: if an index run
-                # committed in between, they belong to the next generation, not to this file.
-                if self.catalog.generation == generation:
-                    raise
-                return self.get_index(collection)
-        elif generation > 0 and self.catalog.count(collection):
-            # Cannot happen after a clean commit; rebuild rather than refuse to answer.
-            logger.warning("%s is missing; rebuilding it in memory from stored vectors", path)
-            ids, vectors = self.catalog.get_vectors(collection, self.identity.dim)
-            index = FaissIndex.build(vectors, ids, self.index_type(collection))
+        try:
+            index = self._open_generation(collection, generation)
+        except (IndexCorruptError, FileNotFoundError):
+            # Readers take no lock: the generation, the file, its checksum and the count are
+            # read one after another, and an index run may commit in between (recording the
+            # next file's checksum, then deleting this generation's file). Only a failure at
+            # an unchanged generation means damage; otherwise open the new one.
+            if self.catalog.generation == generation:
+                raise
+            return self.get_index(collection)
         self._indexes[collection] = (generation, index)
         return index
+
+    def _open_generation(self, collection: str, generation: int) -> FaissIndex | None:
+        path = self._faiss_path(collection, generation)
+        if path.is_file():
+            return self._load_verified(collection, path)
+        if generation == 0 or not self.catalog.count(collection):
+            return None
+        if self.catalog.generation != generation:
+            raise FileNotFoundError(path)  # deleted by the commit that moved the generation
+        # Cannot happen after a clean commit; rebuild rather than refuse to answer.
+        logger.warning("%s is missing; rebuilding it in memory from stored vectors", path)
+        ids, vectors = self.catalog.get_vectors(collection, self.identity.dim)
+        return FaissIndex.build(vectors, ids, self.index_type(collection))
 
     def _load_verified(self, collection: str, path: Path) -> FaissIndex:
         """Load a faiss file, refusing one that differs from what the commit recorded: a

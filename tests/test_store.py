@@ -94,6 +94,60 @@ def test_reader_sees_each_new_generation(store: IndexStore, tmp_path: Path) -> N
     assert sorted(p.name for p in (tmp_path / "idx").glob("*.faiss")) == ["images.2.faiss"]
 
 
+def commit_once_before(
+    monkeypatch: pytest.MonkeyPatch, reader: IndexStore, method: str, commit: object
+) -> None:
+    """Make `reader.method` run `commit()` (another process's index run, committing and deleting
+    the reader's generation's file) the first time it is called, then do its own work: the
+    interleaving of a lock-free reader with a writer, at the worst moment."""
+    real = getattr(reader, method)
+    calls = []
+
+    def racing(*args: object) -> object:
+        if not calls:
+            calls.append(1)
+            commit()  # type: ignore[operator]
+        return real(*args)
+
+    monkeypatch.setattr(reader, method, racing)
+
+
+@pytest.mark.parametrize("moment", ["_load_verified", "_faiss_path"])
+def test_a_commit_between_reading_the_generation_and_its_file_opens_the_new_one(
+    store: IndexStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    moment: str,
+) -> None:
+    """Found by the soak: a query racing an index run's commit got HTTP 500 (the old faiss
+    file was deleted between the reader's is_file() and its load), or, one step earlier, the
+    reader rebuilt the index in memory from the next generation's vectors as if the file were
+    damaged. Either way the reader must simply open the new generation."""
+    rng = np.random.default_rng(7)
+    add(store, unit(rng, 20), 0)
+    reader = IndexStore.open(tmp_path / "idx", readonly=True)
+    more = unit(rng, 5)
+    commit_once_before(monkeypatch, reader, moment, lambda: add(store, more, 20))
+    index = reader.get_index(IMAGES)
+    assert reader.catalog.generation == 2 and index.ntotal == 25
+    assert not (tmp_path / "idx" / "images.1.faiss").exists()
+    _, found = index.search(more[:1], 1)
+    assert found[0, 0] == reader.catalog.get_ids(IMAGES)[20]
+    assert "missing" not in caplog.text
+
+
+def test_a_missing_file_at_an_unchanged_generation_is_rebuilt_and_said(
+    store: IndexStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = np.random.default_rng(8)
+    add(store, unit(rng, 12), 0)
+    (tmp_path / "idx" / "images.1.faiss").unlink()
+    reader = IndexStore.open(tmp_path / "idx", readonly=True)
+    assert reader.get_index(IMAGES).ntotal == 12
+    assert "images.1.faiss is missing; rebuilding it in memory" in caplog.text
+
+
 def test_uncommitted_generation_is_invisible_and_cleaned_up(
     store: IndexStore, tmp_path: Path
 ) -> None:
