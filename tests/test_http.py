@@ -340,6 +340,59 @@ async def test_overload_answers_429_with_retry_after_instead_of_waiting(
     assert sorted(r.status_code for r in results) == [200, 429]
 
 
+@pytest.mark.anyio
+async def test_a_full_server_refuses_before_reading_or_validating_and_probes_still_answer(
+    photo_index: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under overload most requests are refused, so a refusal must cost next to nothing: it
+    comes before routing, validation and the body (a bad request gets 429, not 422), while
+    /health, /ready, /stats and /metrics still answer."""
+    config = ServeConfig(max_concurrency=1, max_queue=0, retry_after_s=3)
+    release, entered = threading.Event(), threading.Event()
+    with open_app(photo_index, config) as (app, service):
+        original = service.search
+
+        def slow(request: object) -> object:
+            entered.set()
+            release.wait(10)
+            return original(request)
+
+        monkeypatch.setattr(service, "search", slow)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            import anyio
+
+            busy: list[httpx.Response] = []
+
+            async def hold() -> None:
+                busy.append(await http.get("/search", params={"q": "x"}))
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(hold)
+                await anyio.to_thread.run_sync(entered.wait)
+                invalid = await http.get("/search", params={"q": "x", "k": "many"})
+                malformed = await http.post(
+                    "/search", content=b"{not json", headers={"content-type": "application/json"}
+                )
+                probes = [await http.get(path) for path in ("/health", "/ready", "/stats")]
+                release.set()
+            metrics = (await http.get("/metrics")).text
+            # once the slot is free the same bad request is judged on its merits again
+            judged = await http.get("/search", params={"q": "x", "k": "many"})
+    for refused in (invalid, malformed):
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["retry-after"] == "3"
+        assert refused.json()["error"] == "overloaded"
+    health, ready, stats = probes
+    assert health.status_code == 200 and stats.status_code == 200
+    # ASGITransport runs no lifespan, so /ready says "starting" (503): the route answered
+    assert ready.status_code != 429 and ready.json()["error"] != "overloaded"
+    assert stats.json()["server"]["in_flight"] == 1
+    assert busy[0].status_code == 200
+    assert 'method="POST",route="<overloaded>",status="429"} 1.0' in metrics
+    assert judged.status_code == 422
+
+
 # -- access ---------------------------------------------------------------------------------------
 def test_api_key_guards_every_endpoint_but_health(photo_index: Path) -> None:
     with (

@@ -100,7 +100,7 @@ def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
     return error_response(status, code, message or "invalid request", details=details)
 
 
-def _overloaded(_: Request, err: Overloaded) -> JSONResponse:
+def overloaded(_: Request | None, err: Overloaded) -> JSONResponse:
     return error_response(429, "overloaded", str(err), {"Retry-After": str(err.retry_after_s)})
 
 
@@ -109,7 +109,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(MmsearchError, _mmsearch_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
-    app.add_exception_handler(Overloaded, _overloaded)  # type: ignore[arg-type]
+    app.add_exception_handler(Overloaded, overloaded)  # type: ignore[arg-type]
 
 
 def internal_error() -> JSONResponse:

@@ -124,5 +124,5 @@ class ObserveMiddleware:
                 await self.internal_error()(scope, receive, watching_send)
         finally:
             route = scope.get("route")
-            label = getattr(route, "path", None) or "<unmatched>"
+            label = getattr(route, "path", None) or scope.get("refused_as", "<unmatched>")
             self.metrics.observe(label, scope["method"], status, time.perf_counter() - started)

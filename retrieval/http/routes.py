@@ -31,9 +31,20 @@ from ..duplicates import find_duplicates
 from ..errors import ImageDecodeError, MmsearchError
 from ..queries import DEFAULT_DUPLICATE_THRESHOLD, QueryPart
 from ..service import DEFAULT_TEXT_WEIGHT, SearchRequest, SearchService
-from .errors import ERROR_RESPONSES, http_error, install_error_handlers, internal_error
+from .errors import (
+    ERROR_RESPONSES,
+    http_error,
+    install_error_handlers,
+    internal_error,
+    overloaded,
+)
 from .items import indexed_file, item_out, make_thumbnail, thumbnail_key
-from .limits import AdmissionLimiter, BodyLimitMiddleware, BodyTimeoutMiddleware
+from .limits import (
+    AdmissionLimiter,
+    BodyLimitMiddleware,
+    BodyTimeoutMiddleware,
+    EarlyRefusalMiddleware,
+)
 from .metrics import Metrics, ObserveMiddleware
 from .models import (
     MAX_QUERY_CHARS,
@@ -81,6 +92,10 @@ IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 # The documented answer shape; handlers return the service's own JSON bytes, which match it.
 SEARCH_OPTIONS: dict[str, Any] = {"response_model": SearchOut}
+
+
+# Probes that answer even when every worker is busy (EarlyRefusalMiddleware).
+STATUS_PATHS = frozenset({"/health", "/ready", "/stats", "/metrics"})
 
 
 @dataclass
@@ -140,8 +155,8 @@ def create_app(service: SearchService, config: ServeConfig) -> FastAPI:
         responses=ERROR_RESPONSES,
     )
     install_error_handlers(app)
-    # Added innermost first: requests pass Observe, then CORS, then the key check, then the
-    # body-read timeout, then the body cap.
+    # Added innermost first: requests pass Observe, then CORS (so a page can read a 429), then
+    # the early 429, then the key check, then the body-read timeout, then the body cap.
     app.add_middleware(
         BodyLimitMiddleware,
         limit=config.max_upload_bytes * 4 // 3 + BODY_OVERHEAD,
@@ -154,6 +169,12 @@ def create_app(service: SearchService, config: ServeConfig) -> FastAPI:
         app.add_middleware(
             ApiKeyMiddleware, api_key=config.api_key, reject=lambda err: http_error(None, err)
         )
+    app.add_middleware(
+        EarlyRefusalMiddleware,
+        admission=admission,
+        reject=lambda err: overloaded(None, err),
+        exempt=STATUS_PATHS,
+    )
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware,
