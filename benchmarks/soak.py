@@ -15,6 +15,12 @@ answer 200s again as soon as the load drops.
     python -m benchmarks.soak                        # 5 min soak + ~40 s overload
     python -m benchmarks.soak --seconds 60           # a quick look
     python -m benchmarks.soak --plot soak.png        # also plot latency and RSS
+    python -m benchmarks.soak --seconds 30 --baseline --rounds 2   # overload vs the old path
+
+`--baseline` also starts a second server on the same index without the early 429
+(EarlyRefusalMiddleware removed, i.e. refusals only from the admission limiter after FastAPI's
+routing and validation, as before it existed) and runs the overload phases against both,
+alternating, `--rounds` times, so the comparison shares the machine's load.
 
 Every loop is bounded in time and in count (`--max-requests`); the client and the server share
 the machine, so the figures are for this machine under whatever else it runs.
@@ -24,8 +30,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
+import sys
 import tempfile
 import threading
 import time
@@ -173,6 +181,7 @@ async def soak(base: str, pid: int, args: argparse.Namespace, update: Any) -> So
 
 @dataclass
 class Overload:
+    server: str
     phase: str
     rate: float
     sent: int = 0
@@ -202,10 +211,10 @@ async def raw_get(host: str, port: int, target: str) -> tuple[str, str | None]:
     return status, retry
 
 
-async def open_loop(base: str, phase: str, rate: float, seconds: float) -> Overload:
+async def open_loop(base: str, server: str, phase: str, rate: float, seconds: float) -> Overload:
     """Text searches sent at `rate` per second for `seconds`, whatever the answers take (at
     most OUTSTANDING_CAP in the air, each given CLIENT_TIMEOUT_S)."""
-    result = Overload(phase, rate)
+    result = Overload(server, phase, rate)
     host, port = base.removeprefix("http://").split(":")
     counter = iter(range(10**9))
     started = time.perf_counter()
@@ -312,19 +321,70 @@ def main() -> None:
     parser.add_argument("--overload-seconds", type=float, default=20)
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG of the samples")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also overload a server without the early 429 (the old path), alternating",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="overload rounds per server")
+    parser.add_argument(
+        "--server-log", type=Path, default=None, help="keep the servers' logs here (a folder)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mmsearch-soak-") as scratch:
-        run(Path(scratch), args)
+        logs = args.server_log or Path(scratch) / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        try:
+            run(Path(scratch), logs, args)
+        except SystemExit as stop:
+            if stop.code:
+                show_logs(logs)
+            raise
 
 
-def run(root: Path, args: argparse.Namespace) -> None:
+def show_logs(logs: Path) -> None:
+    """The end of each server log (tracebacks of any 500), since the scratch folder goes."""
+    for log in sorted(logs.glob("*.log")):
+        text = log.read_text(errors="replace")[-20_000:]
+        print(f"\n## last 20 kB of {log.name}\n\n{text}")
+
+
+# The old path for --baseline: `mmsearch serve` with EarlyRefusalMiddleware taken out of the
+# app's middleware list before uvicorn builds the stack (Starlette builds it on first call).
+BASELINE_SERVER = """
+import retrieval.http.routes as routes
+from retrieval.http.limits import EarlyRefusalMiddleware
+made = routes.create_app
+def create_app(service, config):
+    app = made(service, config)
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not EarlyRefusalMiddleware]
+    return app
+routes.create_app = create_app
+from retrieval.cli import app
+app()
+"""
+
+
+def overload_rounds(servers: dict[str, str], sustained: float, args: argparse.Namespace) -> list:
+    """4x then 0.5x the sustained rate against each server in turn, `--rounds` times."""
+    phases = []
+    for _ in range(args.rounds):
+        for name, base in servers.items():
+            phases.append(asyncio.run(open_loop(base, name, "4x", 4 * sustained,
+                                                args.overload_seconds)))  # fmt: skip
+            phases.append(asyncio.run(open_loop(base, name, "0.5x", 0.5 * sustained,
+                                                args.overload_seconds / 2)))  # fmt: skip
+    return phases
+
+
+def run(root: Path, logs: Path, args: argparse.Namespace) -> None:
     model = write_model(root / "model")
     shop = root / "shop"
     catalog = write_catalog(shop, args.products)
     index = root / "index"
     mmsearch("index", "--catalog", catalog, "--model", model, "--index", index, "--quiet")
     args.upload_images = sorted((shop / "img").glob("*.png"))
-    with serve_child(index, args.port, SERVER_ARGS, root / "serve.log") as (base, process):
+    with serve_child(index, args.port, SERVER_ARGS, logs / "serve.log") as (base, process):
         generation = httpx.get(f"{base}/stats").json().get("generation") or 0
         lock = threading.Lock()
 
@@ -346,10 +406,17 @@ def run(root: Path, args: argparse.Namespace) -> None:
 
         result = asyncio.run(soak(base, process.pid, args, update))
         sustained = len(result.latencies) / args.seconds
-        overload = [
-            asyncio.run(open_loop(base, "4x", 4 * sustained, args.overload_seconds)),
-            asyncio.run(open_loop(base, "0.5x", 0.5 * sustained, args.overload_seconds / 2)),
-        ]
+        servers = {"early 429": base}
+        with contextlib.ExitStack() as stack:
+            if args.baseline:
+                old_path = [sys.executable, "-c", BASELINE_SERVER, "serve", "--index", str(index),
+                            "--host", "127.0.0.1", "--port", str(args.port + 1), "--device",
+                            "cpu", "--no-access-log", *SERVER_ARGS]  # fmt: skip
+                old_base, _ = stack.enter_context(
+                    serve_child(index, args.port + 1, SERVER_ARGS, logs / "baseline.log", old_path)
+                )
+                servers["old path"] = old_base
+            overload = overload_rounds(servers, sustained, args)
         final_rss = rss_mib(process.pid)
     report(result, overload, sustained, final_rss, args)
 
@@ -394,27 +461,36 @@ def report(
               f"{update['products']} products; {update['compared']} probes vs the CLI, "
               f"mismatches: {update['mismatches'] or 0}")  # fmt: skip
     print("\n## overload (open loop, GET /search)\n")
-    print("| phase | target/s | sent/s | sent | 200 | 429 | other | p50 ms 200 | p99 ms 200 "
-          "| p99 ms 429 | Retry-After | max in flight (bound) | first 200 after |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    print("| server | phase | target/s | sent/s | sent | 200 | 429 | other | p50 ms 200 "
+          "| p99 ms 200 | p50 ms 429 | p99 ms 429 | Retry-After | max in flight (bound) "
+          "| first 200 after |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for phase in overload:
         ok = phase.latency_ms.get("200", [])
         busy = phase.latency_ms.get("429", [])
         other = sum(n for status, n in phase.statuses.items() if status not in ("200", "429"))
         first = f"{phase.first_ok_ms:.0f} ms" if phase.first_ok_ms is not None else "never"
-        print(f"| {phase.phase} | {phase.rate:.0f} | {phase.offered:.0f} | {phase.sent:,} "
+        print(f"| {phase.server} | {phase.phase} | {phase.rate:.0f} | {phase.offered:.0f} "
+              f"| {phase.sent:,} "
               f"| {phase.statuses['200']:,} "
               f"| {phase.statuses['429']:,} | {other} | {percentile(ok, 0.5):.0f} "
               f"| {percentile(ok, 0.99):.0f} "
-              f"| {percentile(busy, 0.99):.0f} | {dict(phase.retry_after) or '-'} "
+              f"| {percentile(busy, 0.5):.0f} | {percentile(busy, 0.99):.0f} "
+              f"| {dict(phase.retry_after) or '-'} "
               f"| {phase.max_in_flight} ({QUEUE_BOUND}) | {first} |")  # fmt: skip
     print("\n" + "\n".join(environment()))
     print(f"- command: python -m benchmarks.soak --seconds {args.seconds:g} "
-          f"--concurrency {args.concurrency}; server {' '.join(SERVER_ARGS)}")  # fmt: skip
+          f"--concurrency {args.concurrency} --overload-seconds {args.overload_seconds:g}"
+          f"{' --baseline' if args.baseline else ''} --rounds {args.rounds}; "
+          f"server {' '.join(SERVER_ARGS)}")  # fmt: skip
     if args.plot:
         plot(result, args.plot)
     failed = sum(result.errors.values()) or any(u["mismatches"] for u in result.updates)
     failed = failed or len(result.updates) < 2
+    # 429s are deliberate; anything else from the server under test (5xx, resets, timeouts) is not
+    failed = failed or any(
+        set(phase.statuses) - {"200", "429"} for phase in overload if phase.server == "early 429"
+    )
     if failed:
         raise SystemExit(1)
 
