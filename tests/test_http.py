@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from clirun import run_ok
@@ -20,6 +21,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from retrieval.config import ServeConfig
+from retrieval.service import SearchRequest, SearchResult, SearchService
 
 KEY = "s3cret-key"
 
@@ -303,25 +305,32 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def hold_searches(
+    service: SearchService, monkeypatch: pytest.MonkeyPatch
+) -> tuple[threading.Event, threading.Event]:
+    """(entered, release): every search blocks until `release` is set; `entered` is set as soon
+    as one is running, i.e. holds a worker slot."""
+    release, entered = threading.Event(), threading.Event()
+    original = service.search
+
+    def slow(request: SearchRequest) -> SearchResult:
+        entered.set()
+        release.wait(10)
+        return original(request)
+
+    monkeypatch.setattr(service, "search", slow)
+    return entered, release
+
+
 @pytest.mark.anyio
 async def test_overload_answers_429_with_retry_after_instead_of_waiting(
     photo_index: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = ServeConfig(max_concurrency=1, max_queue=1, queue_timeout_s=0.3, retry_after_s=2)
-    release, entered = threading.Event(), threading.Event()
     with open_app(photo_index, config) as (app, service):
-        original = service.search
-
-        def slow(request: object) -> object:
-            entered.set()
-            release.wait(10)
-            return original(request)
-
-        monkeypatch.setattr(service, "search", slow)
+        entered, release = hold_searches(service, monkeypatch)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            import anyio
-
             results: list[httpx.Response] = []
 
             async def call() -> None:
@@ -348,20 +357,10 @@ async def test_a_full_server_refuses_before_reading_or_validating_and_probes_sti
     comes before routing, validation and the body (a bad request gets 429, not 422), while
     /health, /ready, /stats and /metrics still answer."""
     config = ServeConfig(max_concurrency=1, max_queue=0, retry_after_s=3)
-    release, entered = threading.Event(), threading.Event()
     with open_app(photo_index, config) as (app, service):
-        original = service.search
-
-        def slow(request: object) -> object:
-            entered.set()
-            release.wait(10)
-            return original(request)
-
-        monkeypatch.setattr(service, "search", slow)
+        entered, release = hold_searches(service, monkeypatch)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            import anyio
-
             busy: list[httpx.Response] = []
 
             async def hold() -> None:
