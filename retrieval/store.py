@@ -34,7 +34,15 @@ from .errors import (
 from .files import file_sha256, write_atomic
 from .index import FaissIndex
 from .index.ondisk import DEFAULT_SHARD_SIZE, build_ondisk_ivf, ondisk_factory
-from .index.tuning import DEFAULT_TARGET_RECALL, Tuning, is_approximate, tune, tune_streamed
+from .index.tuning import (
+    DEFAULT_TARGET_RECALL,
+    TUNE_TEXT_QUERIES,
+    Tuning,
+    is_approximate,
+    sample_rows,
+    tune,
+    tune_streamed,
+)
 from .types import COLLECTIONS, IMAGES, TEXTS, ModelIdentity
 
 logger = logging.getLogger(__name__)
@@ -416,8 +424,12 @@ class IndexStore:
             return
         texts = None
         if collection == IMAGES and self.catalog.count(TEXTS):
-            # Cross-modal queries (captions against images) are what users run.
-            texts = self.catalog.get_vectors(TEXTS, dim)[1]
+            # Cross-modal queries (captions against images) are what users run. Only the
+            # sampled texts are read (the sample `tune` would draw from all of them), so
+            # tuning never holds every caption vector of a large collection.
+            text_ids = self.catalog.get_ids(TEXTS)
+            sampled = text_ids[sample_rows(len(text_ids), TUNE_TEXT_QUERIES)]
+            texts = self.catalog.get_vectors_by_id(sampled, dim)
         if self._wants_ondisk(collection) and index.on_disk:
             # Built shard by shard: read the catalog in chunks so peak RSS follows the
             # chunk, not n (the same sample and exact truth as `tune`).

@@ -12,6 +12,7 @@ from retrieval import store as store_module
 from retrieval.index import FaissIndex, exact_search, faiss_index
 from retrieval.index.tuning import (
     TUNE_QUERIES,
+    TUNE_TEXT_QUERIES,
     SearchParams,
     Tuning,
     recall_at_k,
@@ -149,6 +150,46 @@ def test_params_persist_in_store_and_are_used_after_reopening(data, tmp_path, mo
     retuned = store.tuning(IMAGES)
     assert retuned is not None and retuned.target_recall == 0.5
     assert retuned.params.nprobe < tuning.params.nprobe  # type: ignore[operator]
+    store.close()
+
+
+def test_store_tuning_reads_only_the_sampled_text_vectors(data, tmp_path) -> None:
+    """Tuning an image index of a store that also holds many texts reads the sampled caption
+    vectors, not all of them, and measures exactly what `tune` does with every text given."""
+    xb, ids, _ = data
+    from retrieval.store import CollectionChanges, IndexStore
+    from retrieval.types import ModelIdentity
+
+    n_texts = TUNE_TEXT_QUERIES * 3
+    _, captions = clustered(10, n_texts, seed=5)
+    store = IndexStore.create(tmp_path, ModelIdentity.from_dict(_identity_dict()))
+    with store.catalog.transaction():
+        store.catalog.put_vectors([f"img:{i}" for i in range(N)], xb)
+        store.catalog.put_vectors([f"txt:{i}" for i in range(n_texts)], captions)
+    read: list[int] = []
+    by_id = store.catalog.get_vectors_by_id
+
+    def counting(chunk, dim):  # type: ignore[no-untyped-def]
+        read.append(len(chunk))
+        return by_id(chunk, dim)
+
+    store.catalog.get_vectors_by_id = counting  # type: ignore[method-assign]
+    with store.writer_lock(), store.catalog.transaction():
+        added = [store.catalog.add_item(IMAGES, f"img:{i}", path=f"/p/{i}") for i in range(N)]
+        texts = [store.catalog.add_item(TEXTS, f"txt:{i}", text=str(i)) for i in range(n_texts)]
+        store.commit(
+            {IMAGES: CollectionChanges(added=added), TEXTS: CollectionChanges(added=texts)},
+            index_types={IMAGES: "ivf", TEXTS: "flat"},
+        )
+    tuning = store.tuning(IMAGES)
+    assert tuning is not None and tuning.queries == TUNE_QUERIES + TUNE_TEXT_QUERIES
+    assert read == [TUNE_TEXT_QUERIES]  # the image vectors come from get_vectors, whole
+    index_ids, vectors = store.catalog.get_vectors(IMAGES, DIM)
+    all_texts = store.catalog.get_vectors(TEXTS, DIM)[1]
+    again = FaissIndex.load(store.directory / f"{IMAGES}.1.faiss")
+    reference = tune(again, vectors, index_ids, text_queries=all_texts)
+    assert reference.params == tuning.params
+    assert reference.recall_at_10 == pytest.approx(tuning.recall_at_10)
     store.close()
 
 
