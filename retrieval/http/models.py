@@ -9,9 +9,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
+    field_validator,
     model_validator,
 )
 
@@ -43,6 +45,16 @@ NOT_BLANK = r"\S"
 FilterValue = StrictStr | StrictInt | StrictFloat
 
 
+def not_a_bool(value: Any) -> Any:
+    """For number fields of JSON bodies: pydantic's lax mode reads `true` as 1 (schemathesis
+    found `"min_score": true` searched with min_score 1.0). Not StrictInt/StrictFloat, which
+    would also refuse `"k": 10.0` (an integer by JSON Schema's rules) and, on optional fields,
+    write their bounds into the schema under pydantic's names (ge/le) instead of minimum/maximum."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true or false")
+    return value
+
+
 class ErrorOut(BaseModel):
     """Every 4xx/5xx answer: a machine-readable `error` code and a message saying what to fix."""
 
@@ -69,6 +81,8 @@ class PartIn(BaseModel):
         None, ge=0, le=2**63 - 1, description="an indexed item's id: its stored vector is used"
     )
     weight: float = Field(1.0, allow_inf_nan=False, ge=-100.0, le=100.0, examples=[-0.5])
+
+    _numbers = field_validator("item", "weight", mode="before")(not_a_bool)
 
     @model_validator(mode="after")
     def _one_source(self) -> PartIn:
@@ -105,7 +119,7 @@ class SearchBody(BaseModel):
     min_score: float | None = Field(
         None, ge=-1.0, le=1.0, allow_inf_nan=False, description="drop hits below this cosine"
     )
-    collapse: bool = Field(False, description="fold near-duplicates of a better hit into it")
+    collapse: StrictBool = Field(False, description="fold near-duplicates of a better hit into it")
 
     text: str | None = Field(
         None, max_length=MAX_QUERY_CHARS, pattern=NOT_BLANK, examples=["red running shoes"]
@@ -132,6 +146,8 @@ class SearchBody(BaseModel):
         description="products, text queries: score = w * title match + (1 - w) * image match",
     )
     mode: Mode | None = Field(None, description=MODE_HELP)
+
+    _numbers = field_validator("k", "offset", "min_score", "text_weight", mode="before")(not_a_bool)
 
 
 class PartEcho(BaseModel):
