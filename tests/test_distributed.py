@@ -68,6 +68,13 @@ def test_embedding_shards_resume_and_keep_each_record_once(tmp_path: Path) -> No
     # The driver dies here. A new run over the same records keeps shard 0, redoes the rest.
     shards = ShardSet(tmp_path / "emb", records, {"model": "m"}, shard_size=4)
     assert shards.pending_positions() == list(range(4, 10))
+    assert shards.pending_count() == 6
+    # What the driver hands Ray: the pending records only, a few per block, never a shard's
+    # records split across shards' boundaries.
+    blocks = list(shards.pending_blocks(3))
+    assert [block["position"] for block in blocks] == [[4, 5, 6], [7], [8, 9]]
+    assert blocks[2]["path"] == ["/img/08.jpg", "/img/09.jpg"]
+    assert blocks[2]["member"] == ["", ""]
     assert add([4, 5, 6, 7, 8, 9]) == 6
     got = list(shards)
     assert [s.positions.tolist() for s in got] == [[0, 1, 2, 3], [4, 6, 7], [8, 9]]

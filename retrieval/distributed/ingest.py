@@ -89,7 +89,7 @@ def index_with_ray(
         options.shard_size,
     )
 
-    reused = len(todo) - len(shards.pending_positions())  # finished by an earlier, killed run
+    reused = len(todo) - shards.pending_count()  # finished by an earlier, killed run
     if on_progress and reused:
         on_progress("embed", reused, len(todo))
     last = 0

@@ -15,6 +15,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray
 import ray.data
 
@@ -116,29 +117,28 @@ def embed_with_ray(
 ) -> int:
     """Embed the records of `shards` that have no shard file yet; returns how many were done.
 
-    Rows stream through Ray Data: the driver holds one block of record names and the open
-    shards' vectors, never the whole run."""
-    pending = shards.pending_positions()
+    Rows stream through Ray Data: the driver builds the record names one block at a time and
+    keeps only the open shards' vectors, never the whole run's results."""
+    pending = shards.pending_count()
     if not pending:
         return 0
     connected = connect(address)
     try:
-        plan = plan_actors(ray.cluster_resources(), config, actors, records=len(pending))
+        plan = plan_actors(ray.cluster_resources(), config, actors, records=pending)
         if batch_size is not None:
             plan = replace(plan, batch_size=batch_size)
         actor_config = asdict(config) | {"device": plan.device, "threads": plan.threads}
-        rows = [
-            {"position": p, "path": shards.records[p].path, "member": shards.records[p].member}
-            for p in pending
-        ]
         context = ray.data.DataContext.get_current()
         # stdout carries `--json` results; mmsearch reports progress through on_batch.
         context.enable_progress_bars = False
         context.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.ERROR)
-        dataset = ray.data.from_items(
-            rows, override_num_blocks=max(1, len(rows) // plan.batch_size)
-        )
+        # One Arrow block of record names per batch, each put in the object store as soon as
+        # it is built: the driver never holds a second copy of the run's records (Ray Data puts
+        # any input in the object store up front; Arrow keeps it compact, and Ray spills it).
+        blocks = [ray.put(pa.table(block)) for block in shards.pending_blocks(plan.batch_size)]
+        dataset = ray.data.from_arrow_refs(blocks)
+        del blocks
         embedded = dataset.map_batches(
             ImageEmbedActor,
             fn_constructor_kwargs={
