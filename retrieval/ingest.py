@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -97,14 +97,27 @@ class _ImagePlan:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | None) -> _ImagePlan:
-    plan = _ImagePlan()
+def items_under(store: IndexStore, roots: Sequence[Path]) -> dict[str, Item]:
+    """path -> item for the image items a sync of `roots` owns: those (no product's) whose path
+    is a root or lies below one. Only these may be removed by that sync, so indexing one folder
+    never drops another folder's images."""
     root_strs = [str(root.absolute()) for root in roots]
-    plan.existing = {
+    return {
         item.path: item
         for item in store.catalog.iter_items(IMAGES)
         if item.path and item.product_id is None and _under(item.path, root_strs)
     }
+
+
+def vanished(owned: dict[str, Item], seen: Container[str]) -> list[Item]:
+    """The items of `owned` (see items_under) whose file the walk no longer found: deleted or
+    moved away, so a sync removes them."""
+    return [item for path, item in owned.items() if path not in seen]
+
+
+def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | None) -> _ImagePlan:
+    plan = _ImagePlan()
+    plan.existing = items_under(store, roots)
 
     def on_skip(path: Path, reason: str, detail: str) -> None:
         plan.skipped.append(Skipped(str(path.absolute()), reason, detail))
@@ -144,7 +157,7 @@ def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | N
                     plan.touched.append((old, stat.st_size, stat.st_mtime_ns))
                 else:
                     plan.pending[name] = (key, stat.st_size, stat.st_mtime_ns)
-    plan.removed = [item for path, item in plan.existing.items() if path not in seen]
+    plan.removed = vanished(plan.existing, seen)
     return plan
 
 

@@ -108,6 +108,38 @@ def test_ray_build_returns_the_single_process_top_k(
     assert (again["indexed"], again["unchanged"]) == (0, SAMPLE)
 
 
+def test_a_folder_rerun_drops_deleted_files_and_answers_as_the_single_process_build(
+    cluster: str, sample: Path, tiny_model: str, tmp_path: Path
+) -> None:
+    common = ("--model", tiny_model, "--index-type", INDEX_TYPE, "--batch-size", BATCH, "-q")
+    folder = tmp_path / "images"  # links of our own: this test deletes one
+    folder.mkdir()
+    for path in sorted(sample.iterdir()):
+        (folder / path.name).symlink_to(path.resolve())
+    run_ok("index", folder, "--index", tmp_path / "ray", *common, "--ray", cluster)
+    deleted = sorted(folder.iterdir())[3]
+    deleted.unlink()
+    left = sorted(str(p) for p in folder.iterdir())
+    # A manifest says what to index, not what was deleted: it only adds and updates.
+    manifest = tmp_path / "left.txt"
+    manifest.write_text("\n".join(left) + "\n")
+    kept = json.loads(run_ok("index", manifest, "--index", tmp_path / "ray", *common,
+                             "--ray", cluster, "--json"))  # fmt: skip
+    assert (kept["removed"], kept["indexed"]) == (0, 0)
+    # The folder itself is listed whole, so its missing file is removed (no embedding needed).
+    again = json.loads(run_ok("index", folder, "--index", tmp_path / "ray", *common,
+                              "--ray", cluster, "--json"))  # fmt: skip
+    assert (again["removed"], again["indexed"], again["unchanged"]) == (1, 0, SAMPLE - 1)
+    with IndexStore.open(tmp_path / "ray") as store:
+        assert sorted(item.path for item in store.catalog.iter_items(IMAGES)) == left
+    run_ok("index", folder, "--index", tmp_path / "single", *common)
+    for args in (("a fish",), ("a bird of prey",), ("--image", left[0])):
+        single, distributed = results(tmp_path / "single", *args), results(tmp_path / "ray", *args)
+        assert str(deleted) not in [path for path, _ in distributed]
+        assert [path for path, _ in distributed] == [path for path, _ in single]
+        np.testing.assert_allclose([s for _, s in distributed], [s for _, s in single], atol=1e-6)
+
+
 def test_a_killed_worker_costs_no_image_and_duplicates_none(
     cluster: str, sample: Path, tiny_model: str, tmp_path: Path
 ) -> None:

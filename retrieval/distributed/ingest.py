@@ -10,13 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..catalog import Item
 from ..config import EmbedConfig
 from ..errors import InvalidQueryError
-from ..ingest import IndexReport, Progress
+from ..ingest import IndexReport, Progress, items_under, vanished
 from ..store import CollectionChanges, IndexStore
 from ..types import IMAGES, TEXTS, ModelSpec, Skipped
 from .shards import DEFAULT_RECORDS_PER_SHARD, EMBEDDINGS_DIR, ShardSet
-from .sources import Record, list_records
+from .sources import Record, folder_inputs, list_records
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,9 @@ def index_with_ray(
     """Index the images `inputs` name (folders, files, manifests, tar shards, URLs) with Ray.
 
     Must run under `store.writer_lock()`. Records already indexed are not embedded again, and
-    shards finished by a killed run are reused. Images are added or updated, never removed
-    (run the single-machine `mmsearch index FOLDER` to drop deleted files)."""
+    shards finished by a killed run are reused. Images under a local folder input whose file is
+    gone are removed, as the single-machine `mmsearch index FOLDER` does; manifests, tar shards
+    and URLs only add and update (their listing says what to index, not what was deleted)."""
     try:
         from .ray_embed import embed_with_ray  # ray imports only when a run needs it
     except ImportError as err:
@@ -76,6 +78,8 @@ def index_with_ray(
     report = IndexReport()
     records = list_records(inputs)
     todo = _new_records(store, records)
+    owned = items_under(store, folder_inputs(inputs))  # what this run may remove
+    removed = vanished(owned, {record.label for record in records})
     report.unchanged = len(records) - len(todo)
     identity = store.identity
     shards = ShardSet(
@@ -85,7 +89,7 @@ def index_with_ray(
         options.shard_size,
     )
 
-    reused = len(todo) - len(shards.pending_positions())  # finished by an earlier, killed run
+    reused = len(todo) - shards.pending_count()  # finished by an earlier, killed run
     if on_progress and reused:
         on_progress("embed", reused, len(todo))
     last = 0
@@ -107,7 +111,7 @@ def index_with_ray(
         actors=options.actors,
         on_batch=progress,
     )
-    _commit(store, todo, shards, report, index_types)
+    _commit(store, todo, (owned, removed), shards, report, index_types)
     shards.remove()
     store.cleanup()
     report.elapsed_s = time.perf_counter() - started
@@ -117,10 +121,16 @@ def index_with_ray(
 def _commit(
     store: IndexStore,
     todo: list[Record],
+    removals: tuple[dict[str, Item], list[Item]],
     shards: ShardSet,
     report: IndexReport,
     index_types: dict[str, str] | None,
 ) -> None:
+    """Add the shards' vectors and items and remove `removals` = (the items under the folder
+    inputs, those of them whose file is gone) in one catalog transaction and index commit. As in
+    the single-machine path, a folder's image that changed and can no longer be read is dropped
+    too, never left searchable under its old vector."""
+    owned, removed = removals
     by_label = {
         item.path: item
         for item in store.catalog.iter_items(IMAGES)
@@ -128,6 +138,9 @@ def _commit(
     }
     changes = CollectionChanges()
     with store.catalog.transaction():
+        store.catalog.delete_items(item.id for item in removed)
+        changes.removed.extend(item.id for item in removed)
+        report.removed = len(removed)
         for shard in shards:
             if len(shard.positions):
                 store.catalog.put_vectors(shard.keys, shard.vectors)
@@ -137,6 +150,7 @@ def _commit(
                 old = by_label.get(record.label)
                 if old is not None:
                     store.catalog.update_item(old.id, key=key, size=size, mtime_ns=mtime_ns)
+                    store.catalog.set_text(old.id, None)  # new bytes: the old caption is stale
                     changes.removed.append(old.id)
                     changes.added.append(old.id)
                 else:
@@ -147,9 +161,12 @@ def _commit(
                     )
                 report.indexed += 1
                 report.embedded += 1
-            report.skipped.extend(
-                Skipped(todo[p].label, reason, detail) for p, reason, detail in shard.skipped
-            )
+            for position, reason, detail in shard.skipped:
+                label = todo[position].label
+                report.skipped.append(Skipped(label, reason, detail))
+                if label in owned:
+                    store.catalog.delete_items([owned[label].id])
+                    changes.removed.append(owned[label].id)
         if changes or index_types or store.catalog.generation == 0 or store.ondisk:
             store.commit({IMAGES: changes, TEXTS: CollectionChanges()}, index_types=index_types)
         store.catalog.drop_unused_vectors()

@@ -11,10 +11,11 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray
 import ray.data
 
@@ -22,6 +23,7 @@ import retrieval
 
 from ..config import EmbedConfig
 from ..types import ModelIdentity, ModelSpec
+from .pool import plan_actors
 from .shards import ShardSet
 from .sources import Record, read_records
 
@@ -115,30 +117,28 @@ def embed_with_ray(
 ) -> int:
     """Embed the records of `shards` that have no shard file yet; returns how many were done.
 
-    Rows stream through Ray Data: the driver holds one block of record names and the open
-    shards' vectors, never the whole run."""
-    pending = shards.pending_positions()
+    Rows stream through Ray Data: the driver builds the record names one block at a time and
+    keeps only the open shards' vectors, never the whole run's results."""
+    pending = shards.pending_count()
     if not pending:
         return 0
     connected = connect(address)
     try:
-        resources = ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0))
-        size = actors or max(1, gpus or int(resources.get("CPU", 1)))
-        per_actor = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-        device = config.device if config.device != "auto" else ("cuda" if gpus else "cpu")
-        batch = batch_size or config.batch_size or (256 if gpus else 32)
-        actor_config = asdict(config) | {"device": device, "threads": config.threads or 1}
-        rows = [
-            {"position": p, "path": shards.records[p].path, "member": shards.records[p].member}
-            for p in pending
-        ]
+        plan = plan_actors(ray.cluster_resources(), config, actors, records=pending)
+        if batch_size is not None:
+            plan = replace(plan, batch_size=batch_size)
+        actor_config = asdict(config) | {"device": plan.device, "threads": plan.threads}
         context = ray.data.DataContext.get_current()
         # stdout carries `--json` results; mmsearch reports progress through on_batch.
         context.enable_progress_bars = False
         context.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.ERROR)
-        dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // batch))
+        # One Arrow block of record names per batch, each put in the object store as soon as
+        # it is built: the driver never holds a second copy of the run's records (Ray Data puts
+        # any input in the object store up front; Arrow keeps it compact, and Ray spills it).
+        blocks = [ray.put(pa.table(block)) for block in shards.pending_blocks(plan.batch_size)]
+        dataset = ray.data.from_arrow_refs(blocks)
+        del blocks
         embedded = dataset.map_batches(
             ImageEmbedActor,
             fn_constructor_kwargs={
@@ -146,10 +146,10 @@ def embed_with_ray(
                 "config": actor_config,
                 "identity": identity.to_dict(),
             },
-            batch_size=batch,
+            batch_size=plan.batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=min(size, len(rows))),
-            **per_actor,
+            compute=ray.data.ActorPoolStrategy(size=plan.actors),
+            **plan.remote_args(),
         )
         done = 0
         for out in embedded.iter_batches(batch_size=None, batch_format="numpy"):

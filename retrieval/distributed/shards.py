@@ -75,10 +75,36 @@ class ShardSet:
     def finished(self) -> set[int]:
         return {shard for shard in range(self.count) if self._path(shard).is_file()}
 
+    def pending_ranges(self) -> list[range]:
+        """Positions of the records whose shard has no file yet, one range per such shard (a
+        run of 100M records costs one range per 4,096 records, not one int per record)."""
+        done = self.finished()
+        return [
+            range(shard * self.shard_size, shard * self.shard_size + self._size(shard))
+            for shard in range(self.count)
+            if shard not in done
+        ]
+
     def pending_positions(self) -> list[int]:
         """Positions of the records whose shard has no file yet."""
-        done = self.finished()
-        return [p for p in range(len(self.records)) if p // self.shard_size not in done]
+        return [p for span in self.pending_ranges() for p in span]
+
+    def pending_count(self) -> int:
+        return sum(len(span) for span in self.pending_ranges())
+
+    def pending_blocks(self, rows: int) -> Iterator[dict[str, list[Any]]]:
+        """The pending records as columns (position, path, member), at most `rows` per block,
+        built one block at a time so a caller can hand each to Ray and drop it."""
+        if rows < 1:
+            raise ValueError(f"rows must be >= 1, got {rows}")
+        for span in self.pending_ranges():
+            for start in range(span.start, span.stop, rows):
+                records = self.records[start : min(start + rows, span.stop)]
+                yield {
+                    "position": list(range(start, start + len(records))),
+                    "path": [record.path for record in records],
+                    "member": [record.member for record in records],
+                }
 
     def add(
         self,

@@ -59,20 +59,37 @@ def list_records(inputs: Sequence[str | Path]) -> list[Record]:
     return sorted(found)
 
 
-def _records_of(name: str) -> Iterator[Record]:
+def folder_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """The inputs list_records walks as local folders (not tar shards, manifests or URLs): the
+    only ones whose listing is complete, so an image missing from it was deleted."""
+    return [Path(name) for name in map(str, inputs) if _kind(name) == "folder"]
+
+
+def _kind(name: str) -> str:
     if _is_tar(name):
+        return "tar"
+    if Path(name).suffix.lower() in MANIFEST_SUFFIXES:
+        return "manifest"
+    if is_url(name):
+        return "url"
+    return "folder" if Path(name).is_dir() else "file"
+
+
+def _records_of(name: str) -> Iterator[Record]:
+    kind = _kind(name)
+    if kind == "tar":
         yield from _tar_records(name)
-    elif Path(name).suffix.lower() in MANIFEST_SUFFIXES:
+    elif kind == "manifest":
         yield from _manifest_records(name)
-    elif is_url(name):
+    elif kind == "url":
         yield Record(name)
+    elif kind == "folder":
+        yield from (Record(str(p.absolute())) for p in walk_images(Path(name)))
     else:
         path = Path(name)
         if not path.exists():
             raise InputFileError(f"{name} does not exist")
-        if path.is_dir():
-            yield from (Record(str(p.absolute())) for p in walk_images(path))
-        elif is_image_path(path):
+        if is_image_path(path):
             yield Record(str(path.absolute()))
         else:
             raise InputFileError(
