@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,28 +44,50 @@ def clip_like(
     mean_cosine in (0, 1) sets the shared mean's length so database pairs average that cosine;
     tuning queries past the first TUNE_QUERIES are drawn last, leaving the others unchanged."""
     rng = np.random.default_rng(seed)
-    basis = np.linalg.qr(rng.normal(size=(dim, SUBSPACE)))[0].T  # orthonormal 64 x dim
-    spectrum = 1.0 / np.sqrt(1 + np.arange(SUBSPACE))  # anisotropic: decaying variances
-    centres = rng.normal(size=(CLUSTERS, SUBSPACE)) * spectrum
-    mean = rng.normal(size=dim)
-    mean *= _mean_norm(spectrum, dim, mean_cosine) / np.linalg.norm(mean)
-    offset = rng.normal(size=dim) * 0.3 / np.sqrt(dim)  # modality gap for the queries
+    mixture = ClipMixture.of(rng, dim, mean_cosine)
+    xb = mixture.draw(rng, n, query=False)
+    tq = mixture.draw(rng, min(tune_queries, TUNE_QUERIES), query=True)
+    xq = mixture.draw(rng, nq, query=True)
+    if tune_queries > TUNE_QUERIES:
+        tq = np.vstack([tq, mixture.draw(rng, tune_queries - TUNE_QUERIES, query=True)])
+    return xb, tq, xq
 
-    def draw(m: int, query: bool) -> np.ndarray:
+
+@dataclass(frozen=True)
+class ClipMixture:
+    """The parameters of clip_like's mixture, apart from the draws, so a 10M-vector set can be
+    drawn shard by shard (each shard from its own seed) without holding it all in RAM."""
+
+    basis: np.ndarray  # orthonormal SUBSPACE x dim
+    spectrum: np.ndarray  # anisotropic: decaying variances
+    centres: np.ndarray
+    mean: np.ndarray
+    offset: np.ndarray  # modality gap for the queries
+
+    @classmethod
+    def of(
+        cls, rng: np.random.Generator, dim: int, mean_cosine: float | None = None
+    ) -> ClipMixture:
+        basis = np.linalg.qr(rng.normal(size=(dim, SUBSPACE)))[0].T
+        spectrum = 1.0 / np.sqrt(1 + np.arange(SUBSPACE))
+        centres = rng.normal(size=(CLUSTERS, SUBSPACE)) * spectrum
+        mean = rng.normal(size=dim)
+        mean *= _mean_norm(spectrum, dim, mean_cosine) / np.linalg.norm(mean)
+        offset = rng.normal(size=dim) * 0.3 / np.sqrt(dim)
+        return cls(basis, spectrum, centres, mean, offset)
+
+    def draw(self, rng: np.random.Generator, m: int, query: bool) -> np.ndarray:
+        """m unit vectors (float32): database vectors, or queries (offset, noisier)."""
+        dim = self.basis.shape[1]
         out = np.empty((m, dim), np.float32)
         for start in range(0, m, 100_000):  # chunks keep the float64 temporaries small
             c = min(100_000, m - start)
-            z = centres[rng.integers(0, CLUSTERS, c)]
-            z = z + rng.normal(size=(c, SUBSPACE)) * spectrum * (1.0 if query else 0.8)
-            x = z @ basis + mean + rng.normal(size=(c, dim)) * (0.04 if query else 0.03)
-            x = x + offset if query else x
+            z = self.centres[rng.integers(0, CLUSTERS, c)]
+            z = z + rng.normal(size=(c, SUBSPACE)) * self.spectrum * (1.0 if query else 0.8)
+            x = z @ self.basis + self.mean + rng.normal(size=(c, dim)) * (0.04 if query else 0.03)
+            x = x + self.offset if query else x
             out[start : start + c] = x / np.linalg.norm(x, axis=1, keepdims=True)
         return out
-
-    xb, tq, xq = draw(n, False), draw(min(tune_queries, TUNE_QUERIES), True), draw(nq, True)
-    if tune_queries > TUNE_QUERIES:
-        tq = np.vstack([tq, draw(tune_queries - TUNE_QUERIES, True)])
-    return xb, tq, xq
 
 
 def _mean_norm(spectrum: np.ndarray, dim: int, mean_cosine: float | None) -> float:

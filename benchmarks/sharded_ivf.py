@@ -106,7 +106,7 @@ def worker_build(directory: Path, factory: str, shard_size: int, ondisk: bool) -
     return {"build_s": seconds, "peak_rss_mib": anon.stop(), "index_bytes": files}
 
 
-def worker_query(directory: Path, kind: str) -> dict:
+def worker_query(directory: Path, kind: str, nprobes: tuple[int, ...] = NPROBES) -> dict:
     import faiss
 
     from retrieval.index import FaissIndex
@@ -121,7 +121,7 @@ def worker_query(directory: Path, kind: str) -> dict:
     first_hits = index.search(queries[:1], 10)
     open_s = time.perf_counter() - start
     rows = []
-    for nprobe in NPROBES:
+    for nprobe in nprobes:
         index.set_search_params(SearchParams(nprobe=nprobe))
         index.search(queries[:50], 10)  # fault in the lists the queries probe
         start = time.perf_counter()
