@@ -137,6 +137,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     parser.add_argument("--build-threads", type=int, default=2, help="searches always use 1")
     parser.add_argument("--cache", type=Path, default=Path("/work/bench-ann"))
+    parser.add_argument(
+        "--extra-ef",
+        type=int,
+        nargs="*",
+        default=[],
+        help="more faiss efSearch values to time, e.g. what the tuner picks on other samples "
+        "(benchmarks/tuning_coverage.py)",
+    )
     args = parser.parse_args(argv)
     print(f"reproduce: python -m benchmarks.ann_matched {' '.join(argv)}".rstrip(), flush=True)
     import faiss
@@ -209,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [("mmsearch hnsw, tuner's efSearch", "faiss", tuned_ef)]
     rows += [(f"{lib} smallest ef reaching {args.target} held-out", lib, matched[lib])
              for lib in ("faiss", "hnswlib") if matched[lib] is not None]  # fmt: skip
+    rows += [(f"faiss HNSW{args.hnsw_m}, efSearch given", "faiss", ef) for ef in args.extra_ef]
     qps: dict[int, list[float]] = {i: [] for i in range(len(rows))}
     for _ in range(args.rounds):
         for i, (_, lib, ef) in enumerate(rows):  # alternate libraries within each round
