@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> None:
         help="more faiss efSearch values to time, e.g. what the tuner picks on other samples "
         "(benchmarks/tuning_coverage.py)",
     )
+    parser.add_argument(
+        "--extra-hnswlib-ef", type=int, nargs="*", default=[], help="more hnswlib ef to time"
+    )
     args = parser.parse_args(argv)
     print(f"reproduce: python -m benchmarks.ann_matched {' '.join(argv)}".rstrip(), flush=True)
     import faiss
@@ -218,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     rows += [(f"{lib} smallest ef reaching {args.target} held-out", lib, matched[lib])
              for lib in ("faiss", "hnswlib") if matched[lib] is not None]  # fmt: skip
     rows += [(f"faiss HNSW{args.hnsw_m}, efSearch given", "faiss", ef) for ef in args.extra_ef]
+    rows += [(f"hnswlib M{args.hnsw_m}, ef given", "hnswlib", ef) for ef in args.extra_hnswlib_ef]
     qps: dict[int, list[float]] = {i: [] for i in range(len(rows))}
     for _ in range(args.rounds):
         for i, (_, lib, ef) in enumerate(rows):  # alternate libraries within each round
