@@ -290,6 +290,15 @@ def cold_open(n: int, dim: int, k: int) -> None:
         print(f"identical first results: {same}")
 
 
+def dataset_args(parser: argparse.ArgumentParser) -> None:
+    """The vector set and target shared by ann.py, ann_matched.py and tuning_coverage.py."""
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=10_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--target", type=float, default=0.95)
+
+
 BUILD_THREADS = 1
 MMSEARCH_TYPES = ("auto", "flat", "ivf", "hnsw", "ivfpq")
 PEERS = ("hnswlib", "usearch")
@@ -299,11 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     global BUILD_THREADS
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--queries", type=int, default=10_000)
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--target", type=float, default=0.95)
+    dataset_args(parser)
     parser.add_argument(
         "--indexes",
         nargs="+",

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.ann import clip_like, recall, truth_of
+from benchmarks.ann import clip_like, dataset_args, recall, truth_of
 
 
 def data_key(args: argparse.Namespace) -> str:
@@ -121,18 +121,19 @@ def smallest_reaching(recall_at, target: float, lo: int, hi: int) -> int | None:
     return value
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--queries", type=int, default=10_000)
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--target", type=float, default=0.95)
+def cached_set_args(parser: argparse.ArgumentParser) -> None:
+    """The vector set and the HNSW build whose cached copies this and tuning_coverage.py share."""
+    dataset_args(parser)
     parser.add_argument("--mean-cosine", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--hnsw-m", type=int, default=16)
     parser.add_argument("--ef-construction", type=int, default=100)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cached_set_args(parser)
     parser.add_argument("--tune-queries", type=int, default=2000, help="text-like, held apart")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     parser.add_argument("--build-threads", type=int, default=2, help="searches always use 1")

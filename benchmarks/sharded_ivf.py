@@ -138,8 +138,10 @@ def worker_query(directory: Path, kind: str, nprobes: tuple[int, ...] = NPROBES)
     }
 
 
-def run_worker(*args: str) -> dict:
-    command = [sys.executable, "-m", "benchmarks.sharded_ivf", "--worker", *args]
+def run_worker(*args: str, module: str = "benchmarks.sharded_ivf") -> dict:
+    """`python -m MODULE --worker ARGS...` in a fresh process (so its peak RSS is its own);
+    the JSON object on its last stdout line."""
+    command = [sys.executable, "-m", module, "--worker", *args]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")

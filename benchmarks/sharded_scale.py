@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import sharded_ivf
 from benchmarks.ann import ClipMixture
 from benchmarks.sharded_ivf import AnonPeak, read_rows, worker_query
 
@@ -186,11 +187,7 @@ def worker_build(directory: Path, run: Path, n: int, shard_size: int, factory: s
 
 
 def run_worker(*args: str) -> dict:
-    command = [sys.executable, "-m", "benchmarks.sharded_scale", "--worker", *args]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return sharded_ivf.run_worker(*args, module="benchmarks.sharded_scale")
 
 
 def generate(args: argparse.Namespace) -> dict:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import sharded_ivf
 from benchmarks.ann import clip_like
 from benchmarks.sharded_ivf import AnonPeak, read_rows
 
@@ -78,11 +77,7 @@ def worker_tune(directory: Path, mode: str) -> dict:
 
 
 def run_worker(*args: str) -> dict:
-    command = [sys.executable, "-m", "benchmarks.tune_memory", "--worker", *args]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return sharded_ivf.run_worker(*args, module="benchmarks.tune_memory")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from benchmarks.ann import clip_like
-from benchmarks.ann_matched import cached_truth, data_key, faiss_hnsw
+from benchmarks.ann_matched import cached_set_args, cached_truth, data_key, faiss_hnsw
 
 
 def per_query_recalls(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -30,15 +30,7 @@ def per_query_recalls(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--queries", type=int, default=10_000)
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--target", type=float, default=0.95)
-    parser.add_argument("--mean-cosine", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--hnsw-m", type=int, default=16)
-    parser.add_argument("--ef-construction", type=int, default=100)
+    cached_set_args(parser)
     parser.add_argument("--tune-queries", type=int, default=2000)
     parser.add_argument("--ef", type=int, nargs=2, default=(24, 96), metavar=("LO", "HI"))
     parser.add_argument("--sample-sizes", type=int, nargs="+", default=[500, 1000, 2000])
