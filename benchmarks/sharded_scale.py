@@ -32,6 +32,7 @@ import numpy as np
 from benchmarks import sharded_ivf
 from benchmarks.ann import ClipMixture
 from benchmarks.sharded_ivf import AnonPeak, read_rows, worker_query
+from retrieval.files import atomic_path
 
 DIM = 512
 SEED = 7
@@ -71,11 +72,9 @@ def draw_queries(count: int) -> np.ndarray:
 
 
 def save_atomic(path: Path, array: np.ndarray) -> None:
-    """np.save to a temporary name, then rename: a killed run never leaves a short shard."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    """np.save through retrieval's atomic_path: a killed run never leaves a short shard."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, array)
-    os.replace(tmp, path)
 
 
 def load_float32(path: Path) -> np.ndarray:
