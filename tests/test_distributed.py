@@ -67,7 +67,7 @@ def test_embedding_shards_resume_and_keep_each_record_once(tmp_path: Path) -> No
     assert shards.finished() == {0}
     # The driver dies here. A new run over the same records keeps shard 0, redoes the rest.
     shards = ShardSet(tmp_path / "emb", records, {"model": "m"}, shard_size=4)
-    assert shards.pending_positions() == list(range(4, 10))
+    assert [p for span in shards.pending_ranges() for p in span] == list(range(4, 10))
     assert shards.pending_count() == 6
     # What the driver hands Ray: the pending records only, a few per block, never a shard's
     # records split across shards' boundaries.

@@ -85,10 +85,6 @@ class ShardSet:
             if shard not in done
         ]
 
-    def pending_positions(self) -> list[int]:
-        """Positions of the records whose shard has no file yet."""
-        return [p for span in self.pending_ranges() for p in span]
-
     def pending_count(self) -> int:
         return sum(len(span) for span in self.pending_ranges())
 
