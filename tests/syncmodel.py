@@ -13,6 +13,7 @@ import tempfile
 import traceback
 import unicodedata
 from collections import Counter
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -286,9 +287,18 @@ class SyncMachine(RuleBasedStateMachine):
         self.compare(expected)
 
     def run_index(self, args: list[str], cwd: str) -> tuple[int, str]:
-        """Run `mmsearch ARGS` in `cwd`: (exit code, output). In-process here; the benchmark
-        overrides it to run as another user, or to kill a run and resume it."""
-        return run_in(cwd, [*args, "--workers", "0"])
+        """Run `mmsearch index ...` in `cwd`: (exit code, output). The benchmark overrides it."""
+        return self.cli(cwd, [*args, "--workers", "0"])
+
+    def cli(self, cwd: str, args: list[Any]) -> tuple[int, str]:
+        """`mmsearch ARGS` in-process, as the indexing user."""
+        with self.as_indexer():
+            return run_in(cwd, args)
+
+    def as_indexer(self) -> AbstractContextManager[object]:
+        """Context in which the index is run and read: this user here; the benchmark drops
+        to an unprivileged user, so that unreadable files are unreadable to the indexer."""
+        return nullcontext()
 
     def expect(self, condition: bool, message: str) -> None:
         if not condition:
@@ -297,7 +307,8 @@ class SyncMachine(RuleBasedStateMachine):
 
     def compare(self, expected: Expectation) -> None:
         """The catalog, the faiss files and queries against the oracle."""
-        rows = read_items(Path(self.index_dir))
+        with self.as_indexer():
+            rows = read_items(Path(self.index_dir))
         images = [row for row in rows if row["collection"] == "images"]
         paths = Counter(row["path"] for row in images)
         self.expect(len(paths) == len(images), f"duplicate items: {_repeated(paths)}")
@@ -318,10 +329,9 @@ class SyncMachine(RuleBasedStateMachine):
             set(texts) == self.text_items, f"texts {sorted(texts)} != {sorted(self.text_items)}"
         )
         self.expect(len(texts) == sum(texts.values()), f"duplicate texts: {_repeated(texts)}")
-        check = json.loads(
-            run_in(self.index_dir, ["check", "--index", self.index_dir, "--json"])[1]
-        )
-        self.expect(check["ok"], f"mmsearch check: {check['problems']}")
+        code, out = self.cli(self.index_dir, ["check", "--index", self.index_dir, "--json"])
+        self.expect(code == 0, f"mmsearch check exited {code}: {out}")
+        check = json.loads(out)
         counts = {"images": len(images), "texts": len(texts)}
         self.expect(check["counts"] == counts, f"check counts {check['counts']} != {counts}")
         for collection in ("images", "texts"):
@@ -334,7 +344,9 @@ class SyncMachine(RuleBasedStateMachine):
             return
         field = "path" if collection == "images" else "text"
         args = ["query", "--like", items[0]["id"], "--target", collection, "--json"]
-        code, out = run_in(self.index_dir, [*args, "-k", len(items) + 5, "--index", self.index_dir])
+        code, out = self.cli(
+            self.index_dir, [*args, "-k", len(items) + 5, "--index", self.index_dir]
+        )
         self.expect(code == 0, f"query exited {code}: {out}")
         hits = Counter(hit[field] for hit in json.loads(out)["results"])
         self.expect(len(hits) == sum(hits.values()), f"duplicate hits: {_repeated(hits)}")

@@ -122,11 +122,13 @@ class Tree:
         self.nodes[path] = Dir()
 
     def write(self, path: bytes, data: bytes, *, image: bool) -> None:
-        with open(path, "wb") as handle:
+        with open(path, "wb") as handle:  # rewriting keeps the file's mode, readable or not
             handle.write(data)
         self.clock += 10**9
         os.utime(path, ns=(self.clock, self.clock))
-        self.nodes[path] = File(data, self.clock, image)
+        old = self.nodes.get(path)
+        readable = old.readable if isinstance(old, File) else True
+        self.nodes[path] = File(data, self.clock, image, readable)
 
     def copy(self, source: bytes, path: bytes) -> None:
         node = self.nodes[source]
