@@ -204,6 +204,18 @@ class Catalog:
             for key, blob in self._select_in(query, list(dict.fromkeys(keys)))
         }
 
+    def get_roots(self) -> list[str]:
+        """The real paths of the folders (and files) that syncs have indexed (see add_roots)."""
+        return list(json.loads(self.get_meta("roots", "[]") or "[]"))
+
+    def add_roots(self, roots: Iterable[str]) -> None:
+        """Remember synced roots, so `mmsearch check` can tell a file named through a link in
+        a root (files.py rule 3: an item of its own) from a stale spelling of a root."""
+        known = self.get_roots()
+        merged = sorted(set(known) | set(roots))
+        if merged != known:
+            self.set_meta("roots", json.dumps(merged))
+
     def orphan_ids(self, collection: str) -> list[int]:
         """Ids still in the faiss file of `collection` whose items were merged away (see
         MIGRATIONS); the next commit removes them."""

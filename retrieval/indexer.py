@@ -61,6 +61,11 @@ class ChangeSet:
         """Same bytes, new size/mtime on disk (a copy over it, a `touch`): no vector changes."""
         self.catalog.update_item(item.id, key=item.key, size=size, mtime_ns=mtime_ns)
 
+    def rename(self, item: Item, path: str) -> None:
+        """The same file under its identity (files.py) instead of another spelling: the id and
+        vector stay."""
+        self.catalog.db.execute("UPDATE items SET path=? WHERE id=?", (path, item.id))
+
     def remove(self, items: Iterable[Item]) -> int:
         """Delete items; how many."""
         items = list(items)
@@ -109,18 +114,21 @@ class Indexer:
             self.on_progress(stage, advance, total)
 
     @contextmanager
-    def change(self) -> Iterator[ChangeSet]:
+    def change(self, *, rebuild: bool = False) -> Iterator[ChangeSet]:
         """One catalog transaction: the writer changes items through the yielded ChangeSet;
         on leaving, the next generation is committed when `must_commit` says so, vectors no
-        item uses are dropped, and files of old generations are removed."""
+        item uses are dropped, and files of old generations are removed. `rebuild`: build
+        every faiss file afresh from the stored vectors (`mmsearch check --repair`)."""
         if self._exit is None:
             raise RuntimeError("use the Indexer in a `with` block: it holds the writer lock")
         store = self.store
         with store.catalog.transaction():
             changes = ChangeSet(store.catalog)
             yield changes
-            if self.must_commit(changes):
-                store.commit(changes.collections, index_types=self.index_types)
+            if rebuild or self.must_commit(changes):
+                store.commit(
+                    changes.collections, index_types=self.index_types, force_rebuild=rebuild
+                )
             store.catalog.drop_unused_vectors()
             faults.reached("commit")
         faults.reached("committed")

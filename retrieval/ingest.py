@@ -96,6 +96,7 @@ class _ImagePlan:
     skipped: list[Skipped] = field(default_factory=list)
     # Paths whose item a failed read or decode must drop (not bad names: they have no item).
     failed: set[str] = field(default_factory=set)
+    roots: list[str] = field(default_factory=list)  # real paths of the synced roots
 
 
 def items_under(store: IndexStore, roots: Sequence[Path]) -> dict[str, Item]:
@@ -117,7 +118,7 @@ def vanished(owned: dict[str, Item], seen: Container[str]) -> list[Item]:
 
 
 def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | None) -> _ImagePlan:
-    plan = _ImagePlan()
+    plan = _ImagePlan(roots=[str(canonical_root(root)) for root in roots])
     plan.existing = items_under(store, roots)
     unlisted: list[str] = []  # folders that could not be listed: their items are kept
 
@@ -293,6 +294,7 @@ def _apply_plan(indexer: Indexer, plan: _ImagePlan, texts: list[str] | None) -> 
         wanted_texts = embed_texts(store, texts, indexer.embedder, indexer.on_progress)
 
     with indexer.change() as changes:
+        store.catalog.add_roots(plan.roots)
         if wanted_texts is not None:
             _apply_texts(store, changes, wanted_texts, report)
         for item, size, mtime_ns in plan.touched:

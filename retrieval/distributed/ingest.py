@@ -13,6 +13,7 @@ from pathlib import Path
 from ..catalog import Item
 from ..config import EmbedConfig
 from ..errors import InvalidQueryError
+from ..files import canonical_root
 from ..indexer import Indexer
 from ..ingest import IndexReport, items_under, vanished
 from ..store import IndexStore
@@ -111,7 +112,8 @@ def index_with_ray(
         actors=options.actors,
         on_batch=progress,
     )
-    _commit(indexer, todo, (owned, removed), shards, report)
+    roots = [str(canonical_root(path)) for path in folder_inputs(inputs)]
+    _commit(indexer, todo, (owned, removed), shards, report, roots)
     shards.remove()
     report.elapsed_s = time.perf_counter() - started
     return report
@@ -123,6 +125,7 @@ def _commit(
     removals: tuple[dict[str, Item], list[Item]],
     shards: ShardSet,
     report: IndexReport,
+    roots: list[str],
 ) -> None:
     """Add the shards' vectors and items and remove `removals` = (the items under the folder
     inputs, those of them whose file is gone) in one catalog transaction and index commit. As in
@@ -136,6 +139,7 @@ def _commit(
         if item.path and item.product_id is None
     }
     with indexer.change() as changes:
+        store.catalog.add_roots(roots)
         report.removed = changes.remove(removed)
         for shard in shards:
             if len(shard.positions):
