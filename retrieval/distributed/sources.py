@@ -5,6 +5,7 @@ and WebDataset tar shards (`NNNN.tar` holding `KEY.jpg`, `KEY.txt`...), each tur
 
 from __future__ import annotations
 
+import os
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -115,7 +116,9 @@ def _manifest_records(name: str) -> Iterator[Record]:
         elif is_url(entry):
             yield Record(entry)
         else:
-            yield Record(str(canonical_root(Path(base, entry))) if base else entry)
+            # A listing names files as a walk does: absolute, `..` and `.` folded, a link's
+            # own name kept (files.py), so a manifest and a folder run agree on names.
+            yield Record(os.path.abspath(os.path.join(base, entry)) if base else entry)
 
 
 def _tar_records(name: str) -> Iterator[Record]:
