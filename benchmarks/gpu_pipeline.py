@@ -252,7 +252,7 @@ def run_index(folder: Path, model_dir: Path, args: argparse.Namespace, decode: s
         embedder = factory()
         size = embedder.identity.preprocess["image_size"]
         embedder.encode_images(_zeros(min(8, embedder.batch_size), size))  # warm-up
-        with store.writer_lock(), BusySampler(args.device) as sampler:
+        with BusySampler(args.device) as sampler:  # sync takes the writer lock itself
             started = time.perf_counter()
             report = sync_images_and_texts(store, [folder], factory)
             seconds = time.perf_counter() - started

@@ -6,14 +6,20 @@ integrity check; every item has a stored vector of the right size; each collecti
 of the current generation exists, matches the sha256 recorded at commit, loads, and holds
 exactly the catalog's item ids; no stray files of other generations or interrupted writes.
 
+Each folder image is stored once, under its identity (files.py): two items whose paths name one
+file (a root indexed through a symlink or with `..` by versions before that rule), or a path
+that is not in normal form, are problems too.
+
 What --repair does: rewrite the manifest from the catalog's copy, REINDEX a catalog whose
-damage is confined to its indexes, rebuild faiss files from the stored vectors as a new
-generation, and delete stray files, all under the writer lock. It never drops an item: an item
+damage is confined to its indexes, keep one item per file (the one named by its identity, else
+the oldest), rebuild faiss files from the stored vectors as a new generation, and delete stray
+files, all through the one write path (indexer.py). It never drops an item: an item
 whose vector is gone is reported with the `mmsearch index` command that re-embeds it."""
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,8 +29,9 @@ import numpy as np
 
 from .catalog import Catalog
 from .errors import IndexCorruptError, IndexNotFoundError, MmsearchError
-from .files import file_sha256, write_atomic
+from .files import canonical_root, file_sha256, is_within, write_atomic
 from .index import FaissIndex
+from .indexer import ChangeSet, Indexer
 from .store import CATALOG, LOCK, MANIFEST, MANIFEST_META, IndexStore
 from .types import COLLECTIONS, IMAGES
 
@@ -39,7 +46,7 @@ class Problem:
     """One thing wrong with an index directory, and what fixes it."""
 
     kind: str  # manifest, sqlite, vector-missing, vector-size, faiss-missing, faiss-checksum,
-    # faiss-unreadable, faiss-mismatch, stray-file
+    # faiss-unreadable, faiss-mismatch, stray-file, duplicate, identity, orphans
     where: str
     detail: str
     fix: str  # the command that repairs it
@@ -89,6 +96,7 @@ def check_index(directory: Path, *, verify_checksums: bool = True) -> CheckRepor
         dim = _dim(manifest)
         if dim is not None:
             _check_vectors(catalog, directory, dim, report)
+        _check_identities(catalog, directory, report, repair)
         for collection in COLLECTIONS:
             report.counts[collection] = catalog.count(collection)
             _check_faiss(catalog, directory, collection, report, repair, verify_checksums)
@@ -192,6 +200,100 @@ def _check_vectors(catalog: Catalog, directory: Path, dim: int, report: CheckRep
         )
 
 
+def identity_of(path: str) -> str:
+    """What files.py names the file at `path`: its real path while it exists (a spelling
+    through a symlinked root or with `..` folds), else its normal form. Tar members and URLs
+    (Ray inputs) are names, not files: kept as they are."""
+    if "://" in path or "#" in path:
+        return path
+    return str(canonical_root(path)) if os.path.exists(path) else os.path.normpath(path)
+
+
+Named = tuple[int, str]  # (item id, path)
+
+
+def identity_groups(catalog: Catalog) -> tuple[list[list[Named]], list[Named]]:
+    """(groups of folder images that name one file where some name is a stale spelling, oldest
+    first; images whose path is not in normal form but names no other item's file).
+
+    Two names of one file are both right when each lies under a root a sync recorded (a file
+    reached through a link out of a root is an item of its own, files.py rule 3); a name under
+    no recorded root is a spelling of a root that later syncs fold (a symlinked or `..` root
+    indexed by versions before the rule). With no roots recorded, every such group counts."""
+    roots = catalog.get_roots()
+    by_identity: dict[str, list[tuple[int, str]]] = {}
+    rows = catalog.db.execute(
+        "SELECT id, path FROM items WHERE collection=? AND product_id IS NULL AND path IS NOT "
+        "NULL ORDER BY id",
+        (IMAGES,),
+    )
+    for item_id, path in rows:
+        by_identity.setdefault(identity_of(path), []).append((item_id, path))
+    groups = [
+        group
+        for group in by_identity.values()
+        if len(group) > 1 and not all(_under_any(path, roots) for _, path in group)
+    ]
+    odd = [
+        group[0]
+        for group in by_identity.values()
+        if len(group) == 1
+        and "://" not in group[0][1]
+        and os.path.normpath(group[0][1]) != group[0][1]
+    ]
+    return groups, odd
+
+
+def _under_any(path: str, roots: list[str]) -> bool:
+    return any(is_within(path, root) for root in roots)
+
+
+def _check_identities(catalog: Catalog, directory: Path, report: CheckReport, repair: str) -> None:
+    groups, odd = identity_groups(catalog)
+    where = str(directory / CATALOG)
+    if groups:
+        names = "; ".join(" = ".join(repr(path) for _, path in group) for group in groups[:3])
+        more = f" and {len(groups) - 3} more" if len(groups) > 3 else ""
+        detail = f"{len(groups)} files are indexed under more than one name: {names}{more}"
+        report.problems.append(Problem("duplicate", where, detail, repair, True))
+    if odd:
+        names = ", ".join(f"#{item_id} {path!r}" for item_id, path in odd[:_EXAMPLES])
+        detail = f"{len(odd)} images are stored under a path not in normal form: {names}"
+        report.problems.append(Problem("identity", where, detail, repair, True))
+    orphans = sum(len(catalog.orphan_ids(collection)) for collection in COLLECTIONS)
+    if orphans:
+        detail = f"{orphans} vectors of merged duplicates are still in the faiss files"
+        report.problems.append(Problem("orphans", where, detail, repair, True))
+
+
+def _merge_identities(changes: ChangeSet, catalog: Catalog) -> list[str]:
+    """Keep one item per file: the one already named by its identity, else the oldest (ids
+    handed out stay valid where they can); give a lone odd spelling its normal form."""
+    groups, odd = identity_groups(catalog)
+    items = catalog.get_items([item_id for group in groups for item_id, _ in group])
+    removed = 0
+    roots = catalog.get_roots()
+    for group in groups:
+        identity = identity_of(group[0][1])
+        keep = next(
+            (item_id for item_id, path in group if path == identity),
+            next((item_id for item_id, path in group if _under_any(path, roots)), group[0][0]),
+        )
+        removed += changes.remove(items[item_id] for item_id, _ in group if item_id != keep)
+        if items[keep].path != identity:
+            changes.rename(items[keep], identity)
+    for item_id, path in odd:
+        item = catalog.get_item(item_id)
+        if item is not None:
+            changes.rename(item, os.path.normpath(path))
+    done = []
+    if groups:
+        done.append(f"kept one item per file for {len(groups)} files ({removed} items removed)")
+    if odd:
+        done.append(f"renamed {len(odd)} images to the normal form of their path")
+    return done
+
+
 def _check_faiss(
     catalog: Catalog,
     directory: Path,
@@ -230,6 +332,8 @@ def _check_faiss(
         dtype=np.int64,
     )
     found = index.ids()
+    # Ids of merged duplicates stay in the file until the next commit ("orphans" above).
+    found = np.setdiff1d(found, np.asarray(catalog.orphan_ids(collection), dtype=np.int64))
     if not np.array_equal(found, expected):
         missing = np.setdiff1d(expected, found).size
         extra = np.setdiff1d(found, expected).size
@@ -280,13 +384,16 @@ def repair_index(directory: Path) -> CheckReport:
     if "manifest" in kinds:
         repaired.append(_rewrite_manifest(directory))
     if kinds - {"sqlite", "manifest"}:
-        with IndexStore.open(directory) as store, store.writer_lock():
-            if kinds & {"faiss-missing", "faiss-checksum", "faiss-unreadable", "faiss-mismatch"}:
-                with store.catalog.transaction():
-                    store.commit({}, force_rebuild=True)
+        faiss = {"faiss-missing", "faiss-checksum", "faiss-unreadable", "faiss-mismatch"}
+        with IndexStore.open(directory) as store, Indexer(store) as indexer:
+            if kinds & (faiss | {"duplicate", "identity", "orphans"}):
+                with indexer.change(rebuild=bool(kinds & faiss)) as changes:
+                    repaired += _merge_identities(changes, store.catalog)
                 repaired.append(
                     f"rebuilt the faiss indexes from the stored vectors as generation "
                     f"{store.catalog.generation}"
+                    if kinds & faiss
+                    else f"committed generation {store.catalog.generation}"
                 )
             store.cleanup()
             if "stray-file" in kinds:

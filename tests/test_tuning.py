@@ -107,19 +107,18 @@ def test_unreachable_target_reports_best_effort(data) -> None:
 
 def test_params_persist_in_store_and_are_used_after_reopening(data, tmp_path, monkeypatch) -> None:
     xb, ids, xq = data
-    from retrieval.store import CollectionChanges, IndexStore
+    from retrieval.store import CollectionChanges, IndexStore, StoreOptions
     from retrieval.types import ModelIdentity
 
     monkeypatch.setattr(store_module, "MMAP_MIN_BYTES", 0)  # also exercise the mmap path
     identity = ModelIdentity.from_dict(_identity_dict())
-    store = IndexStore.create(tmp_path, identity)
+    store = IndexStore.create(tmp_path, identity, StoreOptions(target_recall=0.9))
     with store.catalog.transaction():
         store.catalog.put_vectors([f"img:{i}" for i in range(N)], xb)
         store.catalog.put_vectors([f"txt:{i}" for i in range(50)], xq[:50])
     with store.writer_lock(), store.catalog.transaction():
         added = [store.catalog.add_item(IMAGES, f"img:{i}", path=f"/p/{i}") for i in range(N)]
         texts = [store.catalog.add_item(TEXTS, f"txt:{i}", text=str(i)) for i in range(50)]
-        store.target_recall = 0.9
         store.commit(
             {IMAGES: CollectionChanges(added=added), TEXTS: CollectionChanges(added=texts)},
             index_types={IMAGES: "ivf", TEXTS: "flat"},
@@ -144,8 +143,8 @@ def test_params_persist_in_store_and_are_used_after_reopening(data, tmp_path, mo
     with store.writer_lock(), store.catalog.transaction():
         store.commit({IMAGES: CollectionChanges(removed=[added[0]])})
     assert store.tuning(IMAGES) == tuning
+    store = store.with_options(target_recall=0.5)
     with store.writer_lock(), store.catalog.transaction():
-        store.target_recall = 0.5
         store.commit({IMAGES: CollectionChanges(removed=[added[1]])})
     retuned = store.tuning(IMAGES)
     assert retuned is not None and retuned.target_recall == 0.5
