@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from hypothesis import HealthCheck, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from hypothesis.internal.conjecture import engine as conjecture_engine  # noqa: E402
 from hypothesis.stateful import rule, run_state_machine_as_test  # noqa: E402
 from syncmodel import SPELLINGS, SyncMachine, run_in  # noqa: E402
 from synctree import Dir, File, image_bytes  # noqa: E402
@@ -274,7 +275,7 @@ class FuzzMachine(SyncMachine):
             child.kill()  # kill -9 of the run's own process; its workers are left to the code
             code = child.wait()
         how = f"{moment:.2f} of a run" if isinstance(moment, float) else f"phase {moment}"
-        self.note(f"  killed at {how}: exit {code}")
+        self.log.append(f"  (killed at {how}: exit {code}; resumed)")
         message = Path(errors).read_text(errors="replace")[-3000:]
         self.expect(code in (0, -9), f"the run to kill exited {code} by itself:\n{message}")
 
@@ -300,7 +301,8 @@ def calibrate(model: str, work: Path, python: NobodyPython) -> float:
             raise RuntimeError(f"warm-up {args[0]} exited {code}: {out}")
     started = time.monotonic()
     index_args[3] = work / "home" / "calibrate-index"  # a folder nobody may write in
-    child = python.popen(["-m", "retrieval", "index", str(folder), *map(str, index_args)], cwd=work)
+    command = ["-m", "retrieval", "index", str(folder), *map(str, index_args)]
+    child = python.popen(command, cwd=work, stdout=subprocess.DEVNULL)
     if child.wait() != 0:
         raise RuntimeError(f"a child index run as nobody exited {child.returncode}")
     return time.monotonic() - started
@@ -343,8 +345,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per run")
     parser.add_argument("--minutes", type=float, default=None, help="stop starting runs after")
     parser.add_argument("--kill-rate", type=float, default=0.1, help="of index_killed steps")
+    parser.add_argument(
+        "--shrink-seconds", type=int, default=120, help="time to shrink each failing run"
+    )
     parser.add_argument("--query-loop", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # Hypothesis shrinks a failure for up to 5 minutes; runs with kills are slow to replay.
+    if hasattr(conjecture_engine, "MAX_SHRINKING_SECONDS"):
+        conjecture_engine.MAX_SHRINKING_SECONDS = args.shrink_seconds
     os.environ.update(MMSEARCH_BACKEND="torch", MMSEARCH_DEVICE="cpu", HF_HUB_OFFLINE="1")
     if args.query_loop:
         query_loop(args.query_loop)

@@ -376,7 +376,9 @@ def run_in(cwd: str, args: list[Any]) -> tuple[int, str]:
         os.chdir(previous)
     if result.exit_code == 0:
         return 0, result.stdout
-    trace = "".join(traceback.format_exception(result.exception)) if result.exception else ""
+    error = result.exception
+    crashed = error is not None and not isinstance(error, SystemExit)
+    trace = "".join(traceback.format_exception(error)) if crashed else ""
     return result.exit_code, result.output + trace
 
 
