@@ -33,8 +33,9 @@ def test_hostile_folder_indexes_the_good_and_reports_each_bad_file_once(
     reasons = {os.path.relpath(s["path"], root): s["reason"] for s in report["skipped"]}
     want = {name: why for name, why in expected.items() if why not in (None, IGNORED)}
     bad_name = next(name for name, why in want.items() if why == "bad-name")
-    # A name that is not UTF-8 is reported with its undecodable bytes replaced.
-    reasons[bad_name] = reasons.pop(bad_name.encode("utf-8", "replace").decode())
+    # A name that is not UTF-8 is reported with its undecodable bytes escaped as \xNN, never
+    # replaced by '?' (a lossy name could be another file's: issue 19, defect 4).
+    reasons[bad_name] = reasons.pop(os.fsencode(bad_name).decode("utf-8", "backslashreplace"))
     assert reasons == want
     with IndexStore.open(tmp_path / "indexes" / "default", readonly=True) as store:
         indexed = sorted(os.path.relpath(i.path, root) for i in store.catalog.iter_items("images"))
