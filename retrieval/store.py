@@ -8,7 +8,6 @@ unfinished generation are deleted by the next writer."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ from .index.tuning import (
     tune,
     tune_streamed,
 )
+from .locks import exclusive_lock
 from .types import COLLECTIONS, IMAGES, TEXTS, ModelIdentity
 
 logger = logging.getLogger(__name__)
@@ -171,14 +171,13 @@ class IndexStore:
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
         """Exclusive advisory lock for index runs; readers never take it."""
-        with open(self.directory / LOCK, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as err:
+        # Forked children (decode workers) never hold it: see retrieval/locks.py.
+        with exclusive_lock(self.directory / LOCK) as taken:
+            if not taken:
                 raise IndexBusyError(
                     f"another `mmsearch index` run is writing to {self.directory}; wait for it "
                     "to finish (or stop it) and run again."
-                ) from err
+                )
             self._drop_stray_files()
             if self.catalog.get_meta(MANIFEST_META) is None:  # indexes made before it existed
                 with self.catalog.transaction():
