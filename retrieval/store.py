@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ from .index.tuning import (
     tune_streamed,
 )
 from .locks import exclusive_lock
+from .sqlite_errors import classify_sqlite_error
 from .types import COLLECTIONS, IMAGES, TEXTS, ModelIdentity
 
 logger = logging.getLogger(__name__)
@@ -178,11 +180,16 @@ class IndexStore:
                     f"another `mmsearch index` run is writing to {self.directory}; wait for it "
                     "to finish (or stop it) and run again."
                 )
-            self._drop_stray_files()
-            if self.catalog.get_meta(MANIFEST_META) is None:  # indexes made before it existed
-                with self.catalog.transaction():
-                    record_manifest(self.catalog, self.manifest)
-            yield
+            try:
+                self._drop_stray_files()
+                if self.catalog.get_meta(MANIFEST_META) is None:  # indexes made before it existed
+                    with self.catalog.transaction():
+                        record_manifest(self.catalog, self.manifest)
+                yield
+            except sqlite3.DatabaseError as err:
+                # Said here, where the directory is known: a full or failing disk, a lock held
+                # outside mmsearch, or real damage (retrieval/sqlite_errors.py).
+                raise classify_sqlite_error(err, self.directory) from err
 
     # -- reading ------------------------------------------------------------------------------
     def _faiss_path(self, collection: str, generation: int) -> Path:
