@@ -99,10 +99,12 @@ class Indexer:
         self._exit = stack
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._exit is not None:
-            self._exit.close()
-            self._exit = None
+    def __exit__(self, *exc: Any) -> None:
+        # The exception goes into the lock's context, which names SQLite errors (a full disk,
+        # a lock, damage) for the index directory.
+        stack, self._exit = self._exit, None
+        if stack is not None:
+            stack.__exit__(*exc)
 
     def embedder(self) -> Any:
         if self._embedder_factory is None:

@@ -32,6 +32,7 @@ from .errors import IndexCorruptError, IndexNotFoundError, MmsearchError
 from .files import canonical_root, file_sha256, is_within, write_atomic
 from .index import FaissIndex
 from .indexer import ChangeSet, Indexer
+from .sqlite_errors import classify_sqlite_error
 from .store import CATALOG, LOCK, MANIFEST, MANIFEST_META, IndexStore
 from .types import COLLECTIONS, IMAGES
 
@@ -76,6 +77,8 @@ def check_index(directory: Path, *, verify_checksums: bool = True) -> CheckRepor
 
     Raises:
         IndexNotFoundError: `directory` holds no index.
+        DiskFullError, StorageIOError, IndexBusyError: SQLite could not read the catalog for a
+            reason other than damage (retrieval/sqlite_errors.py).
     """
     directory = Path(directory)
     if not IndexStore.exists(directory):
@@ -85,7 +88,7 @@ def check_index(directory: Path, *, verify_checksums: bool = True) -> CheckRepor
     try:
         catalog = Catalog(directory / CATALOG, readonly=True)
     except sqlite3.DatabaseError as err:
-        report.problems.append(_sqlite_problem(directory, str(err)))
+        report.problems.append(_sqlite_problem(directory, err))
         return report
     try:
         _check_sqlite(catalog, directory, report)
@@ -102,17 +105,22 @@ def check_index(directory: Path, *, verify_checksums: bool = True) -> CheckRepor
             _check_faiss(catalog, directory, collection, report, repair, verify_checksums)
         _check_stray_files(directory, report.generation, report, repair)
     except sqlite3.DatabaseError as err:
-        report.problems.append(_sqlite_problem(directory, str(err)))
+        report.problems.append(_sqlite_problem(directory, err))
     finally:
         catalog.close()
     return report
 
 
-def _sqlite_problem(directory: Path, detail: str) -> Problem:
+def _sqlite_problem(directory: Path, err: sqlite3.DatabaseError) -> Problem:
+    """Damage as a problem to report; a full or failing disk or a lock held elsewhere is not
+    damage the check could find or repair, so that is raised as what it is."""
+    error = classify_sqlite_error(err, directory)
+    if not isinstance(error, IndexCorruptError):
+        raise error from err
     return Problem(
         "sqlite",
         str(directory / CATALOG),
-        detail,
+        str(err),
         f"mmsearch check --repair --index {directory}; if that cannot fix it, move {directory} "
         f"aside and rebuild: mmsearch index FOLDERS --index {directory}",
         True,

@@ -154,7 +154,7 @@ def create_app(service: SearchService, config: ServeConfig) -> FastAPI:
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
     )
-    install_error_handlers(app)
+    install_error_handlers(app, service.store.directory)
     # Added innermost first: requests pass Observe, then CORS (so a page can read a 429), then
     # the early 429, then the key check, then the body-read timeout, then the body cap.
     app.add_middleware(
