@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..config import EmbedConfig
-from ..tokenizer import ClipTokenizer, load_tokenizer
 from ..types import ModelIdentity, Vectors
 from . import runtime
+from .tokenizer import ClipTokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
 

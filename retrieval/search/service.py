@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from . import keywords
-from .catalog import Item, filter_products, product_columns
-from .errors import InvalidQueryError, ItemNotFoundError
+from ..errors import InvalidQueryError, ItemNotFoundError
+from ..storage import keywords
+from ..storage.catalog import Item, filter_products, product_columns
+from ..storage.store import IndexStore
+from ..types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, TEXTS, Hit, Vectors
 from .hybrid import HYBRID, HYBRID_DEPTH, KEYWORD, MODES, SEMANTIC, fuse_hits
 from .queries import (
     DEFAULT_DUPLICATE_THRESHOLD,
@@ -25,8 +27,6 @@ from .queries import (
     collapse,
     combine,
 )
-from .store import IndexStore
-from .types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, TEXTS, Hit, Vectors
 
 if TYPE_CHECKING:
     from .batching import BatchingTextEncoder

@@ -17,14 +17,14 @@ from functools import partial
 from pathlib import Path
 from typing import Protocol
 
-from . import faults
-from .catalog import Item
-from .files import canonical_root, display_name, file_sha256, is_storable_name, is_within
-from .images import walk_images
+from .. import faults
+from ..files import canonical_root, display_name, file_sha256, is_storable_name, is_within
+from ..images import walk_images
+from ..storage.catalog import Item
+from ..storage.space import check_free_space, disk_space_guard, estimate_run_bytes
+from ..storage.store import IndexStore
+from ..types import IMAGES, TEXTS, Skipped, Vectors
 from .indexer import ChangeSet, Indexer, Progress
-from .space import check_free_space, disk_space_guard, estimate_run_bytes
-from .store import IndexStore
-from .types import IMAGES, TEXTS, Skipped, Vectors
 
 
 class Embedder(Protocol):

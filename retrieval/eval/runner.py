@@ -18,7 +18,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .evaluation import (
+from ..images import load_image
+from ..index import FaissIndex
+from ..ingest.sync import file_key, text_key
+from ..storage.store import IndexStore
+from ..types import IMAGES, Skipped, Vectors
+from .pairs import (
     PERTURBATIONS,
     TIES_NOTE,
     Pairs,
@@ -29,11 +34,6 @@ from .evaluation import (
     recall_curve,
     recall_metrics,
 )
-from .images import load_image
-from .index import FaissIndex
-from .ingest import file_key, text_key
-from .store import IndexStore
-from .types import IMAGES, Skipped, Vectors
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def collect_vectors(
 
 
 def raise_no_images(skipped: list[Skipped]) -> None:
-    from .errors import InputFileError
+    from ..errors import InputFileError
 
     reasons = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:5])
     raise InputFileError(f"none of the pairs' images could be decoded ({reasons})")

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 import numpy as np
 
-from .config import DEFAULT_CACHE_SIZE, DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, BatchConfig
-from .types import Vectors
+from ..config import DEFAULT_CACHE_SIZE, DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, BatchConfig
+from ..types import Vectors
 
 if TYPE_CHECKING:
     from .service import QueryEmbedder

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .ingest import Progress
-from .store import IndexStore
-from .types import IMAGES, ModelSpec, Skipped
+from ..storage.store import IndexStore
+from ..types import IMAGES, ModelSpec, Skipped
+from .sync import Progress
 
 # Good COCO-style sentences from a model open_clip ships; any CoCa config works (--caption-model).
 DEFAULT_CAPTION_MODEL = ModelSpec("coca_ViT-B-32", "mscoco_finetuned_laion2b_s13b_b90k")
