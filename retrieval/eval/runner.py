@@ -11,13 +11,14 @@ import io
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from ..embedders.protocols import EvalEmbedder
 from ..images import load_image
 from ..index import FaissIndex
 from ..ingest.sync import file_key, text_key
@@ -39,22 +40,6 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 OVERLAP_K = 10  # recall@10 of the index against exact search, the usual ANN yardstick
-
-
-class EvalEmbedder(Protocol):
-    """What evaluation needs from a model (OpenClipEmbedder provides it)."""
-
-    batch_size: int
-
-    def encode_texts(self, texts: Sequence[str], batch_size: int = ...) -> Vectors: ...
-
-    def encode_image_sources(self, sources: Sequence[Path | bytes]) -> Vectors: ...
-
-    def embed_image_files(
-        self,
-        paths: list[Path],
-        on_batch: Callable[[list[int], Vectors, list[tuple[int, Skipped]]], None],
-    ) -> None: ...
 
 
 @dataclass(frozen=True)
