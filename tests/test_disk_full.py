@@ -14,11 +14,11 @@ import pytest
 from clirun import invoke, run_ok
 from testdata import make_images
 
-import retrieval.ingest
+import retrieval.ingest.sync
 from retrieval.errors import DiskFullError, StorageIOError
-from retrieval.integrity import check_index
-from retrieval.space import check_free_space
 from retrieval.sqlite_errors import classify_sqlite_error
+from retrieval.storage.integrity import check_index
+from retrieval.storage.space import check_free_space
 
 # Room for the first index of 12 images plus about 1.3 MB: less than a run adding 1,000 images
 # is estimated to need (retrieval/space.py), more than one adding 20.
@@ -92,14 +92,14 @@ def test_disk_filling_up_during_the_run_fails_cleanly(
             except OSError:
                 pass
 
-    monkeypatch.setattr(retrieval.ingest, "check_free_space", fill_after_check)
+    monkeypatch.setattr(retrieval.ingest.sync, "check_free_space", fill_after_check)
     result = invoke("index", folder, "--index", directory, "-q")
     assert result.exit_code == 74, result.output
     assert result.stderr.startswith(f"error: not enough disk space in {directory}")
     _assert_previous_index_intact(directory, folder)
 
     filler.unlink()
-    monkeypatch.setattr(retrieval.ingest, "check_free_space", check_free_space)
+    monkeypatch.setattr(retrieval.ingest.sync, "check_free_space", check_free_space)
     report = json.loads(run_ok("index", folder, "--index", directory, "-q", "--json"))
     assert report["indexed"] == 20
     assert check_index(directory).ok

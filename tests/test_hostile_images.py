@@ -15,8 +15,8 @@ from hostilefolder import make_hostile_folder
 from imagezoo import IGNORED
 from testdata import make_images
 
-import retrieval.ingest
-from retrieval.store import IndexStore
+import retrieval.ingest.sync
+from retrieval.storage.store import IndexStore
 
 
 def test_hostile_folder_indexes_the_good_and_reports_each_bad_file_once(
@@ -49,7 +49,7 @@ def test_files_that_vanish_or_change_while_read_are_skipped_once(
 ) -> None:
     folder = tmp_path / "photos"
     make_images(folder, 6)
-    real_file_key = retrieval.ingest.file_key
+    real_file_key = retrieval.ingest.sync.file_key
 
     def file_key_then_tamper(path: Path) -> str:
         key = real_file_key(path)
@@ -63,7 +63,7 @@ def test_files_that_vanish_or_change_while_read_are_skipped_once(
             path.write_bytes(path.read_bytes()[:100])
         return key
 
-    monkeypatch.setattr(retrieval.ingest, "file_key", file_key_then_tamper)
+    monkeypatch.setattr(retrieval.ingest.sync, "file_key", file_key_then_tamper)
     result = invoke("index", folder, "--model", tiny_model, "-q", "--json", "--workers", "0")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -72,7 +72,7 @@ def test_files_that_vanish_or_change_while_read_are_skipped_once(
     assert reasons == {"img_001.png": "unreadable", "img_002.png": "unreadable",
                        "img_003.png": "truncated"}  # fmt: skip
     assert report["indexed"] == 3
-    monkeypatch.setattr(retrieval.ingest, "file_key", real_file_key)
+    monkeypatch.setattr(retrieval.ingest.sync, "file_key", real_file_key)
     # The next run sees the FIFO for what it is and the cut file as a broken image.
     again = json.loads(invoke("index", folder, "-q", "--json").stdout)
     assert {Path(s["path"]).name: s["reason"] for s in again["skipped"]} == {

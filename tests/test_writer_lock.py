@@ -17,8 +17,8 @@ import pytest
 from testdata import make_images
 
 from retrieval.faults import FAULT_ENV
-from retrieval.integrity import check_index
 from retrieval.locks import exclusive_lock
+from retrieval.storage.integrity import check_index
 
 # Torch's own watchdog ends an orphaned worker at its next poll, up to 5 s later; a worker that
 # dies with its parent is gone well within this.

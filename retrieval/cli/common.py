@@ -126,8 +126,8 @@ CaptionPretrainedOption = Annotated[
 
 def caption_spec(model: str | None, pretrained: str | None) -> ModelSpec:
     """The caption model asked for, with the default CoCa model and tag filled in."""
-    from ..captions import DEFAULT_CAPTION_MODEL
     from ..embedders.spec import normalise_spec
+    from ..ingest.captions import DEFAULT_CAPTION_MODEL
 
     name = model or DEFAULT_CAPTION_MODEL.name
     if name == DEFAULT_CAPTION_MODEL.name and pretrained is None:

@@ -25,12 +25,12 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
-from ..batching import LruCache
 from ..config import ServeConfig
-from ..duplicates import find_duplicates
 from ..errors import ImageDecodeError, MmsearchError
-from ..queries import DEFAULT_DUPLICATE_THRESHOLD, QueryPart
-from ..service import DEFAULT_TEXT_WEIGHT, SearchRequest, SearchService
+from ..search.batching import LruCache
+from ..search.duplicates import find_duplicates
+from ..search.queries import DEFAULT_DUPLICATE_THRESHOLD, QueryPart
+from ..search.service import DEFAULT_TEXT_WEIGHT, SearchRequest, SearchService
 from .errors import (
     ERROR_RESPONSES,
     http_error,

@@ -19,10 +19,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import faults
-from .catalog import Catalog, Item
-from .store import CollectionChanges, IndexStore
-from .types import COLLECTIONS
+from .. import faults
+from ..storage.catalog import Catalog, Item
+from ..storage.store import CollectionChanges, IndexStore
+from ..types import COLLECTIONS
 
 logger = logging.getLogger(__name__)
 

@@ -22,19 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from . import faults
-from .catalog import Catalog
-from .errors import (
+from .. import faults
+from ..errors import (
     IndexBusyError,
     IndexCorruptError,
     IndexMismatchError,
     IndexNotFoundError,
     InvalidQueryError,
 )
-from .files import file_sha256, write_atomic
-from .index import FaissIndex
-from .index.ondisk import DEFAULT_SHARD_SIZE, build_ondisk_ivf, ondisk_factory
-from .index.tuning import (
+from ..files import file_sha256, write_atomic
+from ..index import FaissIndex
+from ..index.ondisk import DEFAULT_SHARD_SIZE, build_ondisk_ivf, ondisk_factory
+from ..index.tuning import (
     DEFAULT_TARGET_RECALL,
     TUNE_TEXT_QUERIES,
     Tuning,
@@ -43,9 +42,10 @@ from .index.tuning import (
     tune,
     tune_streamed,
 )
-from .locks import exclusive_lock
-from .sqlite_errors import classify_sqlite_error
-from .types import COLLECTIONS, IMAGES, TEXTS, ModelIdentity
+from ..locks import exclusive_lock
+from ..sqlite_errors import classify_sqlite_error
+from ..types import COLLECTIONS, IMAGES, TEXTS, ModelIdentity
+from .catalog import Catalog
 
 logger = logging.getLogger(__name__)
 
