@@ -80,7 +80,7 @@ def mmsearch(
     from retrieval.compose import open_for_indexing
     from retrieval.config import EmbedConfig
     from retrieval.embedders.open_clip import OpenClipEmbedder
-    from retrieval.ingest import sync_images_and_texts
+    from retrieval.ingest.sync import sync_images_and_texts
     from retrieval.types import ModelSpec
 
     folder = Path(tempfile.mkdtemp(prefix="mmsearch-bench-"))

@@ -113,8 +113,8 @@ def build_index(directory: Path, model: str, count: int, index_type: str) -> Non
     """`count` random unit vectors as image items of a new index built for `model`."""
     from retrieval.compose import load_embedder
     from retrieval.config import EmbedConfig
-    from retrieval.indexer import Indexer
-    from retrieval.store import IndexStore
+    from retrieval.ingest.indexer import Indexer
+    from retrieval.storage.store import IndexStore
     from retrieval.types import IMAGES, ModelSpec
 
     identity = load_embedder(ModelSpec(model, None), EmbedConfig(device="cpu")).identity
@@ -138,7 +138,7 @@ def build_index(directory: Path, model: str, count: int, index_type: str) -> Non
 
 def index_complete(directory: Path, count: int) -> bool:
     """Whether `directory` holds a finished build of `count` vectors (reused across runs)."""
-    from retrieval.store import IndexStore
+    from retrieval.storage.store import IndexStore
     from retrieval.types import IMAGES
 
     if not IndexStore.exists(directory):

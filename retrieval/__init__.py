@@ -24,9 +24,9 @@ from .types import Hit, ModelIdentity, ModelSpec, Skipped
 
 if TYPE_CHECKING:
     from .compose import open_for_indexing, open_for_search
-    from .indexer import Indexer
-    from .ingest import IndexReport, sync_images_and_texts
-    from .service import SearchRequest, SearchResult, SearchService
+    from .ingest.indexer import Indexer
+    from .ingest.sync import IndexReport, sync_images_and_texts
+    from .search.service import SearchRequest, SearchResult, SearchService
 
 __version__ = "0.1.0"
 

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from .config import DEFAULT_MODEL, BatchConfig, EmbedConfig
 from .errors import IndexMismatchError, MmsearchError
-from .service import SearchService
-from .store import IndexStore, StoreOptions
+from .search.service import SearchService
+from .storage.store import IndexStore, StoreOptions
 from .types import ModelIdentity, ModelSpec
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def open_for_search(
         # tokenizer when the index has them (no torch import); images load the whole model.
         cold = open_cold_embedder(identity, store.recorded_embedder(), config, load)
         return SearchService(store, (lambda: cold) if cold else load)
-    from .batching import BatchingEmbedder
+    from .search.batching import BatchingEmbedder
 
     embedder = BatchingEmbedder(load, batching)  # loads the model on first use
     return SearchService(store, lambda: embedder, text_batcher=embedder.texts)

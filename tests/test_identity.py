@@ -14,13 +14,13 @@ import pytest
 from clirun import invoke, json_lines, run_ok
 from testdata import make_images
 
-from retrieval import keywords
-from retrieval.catalog import MIGRATIONS, Catalog
 from retrieval.files import file_sha256
 from retrieval.index import FaissIndex
-from retrieval.indexer import Indexer
-from retrieval.integrity import check_index
-from retrieval.store import IndexStore
+from retrieval.ingest.indexer import Indexer
+from retrieval.storage import keywords
+from retrieval.storage.catalog import MIGRATIONS, Catalog
+from retrieval.storage.integrity import check_index
+from retrieval.storage.store import IndexStore
 from retrieval.types import IMAGES, TEXTS
 
 

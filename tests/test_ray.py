@@ -26,9 +26,9 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from retrieval.config import EmbedConfig  # noqa: E402
 from retrieval.distributed.ingest import RayOptions, index_with_ray  # noqa: E402
-from retrieval.indexer import Indexer  # noqa: E402
 from retrieval.distributed.ray_embed import connect  # noqa: E402
-from retrieval.store import IndexStore  # noqa: E402
+from retrieval.ingest.indexer import Indexer  # noqa: E402
+from retrieval.storage.store import IndexStore  # noqa: E402
 from retrieval.types import IMAGES  # noqa: E402
 
 pytestmark = [

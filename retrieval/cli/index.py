@@ -140,10 +140,10 @@ def index(
 
     def body() -> None:
         from ..compose import load_captioner, open_for_indexing
-        from ..index_run import IndexRequest, run_index
-        from ..products import load_catalog
-        from ..store import StoreOptions
-        from ..texts import load_texts
+        from ..indexing import IndexRequest, run_index
+        from ..ingest.products import load_catalog
+        from ..ingest.texts import load_texts
+        from ..storage.store import StoreOptions
 
         # Every option is checked before any file is read or the model loads.
         config = EmbedConfig(

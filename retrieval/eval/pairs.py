@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import InputFileError, InvalidQueryError
-from .files import canonical_root
+from ..errors import InputFileError, InvalidQueryError
+from ..files import canonical_root
 
 TIES_NOTE = (
     "ties broken as a worst case: a wrong item scoring exactly as high as the right one "

@@ -1,5 +1,5 @@
-"""`mmsearch check`: verify an index directory against its own records, and repair what can be
-rebuilt from them.
+"""`mmsearch check`: verify an index directory against its own records (what can be
+rebuilt from them is repaired by ingest/repair.py).
 
 What is checked: manifest.json against the copy the catalog recorded at creation; SQLite's own
 integrity check; every item has a stored vector of the right size; each collection's faiss file
@@ -10,11 +10,7 @@ Each folder image is stored once, under its identity (files.py): two items whose
 file (a root indexed through a symlink or with `..` by versions before that rule), or a path
 that is not in normal form, are problems too.
 
-What --repair does: rewrite the manifest from the catalog's copy, REINDEX a catalog whose
-damage is confined to its indexes, keep one item per file (the one named by its identity, else
-the oldest), rebuild faiss files from the stored vectors as a new generation, and delete stray
-files, all through the one write path (indexer.py). It never drops an item: an item
-whose vector is gone is reported with the `mmsearch index` command that re-embeds it."""
+What `--repair` does is ingest/repair.py's (a writer, so it lives above storage)."""
 
 from __future__ import annotations
 
@@ -27,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import IndexCorruptError, IndexNotFoundError, MmsearchError
+from ..files import canonical_root, file_sha256, is_within
+from ..index import FaissIndex
+from ..sqlite_errors import classify_sqlite_error
+from ..types import COLLECTIONS, IMAGES
 from .catalog import Catalog
-from .errors import IndexCorruptError, IndexNotFoundError, MmsearchError
-from .files import canonical_root, file_sha256, is_within, write_atomic
-from .index import FaissIndex
-from .indexer import ChangeSet, Indexer
 from .store import CATALOG, LOCK, MANIFEST, MANIFEST_META, IndexStore
-from .types import COLLECTIONS, IMAGES
 
 # SQLite's own companions of catalog.sqlite in WAL mode.
 _KNOWN_FILES = frozenset({MANIFEST, CATALOG, CATALOG + "-wal", CATALOG + "-shm", LOCK})
@@ -55,7 +51,7 @@ class Problem:
 
 @dataclass
 class CheckReport:
-    """What `check_index` found (and, after `repair_index`, what it repaired)."""
+    """What `check_index` found (and, after ingest.repair.repair_index, what it repaired)."""
 
     directory: str
     generation: int = 0
@@ -76,6 +72,8 @@ def check_index(directory: Path, *, verify_checksums: bool = True) -> CheckRepor
 
     Raises:
         IndexNotFoundError: `directory` holds no index.
+        DiskFullError, StorageIOError, IndexBusyError: SQLite could not read the catalog for a
+            reason other than damage (retrieval/sqlite_errors.py).
     """
     directory = Path(directory)
     if not IndexStore.exists(directory):
@@ -85,7 +83,7 @@ def check_index(directory: Path, *, verify_checksums: bool = True) -> CheckRepor
     try:
         catalog = Catalog(directory / CATALOG, readonly=True)
     except sqlite3.DatabaseError as err:
-        report.problems.append(_sqlite_problem(directory, str(err)))
+        report.problems.append(_sqlite_problem(directory, err))
         return report
     try:
         _check_sqlite(catalog, directory, report)
@@ -102,17 +100,24 @@ def check_index(directory: Path, *, verify_checksums: bool = True) -> CheckRepor
             _check_faiss(catalog, directory, collection, report, repair, verify_checksums)
         _check_stray_files(directory, report.generation, report, repair)
     except sqlite3.DatabaseError as err:
-        report.problems.append(_sqlite_problem(directory, str(err)))
+        report.problems.append(_sqlite_problem(directory, err))
     finally:
         catalog.close()
     return report
 
 
-def _sqlite_problem(directory: Path, detail: str) -> Problem:
+def _sqlite_problem(directory: Path, err: sqlite3.DatabaseError | str) -> Problem:
+    """Damage (an error, or what PRAGMA integrity_check found) as a problem to report; a full
+    or failing disk or a lock held elsewhere is not damage the check could find or repair, so
+    that is raised as what it is."""
+    if isinstance(err, sqlite3.DatabaseError):
+        error = classify_sqlite_error(err, directory)
+        if not isinstance(error, IndexCorruptError):
+            raise error from err
     return Problem(
         "sqlite",
         str(directory / CATALOG),
-        detail,
+        str(err),
         f"mmsearch check --repair --index {directory}; if that cannot fix it, move {directory} "
         f"aside and rebuild: mmsearch index FOLDERS --index {directory}",
         True,
@@ -232,7 +237,7 @@ def identity_groups(catalog: Catalog) -> tuple[list[list[Named]], list[Named]]:
     groups = [
         group
         for group in by_identity.values()
-        if len(group) > 1 and not all(_under_any(path, roots) for _, path in group)
+        if len(group) > 1 and not all(under_any(path, roots) for _, path in group)
     ]
     odd = [
         group[0]
@@ -244,7 +249,7 @@ def identity_groups(catalog: Catalog) -> tuple[list[list[Named]], list[Named]]:
     return groups, odd
 
 
-def _under_any(path: str, roots: list[str]) -> bool:
+def under_any(path: str, roots: list[str]) -> bool:
     return any(is_within(path, root) for root in roots)
 
 
@@ -264,34 +269,6 @@ def _check_identities(catalog: Catalog, directory: Path, report: CheckReport, re
     if orphans:
         detail = f"{orphans} vectors of merged duplicates are still in the faiss files"
         report.problems.append(Problem("orphans", where, detail, repair, True))
-
-
-def _merge_identities(changes: ChangeSet, catalog: Catalog) -> list[str]:
-    """Keep one item per file: the one already named by its identity, else the oldest (ids
-    handed out stay valid where they can); give a lone odd spelling its normal form."""
-    groups, odd = identity_groups(catalog)
-    items = catalog.get_items([item_id for group in groups for item_id, _ in group])
-    removed = 0
-    roots = catalog.get_roots()
-    for group in groups:
-        identity = identity_of(group[0][1])
-        keep = next(
-            (item_id for item_id, path in group if path == identity),
-            next((item_id for item_id, path in group if _under_any(path, roots)), group[0][0]),
-        )
-        removed += changes.remove(items[item_id] for item_id, _ in group if item_id != keep)
-        if items[keep].path != identity:
-            changes.rename(items[keep], identity)
-    for item_id, path in odd:
-        item = catalog.get_item(item_id)
-        if item is not None:
-            changes.rename(item, os.path.normpath(path))
-    done = []
-    if groups:
-        done.append(f"kept one item per file for {len(groups)} files ({removed} items removed)")
-    if odd:
-        done.append(f"renamed {len(odd)} images to the normal form of their path")
-    return done
 
 
 def _check_faiss(
@@ -363,70 +340,11 @@ def _check_stray_files(directory: Path, generation: int, report: CheckReport, re
         report.problems.append(Problem("stray-file", str(path), "not part of the index", fix, ours))
 
 
-def repair_index(directory: Path) -> CheckReport:
-    """Repair what `check_index` reports as repairable, then check again.
-
-    Raises:
-        IndexBusyError: an index run holds the writer lock.
-        IndexNotFoundError: `directory` holds no index.
-    """
-    directory = Path(directory)
-    before = check_index(directory)
-    kinds = {problem.kind for problem in before.problems if problem.repairable}
-    repaired: list[str] = []
-    if "sqlite" in kinds:
-        repaired += _repair_sqlite(directory)
-        before = check_index(directory)
-        kinds = {problem.kind for problem in before.problems if problem.repairable}
-        if "sqlite" in kinds:
-            before.repaired = repaired
-            return before
-    if "manifest" in kinds:
-        repaired.append(_rewrite_manifest(directory))
-    if kinds - {"sqlite", "manifest"}:
-        faiss = {"faiss-missing", "faiss-checksum", "faiss-unreadable", "faiss-mismatch"}
-        with IndexStore.open(directory) as store, Indexer(store) as indexer:
-            if kinds & (faiss | {"duplicate", "identity", "orphans"}):
-                with indexer.change(rebuild=bool(kinds & faiss)) as changes:
-                    repaired += _merge_identities(changes, store.catalog)
-                repaired.append(
-                    f"rebuilt the faiss indexes from the stored vectors as generation "
-                    f"{store.catalog.generation}"
-                    if kinds & faiss
-                    else f"committed generation {store.catalog.generation}"
-                )
-            store.cleanup()
-            if "stray-file" in kinds:
-                repaired.append("deleted stray files of other generations or interrupted writes")
-    after = check_index(directory)
-    after.repaired = repaired
-    return after
-
-
-def _repair_sqlite(directory: Path) -> list[str]:
-    """REINDEX rebuilds every SQLite index from its table: it cures damage confined to them.
-    Damaged table pages hold data that cannot be rebuilt from the index's own records."""
-    try:
-        db = sqlite3.connect(directory / CATALOG, isolation_level=None)
-        try:
-            db.execute("REINDEX")
-        finally:
-            db.close()
-    except sqlite3.DatabaseError:
-        return []
-    return ["rebuilt the catalog's SQLite indexes (REINDEX)"]
-
-
-def _rewrite_manifest(directory: Path) -> str:
-    catalog = Catalog(directory / CATALOG, readonly=True)
-    try:
-        recorded = catalog.get_meta(MANIFEST_META)
-    finally:
-        catalog.close()
-    if recorded is None:
-        raise IndexCorruptError(f"{directory / MANIFEST}: no recorded copy to restore it from")
-    write_atomic(directory / MANIFEST, json.dumps(json.loads(recorded), indent=2).encode())
-    return f"restored {directory / MANIFEST} from the catalog's copy"
-
-
-__all__ = ["CheckReport", "Problem", "check_index", "repair_index", "stray_files"]
+__all__ = [
+    "CheckReport",
+    "Problem",
+    "check_index",
+    "identity_groups",
+    "identity_of",
+    "stray_files",
+]

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..types import Ids
 from . import keywords
-from .types import Ids
 
 SQL_CHUNK = 500
 

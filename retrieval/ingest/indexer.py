@@ -19,10 +19,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import faults
-from .catalog import Catalog, Item
-from .store import CollectionChanges, IndexStore
-from .types import COLLECTIONS
+from .. import faults
+from ..storage.catalog import Catalog, Item
+from ..storage.store import CollectionChanges, IndexStore
+from ..types import COLLECTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -99,10 +99,12 @@ class Indexer:
         self._exit = stack
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._exit is not None:
-            self._exit.close()
-            self._exit = None
+    def __exit__(self, *exc: Any) -> None:
+        # The exception goes into the lock's context, which names SQLite errors (a full disk,
+        # a lock, damage) for the index directory.
+        stack, self._exit = self._exit, None
+        if stack is not None:
+            stack.__exit__(*exc)
 
     def embedder(self) -> Any:
         if self._embedder_factory is None:

@@ -8,11 +8,11 @@ unfinished generation are deleted by the next writer."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,19 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from . import faults
-from .catalog import Catalog
-from .errors import (
+from .. import faults
+from ..errors import (
     IndexBusyError,
     IndexCorruptError,
     IndexMismatchError,
     IndexNotFoundError,
     InvalidQueryError,
 )
-from .files import file_sha256, write_atomic
-from .index import FaissIndex
-from .index.ondisk import DEFAULT_SHARD_SIZE, build_ondisk_ivf, ondisk_factory
-from .index.tuning import (
+from ..files import file_sha256, write_atomic
+from ..index import FaissIndex
+from ..index.ondisk import DEFAULT_SHARD_SIZE, build_ondisk_ivf, ondisk_factory
+from ..index.tuning import (
     DEFAULT_TARGET_RECALL,
     TUNE_TEXT_QUERIES,
     Tuning,
@@ -43,7 +42,10 @@ from .index.tuning import (
     tune,
     tune_streamed,
 )
-from .types import COLLECTIONS, IMAGES, TEXTS, ModelIdentity
+from ..locks import exclusive_lock
+from ..sqlite_errors import classify_sqlite_error
+from ..types import COLLECTIONS, IMAGES, TEXTS, ModelIdentity
+from .catalog import Catalog
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +143,11 @@ class IndexStore:
                 f"index {directory} has format version {version}; this mmsearch reads version "
                 f"{FORMAT_VERSION}. Upgrade mmsearch, or rebuild the index into a new --index DIR."
             )
-        catalog = Catalog(directory / CATALOG, readonly=readonly)
-        recorded = catalog.get_meta(MANIFEST_META)
+        try:
+            catalog = Catalog(directory / CATALOG, readonly=readonly)
+            recorded = catalog.get_meta(MANIFEST_META)
+        except sqlite3.DatabaseError as err:  # a full disk, a lock, damage: say which
+            raise classify_sqlite_error(err, directory) from err
         if recorded is not None and json.loads(recorded) != manifest:
             # An edited model name or dim would embed queries with the wrong model.
             catalog.close()
@@ -171,7 +176,10 @@ class IndexStore:
             "model": identity.to_dict(),
             "created": now,
         }
-        catalog = Catalog(directory / CATALOG)
+        try:
+            catalog = Catalog(directory / CATALOG)
+        except sqlite3.DatabaseError as err:
+            raise classify_sqlite_error(err, directory) from err
         record_manifest(catalog, manifest)
         # The manifest is written last: its presence is what makes the directory an index.
         write_atomic(directory / MANIFEST, json.dumps(manifest, indent=2).encode())
@@ -196,19 +204,23 @@ class IndexStore:
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
         """Exclusive advisory lock for index runs; readers never take it."""
-        with open(self.directory / LOCK, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as err:
+        # Forked children (decode workers) never hold it: see retrieval/locks.py.
+        with exclusive_lock(self.directory / LOCK) as taken:
+            if not taken:
                 raise IndexBusyError(
                     f"another `mmsearch index` run is writing to {self.directory}; wait for it "
                     "to finish (or stop it) and run again."
-                ) from err
-            self._drop_stray_files()
-            if self.catalog.get_meta(MANIFEST_META) is None:  # indexes made before it existed
-                with self.catalog.transaction():
-                    record_manifest(self.catalog, self.manifest)
-            yield
+                )
+            try:
+                self._drop_stray_files()
+                if self.catalog.get_meta(MANIFEST_META) is None:  # indexes made before it existed
+                    with self.catalog.transaction():
+                        record_manifest(self.catalog, self.manifest)
+                yield
+            except sqlite3.DatabaseError as err:
+                # Said here, where the directory is known: a full or failing disk, a lock held
+                # outside mmsearch, or real damage (retrieval/sqlite_errors.py).
+                raise classify_sqlite_error(err, self.directory) from err
 
     # -- reading ------------------------------------------------------------------------------
     def _faiss_path(self, collection: str, generation: int) -> Path:

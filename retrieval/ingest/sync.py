@@ -15,31 +15,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Protocol
 
-from . import faults
-from .catalog import Item
-from .files import canonical_root, display_name, file_sha256, is_storable_name, is_within
-from .images import walk_images
+from .. import faults
+from ..embedders.protocols import IndexEmbedder
+from ..files import canonical_root, display_name, file_sha256, is_storable_name, is_within
+from ..images import walk_images
+from ..storage.catalog import Item
+from ..storage.space import check_free_space, disk_space_guard, estimate_run_bytes
+from ..storage.store import IndexStore
+from ..types import IMAGES, TEXTS, Skipped, Vectors
 from .indexer import ChangeSet, Indexer, Progress
-from .space import check_free_space, disk_space_guard, estimate_run_bytes
-from .store import IndexStore
-from .types import IMAGES, TEXTS, Skipped, Vectors
 
-
-class Embedder(Protocol):
-    """What ingestion needs from a model (see embedders/open_clip.py)."""
-
-    def embed_image_files(
-        self,
-        paths: list[Path],
-        on_batch: Callable[[list[int], Vectors, list[tuple[int, Skipped]]], None],
-    ) -> None: ...
-
-    def encode_texts(self, texts: list[str], batch_size: int = ...) -> Vectors: ...
-
-
-EmbedderFactory = Callable[[], Embedder]
+EmbedderFactory = Callable[[], IndexEmbedder]
 # Texts are embedded and committed in chunks of this size: small enough that a killed run loses
 # little, large enough to amortise the transaction.
 TEXT_CHUNK = 512

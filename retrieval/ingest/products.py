@@ -13,16 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .catalog import Item
-from .errors import InputFileError
-from .files import canonical_root
+from ..errors import InputFileError
+from ..files import canonical_root
+from ..storage.catalog import Item
+from ..types import IMAGES, TEXTS, Skipped
 from .indexer import ChangeSet, Indexer
-from .ingest import IndexReport, embed_missing_images, embed_texts, file_key, text_key
+from .sync import IndexReport, embed_missing_images, embed_texts, file_key, text_key
 from .texts import iter_jsonl
-from .types import IMAGES, TEXTS, Skipped
 
 if TYPE_CHECKING:
-    from .store import IndexStore
+    from ..storage.store import IndexStore
 
 # In CSV one cell holds several image paths separated by this; JSONL may use an `images` list.
 IMAGE_SEPARATOR = "|"

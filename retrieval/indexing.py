@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import EmbedConfig
-from .indexer import Indexer, Progress
-from .store import IndexStore
+from .ingest.indexer import Indexer, Progress
+from .storage.store import IndexStore
 
 if TYPE_CHECKING:
     from .distributed.ingest import RayOptions
-    from .products import Product
+    from .ingest.products import Product
 
 
 @dataclass(frozen=True)
@@ -50,16 +50,16 @@ def run_index(
                 ("files", index_with_ray(indexer, list(request.roots), config, request.ray))
             )
         elif request.roots or request.texts is not None:
-            from .ingest import sync_folders
+            from .ingest.sync import sync_folders
 
             texts = list(request.texts) if request.texts is not None else None
             reports.append(("files", sync_folders(indexer, list(request.roots), texts=texts)))
         if request.products is not None:
-            from .products import index_catalog
+            from .ingest.products import index_catalog
 
             reports.append(("catalog", index_catalog(indexer, list(request.products))))
         if request.captioner is not None:
-            from .captions import caption_missing
+            from .ingest.captions import caption_missing
 
             reports.append(("captions", caption_missing(store, request.captioner, on_progress)))
     return reports
