@@ -20,7 +20,17 @@ from typing import Any, ClassVar
 from clirun import invoke
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
-from synctree import Dir, Expectation, File, Link, Tree, expect_sync, image_bytes, is_under
+from synctree import (
+    Dir,
+    Expectation,
+    File,
+    Link,
+    Tree,
+    Walk,
+    expect_sync,
+    image_bytes,
+    is_under,
+)
 
 
 def _nfc(text: str) -> bytes:
@@ -279,11 +289,12 @@ class SyncMachine(RuleBasedStateMachine):
         if texts:
             lines = Path(self.texts).read_text().splitlines()
             self.text_items = {line.strip() for line in lines if line.strip()}
-        command = ["index", *args, "--model", self.model, "--index", self.index_dir, "--quiet"]
+        command = ["index", *args, "--model", self.model, "--index", self.index_dir, "--json"]
         code, output = self.run_index(
             [*command, *(["--texts", self.texts] if texts else [])], folder
         )
         self.expect(code == 0, f"index exited {code}:\n{output}")
+        self.compare_reports(output, walks)
         self.compare(expected)
 
     def run_index(self, args: list[str], cwd: str) -> tuple[int, str]:
@@ -304,6 +315,19 @@ class SyncMachine(RuleBasedStateMachine):
         if not condition:
             steps = "\n".join(f"  {n}. {step}" for n, step in enumerate(self.log, 1))
             raise AssertionError(f"{message}\nsteps (paths below the base folder):\n{steps}")
+
+    def compare_reports(self, output: str, walks: list[Walk]) -> None:
+        """Bad names, broken files, special files and unreadable folders are reported."""
+        reports = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+        skipped = {(s["path"], s["reason"]) for r in reports for s in r.get("skipped", [])}
+        paths = {path for path, _ in skipped}
+        missing = [
+            f"{path}: {reason or 'any reason'}"
+            for walk in walks
+            for path, reason in walk.reported.items()
+            if (path, reason) not in skipped and not (reason is None and path in paths)
+        ]
+        self.expect(not missing, "not reported as skipped:\n" + "\n".join(sorted(missing)))
 
     def compare(self, expected: Expectation) -> None:
         """The catalog, the faiss files and queries against the oracle."""

@@ -106,6 +106,9 @@ class Walk:
     unreadable_dirs: list[str] = field(default_factory=list)  # identities: items below kept
     unreadable_files: dict[str, int] = field(default_factory=dict)  # identity -> mtime now
     unsure: list[str] = field(default_factory=list)  # links the indexer cannot resolve
+    # identity (\xNN for bytes that are not UTF-8) -> the skip reason the run must report
+    # (None: any reason)
+    reported: dict[str, str | None] = field(default_factory=dict)
 
 
 class Tree:
@@ -227,32 +230,44 @@ class Tree:
         node = self.node_at(folder)
         if isinstance(node, Dir) and not node.readable:
             walk.unreadable_dirs.append(identity)
+            walk.reported[identity] = "unreadable"
             return
         for name, path in self.children(folder):
-            if name.startswith(b"."):
-                continue
-            try:
-                child = identity + "/" + name.decode("utf-8")
-            except UnicodeDecodeError:
-                continue
-            node = self.nodes[path]
-            if isinstance(node, Link):
-                target = self.resolve(path)
-                if target.blocked:
-                    walk.unsure.append(child)
-                    continue
-                if target.real is None or is_under(target.real, root):
-                    continue  # broken, or inside the root: indexed under its own name
-                path, node = target.real, self.node_at(target.real)
-            if isinstance(node, Dir):
-                if path not in visited:
-                    visited.add(path)
-                    self._walk_folder(path, child, root, visited, walk)
-            elif isinstance(node, File) and is_image_name(name):
-                if not node.readable:
-                    walk.unreadable_files[child] = node.mtime_ns
-                elif node.image:
-                    walk.found[child] = (node.key, node.mtime_ns)
+            if not name.startswith(b"."):
+                self._walk_entry(name, path, identity, root, visited, walk)
+
+    def _walk_entry(
+        self, name: bytes, path: bytes, folder: str, root: bytes, visited: set[bytes], walk: Walk
+    ) -> None:
+        node = self.nodes[path]
+        try:
+            identity = folder + "/" + name.decode("utf-8")
+        except UnicodeDecodeError:
+            if isinstance(node, File) and is_image_name(name):
+                walk.reported[folder + "/" + name.decode("utf-8", "backslashreplace")] = "bad-name"
+            return
+        if isinstance(node, Link):
+            target = self.resolve(path)
+            if target.blocked:
+                walk.unsure.append(identity)
+                return
+            if target.real is not None and is_under(target.real, root):
+                return  # inside the root: indexed under its own name
+            path, node = target.real or b"", self.node_at(target.real) if target.real else None
+        if isinstance(node, Dir):
+            if path not in visited:
+                visited.add(path)
+                self._walk_folder(path, identity, root, visited, walk)
+        elif not is_image_name(name):
+            return
+        elif not isinstance(node, File):  # a broken link, a FIFO or a device
+            walk.reported[identity] = "not-a-file"
+        elif not node.readable:
+            walk.unreadable_files[identity] = node.mtime_ns
+        elif node.image:
+            walk.found[identity] = (node.key, node.mtime_ns)
+        else:
+            walk.reported[identity] = None  # broken: any reason
 
 
 @dataclass
