@@ -8,8 +8,8 @@ Each run is one example of the state machine (random folder changes, `index` wit
 spelled at random, the index compared with the oracle after every run), and here also:
   * every index run, check and query runs as the unprivileged user `nobody` (this process drops
     its effective uid around them when it runs as root; a killed run is a child process started
-    as nobody), and two more rules make files and folders unreadable (chmod 000) and readable
-    again, so the oracle's rule 7 (unreadable folders keep their items) is exercised;
+    as nobody), and a rule makes files and folders unreadable (chmod 000) or readable again,
+    so the oracle's rule 7 (an unreadable folder keeps its items) is exercised;
   * some index runs are killed with SIGKILL, after a random delay or at a phase aimed with
     MMSEARCH_FAULT, and resumed at once: the resumed run must converge to the oracle;
   * a query loop in another process (as nobody) queries the current run's index all along:
@@ -200,7 +200,7 @@ class FuzzMachine(SyncMachine):
     run_seconds: ClassVar[float] = 5.0  # how long a child index run takes, to aim kills
     queries: ClassVar[QueryLoop | None] = None
     python: ClassVar[NobodyPython]
-    deadline: ClassVar[float] = float("inf")  # time.monotonic() after which runs are skipped
+    deadline: ClassVar[float] = float("inf")  # time.monotonic() after which no batch starts
     index_runs: ClassVar[int] = 0
     kills: ClassVar[int] = 0
 
@@ -343,7 +343,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, default=500, help="state machine runs")
     parser.add_argument("--steps", type=int, default=10, help="steps per run")
-    parser.add_argument("--minutes", type=float, default=None, help="stop starting runs after")
+    parser.add_argument(
+        "--minutes", type=float, default=None, help="start no batch of runs after this"
+    )
     parser.add_argument("--kill-rate", type=float, default=0.1, help="of index_killed steps")
     parser.add_argument(
         "--shrink-seconds", type=int, default=120, help="time to shrink each failing run"
