@@ -66,6 +66,9 @@ SPELLINGS = {
     "symlink-relative": ("../rootlink/", "other"),
 }
 
+# Those that name the root whatever the working folder, to give beside another spelling.
+ABSOLUTE_SPELLINGS = sorted(n for n, (pattern, _) in SPELLINGS.items() if pattern[0] == "{")
+
 
 class SyncMachine(RuleBasedStateMachine):
     """Random folder changes and index runs, each run compared with the oracle."""
@@ -263,6 +266,21 @@ class SyncMachine(RuleBasedStateMachine):
     def index_texts_only(self, spelling: str) -> None:
         self.sync(spelling, [], texts=True)
 
+    @rule(data=st.data(), spelling=st.sampled_from(sorted(SPELLINGS)))
+    def index_file(self, data: st.DataObject, spelling: str) -> None:
+        """A file (or a link to one) named as the root: it alone is synced."""
+        path = self.pick(data, self.files())
+        if path:
+            self.sync(spelling, [path[len(self.root) :]], texts=False)
+
+    @rule(
+        first=st.sampled_from(sorted(SPELLINGS)),
+        second=st.sampled_from(ABSOLUTE_SPELLINGS),
+    )
+    def index_two_spellings(self, first: str, second: str) -> None:
+        """The root named twice, spelled two ways: one root."""
+        self.sync(first, [b""], texts=False, also=SPELLINGS[second][0])
+
     def subfolders(self) -> list[bytes]:
         """Folders (or links to folders) below the root that `index` can be given."""
         found = []
@@ -273,12 +291,24 @@ class SyncMachine(RuleBasedStateMachine):
                 found.append(path)
         return found
 
-    def sync(self, spelling: str, relatives: list[bytes], texts: bool) -> None:
-        """Run `index` on the root joined with each of `relatives`, then compare."""
+    def files(self) -> list[bytes]:
+        """Files (or links to files) below the root that `index` can be given."""
+        found = []
+        for path in self.under(self.root, (File, Link)):
+            target = self.tree.resolve(path)
+            node = self.tree.node_at(target.real) if target.real else None
+            if _is_utf8(path) and not target.blocked and isinstance(node, File):
+                found.append(path)
+        return found
+
+    def sync(self, spelling: str, relatives: list[bytes], texts: bool, also: str = "") -> None:
+        """Run `index` on the root joined with each of `relatives` (and on `also`, another
+        spelling of the root), then compare."""
         pattern, cwd = SPELLINGS[spelling]
         base = os.fsdecode(self.base)
         root_arg = pattern.format(base=base)
         args = [root_arg.rstrip("/") + os.fsdecode(r) if r else root_arg for r in relatives]
+        args += [also.format(base=base)] if also else []
         folder = os.path.join(base, cwd)
         self.note(f"index {' '.join(args)} (cwd {cwd or '.'}){' --texts' if texts else ''}")
         self.check_mirror()

@@ -221,7 +221,11 @@ class Tree:
     def walk(self, root: bytes) -> Walk:
         """What a sync of the real folder `root` must find, by the identity rule."""
         walk = Walk(root.decode())
-        self._walk_folder(root, walk.root, root, {root}, walk)
+        node = self.node_at(root)
+        if isinstance(node, File):  # named itself: taken whatever its name (hidden, .txt)
+            self._take_file(node, walk.root, walk)
+        else:
+            self._walk_folder(root, walk.root, root, {root}, walk)
         return walk
 
     def _walk_folder(
@@ -262,7 +266,11 @@ class Tree:
             return
         elif not isinstance(node, File):  # a broken link, a FIFO or a device
             walk.reported[identity] = "not-a-file"
-        elif not node.readable:
+        else:
+            self._take_file(node, identity, walk)
+
+    def _take_file(self, node: File, identity: str, walk: Walk) -> None:
+        if not node.readable:
             walk.unreadable_files[identity] = node.mtime_ns
         elif node.image:
             walk.found[identity] = (node.key, node.mtime_ns)
