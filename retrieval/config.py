@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InvalidQueryError
+from .errors import InvalidOptionError
 from .types import ModelSpec
 
 DEFAULT_MODEL = ModelSpec("ViT-B-32", "laion2b_s34b_b79k")
@@ -49,25 +49,25 @@ class EmbedConfig:
 
     def __post_init__(self) -> None:
         if not DEVICE_PATTERN.fullmatch(self.device):
-            raise InvalidQueryError(
+            raise InvalidOptionError(
                 f"unknown --device {self.device!r}; use auto, cpu, cuda or cuda:N"
             )
         if self.precision not in PRECISIONS:
-            raise InvalidQueryError(
+            raise InvalidOptionError(
                 f"unknown --precision {self.precision!r}; use one of {', '.join(PRECISIONS)}"
             )
         if self.backend not in BACKENDS:
-            raise InvalidQueryError(
+            raise InvalidOptionError(
                 f"unknown --backend {self.backend!r}; use one of {', '.join(BACKENDS)}"
             )
         if self.decode not in DECODE_MODES:
-            raise InvalidQueryError(
+            raise InvalidOptionError(
                 f"unknown --decode {self.decode!r}; use one of {', '.join(DECODE_MODES)}"
             )
         if self.batch_size is not None and self.batch_size < 1:
-            raise InvalidQueryError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise InvalidOptionError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.num_workers is not None and self.num_workers < 0:
-            raise InvalidQueryError(f"--workers must be 0 or more, got {self.num_workers}")
+            raise InvalidOptionError(f"--workers must be 0 or more, got {self.num_workers}")
 
 
 MIB = 1024 * 1024

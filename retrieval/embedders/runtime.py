@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import ModelUnavailableError
+from ..errors import InvalidOptionError, ModelUnavailableError
 from ..files import cached_sha256, write_atomic
 from ..files import file_sha256 as _file_sha256
 from ..types import Vectors
@@ -55,8 +55,14 @@ THREADS_ENV = "MMSEARCH_THREADS"
 def default_threads() -> int:
     """Model threads when none are asked for: $MMSEARCH_THREADS, else every usable core
     (decode workers mostly wait on the model; see benchmarks/RESULTS.md, threads table)."""
-    if os.environ.get(THREADS_ENV):
-        return max(1, int(os.environ[THREADS_ENV]))
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise InvalidOptionError(
+                f"{THREADS_ENV}={raw!r} is not a thread count; set it to a whole number >= 1, "
+                "or unset it to use every core"
+            )
+        return int(raw)
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
