@@ -25,7 +25,8 @@ from typing import Any
 
 import httpx
 
-from .livekit import environment, mmsearch, rss_mib, serve_child, write_catalog, write_model
+from .harness import rss_mib
+from .livekit import environment, mmsearch, serve_child, write_catalog, write_model
 
 SEARCH_OUT = "#/components/schemas/SearchOut"
 # Each call's own limit; a hang past it is a failure, not a stuck harness.

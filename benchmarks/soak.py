@@ -44,11 +44,11 @@ from typing import Any
 
 import httpx
 
+from .harness import percentile, rss_mib
 from .livekit import (
     CATEGORIES,
     environment,
     mmsearch,
-    rss_mib,
     serve_child,
     write_catalog,
     write_model,
@@ -85,13 +85,6 @@ class Soak:
     samples: list[Sample] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)
     requests: int = 0
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class Queries:
