@@ -1,5 +1,6 @@
-"""open_clip implementation of the Embedder: the only module that imports torch and open_clip
-(besides the image loader in this package)."""
+"""open_clip implementation of the embedder protocols (protocols.py): loads a model, embeds
+texts, query images and image files in batches. torch and open_clip are imported only inside
+embedders/ (tests/test_layout.py keeps it so)."""
 
 from __future__ import annotations
 
