@@ -84,3 +84,18 @@ def test_an_index_directory_that_cannot_be_created_is_one_line(
     assert result.returncode == 74, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and "check the path" in result.stderr
+
+
+def test_an_unknown_backend_is_refused_before_any_work_from_the_one_registry(
+    tmp_path: Path,
+) -> None:
+    from clirun import invoke
+
+    from retrieval.embedders import runtime
+
+    assert ("auto", "torch", *runtime.ENGINES) == runtime.BACKENDS
+    result = invoke("index", tmp_path, "--backend", "tensorrt", "--index", tmp_path / "idx")
+    assert result.exit_code == 2
+    words = " ".join(result.output.replace("│", " ").split())  # typer draws a wrapped box
+    assert "unknown --backend 'tensorrt'; use one of auto, torch, openvino, onnxruntime" in words
+    assert not (tmp_path / "idx").exists()  # refused before anything was written

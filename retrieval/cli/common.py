@@ -63,12 +63,24 @@ DeviceOption = Annotated[
     str,
     typer.Option(help="auto (CUDA when available), cpu, or cuda[:N]", envvar="MMSEARCH_DEVICE"),
 ]
+
+
+def _check_backend(value: str) -> str:
+    from ..embedders.runtime import check_backend  # torch-free: the engine registry
+
+    try:
+        return check_backend(value)
+    except MmsearchError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
 BackendOption = Annotated[
     str,
     typer.Option(
         help="auto (OpenVINO on a CPU when the model exports, else torch; torch on CUDA), "
         "torch, openvino or onnxruntime",
         envvar="MMSEARCH_BACKEND",
+        callback=_check_backend,
     ),
 ]
 PrecisionOption = Annotated[

@@ -259,6 +259,19 @@ ENGINES: dict[str, Engine] = {
     "onnxruntime": Engine("onnxruntime", _onnxruntime_session),
 }
 DEFAULT_ENGINE = "openvino"
+# What --backend takes: the one registry above, plus torch eager and `auto` (backend.py).
+BACKENDS = ("auto", "torch", *ENGINES)
+
+
+def check_backend(backend: str) -> str:
+    """`backend` when it names one (checked without torch, so a typo fails before any work).
+
+    Raises:
+        InvalidOptionError: an unknown name.
+    """
+    if backend not in BACKENDS:
+        raise InvalidOptionError(f"unknown --backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    return backend
 
 
 def available_engines() -> list[str]:
