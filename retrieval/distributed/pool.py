@@ -7,13 +7,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..config import EmbedConfig
+from ..config import EmbedConfig, default_batch_size
 from ..errors import InvalidOptionError
 
-# Images per actor batch when --batch-size is not given: 256 fills a datacenter GPU with a
-# ViT-B model; 32 keeps a CPU actor's batch (and its memory) small while amortising the call.
-GPU_BATCH = 256
-CPU_BATCH = 32
+GPU_BATCH = default_batch_size("ray", on_gpu=True)  # config.BATCH_SIZES says why
+CPU_BATCH = default_batch_size("ray", on_gpu=False)
 
 
 @dataclass(frozen=True)
