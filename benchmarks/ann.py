@@ -347,11 +347,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def compare(args: argparse.Namespace) -> None:
     """One row per index, printed as soon as it is measured (a long run can be cut short)."""
-    from retrieval.index import faiss_index
+    from retrieval.index import faiss_index, policy
 
     # The same graph parameters for faiss HNSW as for hnswlib and usearch, so build times
     # and search widths compare like for like.
-    faiss_index.HNSW_M = args.hnsw_m
+    policy.HNSW_M = args.hnsw_m
     ef_construction = args.ef_construction or faiss_index.HNSW_EF_CONSTRUCTION
     faiss_index.HNSW_EF_CONSTRUCTION = ef_construction
     xb, tq, xq = clip_like(
