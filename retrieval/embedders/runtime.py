@@ -54,7 +54,7 @@ THREADS_ENV = "MMSEARCH_THREADS"
 
 def default_threads() -> int:
     """Model threads when none are asked for: $MMSEARCH_THREADS, else every usable core
-    (decode workers mostly wait on the model; see benchmarks/RESULTS.md, threads table)."""
+    (decode workers mostly wait on the model; see benchmarks/HISTORY.md, threads table)."""
     if os.environ.get(THREADS_ENV):
         return max(1, int(os.environ[THREADS_ENV]))
     if hasattr(os, "sched_getaffinity"):
