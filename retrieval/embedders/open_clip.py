@@ -183,7 +183,7 @@ class OpenClipEmbedder:
         """Batched torchvision JPEG decoding for embed_image_files, or None (CPU workers)."""
         if encoder is None and dtype != torch.float32:
             # Cast once: autocast inside inference_mode re-casts every weight on every call
-            # and ran 10x slower on a CPU (benchmarks/RESULTS.md, bf16 table).
+            # and ran 10x slower on a CPU (benchmarks/HISTORY.md, bf16 table).
             self.model = self.model.to(dtype)
 
     @property

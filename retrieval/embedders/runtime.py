@@ -54,7 +54,7 @@ THREADS_ENV = "MMSEARCH_THREADS"
 
 def default_threads() -> int:
     """Model threads when none are asked for: $MMSEARCH_THREADS, else every usable core
-    (decode workers mostly wait on the model; see benchmarks/RESULTS.md, threads table)."""
+    (decode workers mostly wait on the model; see benchmarks/HISTORY.md, threads table)."""
     raw = os.environ.get(THREADS_ENV, "").strip()
     if raw:
         if not raw.isdigit() or int(raw) < 1:
