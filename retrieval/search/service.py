@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..config import MAX_K
 from ..embedders.protocols import QueryEmbedder
 from ..errors import InvalidQueryError, ItemNotFoundError
 from ..storage import keywords
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from .batching import BatchingTextEncoder
 
 # faiss answers any k, but a page of results past this is a mistake, not a query.
-MAX_K = 1000
 
 
 # Product search scores each product by w * title similarity + (1 - w) * best image similarity.
