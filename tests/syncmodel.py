@@ -1,7 +1,7 @@
 """A Hypothesis state machine for `mmsearch index` re-runs (issue 19): random changes to a folder
 tree, `index` with the root spelled at random, and after every run the index compared with the
-oracle of tests/synctree.py. Used by tests/test_sync_model.py (a few examples, in CI) and by
-benchmarks/sync_fuzz.py (many, plus kills, concurrent queries and unreadable files)."""
+oracle of tests/synctree.py. Used by tests/integration/test_sync_model.py (a few examples, in CI) and by
+benchmarks/faults/sync_fuzz.py (many, plus kills, concurrent queries and unreadable files)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Long run of the sync model-based test (issue 19): many seeded examples of the state machine in
 tests/syncmodel.py, plus what is too slow or too privileged for CI.
 
-    python -m benchmarks.sync_fuzz --seed 1 --runs 500
-    python -m benchmarks.sync_fuzz --seed 7 --runs 40 --kill-rate 0.5 --minutes 5
+    python -m benchmarks.faults.sync_fuzz --seed 1 --runs 500
+    python -m benchmarks.faults.sync_fuzz --seed 7 --runs 40 --kill-rate 0.5 --minutes 5
 
 Each run is one example of the state machine (random folder changes, `index` with the root
 spelled at random, the index compared with the oracle after every run), and here also:
@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
 from hypothesis import HealthCheck, seed, settings  # noqa: E402
@@ -47,6 +47,7 @@ from hypothesis.stateful import rule, run_state_machine_as_test  # noqa: E402
 from syncmodel import SPELLINGS, SyncMachine, run_in  # noqa: E402
 from synctree import Dir, File, image_bytes  # noqa: E402
 
+from benchmarks.harness import cpu_model  # noqa: E402
 from retrieval.faults import FAULT_ENV, PHASES  # noqa: E402
 
 NOBODY = pwd.getpwnam("nobody")
@@ -128,7 +129,7 @@ class QueryLoop:
         self.folder = folder
         self.seq = 0
         self.write("ctl", "0\t")
-        command = ["-m", "benchmarks.sync_fuzz", "--query-loop", str(folder)]
+        command = ["-m", "benchmarks.faults.sync_fuzz", "--query-loop", str(folder)]
         self.process = python.popen(command, cwd=REPO, stdout=subprocess.DEVNULL)
 
     def write(self, name: str, text: str) -> None:
@@ -403,18 +404,10 @@ def report(args: argparse.Namespace, work: Path) -> None:
         f"{elapsed:.0f} s"
     )
     print(f"environment: {environment()}")
-    print("command: python -m benchmarks.sync_fuzz " + " ".join(sys.argv[1:]))
+    print("command: python -m benchmarks.faults.sync_fuzz " + " ".join(sys.argv[1:]))
 
 
 def environment() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor() or "cpu",
-    )
     sha = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
         capture_output=True,
@@ -422,9 +415,7 @@ def environment() -> str:
         check=False,
     ).stdout.strip()
     user = "nobody (from root)" if AS_ROOT else pwd.getpwuid(os.geteuid()).pw_name
-    return (
-        f"{cpu}, {os.cpu_count()} cores, python {platform.python_version()}, git {sha}, as {user}"
-    )
+    return f"{cpu_model()}, python {platform.python_version()}, git {sha}, as {user}"
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Model-based test of `mmsearch index` re-runs (issue 19): random folder changes, the root spelled
 at random, the index compared with an oracle after every run (tests/syncmodel.py). The long run,
-with kills, concurrent queries and unreadable files, is `python -m benchmarks.sync_fuzz`."""
+with kills, concurrent queries and unreadable files, is `python -m benchmarks.faults.sync_fuzz`."""
 
 from __future__ import annotations
 
