@@ -415,7 +415,8 @@ def environment() -> str:
         check=False,
     ).stdout.strip()
     user = "nobody (from root)" if AS_ROOT else pwd.getpwuid(os.geteuid()).pw_name
-    return f"{cpu_model()}, python {platform.python_version()}, git {sha}, as {user}"
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    return f"{cpu_model()}, load {load}, python {platform.python_version()}, git {sha}, as {user}"
 
 
 if __name__ == "__main__":
