@@ -73,6 +73,7 @@ def mmsearch(
     workers: int | None,
     backend: str = "auto",
     threads: int | None = None,
+    decode: str = "auto",
 ) -> tuple[float, float, np.ndarray, str, float]:
     """The full `mmsearch index` path into a fresh index, then again over the unchanged folder:
     returns (seconds, re-run seconds, vectors, settings, model-only images/s)."""
@@ -90,7 +91,11 @@ def mmsearch(
         for path in paths:
             (images / path.name).symlink_to(path.absolute())
         config = EmbedConfig(
-            device=device, precision=precision, batch_size=batch_size, num_workers=workers
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            num_workers=workers,
+            decode=decode,
         )
         spec = ModelSpec(f"local-dir:{model_dir}", None)
         store, _ = open_for_indexing(folder / "index", spec, config)
@@ -103,6 +108,7 @@ def mmsearch(
             num_workers=workers,
             backend=backend,
             threads=threads,
+            decode=decode,
         )
 
         def factory() -> OpenClipEmbedder:

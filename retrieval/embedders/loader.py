@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ImageDecodeError
-from ..images import MAX_IMAGE_PIXELS, load_image
+from ..images import MAX_IMAGE_PIXELS, DecodeTarget, load_image
 from ..types import Skipped
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
@@ -69,17 +69,21 @@ class ImageDataset(Dataset[Item]):
         preprocess: Preprocess,
         *,
         max_pixels: int = MAX_IMAGE_PIXELS,
+        target: DecodeTarget | None = None,
     ) -> None:
         self._paths = _PathTable(paths)
         self._preprocess = preprocess
         self._max_pixels = max_pixels
+        self._target = target
 
     def __len__(self) -> int:
         return len(self._paths)
 
     def __getitem__(self, position: int) -> Item:
         path = self._paths[position]
-        return position, decode_source(path, path, self._preprocess, self._max_pixels)
+        return position, decode_source(
+            path, path, self._preprocess, self._max_pixels, target=self._target
+        )
 
 
 def decode_source(
@@ -87,11 +91,14 @@ def decode_source(
     label: str,
     preprocess: Preprocess,
     max_pixels: int = MAX_IMAGE_PIXELS,
+    *,
+    target: DecodeTarget | None = None,
 ) -> torch.Tensor | Skipped:
-    """Decode and preprocess one file or byte string; a failure comes back as a `Skipped`
-    named `label` (shared by the DataLoader workers and the Ray actors of retrieval/distributed)."""
+    """Decode (scaled to `target`, when given) and preprocess one file or byte string; a failure
+    comes back as a `Skipped` named `label` (shared by the DataLoader workers and the Ray actors
+    of retrieval/distributed)."""
     try:
-        image = load_image(source, max_pixels=max_pixels)
+        image = load_image(source, max_pixels=max_pixels, target=target)
     except ImageDecodeError as err:
         return Skipped(label, err.reason, err.detail)
     except Exception as err:  # MemoryError included: one huge file must not end the run
@@ -161,6 +168,7 @@ def create_image_loader(
     num_workers: int,
     pin_memory: bool,
     max_pixels: int = MAX_IMAGE_PIXELS,
+    target: DecodeTarget | None = None,
 ) -> DataLoader[Item]:
     """Batches of decoded, preprocessed images in input order; iterating yields `Batch`."""
     if batch_size < 1:
@@ -170,7 +178,7 @@ def create_image_loader(
             f"num_workers must be 0 (decode in-process) or more, got {num_workers}; try --workers 0"
         )
     return DataLoader(
-        ImageDataset(paths, preprocess, max_pixels=max_pixels),
+        ImageDataset(paths, preprocess, max_pixels=max_pixels, target=target),
         batch_size=batch_size,
         shuffle=False,  # batch k holds positions [k*batch_size, (k+1)*batch_size): ids follow
         num_workers=num_workers,
@@ -180,4 +188,36 @@ def create_image_loader(
         # behind to block interpreter exit.
         persistent_workers=False,
         prefetch_factor=PREFETCH_FACTOR if num_workers > 0 else None,
+    )
+
+
+def decode_target(preprocess: Preprocess) -> DecodeTarget | None:
+    """What size `preprocess` (an open_clip transform) first resizes images to, for scaled
+    decoding; None when its first geometric step is not one of open_clip's resizes, so the
+    image is decoded at full size as before."""
+    from open_clip.transform import ResizeKeepRatio
+    from torchvision import transforms as T
+
+    for step in getattr(preprocess, "transforms", [preprocess]):
+        if isinstance(step, T.Resize) and step.max_size is None:
+            size = [step.size] if isinstance(step.size, int) else list(step.size)
+            if len(size) == 1:
+                return DecodeTarget(int(size[0]), "shortest")
+            return DecodeTarget(max(int(side) for side in size), "squash")
+        if isinstance(step, ResizeKeepRatio):
+            fit = "longest" if step.longest >= 1 else "shortest"
+            return DecodeTarget(max(_sides(step.size)), fit)
+        if not _is_colour_step(step):
+            return None
+    return None
+
+
+def _sides(size: int | Sequence[int]) -> list[int]:
+    return [size] if isinstance(size, int) else [int(side) for side in size]
+
+
+def _is_colour_step(step: object) -> bool:
+    # open_clip puts an RGB conversion before the resize in some versions.
+    return getattr(step, "__name__", "") == "_convert_to_rgb" or type(step).__name__ in (
+        "MaybeConvertMode",
     )

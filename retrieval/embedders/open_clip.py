@@ -15,16 +15,17 @@ import open_clip
 import torch
 from open_clip import pretrained as oc_pretrained
 
+from ..config import FULL_DECODE
 from ..errors import ModelUnavailableError
 from ..files import cached_sha256
-from ..images import load_image
+from ..images import DecodeTarget, load_image
 from ..types import ModelIdentity, ModelSpec, Skipped, Vectors
 from . import backend as backends
 from .export import text_features
-from .loader import create_image_loader, decode_source, default_num_workers
+from .loader import create_image_loader, decode_source, decode_target, default_num_workers
 from .runtime import ExportedEncoder, default_threads
 from .spec import HF_HUB, LOCAL_DIR, LOCAL_WEIGHT_NAMES, local_dir_weights, weights_path
-from .tensor_decode import PIL_PATH, JpegBatchDecoder, create_decoder
+from .tensor_decode import PIL_PATH, PIL_SCALED_PATH, JpegBatchDecoder, create_decoder
 
 # A cache miss would otherwise spend ~50 s in huggingface_hub's retry loop before failing when
 # the machine is offline; one quick TCP connect tells us the answer up front.
@@ -166,6 +167,7 @@ class OpenClipEmbedder:
         num_workers: int | None = None,
         encoder: ExportedEncoder | None = None,
         decoder: JpegBatchDecoder | None = None,
+        target: DecodeTarget | None = None,
     ) -> None:
         self.model = model
         self.preprocess = preprocess
@@ -182,6 +184,8 @@ class OpenClipEmbedder:
         """The exported runtime that encodes on the CPU, or None when torch does."""
         self.decoder = decoder
         """Batched torchvision JPEG decoding for embed_image_files, or None (CPU workers)."""
+        self.target = target
+        """The preprocessing's resize, for Pillow's scaled decoding; None decodes full size."""
         if encoder is None and dtype != torch.float32:
             # Cast once: autocast inside inference_mode re-casts every weight on every call
             # and ran 10x slower on a CPU (benchmarks/RESULTS.md, bf16 table).
@@ -207,9 +211,13 @@ class OpenClipEmbedder:
     @property
     def preprocessing(self) -> str:
         """Which path decodes and preprocesses index images, for the index's record: `pil`
-        (Pillow in the CPU workers) or `tensor:DEVICE` (torchvision's decode_jpeg and the
-        tensor transforms, with the CPU workers for the files it does not take)."""
-        return f"tensor:{self.decoder.device}" if self.decoder else PIL_PATH
+        (Pillow in the CPU workers, full size), `pil:scaled` (the same, decoding large images
+        DCT-scaled or reduced, see images.DecodeTarget) or `tensor:DEVICE` (torchvision's
+        decode_jpeg and the tensor transforms, with the CPU workers for the files it does not
+        take)."""
+        if self.decoder:
+            return f"tensor:{self.decoder.device}"
+        return PIL_SCALED_PATH if self.target else PIL_PATH
 
     @property
     def dim(self) -> int:
@@ -241,7 +249,8 @@ class OpenClipEmbedder:
         (default: runtime.default_threads()); exported graphs are cached under `cache_dir`
         (default: runtime.default_cache_dir()). `decode` is `auto` (batched torchvision JPEG
         decoding on CUDA, Pillow workers elsewhere), `gpu` (the torchvision path on any device)
-        or `cpu` (always the Pillow workers); see tensor_decode.py.
+        or `cpu` (always the Pillow workers); Pillow decodes large images scaled down to what
+        the preprocessing needs, except with `full`; see tensor_decode.py and images.py.
         """
         device = resolve_device(device)
         dtype = resolve_precision(precision, device)
@@ -296,6 +305,7 @@ class OpenClipEmbedder:
             num_workers=num_workers,
             encoder=encoder,
             decoder=create_decoder(decode, preprocess, device),
+            target=None if decode == FULL_DECODE else decode_target(preprocess),
         )
 
     @torch.inference_mode()
@@ -346,6 +356,7 @@ class OpenClipEmbedder:
             batch_size=self.batch_size,
             num_workers=min(self.num_workers, len(paths)),
             pin_memory=self.device.startswith("cuda"),
+            target=self.target,
         )
         for batch in loader:
             if batch.pixels is None:
@@ -367,7 +378,7 @@ class OpenClipEmbedder:
         tensors: list[torch.Tensor] = []
         skipped: list[tuple[int, Skipped]] = []
         for position, (source, label) in enumerate(zip(sources, labels, strict=True)):
-            result = decode_source(source, label, self.preprocess)
+            result = decode_source(source, label, self.preprocess, target=self.target)
             if isinstance(result, Skipped):
                 skipped.append((position, result))
             else:
@@ -379,7 +390,9 @@ class OpenClipEmbedder:
 
     def encode_image_sources(self, sources: Sequence[Path | bytes]) -> Vectors:
         """Embed images given as files or bytes (query images); decode errors propagate."""
-        pixels = torch.stack([self.preprocess(load_image(source)) for source in sources])
+        pixels = torch.stack(
+            [self.preprocess(load_image(source, target=self.target)) for source in sources]
+        )
         return self.encode_images(pixels)
 
     @torch.inference_mode()

@@ -1,0 +1,305 @@
+"""A phone/camera photo folder, built from the sample, indexed at model speed (issue 23).
+
+Builds, deterministically and in a temporary folder, a library like a person's: 12 MP
+(4032x3024) and 24 MP (6000x4000) JPEGs upscaled from the sample photos with a little grain
+(q92, ~1.3 MB at 12 MP, like a phone's), every third one stored sideways with an EXIF
+orientation, HEIC and AVIF photos, PNG screenshots, broken files and files that are not images.
+Then, in the same run and with the same model (ViT-B-32, random weights, in-process index path
+of benchmarks/embed.py, model load and export outside the timing):
+
+- `mmsearch index` on the small sample JPEGs, on the 12 MP JPEGs with the default (scaled)
+  decoding, and on the 12 MP JPEGs with `--decode full`: images/s and the ratio to the sample
+  (target: 12 MP >= 80% of the sample's images/s);
+- the agreement of scaled with full decoding: min/mean cosine of the stored embeddings;
+- `--margins`: the sweep that chose images.SCALED_DECODE_MARGIN (per-pixel difference of the
+  preprocessed input and embedding cosine against the full decode, per short side and margin).
+
+    python -m benchmarks.photo_library                   # 24 photos of each kind
+    python -m benchmarks.photo_library --count 8 --margins
+    python -m benchmarks.photo_library --keep /tmp/library   # build and keep the library
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageOps
+
+from benchmarks.embed import DEFAULT_IMAGES, environment, mmsearch, model_dir_for
+
+# Phone photos are 4:3, 12 MP (most phones' default) or 24 MP (current flagships' default).
+SIZE_12MP = (4032, 3024)
+SIZE_24MP = (6000, 4000)
+# Std-dev of the grey grain added to the upscaled photos, in 8-bit steps: upscaling leaves no
+# fine detail, so the JPEGs would be a third of a real photo's size and decode too fast; 1.5
+# brings a 12 MP q92 file to ~1.3 MB, a phone's.
+GRAIN = 1.5
+JPEG_QUALITY = 92
+# iPhone screenshot size (portrait).
+SCREENSHOT_SIZE = (1170, 2532)
+# EXIF orientations used for the sideways photos: 6 (turn right), 8 (turn left), 3 (upside down).
+ORIENTATIONS = (6, 8, 3)
+_TRANSPOSE_FOR = {
+    6: Image.Transpose.ROTATE_90,
+    8: Image.Transpose.ROTATE_270,
+    3: Image.Transpose.ROTATE_180,
+}
+EXIF_ORIENTATION = 0x0112
+
+
+def upscale_photo(
+    source: Path, size: tuple[int, int], seed: int, grain: float = GRAIN
+) -> Image.Image:
+    """The sample photo `source` cropped to 4:3, upscaled to `size` with bicubic, plus grain."""
+    with Image.open(source) as opened:
+        image = ImageOps.fit(opened.convert("RGB"), size, Image.Resampling.BICUBIC)
+    if grain <= 0:
+        return image
+    noise = np.random.default_rng(seed).normal(0.0, grain, (size[1], size[0], 1))
+    pixels = np.asarray(image, dtype=np.float32) + noise.astype(np.float32)
+    return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
+
+
+def jpeg_bytes(image: Image.Image, orientation: int = 1, quality: int = JPEG_QUALITY) -> bytes:
+    """`image` as a JPEG that displays upright: stored turned so `orientation` undoes it."""
+    buffer = io.BytesIO()
+    if orientation == 1:
+        image.save(buffer, "JPEG", quality=quality)
+        return buffer.getvalue()
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    stored = image.transpose(_TRANSPOSE_FOR[orientation])
+    stored.save(buffer, "JPEG", quality=quality, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def write_photos(
+    folder: Path, sources: Sequence[Path], size: tuple[int, int], *, rotate_every: int = 3
+) -> list[Path]:
+    """One JPEG of `size` per source photo; every `rotate_every`-th stored with an EXIF turn."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number, source in enumerate(sources):
+        image = upscale_photo(source, size, seed=number)
+        turn = number // rotate_every % len(ORIENTATIONS)
+        orientation = ORIENTATIONS[turn] if rotate_every and number % rotate_every == 0 else 1
+        path = folder / f"IMG_{number:04d}.jpg"
+        path.write_bytes(jpeg_bytes(image, orientation))
+        paths.append(path)
+    return paths
+
+
+def write_screenshot(path: Path, source: Path, seed: int) -> Path:
+    """A phone screenshot: flat UI bars and text around a photo, as a PNG."""
+    rng = np.random.default_rng(seed)
+    width, height = SCREENSHOT_SIZE
+    shot = Image.new("RGB", SCREENSHOT_SIZE, (248, 248, 248))
+    draw = ImageDraw.Draw(shot)
+    draw.rectangle((0, 0, width, 140), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    photo = upscale_photo(source, (width, width * 3 // 4), seed=seed, grain=0)
+    shot.paste(photo, (0, 300))
+    for line in range(12):
+        draw.text((40, 300 + photo.height + 40 + line * 60), f"message {seed}-{line}", fill=0)
+    shot.save(path, "PNG")
+    return path
+
+
+def build_library(folder: Path, sources: Sequence[Path], count: int) -> dict[str, str]:
+    """Write the realistic library under `folder`; returns relative path -> what must happen
+    to it (`indexed`, or the reason it must be reported with)."""
+    expected: dict[str, str] = {}
+    for path in write_photos(folder / "camera-12mp", sources[:count], SIZE_12MP):
+        expected[str(path.relative_to(folder))] = "indexed"
+    for path in write_photos(
+        folder / "camera-24mp", sources[count : count + count // 2], SIZE_24MP
+    ):
+        expected[str(path.relative_to(folder))] = "indexed"
+    expected.update(_write_other_formats(folder, sources))
+    broken = folder / "broken"
+    broken.mkdir()
+    whole = jpeg_bytes(upscale_photo(sources[0], (1600, 1200), seed=1))
+    (broken / "cut-off.jpg").write_bytes(whole[: len(whole) // 2])
+    (broken / "empty.jpg").write_bytes(b"")
+    (broken / "notes.jpg").write_bytes(b"not a photo\n" * 20)
+    expected.update({"broken/cut-off.jpg": "truncated", "broken/empty.jpg": "empty"})
+    expected["broken/notes.jpg"] = "not-an-image"
+    for name, data in (("clip.mov", b"\x00\x00\x00\x18ftypqt  " + bytes(2000)), ("todo.txt", b"x")):
+        (folder / name).write_bytes(data)
+        expected[name] = "ignored"
+    return expected
+
+
+def _write_other_formats(folder: Path, sources: Sequence[Path]) -> dict[str, str]:
+    expected = {}
+    shots = folder / "screenshots"
+    shots.mkdir(parents=True)
+    for number in range(3):
+        write_screenshot(shots / f"Screenshot_{number}.png", sources[-1 - number], seed=number)
+        expected[f"screenshots/Screenshot_{number}.png"] = "indexed"
+    phone = folder / "phone"
+    phone.mkdir()
+    for number in range(3):
+        image = upscale_photo(sources[-4 - number], SIZE_12MP, seed=100 + number)
+        heic, avif = phone / f"IMG_{number:04d}.HEIC", phone / f"IMG_{number:04d}.avif"
+        if _save_heic(image, heic):
+            expected[str(heic.relative_to(folder))] = "indexed"
+        image.save(avif, "AVIF", quality=70, speed=10)
+        expected[str(avif.relative_to(folder))] = "indexed"
+    return expected
+
+
+def _save_heic(image: Image.Image, path: Path) -> bool:
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    heif = pillow_heif.from_pillow(image)
+    # x265's default preset takes ~15 s per 12 MP photo here; ultrafast ~3 s.
+    heif.save(path, quality=80, enc_params={"preset": "ultrafast"})
+    return True
+
+
+# --- timings -------------------------------------------------------------------------------
+
+
+def time_index(
+    paths: list[Path], model_dir: Path, decode: str, workers: int | None, precision: str
+) -> tuple[float, np.ndarray]:
+    """Seconds of the whole in-process `mmsearch index` path over `paths`, and the vectors."""
+    seconds, _rerun, vectors, _settings, _ceiling = mmsearch(
+        paths, model_dir, "cpu", precision, None, workers, decode=decode
+    )
+    return seconds, vectors
+
+
+def run_timings(args: argparse.Namespace, sources: list[Path], work: Path) -> None:
+    model_dir = model_dir_for("ViT-B-32")
+    small = sources[: args.sample_count]
+    started = time.perf_counter()
+    large = write_photos(work / "camera-12mp", sources[: args.count], SIZE_12MP)
+    mb = np.mean([p.stat().st_size for p in large]) / 1e6
+    print(
+        f"built {len(large)} 12 MP JPEGs ({mb:.2f} MB each) "
+        f"in {time.perf_counter() - started:.0f} s"
+    )
+    # Warm the export cache and the page cache outside the timed runs.
+    time_index(small[:8], model_dir, "auto", args.workers, args.precision)
+    rows = []
+    for label, paths, decode in (
+        ("sample JPEGs (~500x375)", small, "auto"),
+        ("12 MP JPEGs, scaled decode (default)", large, "auto"),
+        ("12 MP JPEGs, --decode full", large, "full"),
+    ):
+        seconds, vectors = time_index(paths, model_dir, decode, args.workers, args.precision)
+        rows.append((label, len(paths), seconds, vectors))
+    sample_rate = rows[0][1] / rows[0][2]
+    print(f"\n`mmsearch index`, ViT-B-32 random weights, precision {args.precision}")
+    print("| folder | images | s | img/s | vs sample |")
+    print("|---|---|---|---|---|")
+    for label, count, seconds, _ in rows:
+        rate = count / seconds
+        print(f"| {label} | {count} | {seconds:.1f} | {rate:.1f} | {rate / sample_rate:.2f} |")
+    cosine = (rows[1][3] * rows[2][3]).sum(axis=1)
+    print(
+        f"scaled vs full decode on the 12 MP JPEGs: min cosine {cosine.min():.5f}, "
+        f"mean {cosine.mean():.6f} (float16 storage)"
+    )
+
+
+def margin_sweep(sources: list[Path], margins: Sequence[float]) -> None:
+    """Per short side and margin: mean/p99 pixel difference of the preprocessed input (in
+    8-bit steps) and min/mean embedding cosine, scaled against full decoding."""
+    import open_clip
+    import torch
+
+    from retrieval.images import DecodeTarget, load_image
+
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        f"local-dir:{model_dir_for('ViT-B-32')}"
+    )
+    model.eval()
+    std = torch.tensor(preprocess.transforms[-1].std).view(1, 3, 1, 1)
+
+    def embed(pixels: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)
+
+    print(
+        "\n| short side | margin | decoded short side | mean px diff | p99 px diff "
+        "| min cos | mean cos |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for short in (900, 1350, 2250, 3024):
+        size = (short * 4 // 3, short)
+        data = [jpeg_bytes(upscale_photo(p, size, seed=n)) for n, p in enumerate(sources)]
+        full = torch.stack([preprocess(load_image(d)) for d in data])
+        reference = embed(full)
+        for margin in margins:
+            target = DecodeTarget(224, margin=margin)
+            images = [load_image(d, target=target) for d in data]
+            pixels = torch.stack([preprocess(image) for image in images])
+            diff = ((pixels - full) * std * 255).abs().flatten()
+            cosine = (embed(pixels) * reference).sum(-1)
+            print(
+                f"| {short} | {margin} | {min(images[0].size)} | {diff.mean():.2f} | "
+                f"{diff.quantile(0.99):.1f} | {cosine.min():.5f} | {cosine.mean():.6f} |"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
+    parser.add_argument("--count", type=int, default=24, help="12 MP photos (24 MP: half)")
+    parser.add_argument("--sample-count", type=int, default=48, help="small sample JPEGs timed")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--workers", type=int, default=None, help="decode workers [measured]")
+    parser.add_argument("--margins", action="store_true", help="run the margin sweep instead")
+    parser.add_argument("--keep", type=Path, default=None, help="build the library here, keep it")
+    args = parser.parse_args()
+    if not args.images.is_dir():
+        raise SystemExit(f"{args.images} is missing; pass --images DIR (a folder of JPEGs)")
+    every = sorted(args.images.glob("*.JPEG"))
+    # Spread over the classes, the same photos every run.
+    sources = every[:: max(1, len(every) // max(args.count * 2, args.sample_count))]
+    print(environment("cpu"), f"cpu={platform.processor() or _cpu_name()}")
+    if args.margins:
+        margin_sweep(sources[: args.count], (1.0, 1.5, 2.0))
+        return
+    if args.keep:
+        expected = build_library(args.keep, sources, args.count)
+        print(f"wrote {len(expected)} files under {args.keep}")
+        return
+    work = Path(tempfile.mkdtemp(prefix="mmsearch-photos-"))
+    try:
+        run_timings(args, sources, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("command: python -m benchmarks.photo_library " + " ".join(_argv()))
+
+
+def _argv() -> list[str]:
+    import sys
+
+    return sys.argv[1:]
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+if __name__ == "__main__":
+    main()
