@@ -220,7 +220,8 @@ def margin_sweep(sources: list[Path], margins: Sequence[float]) -> None:
     import open_clip
     import torch
 
-    from retrieval.images import DecodeTarget, load_image
+    from retrieval.images import load_image
+    from retrieval.scaling import DecodeTarget
 
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms(

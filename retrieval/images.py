@@ -7,11 +7,11 @@ from __future__ import annotations
 import errno
 import io
 import logging
+import math
 import os
 import stat
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -19,18 +19,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import faults
 from .errors import ImageDecodeError, InputFileError
+from .formats import (
+    IMAGE_EXTENSIONS,
+    RAW_PREVIEW_MIN_SIDE,
+    image_formats,
+    is_raw,
+    missing_decoder,
+    open_raw,
+)
+from .scaling import DecodeTarget, draft_jpeg
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-)
-"""Lower-case suffixes (with the dot) that `walk_images` picks up; compare `suffix.lower()`."""
-
-# Decoders tried on a file's bytes, whatever its name says: the formats behind IMAGE_EXTENSIONS
-# ("JPEG" also opens the multi-picture MPO files many cameras write). Listing them keeps
-# untrusted uploads away from Pillow's riskier plugins, e.g. EPS, which runs Ghostscript.
-IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 # Pillow's own hard limit (2 x Image.MAX_IMAGE_PIXELS): ~179 Mpx is 512 MiB once decoded to RGB,
 # and still admits 100-200 Mpx camera and panorama files. A lower cap cannot be loosened past
@@ -47,44 +46,6 @@ _WHITE = (255, 255, 255)
 _BYTES_LABEL = "<bytes>"
 
 
-# Scaled decoding keeps the decoded image's relevant side at least this many times the size the
-# preprocessing resizes it to, so the antialiased resize still averages 1.5+ decoded pixels into
-# each output pixel. Measured with a random ViT-B-32 on 12 of the sample's photos upscaled to
-# short sides of 900-3024 px with grain, JPEG q92 (benchmarks/photo_library.py --margins):
-# embedding cosine against the full decode was min 0.9966 / mean 0.9988 at a margin of 1.0 (a
-# decode landing just above 224 px), min 0.9994 / mean 0.9998 at 1.5, min 0.9998 at 2.0. 1.5
-# keeps the issue's bar (min 0.995, mean 0.999) and lets a 12 MP photo decode at 1/8 scale.
-SCALED_DECODE_MARGIN = 1.5
-# libjpeg decodes DCT-scaled to 1/1, 1/2, 1/4 or 1/8 of full size (Image.draft).
-_JPEG_SCALES = (8, 4, 2)
-_FITS = ("shortest", "longest", "squash")
-
-
-@dataclass(frozen=True)
-class DecodeTarget:
-    """The size the model's preprocessing resizes an image to, so decoding can skip pixels that
-    resize would only average away: JPEGs decode DCT-scaled (Image.draft), other formats are
-    box-reduced (Image.reduce) right after decoding.
-
-    `fit` says which side the resize maps to `size` pixels: `shortest` (resize then centre
-    crop, open_clip's default), `longest` (fit inside, then pad) or `squash` (both sides)."""
-
-    size: int
-    fit: str = "shortest"
-    margin: float = SCALED_DECODE_MARGIN
-
-    def __post_init__(self) -> None:
-        if self.size < 1 or self.margin < 1.0 or self.fit not in _FITS:
-            raise ValueError(
-                f"DecodeTarget needs size >= 1, margin >= 1 and fit in {_FITS}, got {self}"
-            )
-
-    def reduction(self, width: int, height: int) -> int:
-        """The largest whole factor a width x height image may shrink by before the resize."""
-        side = max(width, height) if self.fit == "longest" else min(width, height)
-        return max(1, int(side // (self.size * self.margin)))
-
-
 def is_image_path(path: str | Path) -> bool:
     """True when the file name ends in one of IMAGE_EXTENSIONS, in any letter case."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
@@ -92,14 +53,19 @@ def is_image_path(path: str | Path) -> bool:
 
 SkipCallback = Callable[[Path, str, str], None]
 """on_skip(path, reason, detail): an entry with an image name that is not a file to read."""
+IgnoreCallback = Callable[[Path], None]
+"""on_ignore(path): a regular file the walk passed over because its name is not an image's."""
 
 
-def walk_images(root: Path, on_skip: SkipCallback | None = None) -> Iterator[Path]:
+def walk_images(
+    root: Path, on_skip: SkipCallback | None = None, on_ignore: IgnoreCallback | None = None
+) -> Iterator[Path]:
     """Yield absolute paths of the image files under `root` (or `root` itself), sorted by name.
 
     Entries with image names that are not regular files (FIFOs, devices, sockets, links to
     them, broken links) are never yielded, so nothing blocks reading them; `on_skip` hears of
-    each one with reason "not-a-file"."""
+    each one with reason "not-a-file". `on_ignore` hears of each (non-hidden) regular file
+    without an image extension, so a run can say what it left out."""
     root = Path(os.path.abspath(root))
     if root.is_dir():
         try:
@@ -108,9 +74,9 @@ def walk_images(root: Path, on_skip: SkipCallback | None = None) -> Iterator[Pat
             raise InputFileError(
                 f"{root}: cannot read this directory ({err.strerror}); check its permissions"
             ) from err
-        return _walk_directory(root, on_skip)
+        return _walk_directory(root, on_skip, on_ignore)
     if root.is_file():
-        # Named explicitly, so it is yielded whatever its extension: a `.heic` given on the
+        # Named explicitly, so it is yielded whatever its extension: a `.mov` given on the
         # command line should come back as a Skipped with a reason, not vanish silently.
         return iter([root])
     if os.path.lexists(root):
@@ -121,7 +87,9 @@ def walk_images(root: Path, on_skip: SkipCallback | None = None) -> Iterator[Pat
     raise InputFileError(f"{root}: no such file or directory; check the path for typos")
 
 
-def _walk_directory(root: Path, on_skip: SkipCallback | None) -> Iterator[Path]:
+def _walk_directory(
+    root: Path, on_skip: SkipCallback | None, on_ignore: IgnoreCallback | None
+) -> Iterator[Path]:
     # Identity is (device, inode) of the resolved directory, so a symlink back to an ancestor,
     # or a second link to a folder already walked, is entered once and never loops.
     visited = {_identity(root)}
@@ -152,6 +120,8 @@ def _walk_directory(root: Path, on_skip: SkipCallback | None) -> Iterator[Path]:
             yield Path(entry.path)
         elif on_skip is not None and is_image_path(entry.name):
             on_skip(Path(entry.path), "not-a-file", _special_kind(entry.path))
+        elif on_ignore is not None and is_file:
+            on_ignore(Path(entry.path))
 
 
 def _special_kind(path: str) -> str:
@@ -226,13 +196,13 @@ def load_image(
 
 
 def open_header(stream: BinaryIO) -> Image.Image:
-    """Image.open (which reads the header only) limited to IMAGE_FORMATS. Pillow warns between
-    its soft and hard pixel limits; every caller applies its own limit to the size, so the
-    warning would only be noise on stderr. (catch_warnings is process-wide; a race with another
-    thread can at worst leave this one warning category ignored.)"""
+    """Image.open (which reads the header only) limited to formats.image_formats(). Pillow
+    warns between its soft and hard pixel limits; every caller applies its own limit to the
+    size, so the warning would only be noise on stderr. (catch_warnings is process-wide; a race
+    with another thread can at worst leave this one warning category ignored.)"""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return Image.open(stream, formats=IMAGE_FORMATS)
+        return Image.open(stream, formats=image_formats())
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
@@ -252,6 +222,8 @@ def _decode(
     if not head:
         raise ImageDecodeError(label, "empty", "the file has 0 bytes")
     stream.seek(0)
+    if is_raw(label):
+        return _decode_raw(stream, label, max_pixels, target)
     try:
         image = open_header(stream)
     except MemoryError:
@@ -267,7 +239,7 @@ def _decode(
                 f"{width}x{height} is over the limit of {max_pixels} pixels",
             )
         if target is not None:
-            _draft(image, target)
+            draft_jpeg(image, target)
         try:
             # Decode every pixel now, so a truncated file fails here rather than inside preprocess.
             image.load()
@@ -286,24 +258,31 @@ def _decode(
     return rgb.reduce(factor) if factor > 1 else rgb
 
 
-def _draft(image: Image.Image, target: DecodeTarget) -> None:
-    """Ask a JPEG decoder for the smallest DCT scale (1/2, 1/4, 1/8) the target allows; other
-    formats ignore it (their reduction happens after decoding)."""
-    if image.format not in ("JPEG", "MPO"):
-        return
-    width, height = image.size
-    factor = target.reduction(width, height)
-    scale = next((s for s in _JPEG_SCALES if s <= factor), 1)
-    if scale > 1:
-        # draft picks the largest scale whose output is at least the size asked for.
-        image.draft(None, (width // scale, height // scale))
+def _decode_raw(
+    stream: BinaryIO, label: str, max_pixels: int, target: DecodeTarget | None
+) -> Image.Image:
+    """A camera RAW file through its embedded JPEG preview when large enough for `target`,
+    else a half-size demosaic (formats.open_raw)."""
+    need = math.ceil(target.size * target.margin) if target else RAW_PREVIEW_MIN_SIDE
+    picture = open_raw(stream, label, need)
+    if picture.preview is not None:
+        image = _decode(io.BytesIO(picture.preview), label, max_pixels, target)
+        return image.transpose(picture.transpose) if picture.transpose is not None else image
+    pixels = picture.pixels
+    if pixels is None:
+        raise ImageDecodeError(label, "corrupt", "LibRaw returned neither a preview nor pixels")
+    factor = target.reduction(*pixels.size) if target is not None else 1
+    return pixels.reduce(factor) if factor > 1 else pixels
 
 
 def _open_error(label: str, err: Exception, head: bytes, stream: BinaryIO) -> ImageDecodeError:
     if isinstance(err, Image.DecompressionBombError):
         return ImageDecodeError(label, "decompression-bomb", str(err))
     if isinstance(err, UnidentifiedImageError):
-        names = ", ".join(IMAGE_FORMATS)
+        missing = missing_decoder(label)
+        if missing:
+            return ImageDecodeError(label, "unsupported-format", missing)
+        names = ", ".join(image_formats())
         return ImageDecodeError(label, "not-an-image", f"not a file of any of: {names}")
     if isinstance(err, OSError) and err.errno is not None:
         return ImageDecodeError(label, "unreadable", _describe(err))

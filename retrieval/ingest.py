@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Container, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ class IndexReport:
     texts_indexed: int = 0
     texts_removed: int = 0
     elapsed_s: float = 0.0
+    ignored: dict[str, int] = field(default_factory=dict)
+    """Files the walk passed over as not images, counted by extension (`.mov`: 10)."""
 
     @property
     def images_per_s(self) -> float:
@@ -95,6 +98,7 @@ class _ImagePlan:
     unchanged: int = 0
     touched: list[tuple[Item, int, int]] = field(default_factory=list)  # same bytes, new stat
     skipped: list[Skipped] = field(default_factory=list)
+    ignored: Counter[str] = field(default_factory=Counter)
 
 
 def items_under(store: IndexStore, roots: Sequence[Path]) -> dict[str, Item]:
@@ -122,7 +126,10 @@ def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | N
     def on_skip(path: Path, reason: str, detail: str) -> None:
         plan.skipped.append(Skipped(str(path.absolute()), reason, detail))
 
-    found = [path.absolute() for root in roots for path in walk_images(root, on_skip)]
+    def on_ignore(path: Path) -> None:
+        plan.ignored[path.suffix.lower() or "(no extension)"] += 1
+
+    found = [path.absolute() for root in roots for path in walk_images(root, on_skip, on_ignore)]
     # An item whose vector row is gone (a damaged catalog) is re-read and re-embedded even when
     # its file is unchanged: skipping it would leave it silently missing from every search.
     stored = store.catalog.has_vectors({item.key for item in plan.existing.values()})
@@ -278,6 +285,7 @@ def _apply_plan(
     embedded, skipped = embed_missing_images(store, keys_by_path, embedder_factory, on_progress)
     report.embedded = embedded
     report.skipped = plan.skipped + skipped
+    report.ignored = dict(sorted(plan.ignored.items(), key=lambda item: (-item[1], item[0])))
     report.unchanged = plan.unchanged
     bad_paths = {s.path for s in report.skipped}
 

@@ -18,7 +18,8 @@ from benchmarks.make_model import write_random_model
 from benchmarks.photo_library import SIZE_12MP, jpeg_bytes, upscale_photo
 from retrieval.embedders.loader import decode_target
 from retrieval.embedders.open_clip import OpenClipEmbedder
-from retrieval.images import SCALED_DECODE_MARGIN, DecodeTarget, load_image
+from retrieval.images import load_image
+from retrieval.scaling import SCALED_DECODE_MARGIN, DecodeTarget
 from retrieval.types import ModelSpec
 
 TARGET = DecodeTarget(224)  # ViT-B-32's: shortest side to 224, margin 1.5 -> >= 336 px kept

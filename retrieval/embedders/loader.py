@@ -15,7 +15,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ImageDecodeError
-from ..images import MAX_IMAGE_PIXELS, DecodeTarget, load_image
+from ..images import MAX_IMAGE_PIXELS, load_image
+from ..scaling import DecodeTarget
 from ..types import Skipped
 
 Preprocess = Callable[[Image.Image], torch.Tensor]

@@ -18,7 +18,8 @@ from open_clip import pretrained as oc_pretrained
 from ..config import FULL_DECODE
 from ..errors import ModelUnavailableError
 from ..files import cached_sha256
-from ..images import DecodeTarget, load_image
+from ..images import load_image
+from ..scaling import DecodeTarget
 from ..types import ModelIdentity, ModelSpec, Skipped, Vectors
 from . import backend as backends
 from .export import text_features
