@@ -192,25 +192,67 @@ def run_timings(args: argparse.Namespace, sources: list[Path], work: Path) -> No
     )
     # Warm the export cache and the page cache outside the timed runs.
     time_index(small[:8], model_dir, "auto", args.workers, args.precision)
-    rows = []
-    for label, paths, decode in (
+    runs = (
         ("sample JPEGs (~500x375)", small, "auto"),
         ("12 MP JPEGs, scaled decode (default)", large, "auto"),
         ("12 MP JPEGs, --decode full", large, "full"),
-    ):
-        seconds, vectors = time_index(paths, model_dir, decode, args.workers, args.precision)
-        rows.append((label, len(paths), seconds, vectors))
-    sample_rate = rows[0][1] / rows[0][2]
-    print(f"\n`mmsearch index`, ViT-B-32 random weights, precision {args.precision}")
+    )
+    # Interleaved rounds, best of each: on a shared machine the load drifts between runs.
+    best: dict[str, tuple[float, np.ndarray]] = {}
+    for _ in range(args.rounds):
+        for label, paths, decode in runs:
+            seconds, vectors = time_index(paths, model_dir, decode, args.workers, args.precision)
+            if label not in best or seconds < best[label][0]:
+                best[label] = (seconds, vectors)
+    sample_rate = len(small) / best[runs[0][0]][0]
+    print(
+        f"\n`mmsearch index`, ViT-B-32 random weights, precision {args.precision}, "
+        f"best of {args.rounds} interleaved rounds"
+    )
     print("| folder | images | s | img/s | vs sample |")
     print("|---|---|---|---|---|")
-    for label, count, seconds, _ in rows:
-        rate = count / seconds
-        print(f"| {label} | {count} | {seconds:.1f} | {rate:.1f} | {rate / sample_rate:.2f} |")
-    cosine = (rows[1][3] * rows[2][3]).sum(axis=1)
+    for label, paths, _ in runs:
+        seconds = best[label][0]
+        rate = len(paths) / seconds
+        print(f"| {label} | {len(paths)} | {seconds:.1f} | {rate:.1f} | {rate / sample_rate:.2f} |")
+    cosine = (best[runs[1][0]][1] * best[runs[2][0]][1]).sum(axis=1)
     print(
         f"scaled vs full decode on the 12 MP JPEGs: min cosine {cosine.min():.5f}, "
         f"mean {cosine.mean():.6f} (float16 storage)"
+    )
+
+
+def check_library(args: argparse.Namespace, sources: list[Path], work: Path) -> None:
+    """Index the whole realistic library once; every file must be indexed or reported."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    folder = work / "library"
+    started = time.perf_counter()
+    expected = build_library(folder, sources, args.count // 2)
+    print(f"\nbuilt the library ({len(expected)} files) in {time.perf_counter() - started:.0f} s")
+    model = f"local-dir:{model_dir_for('ViT-B-32')}"
+    command = [sys.executable, "-m", "retrieval", "index", str(folder), "--model", model,
+               "--index", str(work / "library-index"), "--json"]  # fmt: skip
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=os.environ)
+    wall = time.perf_counter() - started
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    got = {os.path.relpath(s["path"], folder): s["reason"] for s in report["skipped"]}
+    indexed = [name for name, what in expected.items() if what == "indexed"]
+    wrong = {
+        name: (what, got.get(name, "indexed"))
+        for name, what in expected.items()
+        if what not in ("ignored", got.get(name, "indexed"))
+    }
+    ignored = sum(1 for what in expected.values() if what == "ignored")
+    print(
+        f"`mmsearch index` of the library: {report['indexed']} indexed (of {len(indexed)} "
+        f"photos), skipped {len(got)} {sorted(set(got.values()))}, ignored {report['ignored']} "
+        f"(of {ignored}); wall {wall:.1f} s with start-up; "
+        + ("every file as expected" if not wrong else f"UNEXPECTED: {wrong}")
     )
 
 
@@ -265,6 +307,7 @@ def main() -> None:
     parser.add_argument("--sample-count", type=int, default=48, help="small sample JPEGs timed")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--workers", type=int, default=None, help="decode workers [measured]")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds")
     parser.add_argument("--margins", action="store_true", help="run the margin sweep instead")
     parser.add_argument("--keep", type=Path, default=None, help="build the library here, keep it")
     args = parser.parse_args()
@@ -284,6 +327,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mmsearch-photos-"))
     try:
         run_timings(args, sources, work)
+        check_library(args, sources, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("command: python -m benchmarks.photo_library " + " ".join(_argv()))

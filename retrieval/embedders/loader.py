@@ -4,7 +4,9 @@ worker or the batch it sits in."""
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -142,6 +144,11 @@ def collate_items(items: Sequence[Item]) -> Batch:
     return Batch(positions=positions, pixels=pixels, skipped=skipped)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    return _usable_cores()
+
+
 def _usable_cores() -> int:
     # The affinity mask is what this process may run on (taskset, some containers);
     # os.cpu_count() counts the whole machine.
@@ -159,6 +166,33 @@ def default_num_workers(*, for_accelerator: bool = False) -> int:
         return min(MAX_WORKERS_ACCELERATOR, cores - 1)
     # 2 cores -> 1 worker, 8 -> 2, 16+ -> 4; see MAX_WORKERS_CPU_MODEL for why so few.
     return min(MAX_WORKERS_CPU_MODEL, max(1, cores // 4))
+
+
+def decode_timed(
+    paths: Sequence[Path], preprocess: Preprocess, target: DecodeTarget | None
+) -> tuple[Batch, float]:
+    """Decode `paths` in this process as one batch: (the batch, CPU seconds per file)."""
+    started = time.process_time()
+    items = [(n, decode_source(p, str(p), preprocess, target=target)) for n, p in enumerate(paths)]
+    return collate_items(items), (time.process_time() - started) / max(1, len(paths))
+
+
+def decode_workers_for(decode_cpu_s: float, model_cpu_s: float, cores: int) -> int:
+    """Decode processes that keep a CPU model busy, from measured CPU seconds per image.
+
+    Decoding and the model share the cores, so decoding needs its share of the CPU time of an
+    image, `cores * decode / (decode + model)` cores, rounded up (a worker waiting on a full
+    queue costs memory, not CPU); at least 1 on 2+ cores, and 0 on one core, where a worker
+    would only compete with the model. E.g. 5 ms to decode a sample JPEG against 130 ms of CPU
+    time in ViT-B-32 gives 1 worker on 2 cores and 1 on 16; a 190 ms full-size 12 MP decode
+    gives 2 on 2 cores and 10 on 16.
+    """
+    if cores <= 1:
+        return 0
+    total = decode_cpu_s + model_cpu_s
+    if decode_cpu_s <= 0 or total <= 0:
+        return 1
+    return max(1, min(cores, math.ceil(cores * decode_cpu_s / total)))
 
 
 def create_image_loader(

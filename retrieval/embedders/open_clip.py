@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,21 @@ from ..scaling import DecodeTarget
 from ..types import ModelIdentity, ModelSpec, Skipped, Vectors
 from . import backend as backends
 from .export import text_features
-from .loader import create_image_loader, decode_source, decode_target, default_num_workers
+from .loader import (
+    Batch,
+    create_image_loader,
+    decode_source,
+    decode_target,
+    decode_timed,
+    decode_workers_for,
+    default_num_workers,
+    usable_cores,
+)
 from .runtime import ExportedEncoder, default_threads
 from .spec import HF_HUB, LOCAL_DIR, LOCAL_WEIGHT_NAMES, local_dir_weights, weights_path
 from .tensor_decode import PIL_PATH, PIL_SCALED_PATH, JpegBatchDecoder, create_decoder
+
+logger = logging.getLogger(__name__)
 
 # A cache miss would otherwise spend ~50 s in huggingface_hub's retry loop before failing when
 # the machine is offline; one quick TCP connect tells us the answer up front.
@@ -178,6 +191,10 @@ class OpenClipEmbedder:
         self.dtype = dtype
         on_gpu = device.startswith("cuda")
         self.batch_size = batch_size or (GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE)
+        self.size_workers = num_workers is None and not on_gpu
+        """Size the decode workers from the first batch's measured decode and model costs
+        (loader.decode_workers_for); False when --workers was given, or on a GPU, whose
+        default already gives decoding every spare core."""
         if num_workers is None:
             num_workers = default_num_workers(for_accelerator=on_gpu)
         self.num_workers = num_workers
@@ -350,25 +367,59 @@ class OpenClipEmbedder:
         positions: list[int],
         on_batch: Callable[[list[int], Vectors, list[tuple[int, Skipped]]], None],
     ) -> None:
-        """Pillow decoding in DataLoader workers; `positions[i]` is what `paths[i]` reports as."""
+        """Pillow decoding in DataLoader workers; `positions[i]` is what `paths[i]` reports as.
+        Unless told how many workers, the first batch is decoded here and timed to size them."""
+        start = 0
+        if self.size_workers and len(paths) > self.batch_size:
+            start = self._embed_first_batch_measured(paths, positions, on_batch)
         loader = create_image_loader(
-            paths,
+            paths[start:],
             self.preprocess,
             batch_size=self.batch_size,
-            num_workers=min(self.num_workers, len(paths)),
+            num_workers=min(self.num_workers, len(paths) - start),
             pin_memory=self.device.startswith("cuda"),
             target=self.target,
         )
         for batch in loader:
-            if batch.pixels is None:
-                vectors = np.zeros((0, self.dim), dtype=np.float32)
-            else:
-                vectors = self.encode_images(batch.pixels)
-            on_batch(
-                [positions[p] for p in batch.positions],
-                vectors,
-                [(positions[p], skip) for p, skip in batch.skipped],
-            )
+            self._hand_over(batch, positions[start:], on_batch)
+
+    def _embed_first_batch_measured(
+        self,
+        paths: list[Path],
+        positions: list[int],
+        on_batch: Callable[[list[int], Vectors, list[tuple[int, Skipped]]], None],
+    ) -> int:
+        """Decode and embed the first batch in this process, timing both in CPU seconds (the
+        model's threads included), and set num_workers from them; returns the batch's size."""
+        first = paths[: self.batch_size]
+        batch, decode_s = decode_timed(first, self.preprocess, self.target)
+        started = time.process_time()
+        embedded = self._hand_over(batch, positions, on_batch)
+        model_s = (time.process_time() - started) / embedded if embedded else 0.0
+        self.num_workers = decode_workers_for(decode_s, model_s, usable_cores())
+        logger.info(
+            "decode %.0f ms, model %.0f ms CPU time per image: %d decode workers",
+            decode_s * 1e3, model_s * 1e3, self.num_workers,
+        )  # fmt: skip
+        return len(first)
+
+    def _hand_over(
+        self,
+        batch: Batch,
+        positions: list[int],
+        on_batch: Callable[[list[int], Vectors, list[tuple[int, Skipped]]], None],
+    ) -> int:
+        """Embed a decoded batch and report it by `positions`; returns how many were embedded."""
+        if batch.pixels is None:
+            vectors = np.zeros((0, self.dim), dtype=np.float32)
+        else:
+            vectors = self.encode_images(batch.pixels)
+        on_batch(
+            [positions[p] for p in batch.positions],
+            vectors,
+            [(positions[p], skip) for p, skip in batch.skipped],
+        )
+        return len(batch.positions)
 
     def embed_image_bytes(
         self, sources: Sequence[bytes], labels: Sequence[str]
