@@ -177,15 +177,18 @@ def load_image(
     *,
     max_pixels: int = MAX_IMAGE_PIXELS,
     target: DecodeTarget | None = None,
+    name: str | None = None,
 ) -> Image.Image:
     """Decode a file path or raw bytes into an upright RGB image, or raise ImageDecodeError.
 
     With a `target`, a large image comes back scaled down by a whole factor, still at least
-    `target.margin` times the size the preprocessing resizes it to (see DecodeTarget)."""
+    `target.margin` times the size the preprocessing resizes it to (see DecodeTarget). `name`
+    is the file name raw bytes came from: it labels errors and routes camera RAW files (whose
+    TIFF-like headers Pillow would otherwise read as their tiny thumbnail) by extension."""
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be a positive pixel count, got {max_pixels}")
     if isinstance(source, bytes):
-        return _decode(io.BytesIO(source), _BYTES_LABEL, max_pixels, target)
+        return _decode(io.BytesIO(source), name or _BYTES_LABEL, max_pixels, target)
     label = str(source)
     try:
         stream = open_regular(source)

@@ -150,3 +150,23 @@ def test_a_broken_heic_is_reported_not_fatal(tiny_model: str, tmp_path: Path) ->
     (report,) = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert report["embedded"] == 1
     assert [Path(s["path"]).name for s in report["skipped"]] == ["cut.heic"]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("rawpy") is not None,
+    reason="rawpy is installed: the skip reason is for installs without the raw extra",
+)
+def test_raw_bytes_with_their_file_name_take_the_raw_path() -> None:
+    """Ray actors decode bytes labelled with their path: a TIFF-based RAW must not be read as
+    the thumbnail in its first TIFF directory."""
+    tiff_like = _encode_tiff(_red_top((64, 48)))
+    assert load_image(tiff_like).size == (64, 48)  # no name: Pillow reads it as a TIFF
+    with pytest.raises(ImageDecodeError) as caught:
+        load_image(tiff_like, name="/photos/DSC_0001.NEF")
+    assert caught.value.reason == "unsupported-format" and caught.value.path.endswith(".NEF")
+
+
+def _encode_tiff(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "TIFF")
+    return buffer.getvalue()

@@ -101,7 +101,8 @@ def decode_source(
     comes back as a `Skipped` named `label` (shared by the DataLoader workers and the Ray actors
     of retrieval/distributed)."""
     try:
-        image = load_image(source, max_pixels=max_pixels, target=target)
+        name = label if isinstance(source, bytes) else None
+        image = load_image(source, max_pixels=max_pixels, target=target, name=name)
     except ImageDecodeError as err:
         return Skipped(label, err.reason, err.detail)
     except Exception as err:  # MemoryError included: one huge file must not end the run
