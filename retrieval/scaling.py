@@ -11,10 +11,11 @@ from PIL import Image
 # Scaled decoding keeps the decoded image's relevant side at least this many times the size the
 # preprocessing resizes it to, so the antialiased resize still averages 1.5+ decoded pixels into
 # each output pixel. Measured with a random ViT-B-32 on 12 of the sample's photos upscaled to
-# short sides of 900-3024 px with grain, JPEG q92 (benchmarks/photo_library.py --margins):
-# embedding cosine against the full decode was min 0.9966 / mean 0.9988 at a margin of 1.0 (a
-# decode landing just above 224 px), min 0.9994 / mean 0.9998 at 1.5, min 0.9998 at 2.0. 1.5
-# keeps the bar (min 0.995, mean 0.999) and lets a 12 MP photo decode at 1/8 scale.
+# short sides of 900-3024 px with grain, JPEG q92 (python -m benchmarks.photo_library --count 12
+# --sample-count 48 --margins; benchmarks/RESULTS.md): embedding cosine against the full decode
+# was min 0.9970 / mean 0.9989 at a margin of 1.0 (a decode landing just above 224 px, mean
+# 5.6/255 per pixel), min 0.9997 / mean 0.9998 at 1.5, min 0.9999 at 2.0. 1.5 keeps the issue's
+# bar (min 0.995, mean 0.999) and lets a 12 MP photo decode at 1/8 scale (2.0 would take 1/4).
 SCALED_DECODE_MARGIN = 1.5
 # libjpeg decodes DCT-scaled to 1/1, 1/2, 1/4 or 1/8 of full size (Image.draft).
 _JPEG_SCALES = (8, 4, 2)
