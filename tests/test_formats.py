@@ -4,9 +4,9 @@ are not images are counted in the index summary, never silently dropped."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,10 +83,13 @@ def test_phone_formats_are_reduced_to_the_models_size(encode) -> None:
     assert image.size == (467, 340) and _is_upright_red_top(image)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("rawpy") is not None,
-    reason="rawpy is installed: the skip reason is for installs without the raw extra",
-)
+@pytest.fixture
+def without_rawpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An install without the raw extra: `import rawpy` fails as it does there."""
+    monkeypatch.setitem(sys.modules, "rawpy", None)
+
+
+@pytest.mark.usefixtures("without_rawpy")
 @pytest.mark.parametrize("suffix", sorted(RAW_EXTENSIONS))
 def test_raw_files_without_the_extra_say_how_to_get_it(suffix: str, tmp_path: Path) -> None:
     path = tmp_path / f"DSC_0001{suffix.upper()}"
@@ -152,10 +155,7 @@ def test_a_broken_heic_is_reported_not_fatal(tiny_model: str, tmp_path: Path) ->
     assert [Path(s["path"]).name for s in report["skipped"]] == ["cut.heic"]
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("rawpy") is not None,
-    reason="rawpy is installed: the skip reason is for installs without the raw extra",
-)
+@pytest.mark.usefixtures("without_rawpy")
 def test_raw_bytes_with_their_file_name_take_the_raw_path() -> None:
     """Ray actors decode bytes labelled with their path: a TIFF-based RAW must not be read as
     the thumbnail in its first TIFF directory."""
@@ -170,3 +170,35 @@ def _encode_tiff(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "TIFF")
     return buffer.getvalue()
+
+
+def _write_dng(path: Path, rgb: np.ndarray) -> Path:
+    """A minimal valid DNG (RGGB mosaic, 12 bits, no preview) written by tifffile."""
+    tifffile = pytest.importorskip("tifffile", reason="writing test DNGs needs tifffile (dev)")
+    mosaic = np.zeros(rgb.shape[:2], np.uint16)
+    for (row, col), channel in {(0, 0): 0, (0, 1): 1, (1, 0): 1, (1, 1): 2}.items():
+        mosaic[row::2, col::2] = rgb[row::2, col::2, channel].astype(np.uint16) * 16
+    identity = (1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1)
+    tags = [
+        (33421, "H", 2, (2, 2)),  # CFARepeatPatternDim
+        (33422, "B", 4, (0, 1, 1, 2)),  # CFAPattern: R G / G B
+        (50706, "B", 4, (1, 4, 0, 0)),  # DNGVersion
+        (50708, "s", 0, "mmsearch test"),  # UniqueCameraModel
+        (50717, "I", 1, 4095),  # WhiteLevel
+        (50721, "2i", 9, identity),  # ColorMatrix1
+        (50778, "H", 1, 21),  # CalibrationIlluminant1: D65
+    ]
+    tifffile.imwrite(path, mosaic, photometric=32803, bitspersample=16, extratags=tags)
+    return path
+
+
+def test_a_dng_without_preview_is_demosaiced_at_half_size(tmp_path: Path) -> None:
+    pytest.importorskip("rawpy", reason="the raw extra is not installed: pip install '.[raw]'")
+    rgb = np.zeros((400, 600, 3), np.uint8)
+    rgb[:, :] = BLUE
+    rgb[:100] = RED
+    path = _write_dng(tmp_path / "DSC_0001.DNG", rgb)
+    image = load_image(path)
+    assert image.mode == "RGB" and image.size == (300, 200)
+    assert _is_upright_red_top(image.point(lambda v: 255 if v > 127 else 0))
+    assert load_image(path, target=DecodeTarget(32)).size == (75, 50)  # 200 // 48 = 4
