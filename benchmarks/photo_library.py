@@ -2,8 +2,9 @@
 
 Builds, deterministically and in a temporary folder, a library like a person's: 12 MP
 (4032x3024) and 24 MP (6000x4000) JPEGs upscaled from the sample photos with a little grain
-(q92, ~1.3 MB at 12 MP, like a phone's), every third one stored sideways with an EXIF
-orientation, HEIC and AVIF photos, PNG screenshots, broken files and files that are not images.
+(q92, ~1.7 MB at 12 MP, like a phone's), every third one stored sideways with an EXIF
+orientation, HEIC and AVIF photos, PNG screenshots, DNG raw files (tifffile), broken files and
+files that are not images.
 Then, in the same run and with the same model (ViT-B-32, random weights, in-process index path
 of benchmarks/embed.py, model load and export outside the timing):
 
@@ -11,7 +12,7 @@ of benchmarks/embed.py, model load and export outside the timing):
   decoding, and on the 12 MP JPEGs with `--decode full`: images/s and the ratio to the sample
   (target: 12 MP >= 80% of the sample's images/s); the hand-rolled loop on the 12 MP JPEGs;
 - the whole library indexed by `python -m retrieval index` in a subprocess: every file must be
-  indexed or reported with its reason (RAW files: no well-kept writer makes valid ones, so none);
+  indexed or reported with its reason;
 - the agreement of scaled with full decoding: min/mean cosine of the stored embeddings;
 - `--margins`: the sweep that chose images.SCALED_DECODE_MARGIN (per-pixel difference of the
   preprocessed input and embedding cosine against the full decode, per short side and margin).
@@ -42,7 +43,7 @@ SIZE_12MP = (4032, 3024)
 SIZE_24MP = (6000, 4000)
 # Std-dev of the grey grain added to the upscaled photos, in 8-bit steps: upscaling leaves no
 # fine detail, so the JPEGs would be a third of a real photo's size and decode too fast; 1.5
-# brings a 12 MP q92 file to ~1.3 MB, a phone's.
+# brings a 12 MP q92 file to ~1.7 MB (phones: 1.2-3 MB).
 GRAIN = 1.5
 JPEG_QUALITY = 92
 # iPhone screenshot size (portrait).
@@ -125,6 +126,7 @@ def build_library(folder: Path, sources: Sequence[Path], count: int) -> dict[str
     ):
         expected[str(path.relative_to(folder))] = "indexed"
     expected.update(_write_other_formats(folder, sources))
+    expected.update(_write_raw(folder, sources))
     broken = folder / "broken"
     broken.mkdir()
     whole = jpeg_bytes(upscale_photo(sources[0], (1600, 1200), seed=1))
@@ -155,6 +157,48 @@ def _write_other_formats(folder: Path, sources: Sequence[Path]) -> dict[str, str
             expected[str(heic.relative_to(folder))] = "indexed"
         image.save(avif, "AVIF", quality=70, speed=10)
         expected[str(avif.relative_to(folder))] = "indexed"
+    return expected
+
+
+def write_dng(path: Path, image: Image.Image) -> Path:
+    """A minimal valid DNG of `image` (RGGB Bayer mosaic, 12 bits, no preview) written by
+    tifffile: what LibRaw reads as a camera's raw sensor data."""
+    import tifffile
+
+    rgb = np.asarray(image.convert("RGB"))
+    mosaic = np.zeros(rgb.shape[:2], np.uint16)
+    for (row, col), channel in {(0, 0): 0, (0, 1): 1, (1, 0): 1, (1, 1): 2}.items():
+        mosaic[row::2, col::2] = rgb[row::2, col::2, channel].astype(np.uint16) * 16
+    identity = (1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1)
+    tags = [
+        (33421, "H", 2, (2, 2)),  # CFARepeatPatternDim
+        (33422, "B", 4, (0, 1, 1, 2)),  # CFAPattern: R G / G B
+        (50706, "B", 4, (1, 4, 0, 0)),  # DNGVersion
+        (50708, "s", 0, "mmsearch test"),  # UniqueCameraModel
+        (50717, "I", 1, 4095),  # WhiteLevel
+        (50721, "2i", 9, identity),  # ColorMatrix1
+        (50778, "H", 1, 21),  # CalibrationIlluminant1: D65
+    ]
+    tifffile.imwrite(path, mosaic, photometric=32803, bitspersample=16, extratags=tags)
+    return path
+
+
+def _write_raw(folder: Path, sources: Sequence[Path]) -> dict[str, str]:
+    """Two 12 MP DNGs: indexed with the raw extra, reported with its pip command without."""
+    try:
+        import tifffile  # noqa: F401
+    except ImportError:
+        return {}
+    import importlib.util
+
+    outcome = "indexed" if importlib.util.find_spec("rawpy") else "unsupported-format"
+    camera = folder / "camera-raw"
+    camera.mkdir(parents=True)
+    expected = {}
+    for number in range(2):
+        image = upscale_photo(sources[-7 - number], SIZE_12MP, seed=200 + number)
+        path = write_dng(camera / f"DSC_{number:04d}.DNG", image)
+        expected[str(path.relative_to(folder))] = outcome
     return expected
 
 

@@ -17,6 +17,7 @@ from httpkit import open_app
 from PIL import Image
 from testdata import make_images
 
+from benchmarks.photo_library import write_dng
 from retrieval.errors import ImageDecodeError
 from retrieval.formats import RAW_EXTENSIONS, image_formats
 from retrieval.images import header_size, load_image, walk_images
@@ -172,32 +173,13 @@ def _encode_tiff(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _write_dng(path: Path, rgb: np.ndarray) -> Path:
-    """A minimal valid DNG (RGGB mosaic, 12 bits, no preview) written by tifffile."""
-    tifffile = pytest.importorskip("tifffile", reason="writing test DNGs needs tifffile (dev)")
-    mosaic = np.zeros(rgb.shape[:2], np.uint16)
-    for (row, col), channel in {(0, 0): 0, (0, 1): 1, (1, 0): 1, (1, 1): 2}.items():
-        mosaic[row::2, col::2] = rgb[row::2, col::2, channel].astype(np.uint16) * 16
-    identity = (1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1)
-    tags = [
-        (33421, "H", 2, (2, 2)),  # CFARepeatPatternDim
-        (33422, "B", 4, (0, 1, 1, 2)),  # CFAPattern: R G / G B
-        (50706, "B", 4, (1, 4, 0, 0)),  # DNGVersion
-        (50708, "s", 0, "mmsearch test"),  # UniqueCameraModel
-        (50717, "I", 1, 4095),  # WhiteLevel
-        (50721, "2i", 9, identity),  # ColorMatrix1
-        (50778, "H", 1, 21),  # CalibrationIlluminant1: D65
-    ]
-    tifffile.imwrite(path, mosaic, photometric=32803, bitspersample=16, extratags=tags)
-    return path
-
-
 def test_a_dng_without_preview_is_demosaiced_at_half_size(tmp_path: Path) -> None:
     pytest.importorskip("rawpy", reason="the raw extra is not installed: pip install '.[raw]'")
     rgb = np.zeros((400, 600, 3), np.uint8)
     rgb[:, :] = BLUE
     rgb[:100] = RED
-    path = _write_dng(tmp_path / "DSC_0001.DNG", rgb)
+    pytest.importorskip("tifffile", reason="writing test DNGs needs tifffile (dev)")
+    path = write_dng(tmp_path / "DSC_0001.DNG", Image.fromarray(rgb))
     image = load_image(path)
     assert image.mode == "RGB" and image.size == (300, 200)
     assert _is_upright_red_top(image.point(lambda v: 255 if v > 127 else 0))
