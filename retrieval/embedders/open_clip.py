@@ -377,8 +377,12 @@ class OpenClipEmbedder:
         return positions, self.encode_images(torch.stack(tensors)), skipped
 
     def encode_image_sources(self, sources: Sequence[Path | bytes]) -> Vectors:
-        """Embed images given as files or bytes (query images); decode errors propagate."""
-        pixels = torch.stack([self.preprocess(load_image(source)) for source in sources])
+        """Embed images given as files or bytes (query images); decode errors propagate.
+        JPEGs decode at the smallest DCT scale that still covers the model's input size."""
+        side = int(self.identity.preprocess.get("image_size") or 0) or None
+        pixels = torch.stack(
+            [self.preprocess(load_image(source, reduce_to=side)) for source in sources]
+        )
         return self.encode_images(pixels)
 
     @torch.inference_mode()

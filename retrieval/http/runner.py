@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..config import EmbedConfig, ServeConfig
-
-HEAD_LIMIT_BYTES = 16 * 1024
+from .limits import HEAD_LIMIT_BYTES
 
 
 def is_loopback(host: str) -> bool:
@@ -35,9 +35,13 @@ def server_config(app: Any, config: ServeConfig, *, host: str, port: int, **opti
         host=host,
         port=port,
         http=head_timeout_protocol(config.header_timeout_s),
-        # 16 KiB for the request line plus headers (h11's default, said here so it is a choice):
-        # a longer query string or a header flood gets uvicorn's 400 and a closed connection.
+        # A head still arriving past this gets uvicorn's 400 and a closed connection; one that
+        # arrived whole in one read gets the app's 431 (limits.HeadLimitMiddleware).
         h11_max_incomplete_event_size=HEAD_LIMIT_BYTES,
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise, so any local
+        # process could choose the client address in the access log: only named proxies.
+        proxy_headers=bool(config.forwarded_allow_ips),
+        forwarded_allow_ips=list(config.forwarded_allow_ips) or None,
         **options,
     )
 
@@ -59,6 +63,8 @@ def run_server(
 
     with open_for_search(directory, embed, batching=config.batching) as service:
         service.warm()
+        # The name the server was told to listen on is one it answers to (HostCheckMiddleware).
+        config = replace(config, allowed_hosts=(*config.allowed_hosts, host))
         app = create_app(service, config)
         options = server_config(app, config, host=host, port=port, access_log=access_log)
         # uvicorn re-raises the SIGINT it handled once it has shut down; uvicorn.run() swallows
