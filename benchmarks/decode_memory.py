@@ -86,7 +86,8 @@ def measure(
 ) -> dict[str, object]:
     """One fresh server (the code at `code`), warmed with a small upload, then one burst."""
     port = 20000 + os.getpid() % 20000
-    command = ["env", f"PYTHONPATH={code}", sys.executable, "-c",
+    # -C: `python -c` puts the working directory first on sys.path, before PYTHONPATH.
+    command = ["env", "-C", str(code), f"PYTHONPATH={code}", sys.executable, "-c",
                "from retrieval.cli import app; app()", "serve", "--index", str(directory),
                "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
                "--no-access-log"]  # fmt: skip

@@ -129,10 +129,11 @@ class ServeConfig:
     # Full-resolution modes of current phone cameras reach 48-50 Mpx. Per image, and per request
     # over all of a composed query's images together.
     max_megapixels: float = 50.0
-    # Megapixels decoded at once over all requests (http/limits.PixelBudget); one more request
-    # waits. Decoding costs up to ~9 bytes per pixel (RGBA and 16-bit PNGs; RGB ~8), so 64 Mpx
-    # bounds decode memory near 580 MB (benchmarks/decode_memory.py, README "Security"), and
-    # still admits one maximum-size image or many phone photos at once.
+    # Megapixels decoded at once over all requests (http/limits.PixelBudget); more wait (429
+    # after queue_timeout_s). A decode and its preprocessing peak at 7.9 MiB per Mpx for RGB,
+    # 12.6 for 16-bit and 16.4 for RGBA PNGs (benchmarks/decode_memory.py), so 64 Mpx bounds
+    # decode memory at ~0.5 GiB for RGB and ~1.05 GiB at worst, while still admitting one
+    # maximum-size image, or many phone photos (JPEGs decode at reduced scale), at once.
     decode_budget_megapixels: float = 64.0
     # Threads that may embed or search at once; text queries among them share forward passes.
     max_concurrency: int = 16
