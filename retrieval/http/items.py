@@ -68,6 +68,19 @@ def media_type(data: bytes) -> str:
     return MEDIA_TYPES.get(kind or "", "application/octet-stream")
 
 
+def thumbnail_megapixels(data: bytes, size: int) -> float:
+    """Megapixels make_thumbnail(data, size) decodes (a JPEG at reduced scale), from the
+    header; 0 when the bytes no longer open (make_thumbnail then says why)."""
+    try:
+        with open_header(io.BytesIO(data)) as image:
+            if image.format in ("JPEG", "MPO"):
+                image.draft(None, (size, size))  # as load_image(reduce_to=size) will
+            width, height = image.size
+    except Exception:  # noqa: BLE001
+        return 0.0
+    return width * height / 1e6
+
+
 def make_thumbnail(data: bytes, size: int) -> bytes:
     """A JPEG of the image file `data`, scaled to fit in size x size (aspect kept)."""
     image = load_image(data, reduce_to=size)

@@ -48,6 +48,7 @@ from .items import (
     make_thumbnail,
     media_type,
     thumbnail_key,
+    thumbnail_megapixels,
 )
 from .limits import (
     HEAD_LIMIT_BYTES,
@@ -87,7 +88,6 @@ from .params import (
     WeightParam,
     check_upload_size,
     decode_base64,
-    image_megapixels,
     query_filters,
     request_megapixels,
 )
@@ -382,9 +382,9 @@ def _add_item_routes(api: APIRouter, server: _Server) -> None:
             return Response(file.data, media_type=media_type(file.data), headers=FILE_HEADERS)
 
         def thumbnail() -> bytes:
-            # Indexed files may be far larger than uploads (up to images.MAX_IMAGE_PIXELS).
-            megapixels = image_megapixels(file.data, float("inf"))
-            with server.decoding.hold(megapixels):
+            # Indexed files may be larger than uploads (up to images.MAX_IMAGE_PIXELS); one
+            # over the whole budget decodes alone.
+            with server.decoding.hold(thumbnail_megapixels(file.data, size)):
                 return make_thumbnail(file.data, size)
 
         try:
