@@ -119,7 +119,8 @@ def serve(
         if config.api_key is None and not is_loopback(host):
             typer.echo(
                 f"warning: serving on {host} without --api-key: anyone who can reach this port "
-                "can search the index and download the indexed images",
+                "can search the index and download the indexed images (by IP address, or by a "
+                "name given with --allowed-host)",
                 err=True,
             )
         directory = index_dir or default_index_dir()

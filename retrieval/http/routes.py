@@ -177,7 +177,7 @@ def create_app(service: SearchService, config: ServeConfig) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app, service.store.directory)
-    # Added innermost first: requests pass Observe, HEAD-as-GET, the security headers, the head
+    # Added innermost first: requests pass the security headers, Observe, HEAD-as-GET, the head
     # cap, the Host check (keyless servers), CORS (so a page can read a 429), the early 429,
     # the key check, the body-read timeout, then the body cap.
     app.add_middleware(
@@ -214,9 +214,9 @@ def create_app(service: SearchService, config: ServeConfig) -> FastAPI:
     app.add_middleware(
         HeadLimitMiddleware, limit=HEAD_LIMIT_BYTES, reject=lambda err: http_error(None, err)
     )
-    app.add_middleware(SecurityHeadersMiddleware, keyed=bool(config.api_key))
     app.add_middleware(HeadMiddleware)
     app.add_middleware(ObserveMiddleware, metrics=metrics, internal_error=internal_error)
+    app.add_middleware(SecurityHeadersMiddleware, keyed=bool(config.api_key))  # the 500s too
 
     guard = [Depends(api_key_dependency(config.api_key))] if config.api_key else []
     api = APIRouter(dependencies=guard)
