@@ -130,7 +130,7 @@ class ServeConfig:
     # over all of a composed query's images together.
     max_megapixels: float = 50.0
     # Megapixels decoded at once over all requests (http/limits.PixelBudget); more wait (429
-    # after queue_timeout_s). A decode and its preprocessing peak at 7.9 MiB per Mpx for RGB,
+    # after queue_timeout_s). A decode and its preprocessing peak at 8.0 MiB per Mpx for RGB,
     # 12.6 for 16-bit and 16.4 for RGBA PNGs (benchmarks/decode_memory.py), so 64 Mpx bounds
     # decode memory at ~0.5 GiB for RGB and ~1.05 GiB at worst, while still admitting one
     # maximum-size image, or many phone photos (JPEGs decode at reduced scale), at once.
