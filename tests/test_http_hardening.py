@@ -9,13 +9,27 @@ import io
 import logging
 import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-from httpkit import exchange, index_photos, json_body, open_app, run_server, status_of
+from httpkit import (
+    exchange,
+    free_port,
+    index_photos,
+    json_body,
+    open_app,
+    run_server,
+    status_of,
+)
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from testdata import write_catalog
@@ -346,3 +360,48 @@ def test_keyed_images_and_assets_stay_private(shop: str) -> None:
     assert image.headers["cache-control"] == "private, max-age=3600"
     asset = httpx.get(f"{shop}/static/app.js", headers=AUTH)
     assert asset.headers["cache-control"] == "private, no-cache" and asset.headers["etag"]
+
+
+# -- 4 and 8 through `mmsearch serve` itself ----------------------------------------------------
+@pytest.mark.slow
+def test_serve_answers_its_host_name_and_allowed_names_and_logs_the_real_client(
+    tiny_model: str, tmp_path: Path
+) -> None:
+    name = socket.gethostname()
+    try:
+        socket.gethostbyname(name)
+    except OSError:
+        pytest.skip(f"this machine's name {name!r} does not resolve")
+    directory = index_photos(tiny_model, tmp_path, count=2)
+    port = free_port()
+    command = [sys.executable, "-c", "from retrieval.cli import app; app()", "serve",
+               "--index", str(directory), "--host", name, "--port", str(port),
+               "--device", "cpu"]  # fmt: skip
+    env = {**os.environ, "MMSEARCH_ALLOWED_HOSTS": "photos.lan"}
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    output: list[bytes] = []
+    reader = threading.Thread(target=lambda: output.extend(server.stdout or []), daemon=True)
+    reader.start()
+    base = f"http://{socket.gethostbyname(name)}:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                httpx.get(f"{base}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    reader.join(timeout=10)
+                    raise AssertionError(b"".join(output).decode(errors="replace")) from None
+                time.sleep(0.2)
+        spoofed = {"X-Forwarded-For": "6.6.6.6"}
+        for host, status in ((f"{name}:{port}", 200), ("photos.lan", 200),
+                             ("attacker.rebind.example", 400)):  # fmt: skip
+            response = httpx.get(f"{base}/stats", headers={"Host": host, **spoofed}, timeout=30)
+            assert response.status_code == status, (host, response.text)
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+        reader.join(timeout=10)
+    text = b"".join(output).decode(errors="replace")
+    assert "GET /stats" in text and "6.6.6.6" not in text, text
