@@ -19,7 +19,7 @@ from pydantic import (
 
 from ..config import MAX_K
 from ..search.queries import MAX_PARTS
-from ..search.service import DEFAULT_TEXT_WEIGHT
+from ..search.requests import DEFAULT_TEXT_WEIGHT
 
 Target = Literal["images", "texts", "products"]
 Mode = Literal["semantic", "keyword", "hybrid"]
