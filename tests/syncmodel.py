@@ -1,7 +1,8 @@
 """A Hypothesis state machine for `mmsearch index` re-runs (issue 19): random changes to a folder
 tree, `index` with the root spelled at random, and after every run the index compared with the
-oracle of tests/synctree.py. Used by tests/integration/test_sync_model.py (a few examples, in CI) and by
-benchmarks/faults/sync_fuzz.py (many, plus kills, concurrent queries and unreadable files)."""
+oracle of tests/synctree.py. Used by tests/integration/test_sync_model.py (a few examples, in
+CI) and by benchmarks/faults/sync_fuzz.py (many, plus kills, concurrent queries and unreadable
+files)."""
 
 from __future__ import annotations
 
@@ -161,7 +162,8 @@ class SyncMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def delete(self, data: st.DataObject) -> None:
-        path = self.pick(data, self.under(self.root)[1:] + self.under(self.outside, File))
+        outside = self.under(self.outside, (File, Link))
+        path = self.pick(data, self.under(self.root)[1:] + outside)
         if path:
             self.note(f"delete {self.show(path)}")
             self.tree.remove(path)
@@ -216,7 +218,9 @@ class SyncMachine(RuleBasedStateMachine):
         }[kind]
         target = self.pick(data, targets)
         name = dir_name if kind.endswith("dir") else file_name
-        path = self.free(self.pick(data, self.under(self.root, Dir)), name) if target else None
+        # In the root, or in an outside folder (a cycle, or a way back into the root).
+        folders = self.under(self.root, Dir) + self.under(self.outside, Dir)
+        path = self.free(self.pick(data, folders), name) if target else None
         if not (target and path):
             return
         if spelling == "rootlink" and is_under(target, self.root):

@@ -87,6 +87,16 @@ def _special_entries_reported(machine: SyncMachine) -> None:
     machine.sync("relative", [b""], texts=False)
 
 
+def _outside_links_loop_and_lead_back(machine: SyncMachine) -> None:
+    machine.tree.symlink(machine.root + b"/o", machine.outside)
+    machine.tree.symlink(machine.root + b"/p", machine.outside + b"/o2")  # reached twice
+    machine.tree.symlink(machine.outside + b"/o2/back", machine.root + b"/d")  # into the root
+    machine.tree.symlink(machine.outside + b"/o2/loop", b"..")  # a cycle outside
+    machine.sync("absolute", [b""], texts=False)
+    machine.tree.write(machine.outside + b"/o2/p.png", image_bytes(7), image=True)
+    machine.sync("trailing-slash", [b""], texts=False)  # changed through the link: re-embedded
+
+
 SEQUENCES: dict[str, Callable[[SyncMachine], None]] = {
     "root-spelled-with-dotdot-twice": _relative_root_twice,
     "root-through-a-symlink": _real_then_symlinked_root,
@@ -96,6 +106,7 @@ SEQUENCES: dict[str, Callable[[SyncMachine], None]] = {
     "images-emptied-then-refilled": _images_emptied_then_refilled,
     "texts-emptied-then-refilled": _texts_emptied_then_refilled,
     "special-entries-reported": _special_entries_reported,
+    "outside-links-loop-and-lead-back": _outside_links_loop_and_lead_back,
 }
 
 
