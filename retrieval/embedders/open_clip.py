@@ -15,6 +15,7 @@ import open_clip
 import torch
 from open_clip import pretrained as oc_pretrained
 
+from .. import hf_tokenizer
 from ..errors import ModelUnavailableError
 from ..files import cached_sha256
 from ..images import load_image
@@ -247,6 +248,7 @@ class OpenClipEmbedder:
         dtype = resolve_precision(precision, device)
         engine = backends.resolve_backend(backend, device, precision)
         _check_weights_available(spec)
+        hf_tokenizer.require_libraries(spec.name)
         pretrained = None if spec.name.startswith((LOCAL_DIR, HF_HUB)) else spec.pretrained
         if pretrained and Path(pretrained).expanduser().is_file():
             pretrained = str(Path(pretrained).expanduser())
@@ -284,6 +286,7 @@ class OpenClipEmbedder:
                 context_length=int(getattr(tokenizer, "context_length", 77)),
                 cache_dir=cache_dir,
                 required=backend != "auto",
+                tokenizer=tokenizer,
             )
         return cls(
             model,
