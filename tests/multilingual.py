@@ -1,8 +1,8 @@
 """Tiny multilingual open_clip models built offline, as `local-dir:` folders the way open_clip
-loads them: an XLM-R-style model (a Hugging Face text tower, a Unigram tokenizer trained with
-`tokenizers`) and a SigLIP-i18n-style model (open_clip's own text tower, a sentencepiece model
-trained with `sentencepiece`, read through transformers' T5 tokenizer). Random weights, fixed
-seeds; plus the texts in many scripts that train the tokenizers and test them."""
+loads them: XLM-R- and NLLB-style models (Hugging Face text towers; Unigram and BPE tokenizers
+trained with `tokenizers`) and a SigLIP-i18n-style model (open_clip's own text tower, a
+sentencepiece model trained with `sentencepiece`, read through transformers' T5 tokenizer).
+Random weights, fixed seeds; plus the texts in many scripts that train and test the tokenizers."""
 
 from __future__ import annotations
 
@@ -109,6 +109,66 @@ def write_tiny_xlmr_model(folder: Path, seed: int = 0) -> Path:
         "hf_tokenizer_name": str(folder),
         "hf_pooler_type": "mean_pooler",
         "hf_proj_type": "mlp",
+    }
+    config = {
+        "model_cfg": {"embed_dim": 32, "vision_cfg": _tiny_vision(), "text_cfg": text_cfg},
+        "preprocess_cfg": TINY_MODEL_CONFIG["preprocess_cfg"],
+    }
+    return _write_weights(folder, config, seed)
+
+
+def write_nllb_tokenizer(folder: Path, vocab_size: int = 600) -> None:
+    """An NLLB-style tokenizer (BPE over Metaspace pieces) trained with `tokenizers`; the
+    transformers NllbTokenizer adds the 202 language codes and puts `eng_Latn` first."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials)
+    tokenizer.train_from_iterator(SENTENCES * 4 + random_texts(300, seed=97), trainer)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "NllbTokenizer",
+        "bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>",
+        "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>",
+        "src_lang": "eng_Latn", "model_max_length": 1024,
+    }  # fmt: skip
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
+def write_tiny_nllb_model(folder: Path, seed: int = 0) -> Path:
+    """A tiny open_clip model laid out like nllb-clip-base: the encoder of an M2M100 (NLLB)
+    model as text tower, pooled at its first token (the language code), linear projection."""
+    from transformers import AutoTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_nllb_tokenizer(folder)
+    vocab_size = len(AutoTokenizer.from_pretrained(str(folder)))
+    hf_config = {
+        "model_type": "m2m_100",
+        "vocab_size": vocab_size,
+        "d_model": 32,
+        "encoder_layers": 2,
+        "decoder_layers": 1,
+        "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2,
+        "encoder_ffn_dim": 64,
+        "decoder_ffn_dim": 64,
+        "max_position_embeddings": 80,
+        "pad_token_id": 1,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+        "decoder_start_token_id": 2,
+        "scale_embedding": True,
+    }
+    (folder / "config.json").write_text(json.dumps(hf_config, indent=2))
+    text_cfg = {
+        "hf_model_name": str(folder),
+        "hf_tokenizer_name": str(folder),
+        "hf_proj_type": "linear",
+        "hf_pooler_type": "cls_pooler",
     }
     config = {
         "model_cfg": {"embed_dim": 32, "vision_cfg": _tiny_vision(), "text_cfg": text_cfg},

@@ -1,6 +1,6 @@
-"""Multilingual open_clip models end to end, offline: a tiny XLM-R-style model (Hugging Face
-text tower and tokenizer) and a tiny SigLIP-i18n-style model (sentencepiece vocabulary) as
-`local-dir:` folders. The torch-free tokenizer equals open_clip's ids on thousands of strings in
+"""Multilingual open_clip models end to end, offline: tiny XLM-R- and NLLB-style models (Hugging
+Face text towers and tokenizers) and a tiny SigLIP-i18n-style model (sentencepiece vocabulary)
+as `local-dir:` folders. The torch-free tokenizer equals open_clip's ids on thousands of strings in
 many scripts; index, query (warm, and cold without torch), serve rank as open_clip does; a
 missing extra is named."""
 
@@ -19,7 +19,12 @@ import torch
 from clirun import json_lines, run_ok, run_subprocess
 from fastapi.testclient import TestClient
 from httpkit import open_app
-from multilingual import random_texts, write_tiny_siglip_i18n_model, write_tiny_xlmr_model
+from multilingual import (
+    random_texts,
+    write_tiny_nllb_model,
+    write_tiny_siglip_i18n_model,
+    write_tiny_xlmr_model,
+)
 from testdata import make_images
 
 from retrieval import hf_tokenizer
@@ -27,7 +32,11 @@ from retrieval import hf_tokenizer
 TEXTS = ["一只猫在沙发上睡觉", "a cat sleeping on a sofa", "红色真丝连衣裙", "a red silk dress",
          "東京タワーの夜景", "Кошка спит на диване", "소파에서 자는 고양이"]  # fmt: skip
 QUERIES = ["猫在沙发上", "a red dress", "夜景", "кошка", "🐱 고양이"]
-WRITERS = {"xlmr": write_tiny_xlmr_model, "siglip": write_tiny_siglip_i18n_model}
+WRITERS = {
+    "xlmr": write_tiny_xlmr_model,
+    "nllb": write_tiny_nllb_model,
+    "siglip": write_tiny_siglip_i18n_model,
+}
 
 
 @pytest.fixture(scope="session")
