@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from importlib.util import find_spec
 from pathlib import Path
@@ -134,6 +135,9 @@ class HfTokenizer:
         self._strip_sep_id = spec["strip_sep_id"]
         self._backend = _exact_backend(Tokenizer, spec["backend"])
         self._length = 0
+        # The backend's truncation and padding are settings of the object: one call at a time,
+        # so a call with another context_length cannot change them under a running one (serve).
+        self._lock = threading.Lock()
         self._configure(self.context_length)
 
     def _configure(self, length: int) -> None:
@@ -157,8 +161,10 @@ class HfTokenizer:
         length = _check_length(context_length or self.context_length)
         if not texts:
             return np.zeros((0, length), dtype=np.int64)
-        self._configure(length)
-        encoded = self._backend.encode_batch([self._clean(text) for text in texts])
+        cleaned = [self._clean(text) for text in texts]
+        with self._lock:
+            self._configure(length)
+            encoded = self._backend.encode_batch(cleaned)
         ids = np.array([row.ids for row in encoded], dtype=np.int64)
         if self._strip_sep_id is not None:
             ids[ids == self._strip_sep_id] = 0

@@ -295,9 +295,11 @@ def _named_config(model: str) -> Mapping[str, Any] | None:
 def uses_hf_tokenizer(model: str) -> bool:
     """Whether open_clip tokenizes `model` with transformers (a Hugging Face tokenizer, as
     multilingual models do, or SigLIP's sentencepiece one), as far as its config is at hand."""
+    if model.startswith("hf-hub:") and _hub_config(model.removeprefix("hf-hub:")) is None:
+        return False  # not cached: unknown until downloaded (open_clip's ImportError then)
     config = _named_config(model)
     if config is None:
-        return model.startswith("hf-hub:") or "siglip" in model.lower()
+        return "siglip" in model.lower()  # open_clip's SigLipTokenizer, through transformers
     return bool((config.get("text_cfg") or {}).get("hf_tokenizer_name"))
 
 

@@ -28,6 +28,7 @@ from multilingual import (
 from testdata import make_images
 
 from retrieval import hf_tokenizer
+from retrieval.tokenizer import uses_hf_tokenizer
 
 TEXTS = ["一只猫在沙发上睡觉", "a cat sleeping on a sofa", "红色真丝连衣裙", "a red silk dress",
          "東京タワーの夜景", "Кошка спит на диване", "소파에서 자는 고양이"]  # fmt: skip
@@ -146,18 +147,32 @@ app(sys.argv[1:])
 """
 
 
-def test_without_the_extra_the_error_names_it(
-    multilingual_models: dict[str, str], tmp_path: Path
+def index_without_transformers(folder: Path, model: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", BLOCKED, "index", str(folder), "--model", model, "-q"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_without_the_extra_the_error_names_it_and_clip_models_still_work(
+    multilingual_models: dict[str, str], tiny_model: str, tmp_path: Path
 ) -> None:
     make_images(tmp_path / "photos", 2)
-    done = subprocess.run(
-        [sys.executable, "-c", BLOCKED, "index", str(tmp_path / "photos"), "--model",
-         multilingual_models["siglip"], "-q"],
-        capture_output=True, text=True, timeout=300, check=False, env=os.environ.copy(),
-    )  # fmt: skip
-    assert done.returncode != 0
-    assert "pip install 'mmsearch[multilingual]'" in done.stderr
-    assert "transformers" in done.stderr and "Traceback" not in done.stderr
+    for model in multilingual_models.values():
+        done = index_without_transformers(tmp_path / "photos", model)
+        assert done.returncode != 0
+        assert "pip install 'mmsearch[multilingual]'" in done.stderr
+        assert "transformers" in done.stderr and "Traceback" not in done.stderr
+    done = index_without_transformers(tmp_path / "photos", tiny_model)
+    assert done.returncode == 0, done.stderr
+
+
+def test_which_models_need_the_multilingual_extra(
+    multilingual_models: dict[str, str], tiny_model: str
+) -> None:
+    for name in ["xlm-roberta-base-ViT-B-32", "nllb-clip-base", "ViT-B-16-SigLIP-i18n-256",
+                 "ViT-B-16-SigLIP", *multilingual_models.values()]:  # fmt: skip
+        assert uses_hf_tokenizer(name), name
+    for name in ["ViT-B-32", tiny_model, "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"]:
+        assert not uses_hf_tokenizer(name), name  # the hub one: not cached, so not known
 
 
 # Runs the CLI in a fresh interpreter and reports which heavy modules loaded (test_cold_query).

@@ -257,6 +257,10 @@ class OpenClipEmbedder:
                 spec.name, pretrained=pretrained, device=device
             )
             tokenizer = open_clip.get_tokenizer(spec.name)
+        except ImportError as err:  # a tokenizer or text tower needing the multilingual extra
+            raise ModelUnavailableError(
+                f"cannot load model {spec.name}: {err}; {hf_tokenizer.MULTILINGUAL_EXTRA}"
+            ) from err
         except (RuntimeError, OSError, ValueError) as err:
             raise ModelUnavailableError(
                 f"cannot load model {spec.name}"
