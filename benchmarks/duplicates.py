@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.duplicates import group_pairs
 from retrieval.index import range_pairs
 from retrieval.index.neighbours import SCREEN_DIM
-from retrieval.queries import DEFAULT_DUPLICATE_THRESHOLD
+from retrieval.search.duplicates import group_pairs
+from retrieval.search.queries import DEFAULT_DUPLICATE_THRESHOLD
 
 
 def clip_like(n: int, dim: int, planted: int, seed: int = 0) -> tuple[np.ndarray, list[set[int]]]:

@@ -131,9 +131,9 @@ def profile(paths: Sequence[Path], model_dir: Path, args: argparse.Namespace) ->
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from retrieval.catalog import Catalog
     from retrieval.embedders.tensor_decode import READ_THREADS, jpeg_orientation
     from retrieval.images import load_image, walk_images
+    from retrieval.storage.catalog import Catalog
 
     device = args.device
     embedder = load_embedder(model_dir, args, "gpu")
@@ -231,7 +231,7 @@ def run_index(folder: Path, model_dir: Path, args: argparse.Namespace, decode: s
     """The whole `mmsearch index` path into a fresh index: (seconds, embedded, GPU busy)."""
     from retrieval.compose import open_for_indexing
     from retrieval.config import EmbedConfig
-    from retrieval.ingest import sync_images_and_texts
+    from retrieval.ingest.sync import sync_images_and_texts
     from retrieval.types import ModelSpec
 
     work = Path(tempfile.mkdtemp(prefix="mmsearch-gpu-"))
@@ -252,7 +252,7 @@ def run_index(folder: Path, model_dir: Path, args: argparse.Namespace, decode: s
         embedder = factory()
         size = embedder.identity.preprocess["image_size"]
         embedder.encode_images(_zeros(min(8, embedder.batch_size), size))  # warm-up
-        with store.writer_lock(), BusySampler(args.device) as sampler:
+        with BusySampler(args.device) as sampler:  # sync takes the writer lock itself
             started = time.perf_counter()
             report = sync_images_and_texts(store, [folder], factory)
             seconds = time.perf_counter() - started

@@ -62,7 +62,7 @@ def main() -> None:
 
     from retrieval.compose import open_for_search
     from retrieval.config import EmbedConfig
-    from retrieval.service import SearchRequest
+    from retrieval.search.service import SearchRequest
 
     rows = list(csv.DictReader((args.images.parent / "captions.csv").open()))[: args.limit]
     images = [args.images.parent / row["image"] for row in rows]

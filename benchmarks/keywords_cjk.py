@@ -29,8 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrieval import keywords
-from retrieval.catalog import MIGRATIONS
+from retrieval.storage import keywords
+from retrieval.storage.catalog import MIGRATIONS
 
 REPO = Path(__file__).resolve().parents[1]
 BRANDS = ["ZENITH", "Acme", "NORTHWIND", "Lumen", "KiraKira", "Orbit", "MUJI-ish", "Pine"]

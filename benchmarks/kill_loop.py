@@ -92,7 +92,7 @@ def expected_state(folder: Path, texts_file: Path) -> State:
 
 
 def index_state(directory: Path) -> State:
-    from retrieval.store import IndexStore
+    from retrieval.storage.store import IndexStore
 
     with IndexStore.open(directory, readonly=True) as store:
         images = {item.path: item.key for item in store.catalog.iter_items("images")}
@@ -210,7 +210,7 @@ def run_index(
 
 def verify_after_kill(directory: Path, old: State, new: State, results: Results) -> None:
     """The index opens, checks sound and answers from exactly the old or the new state."""
-    from retrieval.integrity import check_index
+    from retrieval.storage.integrity import check_index
 
     report = check_index(directory)
     serious = [p for p in report.problems if p.kind != "stray-file"]
@@ -265,7 +265,7 @@ def _answer_queries(directory: Path, state: State) -> None:
 
 def verify_clean(directory: Path, new: State, results: Results) -> None:
     """After a clean run: exactly the folder's images and texts, and no stray files."""
-    from retrieval.integrity import check_index
+    from retrieval.storage.integrity import check_index
 
     report = check_index(directory)
     if not report.ok:

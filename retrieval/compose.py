@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from .config import DEFAULT_MODEL, BatchConfig, EmbedConfig
 from .errors import IndexMismatchError, MmsearchError
-from .service import SearchService
-from .store import IndexStore
+from .search.service import SearchService
+from .storage.store import IndexStore, StoreOptions
 from .types import ModelIdentity, ModelSpec
 
 if TYPE_CHECKING:
@@ -54,7 +54,11 @@ def load_captioner(spec: ModelSpec, config: EmbedConfig) -> CocaCaptioner:
 
 
 def open_for_indexing(
-    directory: Path, spec: ModelSpec | None, config: EmbedConfig, index_type: str = "auto"
+    directory: Path,
+    spec: ModelSpec | None,
+    config: EmbedConfig,
+    index_type: str = "auto",
+    options: StoreOptions | None = None,
 ) -> tuple[IndexStore, Callable[[], OpenClipEmbedder]]:
     """Open (or create) the index at `directory`; the embedder loads only if something needs
     embedding, so a re-run over an unchanged folder does no model work at all. `index_type` is
@@ -63,7 +67,7 @@ def open_for_indexing(
     from .index import check_index_type
 
     if IndexStore.exists(directory):
-        store = IndexStore.open(directory)
+        store = IndexStore.open(directory, options=options)
         try:
             check_index_type(index_type, store.identity.dim)
         except MmsearchError:
@@ -94,7 +98,7 @@ def open_for_indexing(
         return store, load
     embedder = load_embedder(spec or DEFAULT_MODEL, config)
     check_index_type(index_type, embedder.identity.dim)
-    store = IndexStore.create(directory, embedder.identity)
+    store = IndexStore.create(directory, embedder.identity, options)
     store.record_embedder(embedder.backend, embedder.precision, embedder.export_origin)
     store.record_preprocessing(embedder.preprocessing)
     return store, lambda: embedder
@@ -105,8 +109,8 @@ def open_for_search(
 ) -> SearchService:
     """A SearchService over an existing index, with the index's own model (loaded lazily);
     with `batching`, concurrent text queries share forward passes and an LRU cache."""
-    store = IndexStore.open(directory, readonly=True)
-    store.use_gpu = _search_on_gpu(config.device)
+    options = StoreOptions(use_gpu=_search_on_gpu(config.device))
+    store = IndexStore.open(directory, readonly=True, options=options)
     identity = store.identity
     own = ModelSpec(identity.name, identity.pretrained)
 
@@ -121,7 +125,7 @@ def open_for_search(
         # tokenizer when the index has them (no torch import); images load the whole model.
         cold = open_cold_embedder(identity, store.recorded_embedder(), config, load)
         return SearchService(store, (lambda: cold) if cold else load)
-    from .batching import BatchingEmbedder
+    from .search.batching import BatchingEmbedder
 
     embedder = BatchingEmbedder(load, batching)  # loads the model on first use
     return SearchService(store, lambda: embedder, text_batcher=embedder.texts)

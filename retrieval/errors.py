@@ -55,5 +55,10 @@ class DiskFullError(MmsearchError):
     """The index directory's filesystem has too little free space for the run."""
 
 
+class StorageIOError(MmsearchError):
+    """Reading or writing the index failed below mmsearch: an I/O error from the disk or
+    filesystem, or a directory that cannot be opened or written."""
+
+
 class ItemNotFoundError(MmsearchError):
     """A query names an item id that the index does not hold."""

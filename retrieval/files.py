@@ -96,3 +96,41 @@ def cached_sha256(path: str | Path) -> str:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(cache_file, json.dumps(entries).encode())
     return digest
+
+
+# -- file identity ------------------------------------------------------------------------------
+# One rule names every indexed file, used by every writer (folder sync, Ray, catalogs, eval):
+#   1. a root (a PATH given to `mmsearch index`) is its real path: `..`, `.`, repeated and
+#      trailing slashes and symlinks in its spelling all fold, so every spelling is one root;
+#   2. a file found under a root is `<real root>/<path as walked>`;
+#   3. inside a root, a symlink whose target lies in the same root is not followed (the target
+#      is named once, by its own name); one whose target lies outside is followed and names its
+#      files through the link, like a copy;
+#   4. a sync of a root owns exactly the items whose identity lies under its real root;
+#   5. a name that is not valid UTF-8 cannot be stored (SQLite, JSON and the page need text): it
+#      is skipped and shown with \xNN escapes, never by a lossy name another file may have.
+
+
+def canonical_root(path: str | Path) -> Path:
+    """The identity of a root or of a file named directly: its real path (rule 1)."""
+    return Path(os.path.realpath(path))
+
+
+def is_within(path: str, root: str) -> bool:
+    """True when `path` is `root` or lies below it (both canonical strings)."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def is_storable_name(path: str) -> bool:
+    """False for a name Python decoded with lone surrogates (bytes that are not UTF-8)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def display_name(path: str) -> str:
+    """A printable form of any file name: undecodable bytes as \\xNN, so two different names
+    never print the same (a lossy '?' would collide with a real '?')."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

@@ -18,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import faults
 from .errors import ImageDecodeError, InputFileError
+from .files import canonical_root, is_within
 
 logger = logging.getLogger(__name__)
 
@@ -52,16 +53,20 @@ def is_image_path(path: str | Path) -> bool:
 
 
 SkipCallback = Callable[[Path, str, str], None]
-"""on_skip(path, reason, detail): an entry with an image name that is not a file to read."""
+"""on_skip(path, reason, detail): an entry with an image name that is not a file to read
+(reason "not-a-file"), or a folder that cannot be listed (reason "unreadable")."""
 
 
 def walk_images(root: Path, on_skip: SkipCallback | None = None) -> Iterator[Path]:
-    """Yield absolute paths of the image files under `root` (or `root` itself), sorted by name.
+    """Yield the image files under `root` (or `root` itself), sorted by name, each named by the
+    identity rule of files.py: below the real path of `root`, as walked.
 
-    Entries with image names that are not regular files (FIFOs, devices, sockets, links to
-    them, broken links) are never yielded, so nothing blocks reading them; `on_skip` hears of
-    each one with reason "not-a-file"."""
-    root = Path(os.path.abspath(root))
+    Symlinks whose target lies inside the root are not followed (the target is yielded under its
+    own name); those pointing outside are, once per folder. Entries with image names that are not
+    regular files (FIFOs, devices, sockets, links to them, broken links) are never yielded, so
+    nothing blocks reading them; `on_skip` hears of each one with reason "not-a-file", and of
+    each folder below the root that cannot be listed with reason "unreadable"."""
+    root = canonical_root(root)
     if root.is_dir():
         try:
             os.scandir(root).close()
@@ -83,10 +88,11 @@ def walk_images(root: Path, on_skip: SkipCallback | None = None) -> Iterator[Pat
 
 
 def _walk_directory(root: Path, on_skip: SkipCallback | None) -> Iterator[Path]:
-    # Identity is (device, inode) of the resolved directory, so a symlink back to an ancestor,
-    # or a second link to a folder already walked, is entered once and never loops.
+    # Identity is (device, inode) of the resolved directory, so a folder reached through two
+    # links outside the root is entered once and never loops.
     visited = {_identity(root)}
-    stack = [iter(_sorted_entries(root))]
+    root_name = str(root)
+    stack = [iter(_sorted_entries(root, on_skip))]
     while stack:
         entry = next(stack[-1], None)
         if entry is None:
@@ -96,6 +102,11 @@ def _walk_directory(root: Path, on_skip: SkipCallback | None) -> Iterator[Path]:
         if entry.name.startswith("."):
             continue
         try:
+            if _links_inside(entry, root_name):
+                # Its target is inside the root and is walked under its own name: following
+                # the link would give the same file a second identity (files.py, rule 3).
+                logger.debug("not following %s: its target is inside %s", entry.path, root)
+                continue
             is_dir = entry.is_dir()
             is_file = not is_dir and entry.is_file()
             key = _identity(Path(entry.path)) if is_dir else None
@@ -108,11 +119,21 @@ def _walk_directory(root: Path, on_skip: SkipCallback | None) -> Iterator[Path]:
                 continue
             visited.add(key)
             faults.reached("walk")
-            stack.append(iter(_sorted_entries(Path(entry.path))))
+            stack.append(iter(_sorted_entries(Path(entry.path), on_skip)))
         elif is_file and is_image_path(entry.name):
             yield Path(entry.path)
         elif on_skip is not None and is_image_path(entry.name):
             on_skip(Path(entry.path), "not-a-file", _special_kind(entry.path))
+
+
+def _links_inside(entry: os.DirEntry[str], root: str) -> bool:
+    """True for a symlink to an existing file or folder inside `root` (a broken link is not:
+    it is reported as not-a-file)."""
+    return (
+        entry.is_symlink()
+        and os.path.exists(entry.path)
+        and is_within(os.path.realpath(entry.path), root)
+    )
 
 
 def _special_kind(path: str) -> str:
@@ -153,13 +174,16 @@ def _identity(directory: Path) -> tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
-def _sorted_entries(directory: Path) -> list[os.DirEntry[str]]:
+def _sorted_entries(directory: Path, on_skip: SkipCallback | None = None) -> list[os.DirEntry[str]]:
     # Listed in full and closed before yielding: a paused generator holds no file descriptor.
     try:
         with os.scandir(directory) as entries:
             return sorted(entries, key=lambda entry: entry.name)
     except OSError as err:
         logger.warning("skipping unreadable directory %s: %s", directory, err)
+        if on_skip is not None:
+            # Reported, so a sync keeps what it indexed there instead of taking it as deleted.
+            on_skip(directory, "unreadable", f"cannot list this folder ({err.strerror or err})")
         return []
 
 

@@ -18,7 +18,7 @@ from testdata import make_images, write_catalog
 from retrieval.compose import open_for_search
 from retrieval.config import EmbedConfig, ServeConfig
 from retrieval.http import create_app
-from retrieval.service import SearchService
+from retrieval.search.service import SearchService
 
 CAPTIONS = ["a red shoe", "a blue hat", "a green shirt", "a cat on a sofa", "a mountain lake"]
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from retrieval.batching import BatchConfig, BatchingEmbedder, BatchingTextEncoder, LruCache
+from retrieval.search.batching import BatchConfig, BatchingEmbedder, BatchingTextEncoder, LruCache
 
 DIM = 8
 

@@ -15,11 +15,11 @@ from httpkit import open_app
 from PIL import Image
 from testdata import make_images, write_tiny_coca
 
-from retrieval import keywords
-from retrieval.catalog import Catalog
 from retrieval.compose import open_for_search
 from retrieval.config import EmbedConfig
-from retrieval.service import SearchRequest
+from retrieval.search.service import SearchRequest
+from retrieval.storage import keywords
+from retrieval.storage.catalog import Catalog
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from clirun import invoke, json_lines, run_ok
 from testdata import make_images, shared_images_or_skip, write_tiny_model
 
 from retrieval.index import exact_search
-from retrieval.store import IndexStore
+from retrieval.storage.store import IndexStore
 
 
 def index_ok(*args: object) -> dict:

@@ -17,8 +17,8 @@ from retrieval.compose import open_for_search
 from retrieval.config import EmbedConfig
 from retrieval.errors import InvalidQueryError, ItemNotFoundError
 from retrieval.index import exact_search
-from retrieval.queries import QueryPart, collapse, combine, parse_weight
-from retrieval.service import SearchRequest, SearchService
+from retrieval.search.queries import QueryPart, collapse, combine, parse_weight
+from retrieval.search.service import SearchRequest, SearchService
 from retrieval.types import IMAGES, TEXTS
 
 

@@ -16,9 +16,9 @@ from httpkit import open_app
 from PIL import Image
 from testdata import shared_images_or_skip
 
-from retrieval.duplicates import find_duplicates, group_pairs
 from retrieval.index import range_pairs
-from retrieval.store import IndexStore
+from retrieval.search.duplicates import find_duplicates, group_pairs
+from retrieval.storage.store import IndexStore
 from retrieval.types import IMAGES
 
 

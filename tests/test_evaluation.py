@@ -13,7 +13,7 @@ from clirun import invoke
 from testdata import make_images
 
 from retrieval.errors import InputFileError, InvalidQueryError
-from retrieval.evaluation import (
+from retrieval.eval.pairs import (
     PERTURBATIONS,
     exact_ranks,
     load_pairs,

@@ -15,8 +15,8 @@ from hostilefolder import make_hostile_folder
 from imagezoo import IGNORED
 from testdata import make_images
 
-import retrieval.ingest
-from retrieval.store import IndexStore
+import retrieval.ingest.sync
+from retrieval.storage.store import IndexStore
 
 
 def test_hostile_folder_indexes_the_good_and_reports_each_bad_file_once(
@@ -33,8 +33,9 @@ def test_hostile_folder_indexes_the_good_and_reports_each_bad_file_once(
     reasons = {os.path.relpath(s["path"], root): s["reason"] for s in report["skipped"]}
     want = {name: why for name, why in expected.items() if why not in (None, IGNORED)}
     bad_name = next(name for name, why in want.items() if why == "bad-name")
-    # A name that is not UTF-8 is reported with its undecodable bytes replaced.
-    reasons[bad_name] = reasons.pop(bad_name.encode("utf-8", "replace").decode())
+    # A name that is not UTF-8 is reported with its undecodable bytes escaped as \xNN, never
+    # replaced by '?' (a lossy name could be another file's: issue 19, defect 4).
+    reasons[bad_name] = reasons.pop(os.fsencode(bad_name).decode("utf-8", "backslashreplace"))
     assert reasons == want
     with IndexStore.open(tmp_path / "indexes" / "default", readonly=True) as store:
         indexed = sorted(os.path.relpath(i.path, root) for i in store.catalog.iter_items("images"))
@@ -48,7 +49,7 @@ def test_files_that_vanish_or_change_while_read_are_skipped_once(
 ) -> None:
     folder = tmp_path / "photos"
     make_images(folder, 6)
-    real_file_key = retrieval.ingest.file_key
+    real_file_key = retrieval.ingest.sync.file_key
 
     def file_key_then_tamper(path: Path) -> str:
         key = real_file_key(path)
@@ -62,7 +63,7 @@ def test_files_that_vanish_or_change_while_read_are_skipped_once(
             path.write_bytes(path.read_bytes()[:100])
         return key
 
-    monkeypatch.setattr(retrieval.ingest, "file_key", file_key_then_tamper)
+    monkeypatch.setattr(retrieval.ingest.sync, "file_key", file_key_then_tamper)
     result = invoke("index", folder, "--model", tiny_model, "-q", "--json", "--workers", "0")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -71,7 +72,7 @@ def test_files_that_vanish_or_change_while_read_are_skipped_once(
     assert reasons == {"img_001.png": "unreadable", "img_002.png": "unreadable",
                        "img_003.png": "truncated"}  # fmt: skip
     assert report["indexed"] == 3
-    monkeypatch.setattr(retrieval.ingest, "file_key", real_file_key)
+    monkeypatch.setattr(retrieval.ingest.sync, "file_key", real_file_key)
     # The next run sees the FIFO for what it is and the cut file as a broken image.
     again = json.loads(invoke("index", folder, "-q", "--json").stdout)
     assert {Path(s["path"]).name: s["reason"] for s in again["skipped"]} == {

@@ -21,7 +21,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from retrieval.config import ServeConfig
-from retrieval.service import SearchRequest, SearchResult, SearchService
+from retrieval.search.service import SearchRequest, SearchResult, SearchService
 
 KEY = "s3cret-key"
 

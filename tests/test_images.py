@@ -294,8 +294,10 @@ def test_walk_follows_a_linked_folder_once(tmp_path: Path) -> None:
     (root / "link").symlink_to(root / "real")
     (root / "elsewhere").symlink_to(outside)
     walked = [path.relative_to(root).as_posix() for path in walk_images(root)]
-    # "link" sorts before "real", so the folder is reached through the link first.
-    assert walked == ["elsewhere/far.png", "link/photo.png"]
+    # A link to a folder inside the root is not followed, though "link" sorts before "real":
+    # the folder is named once, by its own name (issue 19, defect 3; files.py rule 3). A link
+    # out of the root is followed and names its files through the link.
+    assert walked == ["elsewhere/far.png", "real/photo.png"]
 
 
 def test_walk_skips_hidden_folders_and_files(tmp_path: Path) -> None:

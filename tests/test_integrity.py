@@ -14,8 +14,8 @@ from clirun import invoke, run_ok
 from testdata import make_images
 
 from retrieval.index import FaissIndex, exact_search
-from retrieval.integrity import check_index
-from retrieval.store import IndexStore
+from retrieval.storage.integrity import check_index
+from retrieval.storage.store import IndexStore
 
 
 @pytest.fixture

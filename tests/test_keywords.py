@@ -17,12 +17,12 @@ from fastapi.testclient import TestClient
 from httpkit import cli_query, index_shop, open_app
 from PIL import Image
 
-from retrieval import keywords
-from retrieval.catalog import MIGRATIONS, Catalog
 from retrieval.compose import open_for_search
 from retrieval.config import EmbedConfig
-from retrieval.hybrid import fuse
-from retrieval.service import SearchRequest, SearchService
+from retrieval.search.hybrid import fuse
+from retrieval.search.service import SearchRequest, SearchService
+from retrieval.storage import keywords
+from retrieval.storage.catalog import MIGRATIONS, Catalog
 
 NAMES = [
     "red_dress.png",

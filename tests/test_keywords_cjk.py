@@ -16,11 +16,11 @@ from fastapi.testclient import TestClient
 from httpkit import cli_query, open_app
 from PIL import Image
 
-from retrieval import keywords
-from retrieval.catalog import Catalog
 from retrieval.compose import open_for_search
 from retrieval.config import EmbedConfig
-from retrieval.service import SearchRequest, SearchService
+from retrieval.search.service import SearchRequest, SearchService
+from retrieval.storage import keywords
+from retrieval.storage.catalog import Catalog
 
 NAMES = [
     "猫在沙发上/IMG_0001.png",

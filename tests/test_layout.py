@@ -96,3 +96,65 @@ def test_heavy_and_front_end_libraries_stay_in_their_rooms() -> None:
         and not name.startswith(room + ".")
     )
     assert strays == []
+
+
+# The rooms in layers, lowest first: a module imports its own room, rooms of its layer and rooms
+# of lower layers, never a higher one (README "Architecture" draws the same picture).
+LAYERS: tuple[frozenset[str], ...] = (
+    frozenset(
+        {
+            "retrieval",
+            "types",
+            "errors",
+            "files",
+            "faults",
+            "config",
+            "images",
+            "locks",
+            "sqlite_errors",
+        }
+    ),
+    frozenset({"embedders", "index"}),
+    frozenset({"storage"}),
+    frozenset({"ingest", "search", "eval"}),
+    frozenset({"compose"}),
+    frozenset({"distributed"}),
+    frozenset({"indexing"}),
+    frozenset({"cli", "http", "__main__"}),
+)
+
+
+def room_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def layer_of(module: str) -> int:
+    room = room_of(module)
+    for number, rooms in enumerate(LAYERS):
+        if room in rooms:
+            return number
+    raise AssertionError(f"{module} is in no layer: add its room to LAYERS")
+
+
+def test_every_room_has_a_layer() -> None:
+    for name in MODULES:
+        layer_of(name)
+
+
+def test_imports_flow_down_the_layers() -> None:
+    upward = sorted(
+        f"{name} (layer {layer_of(name)}) imports {other} (layer {layer_of(other)})"
+        for name, path in MODULES.items()
+        for other in runtime_imports(path)
+        if other in MODULES and layer_of(other) > layer_of(name)
+    )
+    assert upward == []
+
+
+def test_the_package_root_holds_only_leaves_and_the_composition_root() -> None:
+    """The flat root of 31 modules was grouped into rooms; what stays at the root is a leaf
+    (layer 0) or one of the two composition modules."""
+    root = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in {"__init__", "__main__"})
+    assert all(layer_of(f"retrieval.{stem}") in (0, 4, 6) for stem in root), root
+    assert len(root) <= 10, root

@@ -27,8 +27,8 @@ from multilingual import (
 )
 from testdata import make_images
 
-from retrieval import hf_tokenizer
-from retrieval.tokenizer import uses_hf_tokenizer
+from retrieval.embedders import hf_tokenizer
+from retrieval.embedders.tokenizer import uses_hf_tokenizer
 
 TEXTS = ["一只猫在沙发上睡觉", "a cat sleeping on a sofa", "红色真丝连衣裙", "a red silk dress",
          "東京タワーの夜景", "Кошка спит на диване", "소파에서 자는 고양이"]  # fmt: skip
@@ -84,7 +84,7 @@ def test_the_exported_tokenizer_runs_without_torch_or_transformers(
     model = multilingual_models["xlmr"]
     exported_tokenizer(model, tmp_path)
     script = (
-        "import json, sys; from retrieval import hf_tokenizer; "
+        "import json, sys; from retrieval.embedders import hf_tokenizer; "
         f"ids = hf_tokenizer.load(__import__('pathlib').Path({str(tmp_path)!r}))(sys.argv[1:]); "
         "heavy = [m for m in ('torch', 'transformers', 'open_clip') if m in sys.modules]; "
         "print(json.dumps({'ids': ids.tolist(), 'heavy': heavy}))"

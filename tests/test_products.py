@@ -13,7 +13,7 @@ from testdata import write_catalog
 
 from retrieval.compose import load_embedder, open_for_search
 from retrieval.config import EmbedConfig
-from retrieval.service import SearchRequest
+from retrieval.search.service import SearchRequest
 from retrieval.types import ModelSpec
 
 

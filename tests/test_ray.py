@@ -27,7 +27,8 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from retrieval.config import EmbedConfig  # noqa: E402
 from retrieval.distributed.ingest import RayOptions, index_with_ray  # noqa: E402
 from retrieval.distributed.ray_embed import connect  # noqa: E402
-from retrieval.store import IndexStore  # noqa: E402
+from retrieval.ingest.indexer import Indexer  # noqa: E402
+from retrieval.storage.store import IndexStore  # noqa: E402
 from retrieval.types import IMAGES  # noqa: E402
 
 pytestmark = [
@@ -162,9 +163,9 @@ def test_a_killed_worker_costs_no_image_and_duplicates_none(
             killed.append(workers[-1])
 
     directory = tmp_path / "ray"
-    with IndexStore.create(directory, store.identity) as target, target.writer_lock():
+    with IndexStore.create(directory, store.identity) as target, Indexer(target) as indexer:
         report = index_with_ray(
-            target, [shard], EmbedConfig(device="cpu", batch_size=int(BATCH)),
+            indexer, [shard], EmbedConfig(device="cpu", batch_size=int(BATCH)),
             RayOptions(address=cluster, shard_size=8), on_batch=kill_a_worker,
         )  # fmt: skip
     assert killed, "a worker was killed mid-job"

@@ -16,7 +16,7 @@ from clirun import invoke, run_subprocess
 from imagezoo import IGNORED, make_image_zoo
 from testdata import make_images, shared_images_or_skip
 
-from retrieval.store import IndexStore
+from retrieval.storage.store import IndexStore
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from retrieval.errors import IndexMismatchError, IndexNotFoundError
-from retrieval.store import CollectionChanges, IndexStore
+from retrieval.storage.store import CollectionChanges, IndexStore
 from retrieval.types import IMAGES, ModelIdentity
 
 DIM = 16

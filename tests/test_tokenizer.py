@@ -1,4 +1,4 @@
-"""retrieval.tokenizer gives open_clip's token ids exactly, without importing torch."""
+"""retrieval.embedders.tokenizer gives open_clip's token ids exactly, without importing torch."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import open_clip
 import pytest
 
-from retrieval.tokenizer import ClipTokenizer, load_tokenizer
+from retrieval.embedders.tokenizer import ClipTokenizer, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def varied_texts(count: int = 3000, seed: int = 7) -> list[str]:
     fixed += ["The Mona Lisa doesnÃƒÂ¢Ã¢â€šÂ¬Ã¢â€žÂ¢t"]  # mojibake twice over
     fixed += ["\ud800", "a\udc00b"]  # lone surrogates: both end up as the same bytes
     fixed += ["word " * 200, "😀" * 100, "汉" * 300, "a" * 5000, "!" * 500, "x" * 75]
-    # Plain ASCII skips ftfy (retrieval.tokenizer's fast path): hammer that path too.
+    # Plain ASCII skips ftfy (retrieval.embedders.tokenizer's fast path): hammer that path too.
     ascii_texts = [
         "".join(rng.choice(ASCII_POOL) for _ in range(rng.randint(0, 40)))
         for _ in range(count // 5)
@@ -226,7 +226,7 @@ def test_hf_hub_reads_only_the_local_cache(tmp_path: Path, monkeypatch: pytest.M
 def test_cold_import_and_tokenize_leave_torch_and_open_clip_unimported(tiny_model: str):
     script = (
         "import sys\n"
-        "from retrieval.tokenizer import load_tokenizer\n"
+        "from retrieval.embedders.tokenizer import load_tokenizer\n"
         f"for model in ['ViT-B-32', {tiny_model!r}]:\n"
         "    texts = ['a photo of a goldfish', 'caf\\u00e9 &amp; \\U0001f600']\n"
         "    ids = load_tokenizer(model)(texts)\n"
@@ -260,7 +260,7 @@ def test_bad_settings_raise_errors_that_say_what_to_use():
 def test_word_cache_stays_bounded_and_correct_when_full(
     texts: list[str], monkeypatch: pytest.MonkeyPatch
 ):
-    import retrieval.tokenizer as module
+    import retrieval.embedders.tokenizer as module
 
     monkeypatch.setattr(module, "MAX_CACHE_WORDS", 50)
     tokenizer = ClipTokenizer()

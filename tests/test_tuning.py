@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 
-from retrieval import store as store_module
 from retrieval.index import FaissIndex, exact_search, faiss_index
 from retrieval.index.tuning import (
     TUNE_QUERIES,
@@ -19,6 +18,7 @@ from retrieval.index.tuning import (
     sample_rows,
     tune,
 )
+from retrieval.storage import store as store_module
 from retrieval.types import IMAGES, TEXTS
 
 DIM = 32
@@ -107,19 +107,18 @@ def test_unreachable_target_reports_best_effort(data) -> None:
 
 def test_params_persist_in_store_and_are_used_after_reopening(data, tmp_path, monkeypatch) -> None:
     xb, ids, xq = data
-    from retrieval.store import CollectionChanges, IndexStore
+    from retrieval.storage.store import CollectionChanges, IndexStore, StoreOptions
     from retrieval.types import ModelIdentity
 
     monkeypatch.setattr(store_module, "MMAP_MIN_BYTES", 0)  # also exercise the mmap path
     identity = ModelIdentity.from_dict(_identity_dict())
-    store = IndexStore.create(tmp_path, identity)
+    store = IndexStore.create(tmp_path, identity, StoreOptions(target_recall=0.9))
     with store.catalog.transaction():
         store.catalog.put_vectors([f"img:{i}" for i in range(N)], xb)
         store.catalog.put_vectors([f"txt:{i}" for i in range(50)], xq[:50])
     with store.writer_lock(), store.catalog.transaction():
         added = [store.catalog.add_item(IMAGES, f"img:{i}", path=f"/p/{i}") for i in range(N)]
         texts = [store.catalog.add_item(TEXTS, f"txt:{i}", text=str(i)) for i in range(50)]
-        store.target_recall = 0.9
         store.commit(
             {IMAGES: CollectionChanges(added=added), TEXTS: CollectionChanges(added=texts)},
             index_types={IMAGES: "ivf", TEXTS: "flat"},
@@ -144,8 +143,8 @@ def test_params_persist_in_store_and_are_used_after_reopening(data, tmp_path, mo
     with store.writer_lock(), store.catalog.transaction():
         store.commit({IMAGES: CollectionChanges(removed=[added[0]])})
     assert store.tuning(IMAGES) == tuning
+    store = store.with_options(target_recall=0.5)
     with store.writer_lock(), store.catalog.transaction():
-        store.target_recall = 0.5
         store.commit({IMAGES: CollectionChanges(removed=[added[1]])})
     retuned = store.tuning(IMAGES)
     assert retuned is not None and retuned.target_recall == 0.5
@@ -157,7 +156,7 @@ def test_store_tuning_reads_only_the_sampled_text_vectors(data, tmp_path) -> Non
     """Tuning an image index of a store that also holds many texts reads the sampled caption
     vectors, not all of them, and measures exactly what `tune` does with every text given."""
     xb, ids, _ = data
-    from retrieval.store import CollectionChanges, IndexStore
+    from retrieval.storage.store import CollectionChanges, IndexStore
     from retrieval.types import ModelIdentity
 
     n_texts = TUNE_TEXT_QUERIES * 3

@@ -172,7 +172,7 @@ def test_keyword_mode_finds_a_caption_and_shows_it_with_its_signal(
 ) -> None:
     from selenium.webdriver.support.ui import Select
 
-    from retrieval.catalog import Catalog
+    from retrieval.storage.catalog import Catalog
 
     captions = {"img_003.png": "zebra", "img_007.png": "a zebra on a beach"}
     catalog = Catalog(photo_site.root / "index" / "catalog.sqlite")

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -23,7 +23,9 @@ from ..errors import (
     ItemNotFoundError,
     MmsearchError,
     ModelUnavailableError,
+    StorageIOError,
 )
+from ..sqlite_errors import classify_sqlite_error
 from ..types import ModelSpec
 
 # Exit codes: 2 is what typer uses for usage errors, so input problems share it.
@@ -35,6 +37,7 @@ EXIT_CODES: dict[type[MmsearchError], int] = {
     IndexMismatchError: 2,
     IndexBusyError: 75,  # EX_TEMPFAIL: try again later
     DiskFullError: 74,  # EX_IOERR
+    StorageIOError: 74,  # EX_IOERR
 }
 EXIT_PROBLEMS = 1  # `check` found problems it did not (or could not) repair
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -42,24 +45,23 @@ T = TypeVar("T")
 
 
 def run_guarded(action: Callable[[], T]) -> T:
-    """Run a command body; MmsearchError becomes `error: ...` on stderr and an exit code."""
+    """Run a command body; MmsearchError becomes `error: ...` on stderr and an exit code, and so
+    does an SQLite error that reached here unexplained (retrieval/sqlite_errors.py says which)."""
     try:
         return action()
     except MmsearchError as err:
-        typer.echo(f"error: {err}", err=True)
-        code = next((c for kind, c in EXIT_CODES.items() if isinstance(err, kind)), 1)
-        raise typer.Exit(code) from None
+        _fail(err)
     except sqlite3.DatabaseError as err:
-        # Damage below the catalog's own error handling (a malformed page, a truncated file).
-        typer.echo(
-            f"error: the index catalog is damaged ({err}); run `mmsearch check --index DIR` "
-            "for details and the fix",
-            err=True,
-        )
-        raise typer.Exit(1) from None
+        _fail(classify_sqlite_error(err))
     except KeyboardInterrupt:
         typer.echo("interrupted; the previous index is unchanged and still usable", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _fail(err: MmsearchError) -> NoReturn:
+    typer.echo(f"error: {err}", err=True)
+    code = next((c for kind, c in EXIT_CODES.items() if isinstance(err, kind)), 1)
+    raise typer.Exit(code) from None
 
 
 IndexOption = Annotated[
@@ -124,8 +126,8 @@ CaptionPretrainedOption = Annotated[
 
 def caption_spec(model: str | None, pretrained: str | None) -> ModelSpec:
     """The caption model asked for, with the default CoCa model and tag filled in."""
-    from ..captions import DEFAULT_CAPTION_MODEL
     from ..embedders.spec import normalise_spec
+    from ..ingest.captions import DEFAULT_CAPTION_MODEL
 
     name = model or DEFAULT_CAPTION_MODEL.name
     if name == DEFAULT_CAPTION_MODEL.name and pretrained is None:

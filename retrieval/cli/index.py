@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -139,10 +139,11 @@ def index(
     deleted ones; an interrupted run leaves the previous index usable."""
 
     def body() -> None:
-        from ..compose import open_for_indexing
-        from ..ingest import sync_images_and_texts
-        from ..products import index_catalog, load_catalog
-        from ..texts import load_texts
+        from ..compose import load_captioner, open_for_indexing
+        from ..indexing import IndexRequest, run_index
+        from ..ingest.products import load_catalog
+        from ..ingest.texts import load_texts
+        from ..storage.store import StoreOptions
 
         # Every option is checked before any file is read or the model loads.
         config = EmbedConfig(
@@ -173,46 +174,26 @@ def index(
                 f"no index at {directory} to caption; index images first (`mmsearch index "
                 "PATH --captions`) or pass --index DIR"
             )
-        captioner = caption_spec(caption_model, caption_pretrained) if captions else None
-        store, factory = open_for_indexing(
-            directory, model_spec(model, pretrained), config, index_type
+        spec = caption_spec(caption_model, caption_pretrained) if captions else None
+        ray_options = None
+        if ray is not None:
+            from ..distributed.ingest import RayOptions
+
+            ray_options = RayOptions(address=ray, actors=ray_actors)
+        request = IndexRequest(
+            roots=tuple(roots),
+            texts=tuple(text_list) if text_list is not None else None,
+            products=tuple(products) if products is not None else None,
+            ray=ray_options,
+            captioner=(lambda: load_captioner(spec, config)) if spec is not None else None,
+            index_types={IMAGES: index_type, TEXTS: index_type} if index_type != "auto" else None,
         )
-        types = {IMAGES: index_type, TEXTS: index_type} if index_type != "auto" else None
-        reports: list[tuple[str, Any]] = []
-        if target_recall is not None:
-            store.target_recall = target_recall
-        store.ondisk = ondisk
-        with store, store.writer_lock(), progress(quiet) as on_progress:
-            if ray is not None:
-                from ..distributed.ingest import RayOptions, index_with_ray
-
-                options = RayOptions(address=ray, actors=ray_actors)
-                report = index_with_ray(
-                    store, list(roots), config, options, index_types=types, on_progress=on_progress
-                )
-                reports.append(("files", report))
-            elif roots or text_list is not None:
-                report = sync_images_and_texts(
-                    store,
-                    roots,
-                    factory,
-                    texts=text_list,
-                    index_types=types,
-                    on_progress=on_progress,
-                )
-                reports.append(("files", report))
-            if products is not None:
-                report = index_catalog(
-                    store, products, factory, index_types=types, on_progress=on_progress
-                )
-                reports.append(("catalog", report))
-            if captioner is not None:
-                from ..captions import caption_missing
-                from ..compose import load_captioner
-
-                spec = captioner
-                done = caption_missing(store, lambda: load_captioner(spec, config), on_progress)
-                reports.append(("captions", done))
+        options = StoreOptions(target_recall=target_recall, ondisk=ondisk)
+        store, factory = open_for_indexing(
+            directory, model_spec(model, pretrained), config, index_type, options
+        )
+        with store, progress(quiet) as on_progress:
+            reports = run_index(store, factory, request, config, on_progress)
         for _, report in reports:
             for skip in report.skipped:
                 detail = f" ({skip.detail})" if skip.detail else ""

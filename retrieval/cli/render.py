@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 from ..types import IMAGES, PRODUCTS, TEXTS
 
 if TYPE_CHECKING:
-    from ..captions import CaptionReport
-    from ..ingest import IndexReport
-    from ..service import SearchResult
+    from ..ingest.captions import CaptionReport
+    from ..ingest.sync import IndexReport
+    from ..search.service import SearchResult
 
 
 def report_summary(report: IndexReport, directory: Path, kind: str = "files") -> str:

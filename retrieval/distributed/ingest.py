@@ -10,12 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..catalog import Item
 from ..config import EmbedConfig
 from ..errors import InvalidQueryError
-from ..ingest import IndexReport, Progress, items_under, vanished
-from ..store import CollectionChanges, IndexStore
-from ..types import IMAGES, TEXTS, ModelSpec, Skipped
+from ..files import canonical_root
+from ..ingest.indexer import Indexer
+from ..ingest.sync import IndexReport, items_under, vanished
+from ..storage.catalog import Item
+from ..storage.store import IndexStore
+from ..types import IMAGES, ModelSpec, Skipped
 from .shards import DEFAULT_RECORDS_PER_SHARD, EMBEDDINGS_DIR, ShardSet
 from .sources import Record, folder_inputs, list_records
 
@@ -51,21 +53,19 @@ def _new_records(store: IndexStore, records: list[Record]) -> list[Record]:
 
 
 def index_with_ray(
-    store: IndexStore,
+    indexer: Indexer,
     inputs: list[Path | str],
     config: EmbedConfig,
     options: RayOptions,
     *,
-    index_types: dict[str, str] | None = None,
-    on_progress: Progress | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> IndexReport:
-    """Index the images `inputs` name (folders, files, manifests, tar shards, URLs) with Ray.
-
-    Must run under `store.writer_lock()`. Records already indexed are not embedded again, and
-    shards finished by a killed run are reused. Images under a local folder input whose file is
-    gone are removed, as the single-machine `mmsearch index FOLDER` does; manifests, tar shards
-    and URLs only add and update (their listing says what to index, not what was deleted)."""
+    """Index the images `inputs` name (folders, files, manifests, tar shards, URLs) with Ray,
+    committing through `indexer` (the one write path). Records already indexed are not embedded
+    again, and shards finished by a killed run are reused. Images under a local folder input
+    whose file is gone are removed, as the single-machine `mmsearch index FOLDER` does;
+    manifests, tar shards and URLs only add and update (their listing says what to index, not
+    what was deleted)."""
     try:
         from .ray_embed import embed_with_ray  # ray imports only when a run needs it
     except ImportError as err:
@@ -75,6 +75,7 @@ def index_with_ray(
         ) from err
 
     started = time.perf_counter()
+    store, on_progress = indexer.store, indexer.on_progress
     report = IndexReport()
     records = list_records(inputs)
     todo = _new_records(store, records)
@@ -111,36 +112,35 @@ def index_with_ray(
         actors=options.actors,
         on_batch=progress,
     )
-    _commit(store, todo, (owned, removed), shards, report, index_types)
+    roots = [str(canonical_root(path)) for path in folder_inputs(inputs)]
+    _commit(indexer, todo, (owned, removed), shards, report, roots)
     shards.remove()
-    store.cleanup()
     report.elapsed_s = time.perf_counter() - started
     return report
 
 
 def _commit(
-    store: IndexStore,
+    indexer: Indexer,
     todo: list[Record],
     removals: tuple[dict[str, Item], list[Item]],
     shards: ShardSet,
     report: IndexReport,
-    index_types: dict[str, str] | None,
+    roots: list[str],
 ) -> None:
     """Add the shards' vectors and items and remove `removals` = (the items under the folder
     inputs, those of them whose file is gone) in one catalog transaction and index commit. As in
     the single-machine path, a folder's image that changed and can no longer be read is dropped
     too, never left searchable under its old vector."""
     owned, removed = removals
+    store = indexer.store
     by_label = {
         item.path: item
         for item in store.catalog.iter_items(IMAGES)
         if item.path and item.product_id is None
     }
-    changes = CollectionChanges()
-    with store.catalog.transaction():
-        store.catalog.delete_items(item.id for item in removed)
-        changes.removed.extend(item.id for item in removed)
-        report.removed = len(removed)
+    with indexer.change() as changes:
+        store.catalog.add_roots(roots)
+        report.removed = changes.remove(removed)
         for shard in shards:
             if len(shard.positions):
                 store.catalog.put_vectors(shard.keys, shard.vectors)
@@ -149,24 +149,13 @@ def _commit(
                 size, mtime_ns = _stat(record)
                 old = by_label.get(record.label)
                 if old is not None:
-                    store.catalog.update_item(old.id, key=key, size=size, mtime_ns=mtime_ns)
-                    store.catalog.set_text(old.id, None)  # new bytes: the old caption is stale
-                    changes.removed.append(old.id)
-                    changes.added.append(old.id)
+                    changes.replace(old, key=key, size=size, mtime_ns=mtime_ns)
                 else:
-                    changes.added.append(
-                        store.catalog.add_item(
-                            IMAGES, key, path=record.label, size=size, mtime_ns=mtime_ns
-                        )
-                    )
+                    changes.add(IMAGES, key, path=record.label, size=size, mtime_ns=mtime_ns)
                 report.indexed += 1
                 report.embedded += 1
             for position, reason, detail in shard.skipped:
                 label = todo[position].label
                 report.skipped.append(Skipped(label, reason, detail))
                 if label in owned:
-                    store.catalog.delete_items([owned[label].id])
-                    changes.removed.append(owned[label].id)
-        if changes or index_types or store.catalog.generation == 0 or store.ondisk:
-            store.commit({IMAGES: changes, TEXTS: CollectionChanges()}, index_types=index_types)
-        store.catalog.drop_unused_vectors()
+                    changes.remove([owned[label]])

@@ -5,6 +5,7 @@ and WebDataset tar shards (`NNNN.tar` holding `KEY.jpg`, `KEY.txt`...), each tur
 
 from __future__ import annotations
 
+import os
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import InputFileError
+from ..files import canonical_root
 from ..images import is_image_path, walk_images
 
 # A manifest is any of these: one image path or URL per line (relative ones are relative to
@@ -84,13 +86,13 @@ def _records_of(name: str) -> Iterator[Record]:
     elif kind == "url":
         yield Record(name)
     elif kind == "folder":
-        yield from (Record(str(p.absolute())) for p in walk_images(Path(name)))
+        yield from (Record(str(p)) for p in walk_images(Path(name)))  # named as files.py says
     else:
         path = Path(name)
         if not path.exists():
             raise InputFileError(f"{name} does not exist")
         if is_image_path(path):
-            yield Record(str(path.absolute()))
+            yield Record(str(canonical_root(path)))
         else:
             raise InputFileError(
                 f"{name} is not a folder, an image, a manifest "
@@ -114,11 +116,13 @@ def _manifest_records(name: str) -> Iterator[Record]:
         elif is_url(entry):
             yield Record(entry)
         else:
-            yield Record(str(Path(base, entry)) if base else entry)
+            # A listing names files as a walk does: absolute, `..` and `.` folded, a link's
+            # own name kept (files.py), so a manifest and a folder run agree on names.
+            yield Record(os.path.abspath(os.path.join(base, entry)) if base else entry)
 
 
 def _tar_records(name: str) -> Iterator[Record]:
-    path = name if is_url(name) else str(Path(name).absolute())
+    path = name if is_url(name) else str(canonical_root(name))
     try:
         with open_binary(path) as handle, tarfile.open(fileobj=handle, mode="r:*") as tar:
             members = [m.name for m in tar.getmembers() if m.isfile() and is_image_path(m.name)]

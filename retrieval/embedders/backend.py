@@ -13,10 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .. import hf_tokenizer
 from ..errors import ModelUnavailableError
 from ..types import ModelIdentity
-from . import export, runtime
+from . import export, hf_tokenizer, runtime
 
 logger = logging.getLogger(__name__)
 

@@ -23,9 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import hf_tokenizer
 from ..errors import MmsearchError
-from . import runtime
+from . import hf_tokenizer, runtime
 
 logger = logging.getLogger(__name__)
 

@@ -4,9 +4,13 @@ worker or the batch it sits in."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +40,8 @@ MAX_WORKERS_CPU_MODEL = 4
 # On an H100 with 16 cores, 15 workers decoded ~600 ImageNet JPEGs/s and the GPU still waited
 # (benchmarks/RESULTS.md), so every spare core goes to decoding, up to this cap.
 MAX_WORKERS_ACCELERATOR = 16
+# prctl(2) option: the signal the kernel sends this process when the thread that forked it ends.
+PR_SET_PDEATHSIG = 1
 
 
 class _PathTable:
@@ -153,6 +159,21 @@ def default_num_workers(*, for_accelerator: bool = False) -> int:
     return min(MAX_WORKERS_CPU_MODEL, max(1, cores // 4))
 
 
+def _die_with_parent(parent: int, worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: have the kernel SIGKILL this worker when its parent dies.
+
+    Torch's own watchdog only notices a dead parent at its next 5 s poll, so after a `kill -9`
+    of an index run its workers lived on, holding memory (and, before retrieval/locks.py, the
+    writer lock). A worker holds nothing worth a clean exit: it only decodes."""
+    if sys.platform.startswith("linux"):
+        # Strictly, the signal comes when the *thread* that forked this worker ends: that is
+        # the thread iterating the loader, which outlives its pass and so its workers.
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect: nobody would signal
+        os._exit(1)
+
+
 def create_image_loader(
     paths: Sequence[str | Path],
     preprocess: Preprocess,
@@ -179,5 +200,6 @@ def create_image_loader(
         # Workers end with each pass, so an abandoned or finished loader leaves no processes
         # behind to block interpreter exit.
         persistent_workers=False,
+        worker_init_fn=partial(_die_with_parent, os.getpid()) if num_workers > 0 else None,
         prefetch_factor=PREFETCH_FACTOR if num_workers > 0 else None,
     )

@@ -15,12 +15,12 @@ import open_clip
 import torch
 from open_clip import pretrained as oc_pretrained
 
-from .. import hf_tokenizer
 from ..errors import ModelUnavailableError
 from ..files import cached_sha256
 from ..images import load_image
 from ..types import ModelIdentity, ModelSpec, Skipped, Vectors
 from . import backend as backends
+from . import hf_tokenizer
 from .export import text_features
 from .loader import create_image_loader, decode_source, default_num_workers
 from .runtime import ExportedEncoder, default_threads

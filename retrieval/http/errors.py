@@ -1,10 +1,13 @@
 """Where failures become HTTP answers: the one MmsearchError -> status table (ERROR_STATUS),
-the JSON error body (ErrorOut) and the exception handlers registered next to it."""
+the JSON error body (ErrorOut) and the exception handlers registered next to it (an SQLite error
+is first said as the MmsearchError it means, by retrieval/sqlite_errors.py)."""
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..errors import (
+    DiskFullError,
     ImageDecodeError,
     ImageTooLargeError,
     IndexBusyError,
@@ -24,7 +28,9 @@ from ..errors import (
     ItemNotFoundError,
     MmsearchError,
     ModelUnavailableError,
+    StorageIOError,
 )
+from ..sqlite_errors import classify_sqlite_error
 from .limits import Overloaded
 from .models import ErrorOut
 
@@ -42,6 +48,8 @@ ERROR_STATUS: dict[type[MmsearchError], tuple[int, str]] = {
     IndexMismatchError: (503, "index_unavailable"),
     IndexBusyError: (503, "index_busy"),
     ModelUnavailableError: (503, "model_unavailable"),
+    StorageIOError: (503, "storage_error"),
+    DiskFullError: (507, "insufficient_storage"),
 }
 HTTP_CODES = {
     400: "bad_request",
@@ -54,7 +62,7 @@ HTTP_CODES = {
     503: "not_ready",
 }
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut} for status in (400, 401, 404, 408, 413, 422, 429, 500, 503)
+    status: {"model": ErrorOut} for status in (400, 401, 404, 408, 413, 422, 429, 500, 503, 507)
 }
 
 
@@ -104,9 +112,16 @@ def overloaded(_: Request | None, err: Overloaded) -> JSONResponse:
     return error_response(429, "overloaded", str(err), {"Retry-After": str(err.retry_after_s)})
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, directory: Path | None = None) -> None:
+    """Register the handlers; `directory` is the served index's, named in SQLite's errors."""
+
+    def sqlite_error(request: Request, err: sqlite3.DatabaseError) -> JSONResponse:
+        logger.warning("SQLite error on the catalog in %s", directory, exc_info=err)
+        return _mmsearch_error(request, classify_sqlite_error(err, directory))
+
     # Starlette types handlers as taking any Exception; each of these gets only its own kind.
     app.add_exception_handler(MmsearchError, _mmsearch_error)  # type: ignore[arg-type]
+    app.add_exception_handler(sqlite3.DatabaseError, sqlite_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Overloaded, overloaded)  # type: ignore[arg-type]

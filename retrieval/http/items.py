@@ -11,7 +11,7 @@ from stat import S_ISREG
 from starlette.exceptions import HTTPException
 
 from ..images import load_image
-from ..service import SearchService
+from ..search.service import SearchService
 from ..types import IMAGES
 from .models import ItemOut
 

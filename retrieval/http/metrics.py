@@ -12,7 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..service import SearchService
+from ..search.service import SearchService
 from ..types import COLLECTIONS
 from .limits import AdmissionLimiter
 

@@ -17,8 +17,8 @@ from pydantic import (
     model_validator,
 )
 
-from ..queries import MAX_PARTS
-from ..service import DEFAULT_TEXT_WEIGHT, MAX_K
+from ..search.queries import MAX_PARTS
+from ..search.service import DEFAULT_TEXT_WEIGHT, MAX_K
 
 Target = Literal["images", "texts", "products"]
 Mode = Literal["semantic", "keyword", "hybrid"]

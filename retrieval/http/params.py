@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 
 from ..errors import ImageDecodeError, ImageTooLargeError, InvalidQueryError
 from ..images import header_size
-from ..service import MAX_K
+from ..search.service import MAX_K
 from .models import MAX_FILTERS, MAX_OFFSET, MODE_HELP, Mode, Target
 
 SEARCH_PARAMS = frozenset(

@@ -25,12 +25,12 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
-from ..batching import LruCache
 from ..config import ServeConfig
-from ..duplicates import find_duplicates
 from ..errors import ImageDecodeError, MmsearchError
-from ..queries import DEFAULT_DUPLICATE_THRESHOLD, QueryPart
-from ..service import DEFAULT_TEXT_WEIGHT, SearchRequest, SearchService
+from ..search.batching import LruCache
+from ..search.duplicates import find_duplicates
+from ..search.queries import DEFAULT_DUPLICATE_THRESHOLD, QueryPart
+from ..search.service import DEFAULT_TEXT_WEIGHT, SearchRequest, SearchService
 from .errors import (
     ERROR_RESPONSES,
     http_error,
@@ -154,7 +154,7 @@ def create_app(service: SearchService, config: ServeConfig) -> FastAPI:
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
     )
-    install_error_handlers(app)
+    install_error_handlers(app, service.store.directory)
     # Added innermost first: requests pass Observe, then CORS (so a page can read a 429), then
     # the early 429, then the key check, then the body-read timeout, then the body cap.
     app.add_middleware(

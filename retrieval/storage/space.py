@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import DiskFullError, MmsearchError
+from ..errors import DiskFullError, MmsearchError
 
 # Per stored vector beyond its float16 bytes: the key (~70 bytes), the row and b-tree overhead,
 # rounded up from catalogs measured at 1k-100k vectors.

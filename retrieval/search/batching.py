@@ -16,16 +16,13 @@ from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 
-from .config import DEFAULT_CACHE_SIZE, DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, BatchConfig
-from .types import Vectors
-
-if TYPE_CHECKING:
-    from .service import QueryEmbedder
-
+from ..config import DEFAULT_CACHE_SIZE, DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, BatchConfig
+from ..embedders.protocols import QueryEmbedder
+from ..types import Vectors
 
 TextEncode = Callable[[list[str]], Vectors]
 """Embeds a list of texts into an (n, dim) array of normalised float32 rows."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidQueryError
+from ..errors import InvalidQueryError
 
 # Parts per query: enough for a query, a few refinements and several "less like this" clicks;
 # the bound keeps one request from embedding a large batch of images.

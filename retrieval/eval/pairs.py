@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import InputFileError, InvalidQueryError
+from ..errors import InputFileError, InvalidQueryError
+from ..files import canonical_root
 
 TIES_NOTE = (
     "ties broken as a worst case: a wrong item scoring exactly as high as the right one "
@@ -85,11 +85,9 @@ def load_pairs(path: Path) -> Pairs:
     owner: list[int] = []
     missing: list[str] = []
     for where, image, caption in rows:
-        image_path = Path(image).expanduser()
-        # abspath folds `..` without resolving symlinks, matching the paths `index` stores.
-        image_path = Path(
-            os.path.abspath(image_path if image_path.is_absolute() else base / image_path)
-        )
+        # The real path, as `index` names a file found under a root (files.py), so two
+        # spellings of one image are one image and an indexed file's vector is reused.
+        image_path = canonical_root(base / Path(image).expanduser())
         if image_path not in index_of:
             if not image_path.is_file():
                 missing.append(f"{where}: {image_path}")

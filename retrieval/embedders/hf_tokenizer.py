@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelUnavailableError
-from .files import write_atomic
+from ..errors import ModelUnavailableError
+from ..files import write_atomic
 from .tokenizer import CLEANERS, Tokens, _check_length, uses_hf_tokenizer
 
 logger = logging.getLogger(__name__)

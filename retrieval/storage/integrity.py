@@ -1,19 +1,21 @@
-"""`mmsearch check`: verify an index directory against its own records, and repair what can be
-rebuilt from them.
+"""`mmsearch check`: verify an index directory against its own records (what can be
+rebuilt from them is repaired by ingest/repair.py).
 
 What is checked: manifest.json against the copy the catalog recorded at creation; SQLite's own
 integrity check; every item has a stored vector of the right size; each collection's faiss file
 of the current generation exists, matches the sha256 recorded at commit, loads, and holds
 exactly the catalog's item ids; no stray files of other generations or interrupted writes.
 
-What --repair does: rewrite the manifest from the catalog's copy, REINDEX a catalog whose
-damage is confined to its indexes, rebuild faiss files from the stored vectors as a new
-generation, and delete stray files, all under the writer lock. It never drops an item: an item
-whose vector is gone is reported with the `mmsearch index` command that re-embeds it."""
+Each folder image is stored once, under its identity (files.py): two items whose paths name one
+file (a root indexed through a symlink or with `..` by versions before that rule), or a path
+that is not in normal form, are problems too.
+
+What `--repair` does is ingest/repair.py's (a writer, so it lives above storage)."""
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import IndexCorruptError, IndexNotFoundError, MmsearchError
+from ..files import canonical_root, file_sha256, is_within
+from ..index import FaissIndex
+from ..sqlite_errors import classify_sqlite_error
+from ..types import COLLECTIONS, IMAGES
 from .catalog import Catalog
-from .errors import IndexCorruptError, IndexNotFoundError, MmsearchError
-from .files import file_sha256, write_atomic
-from .index import FaissIndex
 from .store import CATALOG, LOCK, MANIFEST, MANIFEST_META, IndexStore
-from .types import COLLECTIONS, IMAGES
 
 # SQLite's own companions of catalog.sqlite in WAL mode.
 _KNOWN_FILES = frozenset({MANIFEST, CATALOG, CATALOG + "-wal", CATALOG + "-shm", LOCK})
@@ -39,7 +42,7 @@ class Problem:
     """One thing wrong with an index directory, and what fixes it."""
 
     kind: str  # manifest, sqlite, vector-missing, vector-size, faiss-missing, faiss-checksum,
-    # faiss-unreadable, faiss-mismatch, stray-file
+    # faiss-unreadable, faiss-mismatch, stray-file, duplicate, identity, orphans
     where: str
     detail: str
     fix: str  # the command that repairs it
@@ -48,7 +51,7 @@ class Problem:
 
 @dataclass
 class CheckReport:
-    """What `check_index` found (and, after `repair_index`, what it repaired)."""
+    """What `check_index` found (and, after ingest.repair.repair_index, what it repaired)."""
 
     directory: str
     generation: int = 0
@@ -69,6 +72,8 @@ def check_index(directory: Path, *, verify_checksums: bool = True) -> CheckRepor
 
     Raises:
         IndexNotFoundError: `directory` holds no index.
+        DiskFullError, StorageIOError, IndexBusyError: SQLite could not read the catalog for a
+            reason other than damage (retrieval/sqlite_errors.py).
     """
     directory = Path(directory)
     if not IndexStore.exists(directory):
@@ -78,7 +83,7 @@ def check_index(directory: Path, *, verify_checksums: bool = True) -> CheckRepor
     try:
         catalog = Catalog(directory / CATALOG, readonly=True)
     except sqlite3.DatabaseError as err:
-        report.problems.append(_sqlite_problem(directory, str(err)))
+        report.problems.append(_sqlite_problem(directory, err))
         return report
     try:
         _check_sqlite(catalog, directory, report)
@@ -89,22 +94,30 @@ def check_index(directory: Path, *, verify_checksums: bool = True) -> CheckRepor
         dim = _dim(manifest)
         if dim is not None:
             _check_vectors(catalog, directory, dim, report)
+        _check_identities(catalog, directory, report, repair)
         for collection in COLLECTIONS:
             report.counts[collection] = catalog.count(collection)
             _check_faiss(catalog, directory, collection, report, repair, verify_checksums)
         _check_stray_files(directory, report.generation, report, repair)
     except sqlite3.DatabaseError as err:
-        report.problems.append(_sqlite_problem(directory, str(err)))
+        report.problems.append(_sqlite_problem(directory, err))
     finally:
         catalog.close()
     return report
 
 
-def _sqlite_problem(directory: Path, detail: str) -> Problem:
+def _sqlite_problem(directory: Path, err: sqlite3.DatabaseError | str) -> Problem:
+    """Damage (an error, or what PRAGMA integrity_check found) as a problem to report; a full
+    or failing disk or a lock held elsewhere is not damage the check could find or repair, so
+    that is raised as what it is."""
+    if isinstance(err, sqlite3.DatabaseError):
+        error = classify_sqlite_error(err, directory)
+        if not isinstance(error, IndexCorruptError):
+            raise error from err
     return Problem(
         "sqlite",
         str(directory / CATALOG),
-        detail,
+        str(err),
         f"mmsearch check --repair --index {directory}; if that cannot fix it, move {directory} "
         f"aside and rebuild: mmsearch index FOLDERS --index {directory}",
         True,
@@ -192,6 +205,72 @@ def _check_vectors(catalog: Catalog, directory: Path, dim: int, report: CheckRep
         )
 
 
+def identity_of(path: str) -> str:
+    """What files.py names the file at `path`: its real path while it exists (a spelling
+    through a symlinked root or with `..` folds), else its normal form. Tar members and URLs
+    (Ray inputs) are names, not files: kept as they are."""
+    if "://" in path or "#" in path:
+        return path
+    return str(canonical_root(path)) if os.path.exists(path) else os.path.normpath(path)
+
+
+Named = tuple[int, str]  # (item id, path)
+
+
+def identity_groups(catalog: Catalog) -> tuple[list[list[Named]], list[Named]]:
+    """(groups of folder images that name one file where some name is a stale spelling, oldest
+    first; images whose path is not in normal form but names no other item's file).
+
+    Two names of one file are both right when each lies under a root a sync recorded (a file
+    reached through a link out of a root is an item of its own, files.py rule 3); a name under
+    no recorded root is a spelling of a root that later syncs fold (a symlinked or `..` root
+    indexed by versions before the rule). With no roots recorded, every such group counts."""
+    roots = catalog.get_roots()
+    by_identity: dict[str, list[tuple[int, str]]] = {}
+    rows = catalog.db.execute(
+        "SELECT id, path FROM items WHERE collection=? AND product_id IS NULL AND path IS NOT "
+        "NULL ORDER BY id",
+        (IMAGES,),
+    )
+    for item_id, path in rows:
+        by_identity.setdefault(identity_of(path), []).append((item_id, path))
+    groups = [
+        group
+        for group in by_identity.values()
+        if len(group) > 1 and not all(under_any(path, roots) for _, path in group)
+    ]
+    odd = [
+        group[0]
+        for group in by_identity.values()
+        if len(group) == 1
+        and "://" not in group[0][1]
+        and os.path.normpath(group[0][1]) != group[0][1]
+    ]
+    return groups, odd
+
+
+def under_any(path: str, roots: list[str]) -> bool:
+    return any(is_within(path, root) for root in roots)
+
+
+def _check_identities(catalog: Catalog, directory: Path, report: CheckReport, repair: str) -> None:
+    groups, odd = identity_groups(catalog)
+    where = str(directory / CATALOG)
+    if groups:
+        names = "; ".join(" = ".join(repr(path) for _, path in group) for group in groups[:3])
+        more = f" and {len(groups) - 3} more" if len(groups) > 3 else ""
+        detail = f"{len(groups)} files are indexed under more than one name: {names}{more}"
+        report.problems.append(Problem("duplicate", where, detail, repair, True))
+    if odd:
+        names = ", ".join(f"#{item_id} {path!r}" for item_id, path in odd[:_EXAMPLES])
+        detail = f"{len(odd)} images are stored under a path not in normal form: {names}"
+        report.problems.append(Problem("identity", where, detail, repair, True))
+    orphans = sum(len(catalog.orphan_ids(collection)) for collection in COLLECTIONS)
+    if orphans:
+        detail = f"{orphans} vectors of merged duplicates are still in the faiss files"
+        report.problems.append(Problem("orphans", where, detail, repair, True))
+
+
 def _check_faiss(
     catalog: Catalog,
     directory: Path,
@@ -230,6 +309,8 @@ def _check_faiss(
         dtype=np.int64,
     )
     found = index.ids()
+    # Ids of merged duplicates stay in the file until the next commit ("orphans" above).
+    found = np.setdiff1d(found, np.asarray(catalog.orphan_ids(collection), dtype=np.int64))
     if not np.array_equal(found, expected):
         missing = np.setdiff1d(expected, found).size
         extra = np.setdiff1d(found, expected).size
@@ -259,67 +340,11 @@ def _check_stray_files(directory: Path, generation: int, report: CheckReport, re
         report.problems.append(Problem("stray-file", str(path), "not part of the index", fix, ours))
 
 
-def repair_index(directory: Path) -> CheckReport:
-    """Repair what `check_index` reports as repairable, then check again.
-
-    Raises:
-        IndexBusyError: an index run holds the writer lock.
-        IndexNotFoundError: `directory` holds no index.
-    """
-    directory = Path(directory)
-    before = check_index(directory)
-    kinds = {problem.kind for problem in before.problems if problem.repairable}
-    repaired: list[str] = []
-    if "sqlite" in kinds:
-        repaired += _repair_sqlite(directory)
-        before = check_index(directory)
-        kinds = {problem.kind for problem in before.problems if problem.repairable}
-        if "sqlite" in kinds:
-            before.repaired = repaired
-            return before
-    if "manifest" in kinds:
-        repaired.append(_rewrite_manifest(directory))
-    if kinds - {"sqlite", "manifest"}:
-        with IndexStore.open(directory) as store, store.writer_lock():
-            if kinds & {"faiss-missing", "faiss-checksum", "faiss-unreadable", "faiss-mismatch"}:
-                with store.catalog.transaction():
-                    store.commit({}, force_rebuild=True)
-                repaired.append(
-                    f"rebuilt the faiss indexes from the stored vectors as generation "
-                    f"{store.catalog.generation}"
-                )
-            store.cleanup()
-            if "stray-file" in kinds:
-                repaired.append("deleted stray files of other generations or interrupted writes")
-    after = check_index(directory)
-    after.repaired = repaired
-    return after
-
-
-def _repair_sqlite(directory: Path) -> list[str]:
-    """REINDEX rebuilds every SQLite index from its table: it cures damage confined to them.
-    Damaged table pages hold data that cannot be rebuilt from the index's own records."""
-    try:
-        db = sqlite3.connect(directory / CATALOG, isolation_level=None)
-        try:
-            db.execute("REINDEX")
-        finally:
-            db.close()
-    except sqlite3.DatabaseError:
-        return []
-    return ["rebuilt the catalog's SQLite indexes (REINDEX)"]
-
-
-def _rewrite_manifest(directory: Path) -> str:
-    catalog = Catalog(directory / CATALOG, readonly=True)
-    try:
-        recorded = catalog.get_meta(MANIFEST_META)
-    finally:
-        catalog.close()
-    if recorded is None:
-        raise IndexCorruptError(f"{directory / MANIFEST}: no recorded copy to restore it from")
-    write_atomic(directory / MANIFEST, json.dumps(json.loads(recorded), indent=2).encode())
-    return f"restored {directory / MANIFEST} from the catalog's copy"
-
-
-__all__ = ["CheckReport", "Problem", "check_index", "repair_index", "stray_files"]
+__all__ = [
+    "CheckReport",
+    "Problem",
+    "check_index",
+    "identity_groups",
+    "identity_of",
+    "stray_files",
+]

@@ -11,14 +11,20 @@ import io
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from .evaluation import (
+from ..embedders.protocols import EvalEmbedder
+from ..images import load_image
+from ..index import FaissIndex
+from ..ingest.sync import file_key, text_key
+from ..storage.store import IndexStore
+from ..types import IMAGES, Skipped, Vectors
+from .pairs import (
     PERTURBATIONS,
     TIES_NOTE,
     Pairs,
@@ -29,32 +35,11 @@ from .evaluation import (
     recall_curve,
     recall_metrics,
 )
-from .images import load_image
-from .index import FaissIndex
-from .ingest import file_key, text_key
-from .store import IndexStore
-from .types import IMAGES, Skipped, Vectors
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 OVERLAP_K = 10  # recall@10 of the index against exact search, the usual ANN yardstick
-
-
-class EvalEmbedder(Protocol):
-    """What evaluation needs from a model (OpenClipEmbedder provides it)."""
-
-    batch_size: int
-
-    def encode_texts(self, texts: Sequence[str], batch_size: int = ...) -> Vectors: ...
-
-    def encode_image_sources(self, sources: Sequence[Path | bytes]) -> Vectors: ...
-
-    def embed_image_files(
-        self,
-        paths: list[Path],
-        on_batch: Callable[[list[int], Vectors, list[tuple[int, Skipped]]], None],
-    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -131,7 +116,7 @@ def collect_vectors(
 
 
 def raise_no_images(skipped: list[Skipped]) -> None:
-    from .errors import InputFileError
+    from ..errors import InputFileError
 
     reasons = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:5])
     raise InputFileError(f"none of the pairs' images could be decoded ({reasons})")

@@ -9,27 +9,17 @@ one when `--captions` is given again."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-from .ingest import Progress
-from .store import IndexStore
-from .types import IMAGES, ModelSpec, Skipped
+from ..embedders.protocols import Captioner
+from ..storage.store import IndexStore
+from ..types import IMAGES, ModelSpec, Skipped
+from .sync import Progress
 
 # Good COCO-style sentences from a model open_clip ships; any CoCa config works (--caption-model).
 DEFAULT_CAPTION_MODEL = ModelSpec("coca_ViT-B-32", "mscoco_finetuned_laion2b_s13b_b90k")
-
-
-class Captioner(Protocol):
-    """What captioning needs from a model (see embedders/captions.py)."""
-
-    def caption_files(
-        self,
-        paths: Sequence[Path],
-        on_batch: Callable[[list[int], list[str], list[tuple[int, Skipped]]], None],
-    ) -> None: ...
 
 
 @dataclass

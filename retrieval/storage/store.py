@@ -8,33 +8,32 @@ unfinished generation are deleted by the next writer."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import faults
-from .catalog import Catalog
-from .errors import (
+from .. import faults
+from ..errors import (
     IndexBusyError,
     IndexCorruptError,
     IndexMismatchError,
     IndexNotFoundError,
     InvalidQueryError,
 )
-from .files import file_sha256, write_atomic
-from .index import FaissIndex
-from .index.ondisk import DEFAULT_SHARD_SIZE, build_ondisk_ivf, ondisk_factory
-from .index.tuning import (
+from ..files import file_sha256, write_atomic
+from ..index import FaissIndex
+from ..index.ondisk import DEFAULT_SHARD_SIZE, build_ondisk_ivf, ondisk_factory
+from ..index.tuning import (
     DEFAULT_TARGET_RECALL,
     TUNE_TEXT_QUERIES,
     Tuning,
@@ -43,7 +42,10 @@ from .index.tuning import (
     tune,
     tune_streamed,
 )
-from .types import COLLECTIONS, IMAGES, TEXTS, ModelIdentity
+from ..locks import exclusive_lock
+from ..sqlite_errors import classify_sqlite_error
+from ..types import COLLECTIONS, IMAGES, TEXTS, ModelIdentity
+from .catalog import Catalog
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,21 @@ RETUNE_GROWTH = 1.25
 MMAP_MIN_BYTES = 256 << 20
 
 
+@dataclass(frozen=True)
+class StoreOptions:
+    """How a store searches and builds, fixed when it is opened (dataclasses.replace for
+    another)."""
+
+    # Readers may search on the GPU; writers always build and save on the CPU.
+    use_gpu: bool = False
+    # None: keep each collection's recorded target (DEFAULT_TARGET_RECALL at first).
+    target_recall: float | None = None
+    # True: (re)build the images collection as a sharded IVF with its inverted lists in a
+    # memory-mapped .ivfdata file (index/ondisk.py); None: keep the collection's choice.
+    ondisk: bool | None = None
+    ondisk_shard_size: int = DEFAULT_SHARD_SIZE
+
+
 @dataclass
 class CollectionChanges:
     """Item ids whose vectors must leave or enter one collection's faiss index."""
@@ -77,21 +94,20 @@ class CollectionChanges:
 class IndexStore:
     """Reads and writes one index directory."""
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], catalog: Catalog) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        manifest: dict[str, Any],
+        catalog: Catalog,
+        options: StoreOptions | None = None,
+    ) -> None:
         self.directory = directory
         self.manifest = manifest
         self.catalog = catalog
         self.identity = ModelIdentity.from_dict(manifest["model"])
-        # Readers may search on the GPU; writers always build and save on the CPU.
-        self.use_gpu = False
+        self.options = options or StoreOptions()
         self._indexes: dict[str, tuple[int, FaissIndex | None]] = {}
-        # None: keep each collection's recorded target (DEFAULT_TARGET_RECALL at first).
-        self.target_recall: float | None = None
         self._rebuilt = False
-        # True: (re)build the images collection as a sharded IVF with its inverted lists in a
-        # memory-mapped .ivfdata file (index/ondisk.py); None: keep the collection's choice.
-        self.ondisk: bool | None = None
-        self.ondisk_shard_size = DEFAULT_SHARD_SIZE
 
     # -- opening ------------------------------------------------------------------------------
     @staticmethod
@@ -99,7 +115,9 @@ class IndexStore:
         return (directory / MANIFEST).is_file() and (directory / CATALOG).is_file()
 
     @classmethod
-    def open(cls, directory: Path, *, readonly: bool = False) -> IndexStore:
+    def open(
+        cls, directory: Path, *, readonly: bool = False, options: StoreOptions | None = None
+    ) -> IndexStore:
         """Open an existing index directory.
 
         Raises:
@@ -125,8 +143,11 @@ class IndexStore:
                 f"index {directory} has format version {version}; this mmsearch reads version "
                 f"{FORMAT_VERSION}. Upgrade mmsearch, or rebuild the index into a new --index DIR."
             )
-        catalog = Catalog(directory / CATALOG, readonly=readonly)
-        recorded = catalog.get_meta(MANIFEST_META)
+        try:
+            catalog = Catalog(directory / CATALOG, readonly=readonly)
+            recorded = catalog.get_meta(MANIFEST_META)
+        except sqlite3.DatabaseError as err:  # a full disk, a lock, damage: say which
+            raise classify_sqlite_error(err, directory) from err
         if recorded is not None and json.loads(recorded) != manifest:
             # An edited model name or dim would embed queries with the wrong model.
             catalog.close()
@@ -135,7 +156,7 @@ class IndexStore:
                 f"index was created (edited by hand?); {repair} to restore it"
             )
         try:
-            return cls(directory, manifest, catalog)
+            return cls(directory, manifest, catalog, options)
         except (KeyError, TypeError, ValueError) as err:
             catalog.close()
             raise IndexCorruptError(
@@ -143,7 +164,9 @@ class IndexStore:
             ) from err
 
     @classmethod
-    def create(cls, directory: Path, identity: ModelIdentity) -> IndexStore:
+    def create(
+        cls, directory: Path, identity: ModelIdentity, options: StoreOptions | None = None
+    ) -> IndexStore:
         """Create a new, empty index directory for `identity`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -153,11 +176,21 @@ class IndexStore:
             "model": identity.to_dict(),
             "created": now,
         }
-        catalog = Catalog(directory / CATALOG)
+        try:
+            catalog = Catalog(directory / CATALOG)
+        except sqlite3.DatabaseError as err:
+            raise classify_sqlite_error(err, directory) from err
         record_manifest(catalog, manifest)
         # The manifest is written last: its presence is what makes the directory an index.
         write_atomic(directory / MANIFEST, json.dumps(manifest, indent=2).encode())
-        return cls(directory, manifest, catalog)
+        return cls(directory, manifest, catalog, options)
+
+    def with_options(self, **changes: Any) -> IndexStore:
+        """This store (same catalog connection) with some options replaced; a new object, so
+        options never change under a reader or writer that holds the old one."""
+        return IndexStore(
+            self.directory, self.manifest, self.catalog, replace(self.options, **changes)
+        )
 
     def close(self) -> None:
         self.catalog.close()
@@ -171,19 +204,23 @@ class IndexStore:
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
         """Exclusive advisory lock for index runs; readers never take it."""
-        with open(self.directory / LOCK, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as err:
+        # Forked children (decode workers) never hold it: see retrieval/locks.py.
+        with exclusive_lock(self.directory / LOCK) as taken:
+            if not taken:
                 raise IndexBusyError(
                     f"another `mmsearch index` run is writing to {self.directory}; wait for it "
                     "to finish (or stop it) and run again."
-                ) from err
-            self._drop_stray_files()
-            if self.catalog.get_meta(MANIFEST_META) is None:  # indexes made before it existed
-                with self.catalog.transaction():
-                    record_manifest(self.catalog, self.manifest)
-            yield
+                )
+            try:
+                self._drop_stray_files()
+                if self.catalog.get_meta(MANIFEST_META) is None:  # indexes made before it existed
+                    with self.catalog.transaction():
+                        record_manifest(self.catalog, self.manifest)
+                yield
+            except sqlite3.DatabaseError as err:
+                # Said here, where the directory is known: a full or failing disk, a lock held
+                # outside mmsearch, or real damage (retrieval/sqlite_errors.py).
+                raise classify_sqlite_error(err, self.directory) from err
 
     # -- reading ------------------------------------------------------------------------------
     def _faiss_path(self, collection: str, generation: int) -> Path:
@@ -198,11 +235,12 @@ class IndexStore:
             return cached[1]
         try:
             index = self._open_generation(collection, generation)
-        except (IndexCorruptError, FileNotFoundError):
+        except (IndexCorruptError, IndexNotFoundError, FileNotFoundError):
             # Readers take no lock: the generation, the file, its checksum and the count are
             # read one after another, and an index run may commit in between (recording the
-            # next file's checksum, then deleting this generation's file). Only a failure at
-            # an unchanged generation means damage; otherwise open the new one.
+            # next file's checksum, then deleting this generation's file: faiss then says
+            # IndexNotFoundError). Only a failure at an unchanged generation means damage;
+            # otherwise open the new one.
             if self.catalog.generation == generation:
                 raise
             return self.get_index(collection)
@@ -239,13 +277,15 @@ class IndexStore:
         try:
             index = FaissIndex.load(
                 path,
-                use_gpu=self.use_gpu,
+                use_gpu=self.options.use_gpu,
                 mmap=mmap,
                 search_params=tuning.params if tuning is not None else None,
             )
         except IndexCorruptError as err:
             raise IndexCorruptError(f"{err}; {repair}") from err
-        count = self.catalog.count(collection)
+        # Ids of merged duplicates stay in the file until the next commit (catalog.MIGRATIONS);
+        # searches skip them, as they skip any id without an item.
+        count = self.catalog.count(collection) + len(self.catalog.orphan_ids(collection))
         # A writer loads the old generation inside its transaction, after changing the items.
         if index.ntotal != count and not self.catalog.db.in_transaction:
             raise IndexCorruptError(
@@ -279,6 +319,10 @@ class IndexStore:
             requested = (index_types or {}).get(collection) or self.index_type(collection)
             self.catalog.set_meta(f"index_type:{collection}", requested)
             change = changes.get(collection, CollectionChanges())
+            orphans = self.catalog.orphan_ids(collection)
+            if orphans:
+                change = CollectionChanges(change.removed + orphans, change.added)
+                self.catalog.clear_orphans(collection)
             current_path = self._faiss_path(collection, old)
             built_for = self.catalog.get_meta(f"built_for:{collection}")
             if (
@@ -322,7 +366,11 @@ class IndexStore:
         count = self.catalog.count(collection)
         if count == 0:
             return None
-        current = None if force_rebuild else self.get_index(collection)
+        # No file at the current generation means the collection was empty there: build from
+        # the stored vectors (get_index would rebuild it from the catalog, which already holds
+        # this commit's additions, and `change.added` would then add them a second time).
+        had_file = self._faiss_path(collection, self.catalog.generation).is_file()
+        current = None if force_rebuild or not had_file else self.get_index(collection)
         if current is not None and current.read_only:  # mmapped: read it fully to update it
             current = FaissIndex.load(
                 self._faiss_path(collection, self.catalog.generation),
@@ -367,8 +415,8 @@ class IndexStore:
     def _wants_ondisk(self, collection: str) -> bool:
         if collection != IMAGES:
             return False
-        if self.ondisk is not None:
-            return self.ondisk
+        if self.options.ondisk is not None:
+            return self.options.ondisk
         return self.catalog.get_meta(f"ondisk:{collection}") == "1"
 
     def _ivfdata(self, collection: str) -> str:
@@ -393,7 +441,7 @@ class IndexStore:
             factory,
             self.directory / name,
             self._build_dir(collection),
-            shard_size=self.ondisk_shard_size,
+            shard_size=self.options.ondisk_shard_size,
         )
         self.catalog.set_meta(f"built_n:{collection}", str(len(ids)))
         self.catalog.set_meta(f"built_for:{collection}", requested)
@@ -413,7 +461,7 @@ class IndexStore:
             self.catalog.set_meta(f"tuning:{collection}", "")
             return
         old = self.tuning(collection)
-        target = self.target_recall or (old.target_recall if old else DEFAULT_TARGET_RECALL)
+        target = self.options.target_recall or (old.target_recall if old else DEFAULT_TARGET_RECALL)
         if (
             old is not None
             and not rebuilt

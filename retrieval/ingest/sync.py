@@ -2,7 +2,8 @@
 
 Every embedded batch is committed to the vector cache as soon as it is computed, so a run that
 is killed keeps its finished batches and the next run only embeds the rest; the items and the
-faiss files change in one final transaction (see store.py)."""
+faiss files change in one final transaction, through the one write path (indexer.py). Files
+are named by the identity rule of files.py."""
 
 from __future__ import annotations
 
@@ -14,33 +15,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Protocol
 
-from . import faults
-from .catalog import Item
-from .files import file_sha256
-from .images import walk_images
-from .space import check_free_space, disk_space_guard, estimate_run_bytes
-from .store import CollectionChanges, IndexStore
-from .types import IMAGES, TEXTS, Skipped, Vectors
+from .. import faults
+from ..embedders.protocols import IndexEmbedder
+from ..files import canonical_root, display_name, file_sha256, is_storable_name, is_within
+from ..images import walk_images
+from ..storage.catalog import Item
+from ..storage.space import check_free_space, disk_space_guard, estimate_run_bytes
+from ..storage.store import IndexStore
+from ..types import IMAGES, TEXTS, Skipped, Vectors
+from .indexer import ChangeSet, Indexer, Progress
 
-Progress = Callable[[str, int, int], None]
-"""on_progress(stage, advance, total): called as work completes; total is fixed per stage."""
-
-
-class Embedder(Protocol):
-    """What ingestion needs from a model (see embedders/open_clip.py)."""
-
-    def embed_image_files(
-        self,
-        paths: list[Path],
-        on_batch: Callable[[list[int], Vectors, list[tuple[int, Skipped]]], None],
-    ) -> None: ...
-
-    def encode_texts(self, texts: list[str], batch_size: int = ...) -> Vectors: ...
-
-
-EmbedderFactory = Callable[[], Embedder]
+EmbedderFactory = Callable[[], IndexEmbedder]
 # Texts are embedded and committed in chunks of this size: small enough that a killed run loses
 # little, large enough to amortise the transaction.
 TEXT_CHUNK = 512
@@ -83,8 +69,8 @@ def text_key(text: str) -> str:
     return "txt:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _under(path: str, roots: list[str]) -> bool:
-    return any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+def _under(path: str, roots: Sequence[str]) -> bool:
+    return any(is_within(path, root) for root in roots)
 
 
 @dataclass
@@ -95,13 +81,16 @@ class _ImagePlan:
     unchanged: int = 0
     touched: list[tuple[Item, int, int]] = field(default_factory=list)  # same bytes, new stat
     skipped: list[Skipped] = field(default_factory=list)
+    # Paths whose item a failed read or decode must drop (not bad names: they have no item).
+    failed: set[str] = field(default_factory=set)
+    roots: list[str] = field(default_factory=list)  # real paths of the synced roots
 
 
 def items_under(store: IndexStore, roots: Sequence[Path]) -> dict[str, Item]:
     """path -> item for the image items a sync of `roots` owns: those (no product's) whose path
     is a root or lies below one. Only these may be removed by that sync, so indexing one folder
-    never drops another folder's images."""
-    root_strs = [str(root.absolute()) for root in roots]
+    never drops another folder's images. Roots are named by their real path (files.py)."""
+    root_strs = [str(canonical_root(root)) for root in roots]
     return {
         item.path: item
         for item in store.catalog.iter_items(IMAGES)
@@ -116,13 +105,18 @@ def vanished(owned: dict[str, Item], seen: Container[str]) -> list[Item]:
 
 
 def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | None) -> _ImagePlan:
-    plan = _ImagePlan()
+    plan = _ImagePlan(roots=[str(canonical_root(root)) for root in roots])
     plan.existing = items_under(store, roots)
+    unlisted: list[str] = []  # folders that could not be listed: their items are kept
 
     def on_skip(path: Path, reason: str, detail: str) -> None:
-        plan.skipped.append(Skipped(str(path.absolute()), reason, detail))
+        plan.skipped.append(Skipped(display_name(str(path)), reason, detail))
+        if reason == "unreadable":
+            unlisted.append(str(path))
+        elif is_storable_name(str(path)):
+            plan.failed.add(str(path))
 
-    found = [path.absolute() for root in roots for path in walk_images(root, on_skip)]
+    found = [path for root in roots for path in walk_images(root, on_skip)]
     # An item whose vector row is gone (a damaged catalog) is re-read and re-embedded even when
     # its file is unchanged: skipping it would leave it silently missing from every search.
     stored = store.catalog.has_vectors({item.key for item in plan.existing.values()})
@@ -130,14 +124,13 @@ def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | N
     seen = set(all_names)
     names = []
     for name in all_names:
-        if _utf8(name):
+        if is_storable_name(name):
             names.append(name)
         else:
-            # SQLite, JSON and the web page all need text; such a name cannot be stored.
+            # Reported by an escaped name, never the lossy one: `a\xff.jpg` must not stand in
+            # for a real `a?.jpg` (files.py, rule 5).
             detail = "the file name is not valid UTF-8; rename the file"
-            plan.skipped.append(
-                Skipped(name.encode("utf-8", "replace").decode(), "bad-name", detail)
-            )
+            plan.skipped.append(Skipped(display_name(name), "bad-name", detail))
     # Hashing is most of the scan (a read and a sha256 per changed file); hashlib and the reads
     # release the GIL, so threads hash files side by side instead of one after another.
     with ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="mmsearch-hash") as pool:
@@ -147,6 +140,7 @@ def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | N
                 on_progress("scan", 1, len(found))
             if isinstance(outcome, Skipped):
                 plan.skipped.append(outcome)
+                plan.failed.add(outcome.path)
             elif outcome is None:
                 plan.unchanged += 1
             else:
@@ -157,16 +151,10 @@ def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | N
                     plan.touched.append((old, stat.st_size, stat.st_mtime_ns))
                 else:
                     plan.pending[name] = (key, stat.st_size, stat.st_mtime_ns)
-    plan.removed = vanished(plan.existing, seen)
+    plan.removed = [
+        item for item in vanished(plan.existing, seen) if not _under(item.path or "", unlisted)
+    ]
     return plan
-
-
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # undecodable bytes, kept by Python as lone surrogates
-        return False
-    return True
 
 
 def _scan_one(
@@ -238,18 +226,29 @@ def sync_images_and_texts(
     index_types: dict[str, str] | None = None,
     on_progress: Progress | None = None,
 ) -> IndexReport:
-    """Sync the images under `roots` (and optionally the text list) into `store`.
+    """Sync the images under `roots` (and optionally the text list) into `store`, taking the
+    writer lock for the run (see `sync_folders` for what a sync does)."""
+    with Indexer(
+        store, embedder_factory, index_types=index_types, on_progress=on_progress
+    ) as indexer:
+        return sync_folders(indexer, roots, texts=texts)
+
+
+def sync_folders(
+    indexer: Indexer, roots: list[Path], *, texts: list[str] | None = None
+) -> IndexReport:
+    """Make the index's images under `roots` equal the image files there (and, with `texts`,
+    its free-text collection equal that list).
 
     Files whose size and mtime match the catalog are not read; changed ones are hashed, and
-    only content never embedded before goes through the model. Must run under
-    `store.writer_lock()`.
-    """
+    only content never embedded before goes through the model."""
     started = time.perf_counter()
-    plan = _plan_images(store, roots, on_progress)
+    store = indexer.store
+    plan = _plan_images(store, roots, indexer.on_progress)
     needed = _space_needed(store, plan, texts)
     check_free_space(store.directory, needed)
     with disk_space_guard(store.directory, needed):
-        report = _apply_plan(store, plan, embedder_factory, texts, index_types, on_progress)
+        report = _apply_plan(indexer, plan, texts)
     report.elapsed_s = time.perf_counter() - started
     return report
 
@@ -265,59 +264,42 @@ def _space_needed(store: IndexStore, plan: _ImagePlan, texts: list[str] | None) 
     )
 
 
-def _apply_plan(
-    store: IndexStore,
-    plan: _ImagePlan,
-    embedder_factory: EmbedderFactory,
-    texts: list[str] | None,
-    index_types: dict[str, str] | None,
-    on_progress: Progress | None,
-) -> IndexReport:
+def _apply_plan(indexer: Indexer, plan: _ImagePlan, texts: list[str] | None) -> IndexReport:
+    store = indexer.store
     report = IndexReport()
     keys_by_path = {path: key for path, (key, _, _) in plan.pending.items()}
-    embedded, skipped = embed_missing_images(store, keys_by_path, embedder_factory, on_progress)
+    embedded, skipped = embed_missing_images(
+        store, keys_by_path, indexer.embedder, indexer.on_progress
+    )
     report.embedded = embedded
     report.skipped = plan.skipped + skipped
     report.unchanged = plan.unchanged
-    bad_paths = {s.path for s in report.skipped}
+    failed = plan.failed | {s.path for s in skipped}
 
     wanted_texts = None
     if texts is not None:
-        wanted_texts = embed_texts(store, texts, embedder_factory, on_progress)
+        wanted_texts = embed_texts(store, texts, indexer.embedder, indexer.on_progress)
 
-    image_changes = CollectionChanges()
-    with store.catalog.transaction():
-        text_changes = CollectionChanges()
+    with indexer.change() as changes:
+        store.catalog.add_roots(plan.roots)
         if wanted_texts is not None:
-            text_changes = _apply_texts(store, wanted_texts, report)
+            _apply_texts(store, changes, wanted_texts, report)
         for item, size, mtime_ns in plan.touched:
-            store.catalog.update_item(item.id, key=item.key, size=size, mtime_ns=mtime_ns)
-        gone = plan.removed + [plan.existing[p] for p in bad_paths if p in plan.existing]
-        store.catalog.delete_items(item.id for item in gone)
-        image_changes.removed.extend(item.id for item in gone)
+            changes.touch(item, size=size, mtime_ns=mtime_ns)
+        # A file that changed and can no longer be read is dropped, never left searchable
+        # under its old vector.
+        changes.remove(plan.removed + [plan.existing[p] for p in failed if p in plan.existing])
         report.removed = len(plan.removed)
         for path, (key, size, mtime_ns) in plan.pending.items():
-            if path in bad_paths:
+            if path in failed:
                 continue
             old = plan.existing.get(path)
             if old is not None:
-                store.catalog.update_item(old.id, key=key, size=size, mtime_ns=mtime_ns)
-                store.catalog.set_text(old.id, None)  # new bytes: the old caption is stale
-                image_changes.removed.append(old.id)
-                image_changes.added.append(old.id)
+                changes.replace(old, key=key, size=size, mtime_ns=mtime_ns)
             else:
-                image_changes.added.append(
-                    store.catalog.add_item(IMAGES, key, path=path, size=size, mtime_ns=mtime_ns)
-                )
+                changes.add(IMAGES, key, path=path, size=size, mtime_ns=mtime_ns)
             report.indexed += 1
         report.reused = report.indexed - report.embedded
-        changes = {IMAGES: image_changes, TEXTS: text_changes}
-        if image_changes or text_changes or index_types or store.catalog.generation == 0:
-            store.commit(changes, index_types=index_types)
-        store.catalog.drop_unused_vectors()
-        faults.reached("commit")
-    faults.reached("committed")
-    store.cleanup()
     return report
 
 
@@ -345,19 +327,17 @@ def embed_texts(
 
 
 def _apply_texts(
-    store: IndexStore, wanted: dict[str, str], report: IndexReport
-) -> CollectionChanges:
+    store: IndexStore, changes: ChangeSet, wanted: dict[str, str], report: IndexReport
+) -> None:
     """Inside the run's transaction: make the free-text collection equal `wanted` (products'
     titles are left alone)."""
     current = {
         item.key: item for item in store.catalog.iter_items(TEXTS) if item.product_id is None
     }
-    changes = CollectionChanges()
-    changes.removed = [item.id for key, item in current.items() if key not in wanted]
-    store.catalog.delete_items(changes.removed)
+    report.texts_removed = changes.remove(
+        item for key, item in current.items() if key not in wanted
+    )
     for key, text in wanted.items():
         if key not in current:
-            changes.added.append(store.catalog.add_item(TEXTS, key, text=text))
-    report.texts_indexed = len(changes.added)
-    report.texts_removed = len(changes.removed)
-    return changes
+            changes.add(TEXTS, key, text=text)
+            report.texts_indexed += 1

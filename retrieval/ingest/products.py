@@ -11,22 +11,18 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .catalog import Item
-from .errors import InputFileError
-from .ingest import (
-    EmbedderFactory,
-    IndexReport,
-    Progress,
-    embed_missing_images,
-    embed_texts,
-    file_key,
-    text_key,
-)
-from .store import CollectionChanges, IndexStore
+from ..errors import InputFileError
+from ..files import canonical_root
+from ..storage.catalog import Item
+from ..types import IMAGES, TEXTS, Skipped
+from .indexer import ChangeSet, Indexer
+from .sync import IndexReport, embed_missing_images, embed_texts, file_key, text_key
 from .texts import iter_jsonl
-from .types import IMAGES, TEXTS, Skipped
+
+if TYPE_CHECKING:
+    from ..storage.store import IndexStore
 
 # In CSV one cell holds several image paths separated by this; JSONL may use an `images` list.
 IMAGE_SEPARATOR = "|"
@@ -35,7 +31,8 @@ REQUIRED = ("id", "title")
 
 @dataclass(frozen=True)
 class Product:
-    """One catalog row: images are absolute paths; metadata holds every other column."""
+    """One catalog row: images are real paths (files.py: `..` and symlinks folded, each once);
+    metadata holds every other column."""
 
     id: str
     title: str
@@ -75,7 +72,9 @@ def _product(row: dict[str, Any], base: Path, where: str) -> Product:
     if isinstance(images, str):
         images = [images]
     paths = tuple(
-        str((base / str(image).strip()).absolute()) for image in images if str(image).strip()
+        dict.fromkeys(
+            str(canonical_root(base / str(image).strip())) for image in images if str(image).strip()
+        )
     )
     reserved = {"id", "title", "image", "images"}
     metadata = {k: _number_or_text(v) for k, v in row.items() if k not in reserved and k}
@@ -114,18 +113,12 @@ def load_catalog(path: Path) -> list[Product]:
     return products
 
 
-def index_catalog(
-    store: IndexStore,
-    products: list[Product],
-    embedder_factory: EmbedderFactory,
-    *,
-    index_types: dict[str, str] | None = None,
-    on_progress: Progress | None = None,
-) -> IndexReport:
-    """Make the store's products equal `products` (from load_catalog): new and edited rows are
-    (re)indexed, deleted rows removed, unchanged rows left alone. Must run under
-    `store.writer_lock()`."""
+def index_catalog(indexer: Indexer, products: list[Product]) -> IndexReport:
+    """Make the index's products equal `products` (from load_catalog): new and edited rows are
+    (re)indexed, deleted rows removed, unchanged rows left alone."""
     started = time.perf_counter()
+    store = indexer.store
+    embedder_factory, on_progress = indexer.embedder, indexer.on_progress
     report = IndexReport()
     stored = store.catalog.get_products()
     by_product: dict[str, list[Item]] = {}
@@ -153,22 +146,16 @@ def index_catalog(
     bad = {s.path for s in report.skipped}
     titles = embed_texts(store, [p.title for p in changed], embedder_factory, on_progress)
 
-    changes = {IMAGES: CollectionChanges(), TEXTS: CollectionChanges()}
     wanted = {p.id for p in products}
-    with store.catalog.transaction():
+    with indexer.change() as changes:
         gone = [pid for pid in stored if pid not in wanted]
         for product_id in gone + [p.id for p in changed]:
-            for item in by_product.get(product_id, []):
-                changes[item.collection].removed.append(item.id)
-        store.catalog.delete_items(i for c in changes.values() for i in c.removed)
+            changes.remove(by_product.get(product_id, []))
         store.catalog.delete_products(gone)
         report.removed = len(gone)
         for product in changed:
             _add_product(store, product, keys_by_path, stats, bad, titles, changes)
             report.indexed += 1
-        store.commit(changes, index_types=index_types)
-        store.catalog.drop_unused_vectors()
-    store.cleanup()
     report.reused = max(0, len([p for p in keys_by_path if p not in bad]) - report.embedded)
     report.elapsed_s = time.perf_counter() - started
     return report
@@ -199,7 +186,7 @@ def _add_product(
     stats: dict[str, tuple[int, int]],
     bad: set[str],
     titles: dict[str, str],
-    changes: dict[str, CollectionChanges],
+    changes: ChangeSet,
 ) -> None:
     metadata = {"title": product.title, **product.metadata}
     store.catalog.put_product(product.id, product.title, product.row_hash, metadata)
@@ -207,7 +194,7 @@ def _add_product(
         if image in bad or image not in keys_by_path:
             continue
         size, mtime_ns = stats[image]
-        item_id = store.catalog.add_item(
+        changes.add(
             IMAGES,
             keys_by_path[image],
             path=image,
@@ -215,8 +202,6 @@ def _add_product(
             mtime_ns=mtime_ns,
             product_id=product.id,
         )
-        changes[IMAGES].added.append(item_id)
     key = text_key(product.title)
     if key in titles:
-        item_id = store.catalog.add_item(TEXTS, key, text=product.title, product_id=product.id)
-        changes[TEXTS].added.append(item_id)
+        changes.add(TEXTS, key, text=product.title, product_id=product.id)

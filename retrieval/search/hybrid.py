@@ -7,7 +7,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
-from .types import Hit
+from ..types import Hit
 
 SEMANTIC = "semantic"
 KEYWORD = "keyword"

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..types import Ids
 from . import keywords
-from .types import Ids
 
 SQL_CHUNK = 500
 
@@ -46,6 +46,32 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     keywords.MIGRATION,
+    # One identity, one item (files.py): earlier versions could store the same file twice (a
+    # root spelled with `..` or through a symlink). Duplicates merge into the oldest row, so
+    # ids already handed out stay valid; the merged rows' ids wait in `orphans` until the next
+    # commit takes their vectors out of the faiss files (readers skip them meanwhile).
+    """
+    CREATE TABLE orphans (id INTEGER PRIMARY KEY, collection TEXT NOT NULL);
+    INSERT INTO orphans(id, collection)
+        SELECT dup.id, dup.collection FROM items AS dup
+        WHERE EXISTS (
+            SELECT 1 FROM items AS keep
+            WHERE keep.id < dup.id AND keep.collection = dup.collection
+            AND keep.product_id IS dup.product_id
+            AND CASE WHEN dup.collection = 'images' THEN keep.path IS dup.path
+                     WHEN dup.product_id IS NULL THEN keep.key = dup.key
+                     ELSE 1 END
+        );
+    DELETE FROM items WHERE id IN (SELECT id FROM orphans);
+    CREATE UNIQUE INDEX items_file ON items(path)
+        WHERE collection = 'images' AND product_id IS NULL;
+    CREATE UNIQUE INDEX items_product_image ON items(product_id, path)
+        WHERE collection = 'images' AND product_id IS NOT NULL;
+    CREATE UNIQUE INDEX items_text ON items(key)
+        WHERE collection = 'texts' AND product_id IS NULL;
+    CREATE UNIQUE INDEX items_title ON items(product_id)
+        WHERE collection = 'texts' AND product_id IS NOT NULL;
+    """,
 )
 
 
@@ -178,6 +204,44 @@ class Catalog:
             key: np.frombuffer(blob, dtype=np.float16).astype(np.float32).reshape(dim)
             for key, blob in self._select_in(query, list(dict.fromkeys(keys)))
         }
+
+    def get_roots(self) -> list[str]:
+        """The real paths of the folders (and files) that syncs have indexed (see add_roots)."""
+        return list(json.loads(self.get_meta("roots", "[]") or "[]"))
+
+    def add_roots(self, roots: Iterable[str]) -> None:
+        """Remember synced roots, so `mmsearch check` can tell a file named through a link in
+        a root (files.py rule 3: an item of its own) from a stale spelling of a root."""
+        known = self.get_roots()
+        merged = sorted(set(known) | set(roots))
+        if merged != known:
+            self.set_meta("roots", json.dumps(merged))
+
+    def orphan_ids(self, collection: str) -> list[int]:
+        """Ids still in the faiss file of `collection` whose items were merged away (see
+        MIGRATIONS); the next commit removes them."""
+        if not self._has_table("orphans"):  # a read-only catalog of an older version
+            return []
+        rows = self.db.execute(
+            "SELECT id FROM orphans WHERE collection=? ORDER BY id", (collection,)
+        )
+        return [row[0] for row in rows]
+
+    def add_orphans(self, collection: str, ids: Iterable[int]) -> None:
+        """Record ids of deleted items whose vectors a faiss file still holds (committed by the
+        caller, with the deletion)."""
+        self.db.executemany(
+            "INSERT OR IGNORE INTO orphans(id, collection) VALUES (?, ?)",
+            ((int(i), collection) for i in ids),
+        )
+
+    def clear_orphans(self, collection: str) -> None:
+        if self._has_table("orphans"):
+            self.db.execute("DELETE FROM orphans WHERE collection=?", (collection,))
+
+    def _has_table(self, name: str) -> bool:
+        query = "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?"
+        return self.db.execute(query, (name,)).fetchone() is not None
 
     def drop_unused_vectors(self) -> int:
         cursor = self.db.execute("DELETE FROM vectors WHERE key NOT IN (SELECT key FROM items)")

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .errors import InvalidQueryError
-from .index import range_pairs
+from ..errors import InvalidQueryError
+from ..index import range_pairs
+from ..storage.store import IndexStore
+from ..types import IMAGES
 from .queries import DEFAULT_DUPLICATE_THRESHOLD
-from .store import IndexStore
-from .types import IMAGES
 
 
 @dataclass(frozen=True)

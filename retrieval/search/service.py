@@ -9,13 +9,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import keywords
-from .catalog import Item, filter_products, product_columns
-from .errors import InvalidQueryError, ItemNotFoundError
+from ..embedders.protocols import QueryEmbedder
+from ..errors import InvalidQueryError, ItemNotFoundError
+from ..storage import keywords
+from ..storage.catalog import Item, filter_products, product_columns
+from ..storage.store import IndexStore
+from ..types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, TEXTS, Hit, Vectors
 from .hybrid import HYBRID, HYBRID_DEPTH, KEYWORD, MODES, SEMANTIC, fuse_hits
 from .queries import (
     DEFAULT_DUPLICATE_THRESHOLD,
@@ -25,22 +28,12 @@ from .queries import (
     collapse,
     combine,
 )
-from .store import IndexStore
-from .types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, TEXTS, Hit, Vectors
 
 if TYPE_CHECKING:
     from .batching import BatchingTextEncoder
 
 # faiss answers any k, but a page of results past this is a mistake, not a query.
 MAX_K = 1000
-
-
-class QueryEmbedder(Protocol):
-    """What searching needs from a model."""
-
-    def encode_texts(self, texts: list[str], batch_size: int = ...) -> Vectors: ...
-
-    def encode_image_sources(self, sources: list[Path | bytes]) -> Vectors: ...
 
 
 # Product search scores each product by w * title similarity + (1 - w) * best image similarity.

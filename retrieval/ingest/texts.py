@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import InputFileError
+from ..errors import InputFileError
 
 # Column names tried, in order, for CSV files; the first present wins.
 TEXT_COLUMNS = ("caption", "text", "title")

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import regex
 
-from .errors import InvalidQueryError, ModelUnavailableError
+from ..errors import InvalidQueryError, ModelUnavailableError
 
 DEFAULT_CONTEXT_LENGTH = 77  # every OpenAI/LAION CLIP text tower; open_clip's default
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"

@@ -12,8 +12,8 @@ import io
 from pathlib import Path
 from typing import Any
 
-from .errors import MmsearchError
-from .files import write_atomic
+from ..errors import MmsearchError
+from ..files import write_atomic
 
 DIRECTIONS = (("text_to_image", "text → image"), ("image_to_text", "image → text"))
 
