@@ -54,9 +54,12 @@ def _tiny_vision() -> dict[str, Any]:
     return dict(TINY_MODEL_CONFIG["model_cfg"]["vision_cfg"])
 
 
-def write_xlmr_tokenizer(folder: Path, vocab_size: int = 600) -> None:
+def write_xlmr_tokenizer(
+    folder: Path, vocab_size: int = 600, corpus: list[str] | None = None
+) -> None:
     """An XLM-R-style tokenizer (Unigram over Metaspace pieces, <s> ... </s>) trained with
-    `tokenizers` and saved as transformers saves XLMRobertaTokenizer."""
+    `tokenizers` on `corpus` (default: SENTENCES and random mixtures of them) and saved as
+    transformers saves XLMRobertaTokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.Unigram())
@@ -66,7 +69,7 @@ def write_xlmr_tokenizer(folder: Path, vocab_size: int = 600) -> None:
     trainer = trainers.UnigramTrainer(
         vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>"
     )
-    tokenizer.train_from_iterator(SENTENCES * 4 + random_texts(300, seed=99), trainer)
+    tokenizer.train_from_iterator(corpus or SENTENCES * 4 + random_texts(300, seed=99), trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>",
         pair="<s> $A </s> </s> $B </s>",
@@ -82,12 +85,18 @@ def write_xlmr_tokenizer(folder: Path, vocab_size: int = 600) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
-def write_tiny_xlmr_model(folder: Path, seed: int = 0) -> Path:
+def write_tiny_xlmr_model(
+    folder: Path,
+    seed: int = 0,
+    corpus: list[str] | None = None,
+    vocab_size: int = 600,
+    context_length: int | None = None,
+) -> Path:
     """A tiny open_clip model with an XLM-R text tower (random weights) as a local-dir folder:
     open_clip_config.json naming this folder as hf_model_name and hf_tokenizer_name, the
     transformers config.json beside it, the tokenizer files and open_clip_model.safetensors."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_xlmr_tokenizer(folder)
+    write_xlmr_tokenizer(folder, vocab_size, corpus)
     vocab = json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
     hf_config = {
         "model_type": "xlm-roberta",
@@ -110,6 +119,8 @@ def write_tiny_xlmr_model(folder: Path, seed: int = 0) -> Path:
         "hf_pooler_type": "mean_pooler",
         "hf_proj_type": "mlp",
     }
+    if context_length:  # tokens per text (open_clip's default: 77)
+        text_cfg["context_length"] = context_length
     config = {
         "model_cfg": {"embed_dim": 32, "vision_cfg": _tiny_vision(), "text_cfg": text_cfg},
         "preprocess_cfg": TINY_MODEL_CONFIG["preprocess_cfg"],
