@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks.embed import DEFAULT_IMAGES, environment, model_dir_for
+from benchmarks.harness import percentile
 
 MODES = ("semantic", "keyword", "hybrid")
 
@@ -44,11 +45,6 @@ def build_index(images: list[Path], texts: list[str], model: Path, work: Path) -
                str(directory), "--quiet", "--device", "cpu"]  # fmt: skip
     subprocess.run(command, check=True)
     return directory
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main() -> None:

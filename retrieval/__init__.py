@@ -26,19 +26,20 @@ if TYPE_CHECKING:
     from .compose import open_for_indexing, open_for_search
     from .ingest.indexer import Indexer
     from .ingest.sync import IndexReport, sync_images_and_texts
-    from .search.service import SearchRequest, SearchResult, SearchService
+    from .search.requests import SearchRequest, SearchResult
+    from .search.service import SearchService
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "open_for_indexing": "compose",
     "open_for_search": "compose",
-    "sync_images_and_texts": "ingest",
-    "IndexReport": "ingest",
-    "Indexer": "indexer",
-    "SearchRequest": "service",
-    "SearchResult": "service",
-    "SearchService": "service",
+    "sync_images_and_texts": "ingest.sync",
+    "IndexReport": "ingest.sync",
+    "Indexer": "ingest.indexer",
+    "SearchRequest": "search.requests",
+    "SearchResult": "search.requests",
+    "SearchService": "search.service",
 }
 
 

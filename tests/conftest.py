@@ -20,6 +20,16 @@ def tiny_model(tiny_model_dir: Path) -> str:
     return f"local-dir:{tiny_model_dir}"
 
 
+@pytest.fixture(scope="session")
+def multilingual_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """`--model` values of the tiny multilingual models (tests/multilingual.py: XLM-R, NLLB and
+    SigLIP-i18n layouts), by kind."""
+    from multilingual import WRITERS
+
+    root = tmp_path_factory.mktemp("multilingual")
+    return {kind: f"local-dir:{write(root / kind)}" for kind, write in WRITERS.items()}
+
+
 # OpenVINO, once loaded into a process, changes the rounding of later torch CPU ops there
 # (in-process and forked-worker preprocessing stopped being bit-identical) and crashed DataLoader
 # fork tests that ran after it in the same pytest process. So the suite runs the model with torch,
@@ -57,6 +67,16 @@ def image_folder(tmp_path: Path) -> Path:
     return folder
 
 
+LEVELS = ("unit", "integration", "e2e")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that load the exported runtime (OpenVINO) into this process run after all others."""
+    """The folder a test lives in is its level: unit (the library, no model), integration (the
+    tiny real model in this process: CLI, HTTP app, catalog), e2e (subprocesses, servers,
+    kills, browsers, a Ray cluster). e2e tests are `slow`, so `-m "not slow"` is the fast loop.
+    Tests that load the exported runtime (OpenVINO) into this process run after all others."""
+    for item in items:
+        level = next((part for part in item.path.parts if part in LEVELS), None)
+        if level == "e2e":
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.get_closest_marker("runtime") is not None)

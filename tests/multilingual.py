@@ -253,3 +253,27 @@ def _write_weights(folder: Path, config: dict[str, Any], seed: int) -> Path:
     state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(folder / "open_clip_model.safetensors"))
     return folder
+
+
+TEXTS = ["一只猫在沙发上睡觉", "a cat sleeping on a sofa", "红色真丝连衣裙", "a red silk dress",
+         "東京タワーの夜景", "Кошка спит на диване", "소파에서 자는 고양이"]  # fmt: skip
+QUERIES = ["猫在沙发上", "a red dress", "夜景", "кошка", "🐱 고양이"]
+WRITERS = {
+    "xlmr": write_tiny_xlmr_model,
+    "nllb": write_tiny_nllb_model,
+    "siglip": write_tiny_siglip_i18n_model,
+}
+
+
+def exported_tokenizer(model: str, folder: Path) -> Any:
+    """open_clip's tokenizer of `model` captured, saved into `folder` and loaded back."""
+    import open_clip
+
+    from retrieval.embedders import hf_tokenizer
+
+    spec = hf_tokenizer.capture(open_clip.get_tokenizer(model))
+    assert spec is not None
+    hf_tokenizer.save(spec, folder)
+    loaded = hf_tokenizer.load(folder)
+    assert loaded is not None
+    return loaded

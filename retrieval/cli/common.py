@@ -15,30 +15,12 @@ import typer
 
 from ..config import DEFAULT_MODEL, INDEX_DIR_ENV
 from ..errors import (
-    DiskFullError,
-    IndexBusyError,
-    IndexMismatchError,
-    InputFileError,
-    InvalidQueryError,
-    ItemNotFoundError,
     MmsearchError,
-    ModelUnavailableError,
     StorageIOError,
 )
 from ..sqlite_errors import classify_sqlite_error
 from ..types import ModelSpec
 
-# Exit codes: 2 is what typer uses for usage errors, so input problems share it.
-EXIT_CODES: dict[type[MmsearchError], int] = {
-    InvalidQueryError: 2,
-    InputFileError: 2,
-    ItemNotFoundError: 2,
-    ModelUnavailableError: 2,
-    IndexMismatchError: 2,
-    IndexBusyError: 75,  # EX_TEMPFAIL: try again later
-    DiskFullError: 74,  # EX_IOERR
-    StorageIOError: 74,  # EX_IOERR
-}
 EXIT_PROBLEMS = 1  # `check` found problems it did not (or could not) repair
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 T = TypeVar("T")
@@ -53,6 +35,11 @@ def run_guarded(action: Callable[[], T]) -> T:
         _fail(err)
     except sqlite3.DatabaseError as err:
         _fail(classify_sqlite_error(err))
+    except OSError as err:
+        # A folder it may not write (an --index without write permission, a path through a
+        # file): said in one line, never as a traceback.
+        where = f"{err.filename}: " if err.filename else ""
+        _fail(StorageIOError(f"{where}{err.strerror or err}; check the path and its permissions"))
     except KeyboardInterrupt:
         typer.echo("interrupted; the previous index is unchanged and still usable", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -60,8 +47,7 @@ def run_guarded(action: Callable[[], T]) -> T:
 
 def _fail(err: MmsearchError) -> NoReturn:
     typer.echo(f"error: {err}", err=True)
-    code = next((c for kind, c in EXIT_CODES.items() if isinstance(err, kind)), 1)
-    raise typer.Exit(code) from None
+    raise typer.Exit(err.exit_code) from None
 
 
 IndexOption = Annotated[
@@ -77,12 +63,24 @@ DeviceOption = Annotated[
     str,
     typer.Option(help="auto (CUDA when available), cpu, or cuda[:N]", envvar="MMSEARCH_DEVICE"),
 ]
+
+
+def _check_backend(value: str) -> str:
+    from ..embedders.runtime import check_backend  # torch-free: the engine registry
+
+    try:
+        return check_backend(value)
+    except MmsearchError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
 BackendOption = Annotated[
     str,
     typer.Option(
         help="auto (OpenVINO on a CPU when the model exports, else torch; torch on CUDA), "
         "torch, openvino or onnxruntime",
         envvar="MMSEARCH_BACKEND",
+        callback=_check_backend,
     ),
 ]
 PrecisionOption = Annotated[

@@ -11,7 +11,7 @@ from ..config import EmbedConfig, default_index_dir
 from ..errors import InputFileError, InvalidQueryError
 from ..search.hybrid import MODES
 from ..search.queries import DEFAULT_DUPLICATE_THRESHOLD, QueryPart, parse_weight
-from ..search.service import DEFAULT_TEXT_WEIGHT, SearchRequest, check_k
+from ..search.requests import DEFAULT_TEXT_WEIGHT, SearchRequest, check_k
 from ..types import TARGETS
 from .common import BackendOption, DeviceOption, IndexOption, PrecisionOption, run_guarded
 from .render import result_table

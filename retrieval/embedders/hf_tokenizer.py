@@ -8,8 +8,8 @@ sentencepiece-only folder is converted to a `tokenizers` pipeline; NLLB rewrites
 its source language). What runs in the end is always one `tokenizers.Tokenizer`. So where the
 model is loaded with torch (index, a warm query), `capture()` serialises that very pipeline with
 open_clip's cleaning, context length and padding; `HfTokenizer` runs it with the `tokenizers`
-library alone (~20 ms to import, no torch), and tests/test_multilingual.py checks it id for id
-against open_clip on thousands of strings in many scripts.
+library alone (~20 ms to import, no torch), and tests/integration/test_multilingual.py checks it
+id for id against open_clip on thousands of strings in many scripts.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ PREFETCH_FACTOR = 2
 # An accelerator flips this: the model outruns decoding, and workers become the bottleneck.
 MAX_WORKERS_CPU_MODEL = 4
 # On an H100 with 16 cores, 15 workers decoded ~600 ImageNet JPEGs/s and the GPU still waited
-# (benchmarks/RESULTS.md), so every spare core goes to decoding, up to this cap.
+# (benchmarks/HISTORY.md, GPU run), so every spare core goes to decoding, up to this cap.
 MAX_WORKERS_ACCELERATOR = 16
 # prctl(2) option: the signal the kernel sends this process when the thread that forked it ends.
 PR_SET_PDEATHSIG = 1

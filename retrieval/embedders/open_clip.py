@@ -1,5 +1,6 @@
-"""open_clip implementation of the Embedder: the only module that imports torch and open_clip
-(besides the image loader in this package)."""
+"""open_clip implementation of the embedder protocols (protocols.py): loads a model, embeds
+texts, query images and image files in batches. torch and open_clip are imported only inside
+embedders/ (tests/test_layout.py keeps it so)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import open_clip
 import torch
 from open_clip import pretrained as oc_pretrained
 
+from ..config import default_batch_size
 from ..errors import ModelUnavailableError
 from ..files import cached_sha256
 from ..images import load_image
@@ -30,11 +32,8 @@ from .tensor_decode import PIL_PATH, JpegBatchDecoder, create_decoder
 # A cache miss would otherwise spend ~50 s in huggingface_hub's retry loop before failing when
 # the machine is offline; one quick TCP connect tells us the answer up front.
 REACHABILITY_TIMEOUT_S = 3.0
-# Measured on a 2-core EPYC with ViT-B-32: batch 8 ran ~2x faster per image than 32 (the
-# activations of larger batches fall out of cache); the peers' runs found the same.
-CPU_BATCH_SIZE = 8
-# On a GPU larger batches keep the tensor cores busy; 256 ViT-B-32 images in fp16 need < 2 GB.
-GPU_BATCH_SIZE = 256
+CPU_BATCH_SIZE = default_batch_size("embed", on_gpu=False)  # config.BATCH_SIZES says why
+GPU_BATCH_SIZE = default_batch_size("embed", on_gpu=True)
 
 
 def resolve_device(device: str) -> str:
@@ -185,7 +184,7 @@ class OpenClipEmbedder:
         """Batched torchvision JPEG decoding for embed_image_files, or None (CPU workers)."""
         if encoder is None and dtype != torch.float32:
             # Cast once: autocast inside inference_mode re-casts every weight on every call
-            # and ran 10x slower on a CPU (benchmarks/RESULTS.md, bf16 table).
+            # and ran 10x slower on a CPU (benchmarks/HISTORY.md, bf16 table).
             self.model = self.model.to(dtype)
 
     @property

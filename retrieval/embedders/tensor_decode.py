@@ -51,7 +51,7 @@ PIL_PATH = "pil"
 """Preprocessing-path name of the CPU workers: Pillow decode + the model's PIL transforms."""
 
 # Threads reading bytes and parsing JPEG headers. The reads release the GIL; Pillow's header
-# parse (0.2 ms a file on the loaded 2-core machine, benchmarks/RESULTS.md) holds it, so past
+# parse (0.2 ms a file on the loaded 2-core machine, benchmarks/HISTORY.md) holds it, so past
 # ~8 threads more only contend (measure with benchmarks/gpu_pipeline.py before raising it).
 READ_THREADS = 8
 # Batches read ahead of the one being decoded: enough to hide a slow disk read, while holding

@@ -85,7 +85,7 @@ class EarlyRefusalMiddleware:
     body reading. Under overload most requests are refused, so what a refusal costs is what
     the server has left for real work: without this layer each refused request went through
     FastAPI's routing and validation first, and at 4x the sustainable rate on 2 cores a 429
-    took up to 7 s (benchmarks/RESULTS.md, "Overload"). The limiter still checks too: requests
+    took up to 7 s (benchmarks/HISTORY.md, "Overload"). The limiter still checks too: requests
     that pass here while it is filling are refused there. Paths in `exempt` (health and status
     probes) always pass, so monitoring sees a busy server as busy, not down."""
 

@@ -11,9 +11,9 @@ from fastapi import Path as PathParam
 from fastapi import Query, Request
 from starlette.exceptions import HTTPException
 
+from ..config import MAX_K
 from ..errors import ImageDecodeError, ImageTooLargeError, InvalidQueryError
 from ..images import header_size
-from ..search.service import MAX_K
 from .models import MAX_FILTERS, MAX_OFFSET, MODE_HELP, Mode, Target
 
 SEARCH_PARAMS = frozenset(

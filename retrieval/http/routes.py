@@ -30,7 +30,8 @@ from ..errors import ImageDecodeError, MmsearchError
 from ..search.batching import LruCache
 from ..search.duplicates import find_duplicates
 from ..search.queries import DEFAULT_DUPLICATE_THRESHOLD, QueryPart
-from ..search.service import DEFAULT_TEXT_WEIGHT, SearchRequest, SearchService
+from ..search.requests import DEFAULT_TEXT_WEIGHT, SearchRequest
+from ..search.service import SearchService
 from .errors import (
     ERROR_RESPONSES,
     http_error,

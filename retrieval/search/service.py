@@ -3,125 +3,35 @@ SearchRequest with a SearchResult, whose JSON both front ends print as is."""
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..config import MAX_K
 from ..embedders.protocols import QueryEmbedder
 from ..errors import InvalidQueryError, ItemNotFoundError
 from ..storage import keywords
 from ..storage.catalog import Item, filter_products, product_columns
 from ..storage.store import IndexStore
 from ..types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, TEXTS, Hit, Vectors
+from .hits import hit_from_item
 from .hybrid import HYBRID, HYBRID_DEPTH, KEYWORD, MODES, SEMANTIC, fuse_hits
 from .queries import (
-    DEFAULT_DUPLICATE_THRESHOLD,
     MAX_COLLAPSE_DEPTH,
     MAX_PARTS,
     QueryPart,
     collapse,
     combine,
 )
+from .requests import SearchRequest, SearchResult, check_k
 
 if TYPE_CHECKING:
     from .batching import BatchingTextEncoder
-
-# faiss answers any k, but a page of results past this is a mistake, not a query.
-MAX_K = 1000
-
-
-# Product search scores each product by w * title similarity + (1 - w) * best image similarity.
-# Text-to-image cosine scores of CLIP sit lower than text-to-text ones, so an even split already
-# lets a strong title match lift a product; callers tune it per request.
-DEFAULT_TEXT_WEIGHT = 0.5
-
-
-@dataclass(frozen=True)
-class SearchRequest:
-    """One search: by text or by image, over images, texts or products, with optional filters
-    (products only): `{"category": "shoes", "price_min": 10, "price_max": 50}`."""
-
-    text: str | None = None
-    image: Path | bytes | None = None
-    target: str | None = None  # None: products when the index has a catalog, else images
-    k: int = 10
-    offset: int = 0
-    filters: Mapping[str, Any] = field(default_factory=dict)
-    text_weight: float = DEFAULT_TEXT_WEIGHT
-    # How the query echo names an image given as bytes (an upload's file name, "base64");
-    # an image given as a path is echoed as its absolute path.
-    image_name: str | None = None
-    # A composed query (instead of text/image): weighted parts, see retrieval/queries.py.
-    parts: tuple[QueryPart, ...] = ()
-    # "More like this": the stored vector of this item is a part, and the item is left out.
-    like: int | None = None
-    min_score: float | None = None  # drop hits whose cosine score is below this
-    collapse: bool = False  # fold near-duplicates of a better hit into it (images, texts)
-    duplicate_threshold: float = DEFAULT_DUPLICATE_THRESHOLD
-    # semantic (CLIP), keyword (BM25) or hybrid (both, fused); None: hybrid for text queries
-    # of an index with a product catalog, else semantic.
-    mode: str | None = None
-
-    @property
-    def composed(self) -> bool:
-        return bool(self.parts) or self.like is not None
-
-    def echo(self, target: str) -> dict[str, Any]:
-        """The `query` part of a result: what was searched, with the target resolved."""
-        echo: dict[str, Any] = {"target": target, "k": self.k, "offset": self.offset}
-        if self.composed:
-            echo.update(self._composed_echo())
-        elif self.text is not None:
-            echo["text"] = self.text
-        elif isinstance(self.image, Path):
-            echo["image"] = str(self.image.absolute())
-        else:
-            echo["image"] = self.image_name
-        if self.filters:
-            echo["filters"] = dict(self.filters)
-        if target == PRODUCTS and self.text is not None:
-            echo["text_weight"] = self.text_weight
-        if self.min_score is not None:
-            echo["min_score"] = self.min_score
-        if self.collapse:
-            echo["collapse"] = True
-        return echo
-
-    def _composed_echo(self) -> dict[str, Any]:
-        echo: dict[str, Any] = {}
-        if self.parts:
-            echo["parts"] = [part.echo() for part in self.parts]
-        if self.like is not None:
-            echo["like"] = self.like
-        return echo
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """One page of hits and the query as the service understood it: the one answer shape of
-    `mmsearch query --json` and the HTTP search endpoints."""
-
-    query: dict[str, Any]
-    hits: list[Hit]
-    has_more: bool = False  # a next page (offset + k) has at least one hit
-
-    def to_dict(self, **extra: Any) -> dict[str, Any]:
-        """`{"query": {...}, "results": [...], "has_more": bool}`, then `extra` (e.g. the HTTP
-        `took_ms`)."""
-        results = [hit.to_dict() for hit in self.hits]
-        return {"query": self.query, "results": results, "has_more": self.has_more, **extra}
-
-    def to_json(self, **extra: Any) -> str:
-        """Compact JSON of to_dict(): the exact bytes both front ends send."""
-        return json.dumps(
-            self.to_dict(**extra), ensure_ascii=False, allow_nan=False, separators=(",", ":")
-        )
 
 
 class SearchService:
@@ -264,19 +174,15 @@ class SearchService:
         items = catalog.get_items([m.id for m in matches])
         hits = []
         for match in matches:
-            item = items[match.id]
-            image = item.collection == IMAGES
+            item = items.get(match.id)
+            if item is None:  # deleted by a commit since the keyword match was read
+                continue
             extra = {} if target == PRODUCTS else item.metadata
+            rank = len(hits) + 1
+            metadata = self._metadata(item.product_id, extra)
             hits.append(
-                Hit(
-                    rank=len(hits) + 1,
-                    score=match.score,
-                    id=item.id,
-                    path=item.path,
-                    text=None if image else item.text,
-                    caption=item.text if image else None,
-                    metadata=self._metadata(item.product_id, extra),
-                    signals={KEYWORD: len(hits) + 1},
+                hit_from_item(
+                    item, rank=rank, score=match.score, metadata=metadata, signals={KEYWORD: rank}
                 )
             )
         return hits
@@ -419,13 +325,10 @@ class SearchService:
             if item is None:
                 continue
             hits.append(
-                Hit(
+                hit_from_item(
+                    item,
                     rank=offset + len(hits) + 1,
                     score=score,
-                    id=item_id,
-                    path=item.path,
-                    text=item.text if item.collection != IMAGES else None,
-                    caption=item.text if item.collection == IMAGES else None,
                     metadata=self._metadata(item.product_id, item.metadata),
                     duplicates=duplicates,
                 )
@@ -499,13 +402,10 @@ class SearchService:
         scored = self._score_products(vector, sorted(candidates), weight)
         page = scored[request.offset : wanted]
         return [
-            Hit(
+            hit_from_item(
+                item,
                 rank=request.offset + n + 1,
                 score=score,
-                id=item.id,
-                path=item.path,
-                text=None if item.path else item.text,
-                caption=item.text if item.path else None,
                 metadata=self._metadata(item.product_id, {}),
             )
             for n, (score, item) in enumerate(page)
@@ -590,14 +490,6 @@ def _fusion_key(target: str) -> Callable[[Hit], Any]:
     if target == PRODUCTS:
         return lambda hit: hit.metadata.get("product_id")
     return lambda hit: hit.id
-
-
-def check_k(k: int, offset: int = 0) -> None:
-    """Reject result counts that cannot be meant."""
-    if not 1 <= k <= MAX_K:
-        raise InvalidQueryError(f"k must be between 1 and {MAX_K}, got {k}")
-    if offset < 0 or offset + k > MAX_K * 10:
-        raise InvalidQueryError(f"offset must be between 0 and {MAX_K * 10 - k}, got {offset}")
 
 
 __all__ = ["MAX_K", "SearchRequest", "SearchResult", "SearchService", "check_k"]

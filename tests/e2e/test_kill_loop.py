@@ -1,6 +1,6 @@
 """The short kill loop of the default suite: SIGKILL `mmsearch index` while it writes the next
 generation's faiss files and just after its COMMIT, on real images that change between trials
-(the full loop, 36 trials over every phase: `python -m benchmarks.kill_loop`)."""
+(the full loop, 36 trials over every phase: `python -m benchmarks.faults.kill_loop`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from testdata import shared_images_or_skip
 
-from benchmarks.kill_loop import run_trials, sample_pool
+from benchmarks.faults.kill_loop import run_trials, sample_pool
 
 
 def test_killed_index_runs_leave_one_consistent_generation(tiny_model: str, tmp_path: Path) -> None:

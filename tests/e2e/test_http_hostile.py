@@ -14,7 +14,7 @@ import httpx
 import pytest
 from httpkit import index_photos, open_app, run_server
 
-from benchmarks.fuzz_http import fuzz
+from benchmarks.faults.fuzz_http import fuzz
 from retrieval.config import ServeConfig
 
 # Short timeouts so each slow-client case takes about a second; the defaults are 10/15/120 s.
@@ -283,7 +283,7 @@ def test_garbage_request_lines_are_refused(live: str) -> None:
 
 
 def test_schemathesis_against_the_live_server_gets_only_documented_4xx(live: str) -> None:
-    # A few cases per operation; `python -m benchmarks.fuzz_http` runs thousands.
+    # A few cases per operation; `python -m benchmarks.faults.fuzz_http` runs thousands.
     report = fuzz(live, examples=4, stateful=4)
     assert not report.failures, "\n\n".join(report.failures.values())
     assert report.total >= 60 and report.stateful_steps > 0

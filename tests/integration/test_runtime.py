@@ -29,7 +29,7 @@ def default_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MMSEARCH_BACKEND")
 
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-4
 
 # A tiny ModifiedResNet image tower (open_clip builds one when vision_cfg.layers is a list):

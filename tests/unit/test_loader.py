@@ -197,7 +197,7 @@ def test_process_exits_promptly_after_abandoning_a_loader(tmp_path: Path) -> Non
         print(next(batches).positions)
         """
     )
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60

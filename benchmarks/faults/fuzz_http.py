@@ -4,8 +4,8 @@ runs that chain a search into GET /items/{id} and /items/{id}/image through Open
 Every answer must be documented (status, content type, body schema) and none a 5xx; the
 server's RSS is sampled before and after.
 
-    python -m benchmarks.fuzz_http                   # ~4,000 cases (~10 min on 2 busy cores)
-    python -m benchmarks.fuzz_http --examples 20 --stateful 10   # a quick look
+    python -m benchmarks.faults.fuzz_http                   # ~4,000 cases (~10 min on 2 busy cores)
+    python -m benchmarks.faults.fuzz_http --examples 20 --stateful 10   # a quick look
 
 Loopback only: the server is a child process bound to 127.0.0.1. tests/test_http_hostile.py
 runs `fuzz` for a few cases per operation against a threaded uvicorn in the default suite.
@@ -25,7 +25,8 @@ from typing import Any
 
 import httpx
 
-from .livekit import environment, mmsearch, rss_mib, serve_child, write_catalog, write_model
+from ..harness import rss_mib
+from ..livekit import environment, mmsearch, serve_child, write_catalog, write_model
 
 SEARCH_OUT = "#/components/schemas/SearchOut"
 # Each call's own limit; a hang past it is a failure, not a stuck harness.
@@ -205,8 +206,8 @@ def main() -> None:
         print_report(report, (before, after))
         print(f"\nserver still answering /health after the run: {alive}")
         print("\n".join(["", *environment(),
-                         f"- command: python -m benchmarks.fuzz_http --examples {args.examples} "
-                         f"--stateful {args.stateful}"]))  # fmt: skip
+                         "- command: python -m benchmarks.faults.fuzz_http "
+                         f"--examples {args.examples} --stateful {args.stateful}"]))  # fmt: skip
         if report.failures or not alive:
             raise SystemExit(1)
 

@@ -1,8 +1,8 @@
 """Kill loop: SIGKILL `mmsearch index` in every phase of a run, on a real folder that changes
 between trials, and prove after every kill that nothing was lost or mixed.
 
-    python -m benchmarks.kill_loop                  # 36 trials, 4 per phase (~10 min, 2 cores)
-    python -m benchmarks.kill_loop --trials 9 --images 24
+    python -m benchmarks.faults.kill_loop            # 36 trials, 4 per phase (~10 min, 2 cores)
+    python -m benchmarks.faults.kill_loop --trials 9 --images 24
 
 Each trial: change the folder (adds, deletes, edits, renames across subfolders) and the text
 list, start `python -m retrieval index` as a child process, and kill it with SIGKILL, either
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO.parent / "shared" / "datasets" / "imagenet-sample" / "images"
 SUBFOLDERS = ("a", "b", "c", "c/deeper")
 # How many times each phase is reached in a trial's run (hash and embed are counted from the
@@ -380,7 +380,7 @@ def main() -> None:
         "errors": results.errors,
         "images_lost": results.images_lost,
         "elapsed_s": round(elapsed, 1),
-        "command": "python -m benchmarks.kill_loop " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.faults.kill_loop " + " ".join(sys.argv[1:]),
     }, indent=2))  # fmt: skip
 
 

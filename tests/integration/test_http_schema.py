@@ -49,7 +49,7 @@ def test_api_conforms_to_its_schema_and_never_fails(
             deadline=None,
             database=None,
             # The same cases on every run, so the suite is deterministic; the wide, random
-            # fuzzing is benchmarks/fuzz_http.py (thousands of cases, new seeds each run).
+            # fuzzing is benchmarks/faults/fuzz_http.py (thousands of cases, new seeds each run).
             derandomize=True,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         )

@@ -2,7 +2,7 @@
 deep/unicode/newline/non-UTF-8 names, links out of the folder and at FIFOs and /dev/zero, a PNG
 bomb over the pixel cap), with and without a decodable bomb just under the cap.
 
-    python -m benchmarks.hostile_images
+    python -m benchmarks.faults.hostile_images
 
 Each configuration runs `python -m retrieval index` in a fresh child (decoding in-process,
 --workers 0, so the child's peak RSS is the whole run's); the table gives its exit code, the
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Just under the cap of retrieval/images.py (178,956,970 px): decoded, not refused.
 UNDER_CAP_SIDE = 13_000
 # Prints the peak RSS (KiB on Linux) of the command given as arguments, run as its child.
@@ -94,7 +94,7 @@ def main() -> None:
         print(f"{name:<62} {row['rc']:>3} {row['indexed']!s:>7} {row['seconds']:>6} "
               f"{row['peak_rss_mib']:>12} {ratio:>7.2f}")  # fmt: skip
         print(f"    skipped: {row['skipped']} {row['stderr']}")
-    print("command: python -m benchmarks.hostile_images")
+    print("command: python -m benchmarks.faults.hostile_images")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ throughput the soak sustained, then at half of it: the server must answer 429 wi
 quickly instead of queueing, keep its in-flight count under max_concurrency + max_queue, and
 answer 200s again as soon as the load drops.
 
-    python -m benchmarks.soak                        # 5 min soak + ~40 s overload
-    python -m benchmarks.soak --seconds 60           # a quick look
-    python -m benchmarks.soak --plot soak.png        # also plot latency and RSS
-    python -m benchmarks.soak --seconds 30 --baseline --rounds 2   # overload vs the old path
+    python -m benchmarks.faults.soak                        # 5 min soak + ~40 s overload
+    python -m benchmarks.faults.soak --seconds 60           # a quick look
+    python -m benchmarks.faults.soak --plot soak.png        # also plot latency and RSS
+    python -m benchmarks.faults.soak --seconds 30 --baseline --rounds 2   # overload vs the old path
 
 `--baseline` also starts a second server on the same index without the early 429
 (EarlyRefusalMiddleware removed, i.e. refusals only from the admission limiter after FastAPI's
@@ -44,11 +44,11 @@ from typing import Any
 
 import httpx
 
-from .livekit import (
+from ..harness import percentile, rss_mib
+from ..livekit import (
     CATEGORIES,
     environment,
     mmsearch,
-    rss_mib,
     serve_child,
     write_catalog,
     write_model,
@@ -85,13 +85,6 @@ class Soak:
     samples: list[Sample] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)
     requests: int = 0
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class Queries:
@@ -479,7 +472,7 @@ def report(
               f"| {dict(phase.retry_after) or '-'} "
               f"| {phase.max_in_flight} ({QUEUE_BOUND}) | {first} |")  # fmt: skip
     print("\n" + "\n".join(environment()))
-    print(f"- command: python -m benchmarks.soak --seconds {args.seconds:g} "
+    print(f"- command: python -m benchmarks.faults.soak --seconds {args.seconds:g} "
           f"--concurrency {args.concurrency} --overload-seconds {args.overload_seconds:g}"
           f"{' --baseline' if args.baseline else ''} --rounds {args.rounds}; "
           f"server {' '.join(SERVER_ARGS)}")  # fmt: skip

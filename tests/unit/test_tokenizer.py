@@ -14,7 +14,7 @@ import pytest
 
 from retrieval.embedders.tokenizer import ClipTokenizer, load_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # No word holds whitespace, so one string split on it lists them compactly.
 WORDS = """

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from retrieval.index import FaissIndex, exact_search, faiss_index
+from retrieval.index import FaissIndex, exact_search, faiss_index, policy
 from retrieval.index.tuning import (
     TUNE_QUERIES,
     TUNE_TEXT_QUERIES,
@@ -248,8 +248,8 @@ def test_ivf_trains_on_the_sample_only(data, monkeypatch) -> None:
         seen.append(len(sample))
         return sample
 
-    monkeypatch.setattr(faiss_index, "TRAIN_POINTS_PER_CENTROID", 39)
-    monkeypatch.setattr(faiss_index, "PQ_MIN_TRAIN", 256)
+    monkeypatch.setattr(policy, "TRAIN_POINTS_PER_CENTROID", 39)
+    monkeypatch.setattr(policy, "PQ_MIN_TRAIN", 256)
     monkeypatch.setattr(faiss_index, "_training_sample", spy)
     index = FaissIndex.build(xb, ids, "IVF64,Flat")
     assert seen == [39 * 64] and index.ntotal == N
@@ -261,7 +261,7 @@ def _identity_dict() -> dict:
 
 def test_auto_picks_refined_pq_when_vectors_outgrow_memory(monkeypatch) -> None:
     assert faiss_index.resolve_index_type("auto", 100_000, 512) == "IVF1265,Flat"
-    monkeypatch.setattr(faiss_index, "AUTO_PQ_MIN_BYTES", 100_000 * 512 * 4)
+    monkeypatch.setattr(policy, "AUTO_PQ_MIN_BYTES", 100_000 * 512 * 4)
     assert faiss_index.resolve_index_type("auto", 100_000, 512) == "IVF1265,PQ64x8,Refine(SQ8)"
 
 

@@ -18,7 +18,7 @@ from testdata import make_images, shared_images_or_skip
 
 from retrieval.storage.store import IndexStore
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_broken_and_unusual_files_are_skipped_or_indexed(tiny_model: str, tmp_path: Path) -> None:
