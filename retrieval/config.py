@@ -26,8 +26,11 @@ def default_index_dir() -> Path:
 
 
 # embedders/tensor_decode.py: auto = batched torchvision JPEG decoding on CUDA, Pillow workers
-# elsewhere; gpu forces the torchvision path (on the CPU too); cpu never takes it.
-DECODE_MODES = ("auto", "cpu", "gpu")
+# elsewhere; gpu forces the torchvision path (on the CPU too); cpu never takes it. Pillow decodes
+# large images scaled to the model's input size (images.DecodeTarget); full decodes every pixel
+# in the Pillow workers, the reference that scaled decoding is measured against.
+FULL_DECODE = "full"
+DECODE_MODES = ("auto", "cpu", "gpu", FULL_DECODE)
 DECODE_ENV = "MMSEARCH_DECODE"
 
 
@@ -45,7 +48,7 @@ class EmbedConfig:
     # usable core
     backend: str = "auto"
     threads: int | None = None
-    decode: str = "auto"  # auto|cpu|gpu, see DECODE_MODES
+    decode: str = "auto"  # auto|cpu|gpu|full, see DECODE_MODES
 
     def __post_init__(self) -> None:
         if not DEVICE_PATTERN.fullmatch(self.device):

@@ -118,7 +118,9 @@ def index(
         str,
         typer.Option(
             help="auto (batched torchvision JPEG decoding on the GPU with --device cuda, Pillow "
-            "workers otherwise), gpu (the torchvision path on any device) or cpu (Pillow workers)",
+            "workers otherwise), gpu (the torchvision path on any device), cpu (Pillow workers, "
+            "large photos decoded at the scale the model needs) or full (Pillow workers, every "
+            "pixel decoded)",
             envvar=DECODE_ENV,
         ),
     ] = "auto",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Container, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ class IndexReport:
     texts_indexed: int = 0
     texts_removed: int = 0
     elapsed_s: float = 0.0
+    ignored: dict[str, int] = field(default_factory=dict)
+    """Files the walk passed over as not images, counted by extension (`.mov`: 10)."""
 
     @property
     def images_per_s(self) -> float:
@@ -84,6 +87,7 @@ class _ImagePlan:
     # Paths whose item a failed read or decode must drop (not bad names: they have no item).
     failed: set[str] = field(default_factory=set)
     roots: list[str] = field(default_factory=list)  # real paths of the synced roots
+    ignored: Counter[str] = field(default_factory=Counter)
 
 
 def items_under(store: IndexStore, roots: Sequence[Path]) -> dict[str, Item]:
@@ -116,7 +120,10 @@ def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | N
         elif is_storable_name(str(path)):
             plan.failed.add(str(path))
 
-    found = [path for root in roots for path in walk_images(root, on_skip)]
+    def on_ignore(path: Path) -> None:
+        plan.ignored[path.suffix.lower() or "(no extension)"] += 1
+
+    found = [path for root in roots for path in walk_images(root, on_skip, on_ignore)]
     # An item whose vector row is gone (a damaged catalog) is re-read and re-embedded even when
     # its file is unchanged: skipping it would leave it silently missing from every search.
     stored = store.catalog.has_vectors({item.key for item in plan.existing.values()})
@@ -273,6 +280,7 @@ def _apply_plan(indexer: Indexer, plan: _ImagePlan, texts: list[str] | None) -> 
     )
     report.embedded = embedded
     report.skipped = plan.skipped + skipped
+    report.ignored = dict(sorted(plan.ignored.items(), key=lambda item: (-item[1], item[0])))
     report.unchanged = plan.unchanged
     failed = plan.failed | {s.path for s in skipped}
 

@@ -116,12 +116,12 @@ def _embed_by_position(embedder: OpenClipEmbedder, paths: list[Path]):
 
 @pytest.fixture(scope="module")
 def embedders(tiny_model: str) -> tuple[OpenClipEmbedder, OpenClipEmbedder]:
-    """(tensor path, Pillow path) over the same tiny model, both on the CPU."""
+    """(tensor path, Pillow path decoding every pixel) over the same tiny model, on the CPU."""
     spec = ModelSpec(tiny_model, None)
     common = {"device": "cpu", "backend": "torch", "batch_size": 5, "num_workers": 0}
     return (
         OpenClipEmbedder.load(spec, decode="gpu", **common),
-        OpenClipEmbedder.load(spec, decode="cpu", **common),
+        OpenClipEmbedder.load(spec, decode="full", **common),
     )
 
 
@@ -266,7 +266,7 @@ def test_index_records_the_tensor_path_and_rejects_unknown_decode(
     info = json.loads(invoke("info", "--json").stdout)
     assert info["preprocessing"] == ["tensor:cpu"]
     _write_jpegs(tmp_path / "more", 2, first_seed=50)  # new bytes, so they are embedded
-    json_lines("index", tmp_path / "more", "--decode", "cpu", "--json")
+    json_lines("index", tmp_path / "more", "--decode", "full", "--json")
     assert json.loads(invoke("info", "--json").stdout)["preprocessing"] == ["pil", "tensor:cpu"]
     result = invoke("index", folder, "--decode", "nvjpeg")
     assert result.exit_code == 2

@@ -272,10 +272,12 @@ def test_walk_order_is_sorted_absolute_and_repeatable(tmp_path: Path) -> None:
 
 
 def test_walk_matches_extensions_in_any_case(tmp_path: Path) -> None:
-    for suffix in ("JPG", "Jpeg", "pNg", "WEBP", "Gif", "BMP", "Tif", "TIFF", "heic", "txt"):
+    suffixes = ("JPG", "Jpeg", "pNg", "WEBP", "Gif", "BMP", "Tif", "TIFF", "heic", "AVIF", "Dng")
+    for suffix in suffixes + ("txt", "MOV"):
         _touch_image(tmp_path / f"file.{suffix}")
-    walked = {path.suffix.lower() for path in walk_images(tmp_path)}
-    assert walked == IMAGE_EXTENSIONS
+    walked = {path.suffix for path in walk_images(tmp_path)}
+    assert walked == {f".{suffix}" for suffix in suffixes}
+    assert {suffix.lower() for suffix in walked} <= IMAGE_EXTENSIONS
 
 
 def test_walk_survives_a_symlink_loop_without_duplicates(tmp_path: Path) -> None:
