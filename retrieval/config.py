@@ -121,11 +121,23 @@ class ServeConfig:
 
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
+    # Without a key, Host names answered beyond localhost and IP addresses ("*": any); the
+    # runner adds the --host name. Against DNS rebinding (http/security.HostCheckMiddleware).
+    allowed_hosts: tuple[str, ...] = ()
+    # Proxies whose X-Forwarded-For/-Proto are believed (uvicorn's forwarded_allow_ips); none by
+    # default, so no client can choose the address the access log shows.
+    forwarded_allow_ips: tuple[str, ...] = ()
     # Phone photos are 2-8 MB; 20 MiB leaves room for large PNGs without inviting abuse.
     max_upload_bytes: int = 20 * MIB
-    # Full-resolution modes of current phone cameras reach 48-50 Mpx; one decoded 50 Mpx image
-    # is 150 MB of RGB, so this also bounds memory per concurrent upload.
+    # Full-resolution modes of current phone cameras reach 48-50 Mpx. Per image, and per request
+    # over all of a composed query's images together.
     max_megapixels: float = 50.0
+    # Megapixels decoded at once over all requests (http/limits.PixelBudget); more wait (429
+    # after queue_timeout_s). A decode and its preprocessing peak at 8.0 MiB per Mpx for RGB,
+    # 12.6 for 16-bit and 16.4 for RGBA PNGs (benchmarks/decode_memory.py), so 64 Mpx bounds
+    # decode memory at ~0.5 GiB for RGB and ~1.05 GiB at worst, while still admitting one
+    # maximum-size image, or many phone photos (JPEGs decode at reduced scale), at once.
+    decode_budget_megapixels: float = 64.0
     # Threads that may embed or search at once; text queries among them share forward passes.
     max_concurrency: int = 16
     # Requests allowed to wait for a thread; the next one gets 429 at once.

@@ -203,24 +203,27 @@ def load_image(
     max_pixels: int = MAX_IMAGE_PIXELS,
     target: DecodeTarget | None = None,
     name: str | None = None,
+    reduce_to: int | None = None,
 ) -> Image.Image:
     """Decode a file path or raw bytes into an upright RGB image, or raise ImageDecodeError.
 
     With a `target`, a large image comes back scaled down by a whole factor, still at least
     `target.margin` times the size the preprocessing resizes it to (see DecodeTarget). `name`
     is the file name raw bytes came from: it labels errors and routes camera RAW files (whose
-    TIFF-like headers Pillow would otherwise read as their tiny thumbnail) by extension."""
+    TIFF-like headers Pillow would otherwise read as their tiny thumbnail) by extension. With
+    `reduce_to` (and no target), a JPEG is decoded at the smallest scale libjpeg offers that
+    keeps both sides at least `reduce_to` pixels (thumbnails)."""
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be a positive pixel count, got {max_pixels}")
     if isinstance(source, bytes):
-        return _decode(io.BytesIO(source), name or _BYTES_LABEL, max_pixels, target)
+        return _decode(io.BytesIO(source), name or _BYTES_LABEL, max_pixels, target, reduce_to)
     label = str(source)
     try:
         stream = open_regular(source)
     except OSError as err:
         raise ImageDecodeError(label, "unreadable", _describe(err)) from err
     with stream:
-        return _decode(stream, label, max_pixels, target)
+        return _decode(stream, label, max_pixels, target, reduce_to)
 
 
 def open_header(stream: BinaryIO) -> Image.Image:
@@ -244,7 +247,11 @@ def header_size(data: bytes) -> tuple[int, int] | None:
 
 
 def _decode(
-    stream: BinaryIO, label: str, max_pixels: int, target: DecodeTarget | None
+    stream: BinaryIO,
+    label: str,
+    max_pixels: int,
+    target: DecodeTarget | None,
+    reduce_to: int | None = None,
 ) -> Image.Image:
     head = stream.read(16)
     if not head:
@@ -268,6 +275,8 @@ def _decode(
             )
         if target is not None:
             draft_jpeg(image, target)
+        elif reduce_to is not None and image.format in ("JPEG", "MPO"):
+            image.draft(None, (reduce_to, reduce_to))  # sets the DCT scale; decodes nothing
         try:
             # Decode every pixel now, so a truncated file fails here rather than inside preprocess.
             image.load()

@@ -51,10 +51,12 @@ HTTP_CODES = {
     408: "timeout",
     413: "too_large",
     429: "overloaded",
+    431: "too_large",
     503: "not_ready",
 }
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut} for status in (400, 401, 404, 408, 413, 422, 429, 500, 503, 507)
+    status: {"model": ErrorOut}
+    for status in (400, 401, 404, 408, 413, 422, 429, 431, 500, 503, 507)
 }
 
 

@@ -68,6 +68,8 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     for flag in CHROME_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chrome-profile')}")
+    # The console, where Chromium reports what a Content-Security-Policy blocked.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # An explicit driver path keeps Selenium Manager from looking for drivers online.
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     driver.set_page_load_timeout(WAIT_S)
@@ -221,12 +223,39 @@ def test_with_an_api_key_the_browser_logs_in_with_basic_auth_and_the_page_works(
         wait_for(browser, lambda d: "12 images" in d.find_element(By.ID, "summary").text)
         cards = search_for(browser, "a blue hat")  # fetch() and the thumbnails' <img> too
         assert shown_and_folded(cards) == 12
-        # The docs, same login (Swagger UI's own script comes from a CDN this test cannot reach,
-        # so the page source and the schema it would load stand for it).
+        # The docs, same login: Swagger UI's files come from this server too (docs.py).
         browser.get(base + "/docs")
-        assert "swagger-ui" in browser.page_source
+        wait_for(browser, lambda d: "mmsearch" in swagger_title(d))
         browser.get(base + "/openapi.json")
         assert '"/search"' in browser.find_element(By.TAG_NAME, "body").text
+
+
+def swagger_title(driver: WebDriver) -> str:
+    titles = driver.find_elements(By.CSS_SELECTOR, ".swagger-ui .info .title")
+    return titles[0].text if titles else ""
+
+
+def test_the_page_and_the_docs_work_under_their_content_security_policies(
+    browser: WebDriver, photo_site: Site
+) -> None:
+    browser.get_log("browser")  # start from an empty console
+    open_page(browser, photo_site, "12 images")
+    assert shown_and_folded(search_for(browser, "a red shoe")) == 12
+    browser.get(photo_site.base + "/docs")  # Swagger UI, served by this server
+    wait_for(browser, lambda d: "mmsearch" in swagger_title(d))
+    browser.find_element(By.CSS_SELECTOR, ".opblock-summary").click()  # expands an operation
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-body"))
+    browser.get(photo_site.base + "/redoc")  # ReDoc renders the schema with its own styles
+    wait_for(browser, lambda d: "mmsearch" in d.find_element(By.TAG_NAME, "body").text)
+    wait_for(browser, lambda d: "/search" in d.find_element(By.TAG_NAME, "body").text)
+    blocked = [
+        entry["message"]
+        for entry in browser.get_log("browser")
+        if "Content Security Policy" in entry["message"] or "Refused to" in entry["message"]
+    ]
+    # Only loads from elsewhere are blocked (ReDoc's footer logo lives on its makers' CDN);
+    # nothing of this origin's and no inline script or style that the pages need.
+    assert all(re.search(r"'https?://(?!127\.0\.0\.1)", message) for message in blocked), blocked
 
 
 # -- refinements: chips, collapsed duplicates, min score, uniform thumbnails -------------------

@@ -354,7 +354,7 @@ async def test_overload_answers_429_with_retry_after_instead_of_waiting(
     with open_app(photo_index, config) as (app, service):
         entered, release = hold_searches(service, monkeypatch)
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
             results: list[httpx.Response] = []
 
             async def call() -> None:
@@ -384,7 +384,7 @@ async def test_a_full_server_refuses_before_reading_or_validating_and_probes_sti
     with open_app(photo_index, config) as (app, service):
         entered, release = hold_searches(service, monkeypatch)
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
             busy: list[httpx.Response] = []
 
             async def hold() -> None:

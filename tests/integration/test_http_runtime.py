@@ -28,7 +28,7 @@ def photo_index(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def app_client(directory: Path, backend: str) -> Iterator[TestClient]:
-    config = ServeConfig()
+    config = ServeConfig(allowed_hosts=("testserver",))  # TestClient's Host, as in httpkit
     embed = EmbedConfig(device="cpu", backend=backend)
     with (
         open_for_search(directory, embed, batching=config.batching) as service,
