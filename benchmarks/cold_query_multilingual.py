@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.harness import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 QUERY = "猫在沙发上"
@@ -90,13 +91,9 @@ def main() -> None:
         median = statistics.median(values)
         print(f"| {name} | {median:.2f} | {base / median:.1f}x |")
     print(f"\nsame top 3: {len({tuple(ids) for ids in answers.values()}) == 1}")
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")), platform.processor(),
-    )  # fmt: skip
     sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
-    print(f"cpu={cpu}, cores={os.cpu_count()}, load={os.getloadavg()[0]:.1f}, git={sha}")
+    print(f"cpu={cpu_model()}, load={os.getloadavg()[0]:.1f}, git={sha}")
     print(f"python -m benchmarks.cold_query_multilingual --repeat {args.repeat} --kind {args.kind}")
 
 

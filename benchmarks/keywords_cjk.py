@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.harness import cpu_model
 from retrieval.storage import keywords
 from retrieval.storage.catalog import MIGRATIONS
 
@@ -175,13 +176,6 @@ def measure(db: sqlite3.Connection, method: Method, titles: list[str], repeat: i
     return out
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "cpu"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--titles", type=int, default=100_000)
@@ -211,7 +205,7 @@ def main() -> None:
     sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
     print(
-        f"\ncpu={cpu_name()}, cores={os.cpu_count()}, load={os.getloadavg()[0]:.1f}, "
+        f"\ncpu={cpu_model()}, load={os.getloadavg()[0]:.1f}, "
         f"sqlite={sqlite3.sqlite_version}, python={platform.python_version()}, git={sha}\n"
         f"python -m benchmarks.keywords_cjk --titles {args.titles} --repeat {args.repeat}"
     )

@@ -23,12 +23,13 @@ import argparse
 import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.harness import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "datasets" / "imagenet-sample"
@@ -163,13 +164,9 @@ def main() -> None:
             for k in (1, 5, 10)
         ]
         print(f"| {language} | " + " | ".join(cells) + " |")
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")), platform.processor(),
-    )  # fmt: skip
     sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
-    print(f"\ncpu={cpu}, cores={os.cpu_count()}, load={os.getloadavg()[0]:.1f}, git={sha}")
+    print(f"\ncpu={cpu_model()}, load={os.getloadavg()[0]:.1f}, git={sha}")
     print(f"python -m benchmarks.train_multilingual --pairs {args.pairs} --steps {args.steps}")
 
 
