@@ -14,7 +14,21 @@ from .store import IndexStore
 
 if TYPE_CHECKING:
     from .distributed.ingest import RayOptions
-    from .products import Product
+    from .products import ProductRow, RowError
+
+
+@dataclass(frozen=True)
+class CatalogRequest:
+    """A product catalog to write: its rows and the rows the reader left out; `sync` deletes
+    products absent from it, `dry_run` writes nothing, `strict` refuses any bad row, `schema`
+    overrides column types."""
+
+    rows: tuple[ProductRow, ...]
+    errors: tuple[RowError, ...] = ()
+    sync: bool = False
+    dry_run: bool = False
+    strict: bool = False
+    schema: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -24,7 +38,7 @@ class IndexRequest:
 
     roots: tuple[Path, ...] = ()
     texts: tuple[str, ...] | None = None
-    products: tuple[Product, ...] | None = None
+    catalog: CatalogRequest | None = None
     ray: RayOptions | None = None
     captioner: Callable[[], Any] | None = None
     index_types: dict[str, str] | None = None
@@ -54,10 +68,20 @@ def run_index(
 
             texts = list(request.texts) if request.texts is not None else None
             reports.append(("files", sync_folders(indexer, list(request.roots), texts=texts)))
-        if request.products is not None:
-            from .products import index_catalog
+        if request.catalog is not None:
+            from .product_writes import write_products
 
-            reports.append(("catalog", index_catalog(indexer, list(request.products))))
+            wanted = request.catalog
+            report = write_products(
+                indexer,
+                list(wanted.rows),
+                errors=wanted.errors,
+                sync=wanted.sync,
+                dry_run=wanted.dry_run,
+                strict=wanted.strict,
+                schema=wanted.schema,
+            )
+            reports.append(("catalog", report))
         if request.captioner is not None:
             from .captions import caption_missing
 
@@ -65,4 +89,4 @@ def run_index(
     return reports
 
 
-__all__ = ["IndexRequest", "run_index"]
+__all__ = ["CatalogRequest", "IndexRequest", "run_index"]

@@ -5,7 +5,7 @@ faiss files always learn of it), and commits a generation by one rule.
 
     with Indexer(store, embedder_factory) as indexer:
         report = sync_images_and_texts(indexer, roots)     # ingest.py
-        report = index_catalog(indexer, products)          # products.py
+        report = write_products(indexer, rows)             # product_writes.py
 
 Crash contract (store.py): the item changes and the generation flip are one SQLite transaction;
 vectors embedded before it are cached under their content keys, so a killed run loses no model
@@ -53,6 +53,14 @@ class ChangeSet:
         """New bytes for an existing item: its id stays, its vector and caption change."""
         self.catalog.update_item(item.id, key=key, size=size, mtime_ns=mtime_ns)
         self.catalog.set_text(item.id, None)  # the old caption described the old bytes
+        change = self.collections[item.collection]
+        change.removed.append(item.id)
+        change.added.append(item.id)
+
+    def replace_text(self, item: Item, *, key: str, text: str) -> None:
+        """A new text for an existing text item (a product's edited title): its id stays."""
+        self.catalog.update_item(item.id, key=key, size=None, mtime_ns=None)
+        self.catalog.set_text(item.id, text)
         change = self.collections[item.collection]
         change.removed.append(item.id)
         change.added.append(item.id)

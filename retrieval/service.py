@@ -25,6 +25,7 @@ from .queries import (
     collapse,
     combine,
 )
+from .schema import parse_boolean, parse_number
 from .store import IndexStore
 from .types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, TEXTS, Hit, Vectors
 
@@ -443,7 +444,7 @@ class SearchService:
         if not filters:
             return None
         columns = product_columns(self.store.catalog.db)
-        equals: dict[str, str] = {}
+        equals: dict[str, Any] = {}
         ranges: dict[str, tuple[float | None, float | None]] = {}
         for name, value in filters.items():
             column, bound = name, None
@@ -454,7 +455,7 @@ class SearchService:
                 known = ", ".join(sorted(columns)) or "none"
                 raise InvalidQueryError(f"unknown filter {name!r}; product columns: {known}")
             if bound is None:
-                equals[column] = str(value)
+                equals[column] = _typed_filter(name, columns[column], value)
                 continue
             try:
                 number = float(value)
@@ -462,7 +463,7 @@ class SearchService:
                 raise InvalidQueryError(f"filter {name} needs a number, got {value!r}") from None
             low, high = ranges.get(column, (None, None))
             ranges[column] = (number, high) if bound == "_min" else (low, number)
-        return filter_products(self.store.catalog.db, equals, ranges)
+        return filter_products(self.store.catalog.db, equals, ranges, columns)
 
     def _search_products(
         self, vector: np.ndarray, request: SearchRequest, weight: float
@@ -590,6 +591,22 @@ class SearchService:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _typed_filter(name: str, kind: str, value: Any) -> Any:
+    """An equality filter's value as its column's type: `true`/`false` (query strings, CLI) and
+    JSON booleans both mean a boolean; numbers compare as numbers."""
+    if kind == "boolean":
+        parsed = parse_boolean(value)
+        if parsed is None:
+            raise InvalidQueryError(f"filter {name} needs true or false, got {value!r}")
+        return parsed
+    if kind == "number":
+        number = parse_number(value)
+        return number if number is not None else str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
 
 
 def _fusion_key(target: str) -> Callable[[Hit], Any]:

@@ -579,6 +579,7 @@ class IndexStore:
             "collections": collections,
             "preprocessing": self.recorded_preprocessing() or None,
             "products": self.catalog.product_count(),
+            "product_columns": self.catalog.get_schema() or None,
             "generation": self.catalog.generation,
             "size_bytes": size,
             "created": self.manifest.get("created"),

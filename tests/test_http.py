@@ -583,7 +583,7 @@ def test_image_search_finds_the_product_and_its_stats_list_filters(
     stats = shop.get("/stats").json()
     assert stats["has_catalog"] is True and stats["products"] == 9
     assert stats["product_columns"]["price"] == "number"
-    assert stats["product_columns"]["category"] == "text"
+    assert stats["product_columns"]["category"] == "keyword"
     item = shop.get(f"/items/{upload.json()['results'][0]['id']}").json()
     assert item["product_id"] == "SKU-004" and item["metadata"]["category"] == "shirts"
 

@@ -23,7 +23,23 @@ from .common import (
     progress,
     run_guarded,
 )
-from .render import caption_summary, report_dict, report_summary
+from .render import caption_summary, catalog_summary, report_dict, report_summary
+
+
+def load_schema(path: Path) -> dict[str, str]:
+    """A --schema file: a JSON object {column: type}."""
+    from ..schema import CellError, check_schema
+
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InputFileError(f"cannot read --schema {path}: {err}") from err
+    if not isinstance(raw, dict):
+        raise InputFileError(f"--schema {path} must hold a JSON object {{column: type}}")
+    try:
+        return check_schema(raw, str(path))
+    except CellError as err:
+        raise InputFileError(str(err)) from err
 
 
 def index(
@@ -38,6 +54,37 @@ def index(
         typer.Option(
             help="Product catalog (.csv or .jsonl): id, title, image (several joined by |), "
             "any other columns kept as filterable metadata",
+        ),
+    ] = None,
+    sync: Annotated[
+        bool,
+        typer.Option(
+            "--sync",
+            help="With --catalog: delete products whose SKU is not in FILE (default: upsert, "
+            "products absent from FILE stay)",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="With --catalog: print which products would be created, replaced and "
+            "deleted, and which rows are bad, without writing anything",
+        ),
+    ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="With --catalog: fail (writing nothing) when any row is bad, instead of "
+            "reporting and skipping it",
+        ),
+    ] = False,
+    schema: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --catalog: JSON file {column: type} overriding inferred column types "
+            "(number, boolean, keyword, text, list)",
         ),
     ] = None,
     index_dir: IndexOption = None,
@@ -140,8 +187,8 @@ def index(
 
     def body() -> None:
         from ..compose import load_captioner, open_for_indexing
-        from ..index_run import IndexRequest, run_index
-        from ..products import load_catalog
+        from ..index_run import CatalogRequest, IndexRequest, run_index
+        from ..products import read_catalog
         from ..store import StoreOptions
         from ..texts import load_texts
 
@@ -166,7 +213,19 @@ def index(
                 "and index --texts/--catalog in a separate run without --ray"
             )
         text_list = load_texts(texts) if texts is not None else None
-        products = load_catalog(catalog) if catalog is not None else None
+        if catalog is None and (sync or dry_run or strict or schema is not None):
+            raise InvalidQueryError("--sync, --dry-run, --strict and --schema need --catalog FILE")
+        catalog_request = None
+        if catalog is not None:
+            rows, errors = read_catalog(catalog)
+            catalog_request = CatalogRequest(
+                tuple(rows),
+                tuple(errors),
+                sync=sync,
+                dry_run=dry_run,
+                strict=strict,
+                schema=load_schema(schema) if schema is not None else None,
+            )
         directory = index_dir or default_index_dir()
         only_captions = captions and not roots and catalog is None and texts is None
         if only_captions and not (directory / "manifest.json").is_file():
@@ -183,7 +242,7 @@ def index(
         request = IndexRequest(
             roots=tuple(roots),
             texts=tuple(text_list) if text_list is not None else None,
-            products=tuple(products) if products is not None else None,
+            catalog=catalog_request,
             ray=ray_options,
             captioner=(lambda: load_captioner(spec, config)) if spec is not None else None,
             index_types={IMAGES: index_type, TEXTS: index_type} if index_type != "auto" else None,
@@ -199,7 +258,9 @@ def index(
                 detail = f" ({skip.detail})" if skip.detail else ""
                 typer.echo(f"skipped {skip.path}: {skip.reason}{detail}", err=True)
         for kind, report in reports:
-            if kind == "captions":
+            if kind == "catalog":
+                typer.echo(catalog_summary(report, directory, as_json=as_json))
+            elif kind == "captions":
                 typer.echo(caption_summary(report, as_json=as_json))
             elif as_json:
                 typer.echo(json.dumps({"kind": kind, **report_dict(report, directory)}))
