@@ -94,8 +94,10 @@ class Indexer:
         *,
         index_types: dict[str, str] | None = None,
         on_progress: Progress | None = None,
+        lock_wait_s: float = 0.0,
     ) -> None:
         self.store = store
+        self.lock_wait_s = lock_wait_s
         self._embedder_factory = embedder_factory
         self.index_types = index_types
         self.on_progress = on_progress
@@ -103,7 +105,7 @@ class Indexer:
 
     def __enter__(self) -> Indexer:
         stack = ExitStack()
-        stack.enter_context(self.store.writer_lock())
+        stack.enter_context(self.store.writer_lock(self.lock_wait_s))
         self._exit = stack
         return self
 

@@ -51,6 +51,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CATALOG = "catalog.sqlite"
 LOCK = ".lock"
+# How often a writer waiting for the lock tries again: short next to a write (tens of ms).
+LOCK_POLL_S = 0.01
 # Adding to an IVF index without retraining degrades its clustering as the data drifts; past
 # this growth factor since the last training we rebuild from the stored vectors instead.
 RETRAIN_GROWTH = 2.0
@@ -194,16 +196,22 @@ class IndexStore:
         self.close()
 
     @contextmanager
-    def writer_lock(self) -> Iterator[None]:
-        """Exclusive advisory lock for index runs; readers never take it."""
+    def writer_lock(self, wait_s: float = 0.0) -> Iterator[None]:
+        """Exclusive advisory lock for index runs and HTTP writes, waited for up to `wait_s`
+        seconds; readers never take it."""
         with open(self.directory / LOCK, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as err:
-                raise IndexBusyError(
-                    f"another `mmsearch index` run is writing to {self.directory}; wait for it "
-                    "to finish (or stop it) and run again."
-                ) from err
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError as err:
+                    if time.monotonic() >= deadline:
+                        raise IndexBusyError(
+                            f"another writer (`mmsearch index`, or a server's product write) "
+                            f"holds {self.directory}; wait for it to finish and try again."
+                        ) from err
+                    time.sleep(LOCK_POLL_S)
             self._drop_stray_files()
             if self.catalog.get_meta(MANIFEST_META) is None:  # indexes made before it existed
                 with self.catalog.transaction():

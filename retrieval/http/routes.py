@@ -26,9 +26,11 @@ from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
 from ..batching import LruCache
+from ..compose import open_writer
 from ..config import ServeConfig
 from ..duplicates import find_duplicates
 from ..errors import ImageDecodeError, MmsearchError
+from ..product_api import ProductWriter
 from ..queries import DEFAULT_DUPLICATE_THRESHOLD, QueryPart
 from ..service import DEFAULT_TEXT_WEIGHT, SearchRequest, SearchService
 from .errors import (
@@ -77,6 +79,7 @@ from .params import (
     decode_base64,
     query_filters,
 )
+from .products import product_routes
 from .security import ApiKeyMiddleware, api_key_dependency
 
 logger = logging.getLogger(__name__)
@@ -130,9 +133,12 @@ class _Server:
             self.not_ready_reason = str(err)
 
 
-def create_app(service: SearchService, config: ServeConfig) -> FastAPI:
+def create_app(
+    service: SearchService, config: ServeConfig, writer: ProductWriter | None = None
+) -> FastAPI:
     """A FastAPI app serving `service` (its text batcher, if any, is reported in /stats and
-    /metrics). The caller closes the service."""
+    /metrics) and product writes through `writer` (default: one on the service's index, when
+    it is writable). The caller closes the service; the app closes a writer it made."""
     admission = AdmissionLimiter(
         config.max_concurrency, config.max_queue, config.queue_timeout_s, config.retry_after_s
     )
@@ -142,10 +148,18 @@ def create_app(service: SearchService, config: ServeConfig) -> FastAPI:
     server = _Server(service, config, admission, thumbnails)
     metrics = Metrics(service, admission)
 
+    own_writer = writer is None
+    if writer is None:
+        writer = open_writer(service)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await server.warm()
-        yield
+        try:
+            yield
+        finally:
+            if own_writer and writer is not None:
+                writer.close()
 
     app = FastAPI(
         title="mmsearch",
@@ -179,7 +193,7 @@ def create_app(service: SearchService, config: ServeConfig) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(config.cors_origins),
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
         )
     app.add_middleware(ObserveMiddleware, metrics=metrics, internal_error=internal_error)
@@ -189,6 +203,8 @@ def create_app(service: SearchService, config: ServeConfig) -> FastAPI:
     _add_search_routes(api, server)
     _add_item_routes(api, server)
     _add_status_routes(api, server, metrics)
+    if writer is not None:
+        api.include_router(product_routes(writer, admission))
     app.include_router(_public_routes())
     app.include_router(api)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
