@@ -75,8 +75,10 @@ MIGRATIONS: tuple[str, ...] = (
     # Products keep the image sources their row names and each one's state (embedded, or why
     # it was skipped, with the size/mtime seen), so an unchanged row with an unreadable image
     # is recognised as unchanged instead of being re-added (with new ids) on every run.
+    # items_key: a small write drops only the vectors it released, each checked by key.
     """
     ALTER TABLE products ADD COLUMN images TEXT NOT NULL DEFAULT '[]';
+    CREATE INDEX items_key ON items(key);
     """,
 )
 
@@ -259,9 +261,20 @@ class Catalog:
         query = "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?"
         return self.db.execute(query, (name,)).fetchone() is not None
 
-    def drop_unused_vectors(self) -> int:
-        cursor = self.db.execute("DELETE FROM vectors WHERE key NOT IN (SELECT key FROM items)")
-        return cursor.rowcount
+    def drop_unused_vectors(self, keys: Iterable[str] | None = None) -> int:
+        """Delete stored vectors no item uses: all of them, or only among `keys`."""
+        if keys is None:
+            query = "DELETE FROM vectors WHERE key NOT IN (SELECT key FROM items)"
+            return self.db.execute(query).rowcount
+        dropped = 0
+        for key in keys:
+            cursor = self.db.execute(
+                "DELETE FROM vectors WHERE key=? AND NOT EXISTS "
+                "(SELECT 1 FROM items WHERE items.key=?)",
+                (key, key),
+            )
+            dropped += cursor.rowcount
+        return dropped
 
     # -- items --------------------------------------------------------------------------------
     def iter_items(self, collection: str) -> Iterator[Item]:

@@ -186,7 +186,12 @@ class ProductWriter:
 
     # -- helpers ----------------------------------------------------------------------------------
     def _indexer(self) -> Indexer:
-        return Indexer(self.store, self._embedder_factory, lock_wait_s=self.lock_wait_s)
+        return Indexer(
+            self.store,
+            self._embedder_factory,
+            lock_wait_s=self.lock_wait_s,
+            sweep_vectors=False,
+        )
 
     def _write(
         self, rows: list[ProductRow], errors: list[RowError], *, sync: bool = False

@@ -107,6 +107,10 @@ class IndexStore:
         self.identity = ModelIdentity.from_dict(manifest["model"])
         self.options = options or StoreOptions()
         self._indexes: dict[str, tuple[int, FaissIndex | None]] = {}
+        # Indexes this writer just saved for the generation it is committing; adopted as the
+        # cached copies once the transaction has committed (adopt_committed), so a long-lived
+        # writer (serve) does not read back and re-verify the file it wrote on every write.
+        self._saved: dict[str, FaissIndex | None] = {}
         self._rebuilt = False
 
     # -- opening ------------------------------------------------------------------------------
@@ -331,6 +335,9 @@ class IndexStore:
                 # Nothing changed in this collection: the next generation shares the file
                 # (a hard link) instead of loading and rewriting a possibly large index.
                 os.link(current_path, self._faiss_path(collection, new))
+                cached = self._indexes.get(collection)
+                if cached is not None and cached[0] == old:
+                    self._saved[collection] = cached[1]
                 faults.reached("faiss")
                 continue
             self._rebuilt = True
@@ -344,11 +351,22 @@ class IndexStore:
                 index.save(self._faiss_path(collection, new))
                 checksum = file_sha256(self._faiss_path(collection, new))
                 self.catalog.set_meta(f"factory:{collection}", index.factory)
+                if not self.options.use_gpu and not index.on_disk:
+                    self._saved[collection] = index
             # Checked by every reader that loads the file and by `mmsearch check`.
             self.catalog.set_meta(f"sha256:{collection}", checksum)
             faults.reached("faiss")
         self.catalog.set_meta("generation", str(new))
         self.catalog.set_meta("updated", str(time.time()))
+
+    def adopt_committed(self, committed: bool) -> None:
+        """After the transaction around `commit` ended: keep the indexes it saved as this
+        store's cached copies of the new generation (`committed`), or forget them."""
+        saved, self._saved = self._saved, {}
+        if committed:
+            generation = self.catalog.generation
+            for collection, index in saved.items():
+                self._indexes[collection] = (generation, index)
 
     def _next_index(
         self,

@@ -187,3 +187,32 @@ def test_a_write_waits_a_bounded_time_for_the_lock_then_503(shop_index: Path) ->
             assert answer.status_code == 503 and answer.headers["retry-after"]
             assert client.get("/products/SKU-000").json()["price"] == 10.5
     writer.close()
+
+
+def test_writes_reuse_the_index_they_saved_and_show_on_another_replica_at_once(
+    shop_index: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from retrieval.compose import open_for_search, open_writer
+    from retrieval.config import EmbedConfig
+    from retrieval.index import FaissIndex
+    from retrieval.service import SearchRequest
+
+    with (
+        open_for_search(shop_index, EmbedConfig(device="cpu")) as primary,
+        open_for_search(shop_index, EmbedConfig(device="cpu")) as replica,
+    ):
+        writer = open_writer(primary)
+        assert writer is not None
+        writer.put("W-0", {"title": "warm", "images": [data_url(20)]})
+        loads = []
+        real_load = FaissIndex.load
+        monkeypatch.setattr(
+            FaissIndex, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k)
+        )
+        for n in range(1, 4):
+            writer.put(f"W-{n}", {"title": f"written {n}", "images": [data_url(20 + n)]})
+            assert not loads  # the writer kept the index it saved
+            hits = replica.search(SearchRequest(text=f"written {n}", k=20)).hits
+            assert f"W-{n}" in {h.metadata["product_id"] for h in hits}
+            loads.clear()  # the replica read the new generation, as it must
+        writer.close()
