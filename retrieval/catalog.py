@@ -80,6 +80,29 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE products ADD COLUMN images TEXT NOT NULL DEFAULT '[]';
     CREATE INDEX items_key ON items(key);
     """,
+    # Scoped API keys (only a hash of each key is kept) and the audit log of product changes
+    # (keys.py, audit.py).
+    """
+    CREATE TABLE api_keys (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        scope TEXT NOT NULL,
+        hash TEXT NOT NULL UNIQUE,
+        created REAL NOT NULL,
+        revoked REAL
+    );
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        time REAL NOT NULL,
+        key_name TEXT NOT NULL,
+        action TEXT NOT NULL,
+        sku TEXT,
+        outcome TEXT NOT NULL,
+        request_id TEXT,
+        detail TEXT
+    );
+    CREATE INDEX audit_time ON audit(time);
+    """,
 )
 
 

@@ -13,6 +13,7 @@ from .indexer import Indexer, Progress
 from .store import IndexStore
 
 if TYPE_CHECKING:
+    from .audit import Actor
     from .distributed.ingest import RayOptions
     from .products import ProductRow, RowError
 
@@ -29,6 +30,7 @@ class CatalogRequest:
     dry_run: bool = False
     strict: bool = False
     schema: dict[str, str] | None = None
+    actor: Actor | None = None  # who writes, for the audit log
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,8 @@ def run_index(
                 dry_run=wanted.dry_run,
                 strict=wanted.strict,
                 schema=wanted.schema,
+                actor=wanted.actor,
+                action="import",
             )
             reports.append(("catalog", report))
         if request.captioner is not None:

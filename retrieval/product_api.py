@@ -8,11 +8,14 @@ returns once its SQLite transaction has committed, so an acknowledged write surv
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from . import audit
+from .audit import Actor
 from .blobs import decode_data_url, image_format, is_data_url, store_blob
 from .catalog import Catalog
 from .errors import ImageDecodeError, InvalidQueryError, ItemNotFoundError
@@ -99,7 +102,9 @@ class ProductWriter:
             return self.store.catalog.get_schema()
 
     # -- writes ---------------------------------------------------------------------------------
-    def put(self, sku: str, body: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
+    def put(
+        self, sku: str, body: Mapping[str, Any], actor: Actor | None = None, action: str = "put"
+    ) -> tuple[bool, dict[str, Any]]:
         """Create or replace one product from a catalog row without `id`; (created, view).
 
         Raises:
@@ -107,14 +112,16 @@ class ProductWriter:
         """
         row = self._row(sku, body)
         with self._lock:
-            report = self._write([row], [])
+            report = self._write([row], [], actor=actor, action=action)
             outcome = report.outcomes[0]
             if outcome.action == FAILED:
                 raise InvalidQueryError(outcome.reason)
             view = product_view(self.store.catalog, sku)
         return outcome.action == CREATED, view or {}
 
-    def patch(self, sku: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def patch(
+        self, sku: str, body: Mapping[str, Any], actor: Actor | None = None
+    ) -> dict[str, Any]:
         """Merge `body` into the stored product (`null` removes a field; `images` replaces the
         list); the product as stored.
 
@@ -133,19 +140,21 @@ class ProductWriter:
                 merged.pop(name, None)
             else:
                 merged[name] = value
-        return self.put(sku, merged)[1]
+        return self.put(sku, merged, actor, "patch")[1]
 
-    def delete(self, sku: str) -> None:
+    def delete(self, sku: str, actor: Actor | None = None) -> None:
         """Delete one product.
 
         Raises:
             ItemNotFoundError: no product has this SKU.
         """
         with self._lock, self._indexer() as indexer:
-            if not delete_products(indexer, [sku]):
+            if not delete_products(indexer, [sku], actor):
                 raise ItemNotFoundError(f"no product with SKU {sku!r}")
 
-    def bulk(self, lines: Iterable[tuple[int, Any]], *, sync: bool) -> CatalogReport:
+    def bulk(
+        self, lines: Iterable[tuple[int, Any]], *, sync: bool, actor: Actor | None = None
+    ) -> CatalogReport:
         """Upsert NDJSON rows ((line number, parsed object or ValueError) pairs); with `sync`,
         products not named are deleted. A bad line fails alone."""
         parsed: list[tuple[int, Any]] = []
@@ -158,9 +167,9 @@ class ProductWriter:
             parsed.append((line, raw))
         rows, errors = parse_rows(parsed, None)
         with self._lock:
-            return self._write(rows, errors, sync=sync)
+            return self._write(rows, errors, sync=sync, actor=actor, action="bulk")
 
-    def set_schema(self, schema: Mapping[str, Any]) -> dict[str, str]:
+    def set_schema(self, schema: Mapping[str, Any], actor: Actor | None = None) -> dict[str, str]:
         """Set column types (only columns no product uses yet may change type); the schema.
 
         Raises:
@@ -182,6 +191,9 @@ class ProductWriter:
                 )
             with indexer.change():
                 catalog.set_schema({**current, **wanted})
+                if actor is not None:
+                    detail = json.dumps(wanted, sort_keys=True)
+                    audit.append(catalog.db, actor, [audit.Entry("schema", None, "set", detail)])
             return catalog.get_schema()
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -194,10 +206,23 @@ class ProductWriter:
         )
 
     def _write(
-        self, rows: list[ProductRow], errors: list[RowError], *, sync: bool = False
+        self,
+        rows: list[ProductRow],
+        errors: list[RowError],
+        *,
+        sync: bool = False,
+        actor: Actor | None = None,
+        action: str = "put",
     ) -> CatalogReport:
         with self._indexer() as indexer:
-            return write_products(indexer, rows, errors=errors, sync=sync)
+            return write_products(
+                indexer, rows, errors=errors, sync=sync, actor=actor, action=action
+            )
+
+    def audit_log(self, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Audit entries at or after `since`, oldest first."""
+        with self._lock:
+            return audit.read(self.store.catalog.db, since, limit)
 
     def _row(self, sku: str, body: Mapping[str, Any]) -> ProductRow:
         try:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import audit
+from .audit import Actor
 from .catalog import Item, ProductRecord
 from .errors import InputFileError
 from .indexer import ChangeSet, Indexer
@@ -89,10 +91,13 @@ def write_products(
     dry_run: bool = False,
     strict: bool = False,
     schema: dict[str, str] | None = None,
+    actor: Actor | None = None,
+    action: str = "upsert",
 ) -> CatalogReport:
     """Upsert `rows` (and, with `sync`, delete every stored product whose SKU is not among
     them or `errors`); `errors` are rows already left out by the reader, reported as failed.
-    `schema` overrides stored column types. With `dry_run` nothing is written."""
+    `schema` overrides stored column types. With `dry_run` nothing is written. With an
+    `actor`, every outcome but `unchanged` goes to the audit log (audit.py) in the commit."""
     started = time.perf_counter()
     store = indexer.store
     catalog = store.catalog
@@ -117,9 +122,9 @@ def write_products(
         if record is not None and _unchanged(product, record, mine):
             report.outcomes.append(Outcome(product.line, product.id, UNCHANGED))
             continue
-        action = REPLACED if record is not None else CREATED
-        planned.append(_Planned(product, action, mine))
-        report.outcomes.append(Outcome(product.line, product.id, action))
+        kind = REPLACED if record is not None else CREATED
+        planned.append(_Planned(product, kind, mine))
+        report.outcomes.append(Outcome(product.line, product.id, kind))
     gone: list[str] = []
     if sync:
         named = set(skus) | {o.sku for o in report.outcomes if o.sku is not None}
@@ -151,20 +156,29 @@ def write_products(
             catalog.delete_products(gone)
         for plan in planned:
             _apply(plan, bad, changes)
+        if actor is not None:
+            entries = [
+                audit.Entry(action if o.action != DELETED else "delete", o.sku, o.action, o.reason)
+                for o in report.outcomes
+                if o.action != UNCHANGED
+            ]
+            audit.append(catalog.db, actor, entries)
     report.reused = max(0, len([p for p in keys_by_path if p not in bad]) - report.embedded)
     report.elapsed_s = time.perf_counter() - started
     return report
 
 
-def delete_products(indexer: Indexer, skus: Iterable[str]) -> list[str]:
-    """Delete these products (their items leave the faiss files in the same commit); the SKUs
-    that existed."""
+def delete_products(indexer: Indexer, skus: Iterable[str], actor: Actor | None = None) -> list[str]:
+    """Delete these products (their items leave the faiss files in the same commit, with the
+    audit entries when an `actor` is given); the SKUs that existed."""
     catalog = indexer.store.catalog
     found = list(catalog.get_product_records(skus))
     if found:
         with indexer.change() as changes:
             changes.remove(i for items in catalog.get_product_items(found).values() for i in items)
             catalog.delete_products(found)
+            if actor is not None:
+                audit.append(catalog.db, actor, [audit.Entry("delete", s, DELETED) for s in found])
     return found
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +25,14 @@ from .common import (
     run_guarded,
 )
 from .render import caption_summary, catalog_summary, report_dict, report_summary
+
+
+def _user() -> str:
+    """Who runs the CLI, for the audit log."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+        return "unknown"
 
 
 def load_schema(path: Path) -> dict[str, str]:
@@ -186,6 +195,7 @@ def index(
     deleted ones; an interrupted run leaves the previous index usable."""
 
     def body() -> None:
+        from ..audit import Actor
         from ..compose import load_captioner, open_for_indexing
         from ..index_run import CatalogRequest, IndexRequest, run_index
         from ..products import read_catalog
@@ -225,6 +235,7 @@ def index(
                 dry_run=dry_run,
                 strict=strict,
                 schema=load_schema(schema) if schema is not None else None,
+                actor=Actor(f"cli:{_user()}"),
             )
         directory = index_dir or default_index_dir()
         only_captions = captions and not roots and catalog is None and texts is None

@@ -46,6 +46,7 @@ ERROR_STATUS: dict[type[MmsearchError], tuple[int, str]] = {
 HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     408: "timeout",
@@ -54,7 +55,7 @@ HTTP_CODES = {
     503: "not_ready",
 }
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut} for status in (400, 401, 404, 408, 413, 422, 429, 500, 503)
+    status: {"model": ErrorOut} for status in (400, 401, 403, 404, 408, 413, 422, 429, 500, 503)
 }
 
 

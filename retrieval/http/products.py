@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from ..audit import Actor
 from ..product_api import ProductWriter
 from ..products import MAX_SKU_CHARS
 from .limits import AdmissionLimiter
@@ -16,6 +18,8 @@ from .limits import AdmissionLimiter
 # `:path` so that a percent-encoded slash (`/products/A%2FB-7`, which the server decodes
 # before routing) still names one SKU, `A/B-7`.
 SKU_ROUTE = "/products/{sku:path}"
+# A client's X-Request-ID is kept in the audit log up to this length.
+MAX_REQUEST_ID = 128
 SkuParam = Annotated[
     str,
     Path(
@@ -51,7 +55,7 @@ def product_routes(writer: ProductWriter, admission: AdmissionLimiter) -> APIRou
         lines = list(_ndjson(raw))
 
         def work() -> dict[str, Any]:
-            report = writer.bulk(lines, sync=mode == "sync")
+            report = writer.bulk(lines, sync=mode == "sync", actor=actor(request))
             outcomes = sorted(report.outcomes, key=lambda o: (o.line is None, o.line or 0))
             counts = {
                 action: report.count(action)
@@ -67,21 +71,21 @@ def product_routes(writer: ProductWriter, admission: AdmissionLimiter) -> APIRou
         return await admission.run(lambda: writer.get(sku))
 
     @api.put(SKU_ROUTE)
-    async def put_product(sku: SkuParam, body: RowBody) -> JSONResponse:
+    async def put_product(request: Request, sku: SkuParam, body: RowBody) -> JSONResponse:
         """Create (201) or replace (200) one product; the answer is the product as stored."""
-        created, view = await admission.run(lambda: writer.put(sku, body))
+        created, view = await admission.run(lambda: writer.put(sku, body, actor(request)))
         return JSONResponse(view, status_code=201 if created else 200)
 
     @api.patch(SKU_ROUTE)
-    async def patch_product(sku: SkuParam, body: RowBody) -> dict[str, Any]:
+    async def patch_product(request: Request, sku: SkuParam, body: RowBody) -> dict[str, Any]:
         """Merge fields (`null` removes one; `images` replaces the list). A field-only patch
         runs no model."""
-        return await admission.run(lambda: writer.patch(sku, body))
+        return await admission.run(lambda: writer.patch(sku, body, actor(request)))
 
     @api.delete(SKU_ROUTE, status_code=204)
-    async def delete_product(sku: SkuParam) -> Response:
+    async def delete_product(request: Request, sku: SkuParam) -> Response:
         """Delete one product: 204, or 404 when unknown."""
-        await admission.run(lambda: writer.delete(sku))
+        await admission.run(lambda: writer.delete(sku, actor(request)))
         return Response(status_code=204)
 
     @api.get("/schema")
@@ -91,12 +95,31 @@ def product_routes(writer: ProductWriter, admission: AdmissionLimiter) -> APIRou
 
     @api.put("/schema")
     async def put_schema(
+        request: Request,
         body: Annotated[dict[str, str], Body(examples=[{"in_stock": "boolean"}])],
     ) -> dict[str, str]:
         """Add columns or set types of columns no product uses yet; the whole schema."""
-        return await admission.run(lambda: writer.set_schema(body))
+        return await admission.run(lambda: writer.set_schema(body, actor(request)))
+
+    @api.get("/audit")
+    async def get_audit(
+        since: Annotated[float | None, Query(description="unix time; entries at or after")] = None,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    ) -> dict[str, Any]:
+        """The audit log (admin keys): every product change with time, key name, action,
+        SKU, outcome and request id, oldest first."""
+        return {"entries": await admission.run(lambda: writer.audit_log(since, limit))}
 
     return api
+
+
+def actor(request: Request) -> Actor:
+    """Who makes this request: the key's name (keys.py middleware) and the request's id (its
+    X-Request-ID header when sane, else a new one)."""
+    given = request.headers.get("x-request-id", "")
+    ok = 0 < len(given) <= MAX_REQUEST_ID and given.isprintable()
+    request_id = given if ok else uuid.uuid4().hex
+    return Actor(getattr(request.state, "key_name", "anonymous"), request_id)
 
 
 def _ndjson(raw: bytes) -> list[tuple[int, Any]]:

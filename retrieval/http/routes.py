@@ -41,6 +41,7 @@ from .errors import (
     overloaded,
 )
 from .items import indexed_file, item_out, make_thumbnail, thumbnail_key
+from .keys import KeyBook, ScopedKeyMiddleware
 from .limits import (
     AdmissionLimiter,
     BodyLimitMiddleware,
@@ -80,7 +81,7 @@ from .params import (
     query_filters,
 )
 from .products import product_routes
-from .security import ApiKeyMiddleware, api_key_dependency
+from .security import document_key_schemes
 
 logger = logging.getLogger(__name__)
 
@@ -179,10 +180,13 @@ def create_app(
     app.add_middleware(
         BodyTimeoutMiddleware, idle_s=config.body_idle_timeout_s, total_s=config.body_timeout_s
     )
-    if config.api_key:
-        app.add_middleware(
-            ApiKeyMiddleware, api_key=config.api_key, reject=lambda err: http_error(None, err)
-        )
+    # --api-key (an admin key) and the index's scoped keys (`mmsearch keys`): keys.py.
+    app.add_middleware(
+        ScopedKeyMiddleware,
+        book=KeyBook(service.store.catalog.path),
+        api_key=config.api_key,
+        reject=lambda err: http_error(None, err),
+    )
     app.add_middleware(
         EarlyRefusalMiddleware,
         admission=admission,
@@ -198,7 +202,8 @@ def create_app(
         )
     app.add_middleware(ObserveMiddleware, metrics=metrics, internal_error=internal_error)
 
-    guard = [Depends(api_key_dependency(config.api_key))] if config.api_key else []
+    # Documents the key schemes in OpenAPI; ScopedKeyMiddleware is the judge.
+    guard = [Depends(document_key_schemes)]
     api = APIRouter(dependencies=guard)
     _add_search_routes(api, server)
     _add_item_routes(api, server)
@@ -418,7 +423,7 @@ def _public_routes() -> APIRouter:
 
     @public.get("/", include_in_schema=False)
     async def page() -> FileResponse:
-        # With a key set, ApiKeyMiddleware asks a browser for it (HTTP Basic) before this runs.
+        # With keys, ScopedKeyMiddleware asks a browser for one (HTTP Basic) before this runs.
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     return public
