@@ -135,7 +135,7 @@ def open_for_search(
     return SearchService(store, lambda: embedder, text_batcher=embedder.texts)
 
 
-def open_writer(service: SearchService) -> ProductWriter | None:
+def open_writer(service: SearchService, fetch_allow: tuple[str, ...] = ()) -> ProductWriter | None:
     """A ProductWriter on the service's index sharing the service's model, or None (with a
     warning) when the index cannot be opened for writing (a read-only directory)."""
     import sqlite3
@@ -154,7 +154,10 @@ def open_writer(service: SearchService) -> ProductWriter | None:
         return inner
 
     try:
-        return ProductWriter(service.store.directory, embedder)
+        from .fetch import FetchPolicy
+
+        policy = FetchPolicy.from_allow(fetch_allow)
+        return ProductWriter(service.store.directory, embedder, fetch_policy=policy)
     except (OSError, sqlite3.Error, MmsearchError) as err:
         logger.warning(
             "product writes disabled: %s cannot be opened for writing (%s)",

@@ -98,6 +98,8 @@ class ServeConfig:
 
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
+    # --fetch-allow: hosts/CIDRs whose private addresses product image URLs may come from.
+    fetch_allow: tuple[str, ...] = ()
     # Phone photos are 2-8 MB; 20 MiB leaves room for large PNGs without inviting abuse.
     max_upload_bytes: int = 20 * MIB
     # Full-resolution modes of current phone cameras reach 48-50 Mpx; one decoded 50 Mpx image

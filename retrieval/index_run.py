@@ -15,6 +15,7 @@ from .store import IndexStore
 if TYPE_CHECKING:
     from .audit import Actor
     from .distributed.ingest import RayOptions
+    from .fetch import FetchPolicy
     from .products import ProductRow, RowError
 
 
@@ -31,6 +32,8 @@ class CatalogRequest:
     strict: bool = False
     schema: dict[str, str] | None = None
     actor: Actor | None = None  # who writes, for the audit log
+    fetch: FetchPolicy | None = None  # image URLs: None refuses them
+    refetch: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,11 +75,18 @@ def run_index(
             reports.append(("files", sync_folders(indexer, list(request.roots), texts=texts)))
         if request.catalog is not None:
             from .product_writes import write_products
+            from .remote import Resolved, resolve_remote
 
             wanted = request.catalog
+            resolved = Resolved(list(wanted.rows))  # a dry run fetches nothing
+            if not wanted.dry_run:
+                resolved = resolve_remote(
+                    list(wanted.rows), store.directory, store.catalog, wanted.fetch,
+                    refetch=wanted.refetch,
+                )  # fmt: skip
             report = write_products(
                 indexer,
-                list(wanted.rows),
+                resolved.rows,
                 errors=wanted.errors,
                 sync=wanted.sync,
                 dry_run=wanted.dry_run,
@@ -84,6 +94,8 @@ def run_index(
                 schema=wanted.schema,
                 actor=wanted.actor,
                 action="import",
+                origins=resolved.origins,
+                failures=resolved.failures,
             )
             reports.append(("catalog", report))
         if request.captioner is not None:

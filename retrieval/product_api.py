@@ -19,11 +19,13 @@ from .audit import Actor
 from .blobs import decode_data_url, image_format, is_data_url, store_blob
 from .catalog import Catalog
 from .errors import ImageDecodeError, InvalidQueryError, ItemNotFoundError
+from .fetch import FetchPolicy, is_url
 from .indexer import Indexer
 from .product_writes import CREATED, FAILED, CatalogReport, delete_products, write_products
 from .products import ProductRow, RowError, check_sku, parse_rows, product_row
+from .remote import Resolved, resolve_remote
 from .schema import RESERVED, CellError, check_schema
-from .store import IndexStore
+from .store import CATALOG, IndexStore
 from .types import IMAGES
 
 # An HTTP write waits this long for the writer lock (a CLI import, another server's write)
@@ -43,7 +45,8 @@ def product_view(catalog: Catalog, sku: str) -> dict[str, Any] | None:
     ids = {item.path: item.id for item in items if item.collection == IMAGES}
     images = []
     for state in record.images:
-        image = {"item_id": ids.get(state["source"]), "source": state["source"]}
+        source = state.get("url") or state["source"]
+        image = {"item_id": ids.get(state["source"]), "source": source}
         image["status"] = state["status"]
         if state.get("detail"):
             image["detail"] = state["detail"]
@@ -61,7 +64,10 @@ class ProductWriter:
         *,
         lock_wait_s: float = LOCK_WAIT_S,
         max_image_bytes: int = MAX_IMAGE_BYTES,
+        fetch_policy: FetchPolicy | None = None,
     ) -> None:
+        # None: image URLs are refused (data: URLs still work)
+        self.fetch_policy = fetch_policy
         self.directory = Path(directory)
         self._store: IndexStore | None = IndexStore.open(self.directory)
         self._embedder_factory = embedder_factory
@@ -111,8 +117,9 @@ class ProductWriter:
             InvalidQueryError: a bad SKU, field, value or image (nothing is written).
         """
         row = self._row(sku, body)
+        resolved = self._resolve([row])
         with self._lock:
-            report = self._write([row], [], actor=actor, action=action)
+            report = self._write(resolved.rows, [], actor=actor, action=action, resolved=resolved)
             outcome = report.outcomes[0]
             if outcome.action == FAILED:
                 raise InvalidQueryError(outcome.reason)
@@ -166,8 +173,11 @@ class ProductWriter:
                     raw = ValueError(str(err))
             parsed.append((line, raw))
         rows, errors = parse_rows(parsed, None)
+        resolved = self._resolve(rows)
         with self._lock:
-            return self._write(rows, errors, sync=sync, actor=actor, action="bulk")
+            return self._write(
+                resolved.rows, errors, sync=sync, actor=actor, action="bulk", resolved=resolved
+            )
 
     def set_schema(self, schema: Mapping[str, Any], actor: Actor | None = None) -> dict[str, str]:
         """Set column types (only columns no product uses yet may change type); the schema.
@@ -213,16 +223,33 @@ class ProductWriter:
         sync: bool = False,
         actor: Actor | None = None,
         action: str = "put",
+        resolved: Resolved | None = None,
     ) -> CatalogReport:
         with self._indexer() as indexer:
             return write_products(
-                indexer, rows, errors=errors, sync=sync, actor=actor, action=action
+                indexer,
+                rows,
+                errors=errors,
+                sync=sync,
+                actor=actor,
+                action=action,
+                origins=resolved.origins if resolved else None,
+                failures=resolved.failures if resolved else None,
             )
 
     def audit_log(self, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """Audit entries at or after `since`, oldest first."""
         with self._lock:
             return audit.read(self.store.catalog.db, since, limit)
+
+    def _resolve(self, rows: list[ProductRow]) -> Resolved:
+        """Fetch image URLs before taking any lock (a slow server holds up no other write),
+        reading known URLs on a connection of its own."""
+        reader = Catalog(self.directory / CATALOG, readonly=True)
+        try:
+            return resolve_remote(rows, self.directory, reader, self.fetch_policy)
+        finally:
+            reader.close()
 
     def _row(self, sku: str, body: Mapping[str, Any]) -> ProductRow:
         try:
@@ -265,13 +292,18 @@ class ProductWriter:
         known: set[str] = set()
         if isinstance(sku, str):
             record = self.store.catalog.get_product_records([sku]).get(sku)
-            known = {state["source"] for state in record.images} if record else set()
+            for state in record.images if record else []:
+                known.add(state["source"])
         blobs = (self.directory / "blobs").resolve()
         sources = []
         for image in images:
             if is_data_url(image):
                 data = decode_data_url(image, self.max_image_bytes)
                 sources.append(str(store_blob(self.directory, data, image_format(data, "image"))))
+            elif is_url(image):
+                if self.fetch_policy is None:
+                    raise InvalidQueryError(f"image {image[:80]!r}: this server fetches no URLs")
+                sources.append(image)  # fetched before the write (remote.py)
             elif image in known or (
                 Path(image).is_absolute() and Path(image).resolve().is_relative_to(blobs)
             ):

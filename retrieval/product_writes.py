@@ -93,11 +93,15 @@ def write_products(
     schema: dict[str, str] | None = None,
     actor: Actor | None = None,
     action: str = "upsert",
+    origins: dict[str, str] | None = None,
+    failures: dict[str, tuple[str, str]] | None = None,
 ) -> CatalogReport:
     """Upsert `rows` (and, with `sync`, delete every stored product whose SKU is not among
     them or `errors`); `errors` are rows already left out by the reader, reported as failed.
     `schema` overrides stored column types. With `dry_run` nothing is written. With an
-    `actor`, every outcome but `unchanged` goes to the audit log (audit.py) in the commit."""
+    `actor`, every outcome but `unchanged` goes to the audit log (audit.py) in the commit.
+    `origins` (stored file -> URL) and `failures` (URL -> reason, detail) come from
+    remote.resolve_remote."""
     started = time.perf_counter()
     store = indexer.store
     catalog = store.catalog
@@ -139,7 +143,7 @@ def write_products(
 
     keys_by_path: dict[str, str] = {}
     for plan in planned:
-        _plan_images(plan, records.get(plan.product.id), report)
+        _plan_images(plan, records.get(plan.product.id), report, failures or {})
         keys_by_path.update({source: key for source, (key, _) in plan.read.items()})
     report.embedded, skipped = embed_missing_images(
         store, keys_by_path, indexer.embedder, indexer.on_progress
@@ -155,7 +159,7 @@ def write_products(
             changes.remove(i for found in catalog.get_product_items(gone).values() for i in found)
             catalog.delete_products(gone)
         for plan in planned:
-            _apply(plan, bad, changes)
+            _apply(plan, bad, changes, origins or {})
         if actor is not None:
             entries = [
                 audit.Entry(action if o.action != DELETED else "delete", o.sku, o.action, o.reason)
@@ -222,7 +226,12 @@ def _unchanged(product: Product, record: ProductRecord, items: list[Item]) -> bo
     return True
 
 
-def _plan_images(plan: _Planned, record: ProductRecord | None, report: CatalogReport) -> None:
+def _plan_images(
+    plan: _Planned,
+    record: ProductRecord | None,
+    report: CatalogReport,
+    failures: dict[str, tuple[str, str]],
+) -> None:
     """Per source: keep the item (file as seen), keep a skip (unreadable file unchanged, so
     not retried), or read the file's content key for embedding."""
     by_source = {item.path: item for item in plan.items if item.collection == IMAGES}
@@ -231,7 +240,9 @@ def _plan_images(plan: _Planned, record: ProductRecord | None, report: CatalogRe
     for source in plan.product.images:
         stat = _stat(source)
         item, state = by_source.get(source), states.get(source)
-        if stat == NO_STAT:
+        if source in failures:
+            plan.states[source] = _skip_state(source, *failures[source], stat)
+        elif stat == NO_STAT:
             plan.states[source] = _skip_state(source, "missing", "no such file", stat)
         elif item is not None and stat == (item.size, item.mtime_ns):
             plan.keep[source] = item
@@ -253,6 +264,13 @@ def _plan_images(plan: _Planned, record: ProductRecord | None, report: CatalogRe
         report.skipped.append(Skipped(source, skipped["status"], f"product {sku}"))
 
 
+def _embedded(source: str, origins: dict[str, str]) -> dict[str, Any]:
+    state = {"source": source, "status": EMBEDDED}
+    if source in origins:
+        state["url"] = origins[source]
+    return state
+
+
 def _skip_state(source: str, reason: str, detail: str, stat: Stat) -> dict[str, Any]:
     return {
         "source": source,
@@ -263,7 +281,9 @@ def _skip_state(source: str, reason: str, detail: str, stat: Stat) -> dict[str, 
     }
 
 
-def _apply(plan: _Planned, bad: dict[str, Skipped], changes: ChangeSet) -> None:
+def _apply(
+    plan: _Planned, bad: dict[str, Skipped], changes: ChangeSet, origins: dict[str, str]
+) -> None:
     """Inside the commit: make the product's items match the plan, ids kept where the source
     stays."""
     product = plan.product
@@ -273,7 +293,7 @@ def _apply(plan: _Planned, bad: dict[str, Skipped], changes: ChangeSet) -> None:
     for source in product.images:
         item = by_source.get(source)
         if source in plan.keep:
-            states.append({"source": source, "status": EMBEDDED})
+            states.append(_embedded(source, origins))
             continue
         if source in plan.read and source not in bad:
             key, (size, mtime_ns) = plan.read[source]
@@ -285,7 +305,7 @@ def _apply(plan: _Planned, bad: dict[str, Skipped], changes: ChangeSet) -> None:
                 changes.touch(item, size=size, mtime_ns=mtime_ns)
             else:
                 changes.replace(item, key=key, size=size, mtime_ns=mtime_ns)
-            states.append({"source": source, "status": EMBEDDED})
+            states.append(_embedded(source, origins))
             continue
         if item is not None:  # no longer readable: never searchable under its old vector
             changes.remove([item])

@@ -27,6 +27,8 @@ REQUIRED = ("id", "title")
 # SKUs are what shops already use as ids: any text up to this long, without control
 # characters (they would break logs, CSV and URLs); one percent-encoded path segment over HTTP.
 MAX_SKU_CHARS = 256
+# Image sources kept as written (remote.py resolves them); anything else is a local path.
+REMOTE_SCHEMES = ("http", "https", "data")
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,9 @@ def product_row(row: Mapping[str, Any], base: Path | None, line: int | None) -> 
 
 
 def _source(image: str, base: Path | None) -> str:
+    scheme = image.partition(":")[0].lower()
+    if scheme in REMOTE_SCHEMES and ":" in image:
+        return image  # fetched or decoded before the write (remote.py)
     path = Path(image)
     if base is not None:
         path = base / path

@@ -96,6 +96,23 @@ def index(
             "(number, boolean, keyword, text, list)",
         ),
     ] = None,
+    fetch_allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fetch-allow",
+            help="HOST or CIDR whose private addresses image URLs may be fetched from "
+            "(repeatable); public addresses need nothing, loopback/private/link-local ones "
+            "are refused without it",
+            show_default=False,
+        ),
+    ] = None,
+    refetch: Annotated[
+        bool,
+        typer.Option(
+            "--refetch",
+            help="With --catalog: fetch image URLs again even when the index holds a copy",
+        ),
+    ] = False,
     index_dir: IndexOption = None,
     texts: Annotated[
         Path | None,
@@ -197,6 +214,7 @@ def index(
     def body() -> None:
         from ..audit import Actor
         from ..compose import load_captioner, open_for_indexing
+        from ..fetch import FetchPolicy
         from ..index_run import CatalogRequest, IndexRequest, run_index
         from ..products import read_catalog
         from ..store import StoreOptions
@@ -236,6 +254,8 @@ def index(
                 strict=strict,
                 schema=load_schema(schema) if schema is not None else None,
                 actor=Actor(f"cli:{_user()}"),
+                fetch=FetchPolicy.from_allow(fetch_allow or ()),
+                refetch=refetch,
             )
         directory = index_dir or default_index_dir()
         only_captions = captions and not roots and catalog is None and texts is None

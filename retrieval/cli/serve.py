@@ -29,6 +29,16 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    fetch_allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fetch-allow",
+            help="HOST or CIDR whose private addresses image URLs may be fetched from "
+            "(repeatable); public addresses need nothing, loopback/private/link-local ones "
+            "are refused without it",
+            show_default=False,
+        ),
+    ] = None,
     cors_origin: Annotated[
         list[str] | None,
         typer.Option(
@@ -79,6 +89,7 @@ def serve(
         config = ServeConfig(
             api_key=api_key or None,
             cors_origins=tuple(cors_origin or ()),
+            fetch_allow=tuple(fetch_allow or ()),
             max_upload_bytes=int(max_upload_mb * MIB),
             max_megapixels=max_megapixels,
             max_concurrency=max_concurrency,

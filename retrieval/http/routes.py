@@ -151,7 +151,7 @@ def create_app(
 
     own_writer = writer is None
     if writer is None:
-        writer = open_writer(service)
+        writer = open_writer(service, config.fetch_allow)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -181,9 +181,10 @@ def create_app(
         BodyTimeoutMiddleware, idle_s=config.body_idle_timeout_s, total_s=config.body_timeout_s
     )
     # --api-key (an admin key) and the index's scoped keys (`mmsearch keys`): keys.py.
+    key_book = KeyBook(service.store.catalog.path)
     app.add_middleware(
         ScopedKeyMiddleware,
-        book=KeyBook(service.store.catalog.path),
+        book=key_book,
         api_key=config.api_key,
         reject=lambda err: http_error(None, err),
     )
@@ -202,8 +203,10 @@ def create_app(
         )
     app.add_middleware(ObserveMiddleware, metrics=metrics, internal_error=internal_error)
 
-    # Documents the key schemes in OpenAPI; ScopedKeyMiddleware is the judge.
-    guard = [Depends(document_key_schemes)]
+    # Documents the key schemes in OpenAPI when keys are required at start; the middleware
+    # is the judge either way (it also sees keys created while the server runs).
+    keyed = config.api_key or key_book.has_keys()
+    guard = [Depends(document_key_schemes)] if keyed else []
     api = APIRouter(dependencies=guard)
     _add_search_routes(api, server)
     _add_item_routes(api, server)
