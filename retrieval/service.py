@@ -326,7 +326,15 @@ class SearchService:
             )
         has_text = request.text is not None or any(p.text is not None for p in request.parts)
         weight = request.text_weight if has_text else 0.0
-        return self._search_products(vector, request, weight)
+        like = self.store.catalog.get_item(request.like) if request.like is not None else None
+        if like is None or like.product_id is None:
+            return self._search_products(vector, request, weight)
+        # More like a product's item: every product but its own, as /search ranks them.
+        wide = replace(request, offset=0, k=request.offset + request.k + 1)
+        hits = self._search_products(vector, wide, weight)
+        others = [hit for hit in hits if hit.metadata.get("product_id") != like.product_id]
+        page = others[request.offset : request.offset + request.k]
+        return [replace(hit, rank=request.offset + n + 1) for n, hit in enumerate(page)]
 
     # -- composed queries, paging with cutoffs, collapsed duplicates --------------------------
     def composed_vector(self, parts: tuple[QueryPart, ...], *, like: int | None = None) -> Vectors:

@@ -216,3 +216,15 @@ def test_writes_reuse_the_index_they_saved_and_show_on_another_replica_at_once(
             assert f"W-{n}" in {h.metadata["product_id"] for h in hits}
             loads.clear()  # the replica read the new generation, as it must
         writer.close()
+
+
+def test_more_like_a_product_leaves_it_out_and_honours_filters(shop: TestClient) -> None:
+    own = shop.get("/products/SKU-004").json()["images"][0]["item_id"]
+    url = f"/items/{own}/similar"
+    results = shop.get(url, params={"target": "products", "k": 20}).json()["results"]
+    assert "SKU-004" not in [hit["product_id"] for hit in results] and len(results) == 8
+    assert [hit["rank"] for hit in results] == list(range(1, 9))
+    hats = shop.get(url, params={"target": "products", "category": "hats"}).json()["results"]
+    assert {hit["category"] for hit in hats} == {"hats"} and len(hats) == 3
+    page = shop.get(url, params={"target": "products", "k": 3, "offset": 3}).json()["results"]
+    assert [h["product_id"] for h in page] == [h["product_id"] for h in results[3:6]]

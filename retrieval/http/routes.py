@@ -297,8 +297,15 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
         )
         return await server.admission.run(lambda: server.search(query))
 
-    @api.get("/items/{item_id}/similar", **SEARCH_OPTIONS)
+    @api.get(
+        "/items/{item_id}/similar",
+        **SEARCH_OPTIONS,
+        description="More like this: items nearest to the item's stored vector (no model run); "
+        "the item itself (for products: its whole product) is left out. `target` defaults to "
+        "the item's own collection. " + FILTER_HELP,
+    )
     async def similar(
+        request: Request,
         item_id: ItemId,
         k: KParam = 10,
         offset: OffsetParam = 0,
@@ -306,8 +313,7 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
         min_score: MinScoreParam = None,
         collapse: CollapseParam = False,
     ) -> Response:
-        """More like this: items nearest to the item's stored vector (no model run); the
-        item itself is left out. `target` defaults to the item's own collection."""
+        filters = query_filters(request, UPLOAD_PARAMS)
 
         def work() -> Response:
             item = server.service.get_item(item_id)
@@ -316,6 +322,7 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
             query = SearchRequest(
                 like=item_id,
                 target=target or item.collection,
+                filters=filters,
                 k=k,
                 offset=offset,
                 min_score=min_score,
