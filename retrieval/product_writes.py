@@ -325,13 +325,6 @@ def _apply(
     changes.catalog.put_product(product.id, product.title, product.row_hash, metadata, states)
 
 
-def index_catalog(indexer: Indexer, products: list[Product]) -> IndexReport:
-    """Sync the index's products to `products` (typed already): the library call behind
-    older callers; `write_products` is the full operation."""
-    rows = [ProductRow(p.line, p.id, p.title, p.images, dict(p.metadata)) for p in products]
-    return write_products(indexer, rows, sync=True)
-
-
 __all__ = [
     "CREATED",
     "DELETED",
@@ -341,6 +334,5 @@ __all__ = [
     "CatalogReport",
     "Outcome",
     "delete_products",
-    "index_catalog",
     "write_products",
 ]

@@ -216,22 +216,6 @@ def type_rows(
     return products, errors, extended
 
 
-def load_catalog(path: Path) -> list[Product]:
-    """Products of a catalog file, typed by inference alone; refuses any bad row (for callers
-    without an index: tests, tools).
-
-    Raises:
-        InputFileError: as read_catalog, or any row left out.
-    """
-    rows, errors = read_catalog(path)
-    products, type_errors, _ = type_rows(rows, {})
-    errors += type_errors
-    if errors:
-        first = errors[0]
-        raise InputFileError(f"{path}:{first.line}: {first.reason}")
-    return products
-
-
 __all__ = [
     "IMAGE_SEPARATOR",
     "MAX_SKU_CHARS",
@@ -239,7 +223,6 @@ __all__ = [
     "ProductRow",
     "RowError",
     "check_sku",
-    "load_catalog",
     "parse_rows",
     "product_row",
     "read_catalog",
