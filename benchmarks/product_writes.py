@@ -143,12 +143,57 @@ def measure(directory: Path, model: str, patches: int, puts: int, bulk_rows: int
     }
 
 
+def search_load(directory: Path, model: str, seconds: float, writes_per_s: float) -> dict:
+    """Search p50/p99 from 8 threads for `seconds`, with a writer doing `writes_per_s` PUTs of a
+    new product (a title to embed: a texts faiss commit each) in the same process."""
+    import threading
+
+    from retrieval.compose import open_for_search, open_writer
+    from retrieval.config import BatchConfig, EmbedConfig
+    from retrieval.service import SearchRequest
+
+    service = open_for_search(directory, EmbedConfig(device="cpu"), batching=BatchConfig())
+    service.warm()
+    writer = open_writer(service) if writes_per_s else None
+    stop = time.monotonic() + seconds
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def searcher(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        while time.monotonic() < stop:
+            started = time.perf_counter()
+            service.search(SearchRequest(text=f"product {rng.integers(1000)}", k=10))
+            with lock:
+                latencies.append(time.perf_counter() - started)
+
+    def write() -> None:
+        n = 0
+        while writer is not None and time.monotonic() < stop:
+            started = time.monotonic()
+            writer.put(f"LOAD-{n}", {"title": f"load product {n}", "price": n})
+            n += 1
+            time.sleep(max(0.0, 1 / writes_per_s - (time.monotonic() - started)))
+
+    threads = [threading.Thread(target=searcher, args=(seed,)) for seed in range(8)]
+    threads.append(threading.Thread(target=write))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if writer is not None:
+        writer.close()
+    service.close()
+    return {"search_ms": percentiles(latencies), "searches": len(latencies)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--products", type=int, nargs="+", default=[10_000])
     parser.add_argument("--patches", type=int, default=200)
     parser.add_argument("--puts", type=int, default=30)
     parser.add_argument("--bulk-rows", type=int, default=2000)
+    parser.add_argument("--load-seconds", type=float, default=0, help="also search under writes")
     args = parser.parse_args()
     # The environment first, before torch and faiss load (forking git after them crashed).
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
@@ -165,6 +210,13 @@ def main() -> None:
             directory = Path(tmp) / f"idx-{count}"
             built = build(directory, model, count)
             result = measure(directory, model, args.patches, args.puts, args.bulk_rows)
+            if args.load_seconds:
+                quiet = search_load(directory, model, args.load_seconds, 0)
+                loaded = search_load(directory, model, args.load_seconds, 10)
+                result["search_idle_ms"], result["search_writes_ms"] = (
+                    quiet["search_ms"],
+                    loaded["search_ms"],
+                )
             rows.append((count, built, result))
             print(f"measured {count}", file=sys.stderr, flush=True)
     print("| products | build s | PATCH p50/p99 ms | PUT+image p50/p99 ms | replica sees p50/p99"
@@ -177,6 +229,14 @@ def main() -> None:
             f"{r['replica_sees_ms'][0]:.1f} / {r['replica_sees_ms'][1]:.1f} | "
             f"{r['bulk_rows_per_s']:.0f} |"
         )
+    for count, _, r in rows:
+        if "search_idle_ms" in r:
+            idle, busy = r["search_idle_ms"], r["search_writes_ms"]
+            print(
+                f"search at {count:,}, concurrency 8: p50/p99 {idle[0]:.1f}/{idle[1]:.1f} ms "
+                f"idle, {busy[0]:.1f}/{busy[1]:.1f} ms under 10 writes/s "
+                f"(p99 ratio {busy[1] / idle[1]:.2f}x)"
+            )
     print(f"\ncpu: {cpu} ({os.cpu_count()} cores), python {platform.python_version()}, "
           f"git {sha.stdout.strip()}")  # fmt: skip
     print(
