@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import recall_at_k
+
 SUBSPACE = 64
 CLUSTERS = 1000
 TUNE_QUERIES = 500
@@ -110,9 +112,7 @@ def truth_of(xb: np.ndarray, xq: np.ndarray, k: int) -> np.ndarray:
     return flat.search(xq, k)[1]
 
 
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    hits = sum(len(set(f) & set(t)) for f, t in zip(found, truth, strict=True))
-    return hits / truth.size
+recall = recall_at_k  # benchmarks/harness.py: one recall@k for every benchmark
 
 
 def smallest_width(
@@ -347,11 +347,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def compare(args: argparse.Namespace) -> None:
     """One row per index, printed as soon as it is measured (a long run can be cut short)."""
-    from retrieval.index import faiss_index
+    from retrieval.index import faiss_index, policy
 
     # The same graph parameters for faiss HNSW as for hnswlib and usearch, so build times
     # and search widths compare like for like.
-    faiss_index.HNSW_M = args.hnsw_m
+    policy.HNSW_M = args.hnsw_m
     ef_construction = args.ef_construction or faiss_index.HNSW_EF_CONSTRUCTION
     faiss_index.HNSW_EF_CONSTRUCTION = ef_construction
     xb, tq, xq = clip_like(

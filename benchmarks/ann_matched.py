@@ -62,9 +62,9 @@ def faiss_hnsw(args: argparse.Namespace, xb: np.ndarray, cache: Path):
     """FaissIndex built as `mmsearch index --index-type hnsw` would, with the given M/efC."""
     import faiss
 
-    from retrieval.index import FaissIndex, faiss_index
+    from retrieval.index import FaissIndex, faiss_index, policy
 
-    faiss_index.HNSW_M, faiss_index.HNSW_EF_CONSTRUCTION = args.hnsw_m, args.ef_construction
+    policy.HNSW_M, faiss_index.HNSW_EF_CONSTRUCTION = args.hnsw_m, args.ef_construction
     path = cache / f"{data_key(args)}_faiss_HNSW{args.hnsw_m}_efc{args.ef_construction}.faiss"
     if path.is_file():
         start = time.perf_counter()

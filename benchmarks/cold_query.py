@@ -65,7 +65,7 @@ def run_measured(command: list[str], env: dict[str, str]) -> tuple[float, float,
 EXPORT = r"""
 import sys
 import faiss, numpy as np
-from retrieval.store import IndexStore
+from retrieval.storage.store import IndexStore
 store = IndexStore.open(sys.argv[1], readonly=True)
 ids = [item.id for item in store.catalog.iter_items("images")]
 vectors = store.catalog.get_vectors_by_id(ids, store.identity.dim).astype(np.float32)

@@ -26,8 +26,8 @@ from PIL import Image
 from benchmarks.make_model import write_random_model
 from retrieval.compose import open_for_search
 from retrieval.config import EmbedConfig
-from retrieval.queries import QueryPart
-from retrieval.service import SearchRequest, SearchService
+from retrieval.search.queries import QueryPart
+from retrieval.search.service import SearchRequest, SearchService
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "imagenet-sample" / "images"
 

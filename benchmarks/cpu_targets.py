@@ -50,7 +50,7 @@ def mmsearch_index(images: Path, index: Path, model: Path, *extra: str) -> tuple
 
 
 def stored_vectors(index: Path, names: list[str]) -> np.ndarray:
-    from retrieval.store import IndexStore
+    from retrieval.storage.store import IndexStore
 
     with IndexStore.open(index) as store:
         by_name = {Path(item.path).name: item.id for item in store.catalog.iter_items("images")}

@@ -22,14 +22,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from retrieval.duplicates import group_pairs
+from benchmarks.harness import rss_mib
 from retrieval.index import range_pairs
 from retrieval.index.neighbours import SCREEN_DIM
-from retrieval.queries import DEFAULT_DUPLICATE_THRESHOLD
+from retrieval.search.duplicates import group_pairs
+from retrieval.search.queries import DEFAULT_DUPLICATE_THRESHOLD
 
 
 def clip_like(n: int, dim: int, planted: int, seed: int = 0) -> tuple[np.ndarray, list[set[int]]]:
@@ -69,12 +69,7 @@ def clip_like(n: int, dim: int, planted: int, seed: int = 0) -> tuple[np.ndarray
     return x.astype(np.float32), groups
 
 
-def rss_mb() -> float:
-    """Resident memory now (Linux /proc)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+rss_mb = rss_mib  # benchmarks/harness.py
 
 
 @dataclass

@@ -131,9 +131,9 @@ def profile(paths: Sequence[Path], model_dir: Path, args: argparse.Namespace) ->
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from retrieval.catalog import Catalog
     from retrieval.embedders.tensor_decode import READ_THREADS, jpeg_orientation
     from retrieval.images import load_image, walk_images
+    from retrieval.storage.catalog import Catalog
 
     device = args.device
     embedder = load_embedder(model_dir, args, "gpu")
@@ -231,7 +231,7 @@ def run_index(folder: Path, model_dir: Path, args: argparse.Namespace, decode: s
     """The whole `mmsearch index` path into a fresh index: (seconds, embedded, GPU busy)."""
     from retrieval.compose import open_for_indexing
     from retrieval.config import EmbedConfig
-    from retrieval.ingest import sync_images_and_texts
+    from retrieval.ingest.sync import sync_images_and_texts
     from retrieval.types import ModelSpec
 
     work = Path(tempfile.mkdtemp(prefix="mmsearch-gpu-"))

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks.embed import DEFAULT_IMAGES, environment, model_dir_for
+from benchmarks.harness import percentile
 
 MODES = ("semantic", "keyword", "hybrid")
 
@@ -46,11 +47,6 @@ def build_index(images: list[Path], texts: list[str], model: Path, work: Path) -
     return directory
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
@@ -62,7 +58,7 @@ def main() -> None:
 
     from retrieval.compose import open_for_search
     from retrieval.config import EmbedConfig
-    from retrieval.service import SearchRequest
+    from retrieval.search.service import SearchRequest
 
     rows = list(csv.DictReader((args.images.parent / "captions.csv").open()))[: args.limit]
     images = [args.images.parent / row["image"] for row in rows]

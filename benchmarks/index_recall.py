@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import recall_at_k
+
 DEFAULT_TYPES = ("flat", "auto", "ivf", "hnsw", "ivfpq")
 SINGLE_QUERIES = 200  # enough single-query calls for a stable mean, few enough to stay quick
 REPEATS = 3  # report the best of 3, the usual guard against scheduler noise
@@ -88,12 +90,6 @@ def measure(
         name, index.factory, build_s, batch_qps, single_qps, filtered_qps, 0.0, size / len(xb)
     )
     return row, found
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean fraction of the exact top-k that the index returned."""
-    hits = sum(len(set(f[f >= 0]) & set(t[t >= 0])) for f, t in zip(found, truth, strict=True))
-    return hits / max(1, int((truth >= 0).sum()))
 
 
 def print_table(n: int, dim: int, rows: list[Row]) -> None:

@@ -67,14 +67,6 @@ def mmsearch(*args: object, check: bool = True) -> subprocess.CompletedProcess[s
     return subprocess.run(command, capture_output=True, text=True, check=check)
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of process `pid`, MiB (Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def environment() -> list[str]:
     """Machine, versions and git state, as RESULTS.md lines."""
 

@@ -44,10 +44,10 @@ def build(directory: Path, model: str, count: int) -> float:
     """An index of `count` title-only products with pre-made vectors; seconds taken."""
     from retrieval.compose import open_for_indexing
     from retrieval.config import EmbedConfig
-    from retrieval.indexer import Indexer
-    from retrieval.ingest import text_key
-    from retrieval.product_writes import write_products
-    from retrieval.products import ProductRow
+    from retrieval.ingest.indexer import Indexer
+    from retrieval.ingest.product_writes import write_products
+    from retrieval.ingest.products import ProductRow
+    from retrieval.ingest.sync import text_key
     from retrieval.types import ModelSpec
 
     started = time.perf_counter()
@@ -71,7 +71,7 @@ REPLICA = """
 import sys, time, json
 from retrieval.compose import open_for_search
 from retrieval.config import EmbedConfig
-from retrieval.service import SearchRequest
+from retrieval.search.service import SearchRequest
 service = open_for_search(sys.argv[1], EmbedConfig(device="cpu"))
 service.search(SearchRequest(text="warm", k=1))
 print("ready", flush=True)
@@ -91,7 +91,7 @@ for line in sys.stdin:
 def measure(directory: Path, model: str, patches: int, puts: int, bulk_rows: int) -> dict:
     from retrieval.compose import load_embedder
     from retrieval.config import EmbedConfig
-    from retrieval.product_api import ProductWriter
+    from retrieval.ingest.product_api import ProductWriter
     from retrieval.types import ModelSpec
 
     embedder = load_embedder(ModelSpec(model, None), EmbedConfig(device="cpu"))
@@ -150,7 +150,7 @@ def search_load(directory: Path, model: str, seconds: float, writes_per_s: float
 
     from retrieval.compose import open_for_search, open_writer
     from retrieval.config import BatchConfig, EmbedConfig
-    from retrieval.service import SearchRequest
+    from retrieval.search.service import SearchRequest
 
     service = open_for_search(directory, EmbedConfig(device="cpu"), batching=BatchConfig())
     service.warm()

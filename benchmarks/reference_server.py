@@ -19,7 +19,7 @@ def load_vectors(directory: Path) -> tuple[Any, Any]:
     """(ids, float32 vectors) of the index's image items, read once at start."""
     import numpy as np
 
-    from retrieval.store import IndexStore
+    from retrieval.storage.store import IndexStore
     from retrieval.types import IMAGES
 
     store = IndexStore.open(directory, readonly=True)

@@ -113,15 +113,16 @@ def build_index(directory: Path, model: str, count: int, index_type: str) -> Non
     """`count` random unit vectors as image items of a new index built for `model`."""
     from retrieval.compose import load_embedder
     from retrieval.config import EmbedConfig
-    from retrieval.store import CollectionChanges, IndexStore
+    from retrieval.ingest.indexer import Indexer
+    from retrieval.storage.store import IndexStore
     from retrieval.types import IMAGES, ModelSpec
 
     identity = load_embedder(ModelSpec(model, None), EmbedConfig(device="cpu")).identity
     store = IndexStore.create(directory, identity)
     rng = np.random.default_rng(0)
-    added: list[int] = []
     try:
-        with store.writer_lock(), store.catalog.transaction():
+        indexer = Indexer(store, index_types={IMAGES: index_type})
+        with indexer, indexer.change() as changes:
             for start in range(0, count, CHUNK):
                 size = min(CHUNK, count - start)
                 vectors = rng.standard_normal((size, identity.dim), dtype=np.float32)
@@ -130,15 +131,14 @@ def build_index(directory: Path, model: str, count: int, index_type: str) -> Non
                 store.catalog.put_vectors(keys, vectors)
                 for row, key in enumerate(keys):
                     path = f"/synthetic/{start + row:07d}.jpg"
-                    added.append(store.catalog.add_item(IMAGES, key, path=path))
-            store.commit({IMAGES: CollectionChanges(added=added)}, index_types={IMAGES: index_type})
+                    changes.add(IMAGES, key, path=path)
     finally:
         store.close()
 
 
 def index_complete(directory: Path, count: int) -> bool:
     """Whether `directory` holds a finished build of `count` vectors (reused across runs)."""
-    from retrieval.store import IndexStore
+    from retrieval.storage.store import IndexStore
     from retrieval.types import IMAGES
 
     if not IndexStore.exists(directory):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -29,12 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.ann import clip_like, recall, truth_of
+from benchmarks.harness import peak_rss_mib
 
 NPROBES = (16, 32, 64)
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class AnonPeak:

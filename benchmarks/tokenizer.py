@@ -1,4 +1,4 @@
-"""Tokenizer speed: retrieval.tokenizer against open_clip's SimpleTokenizer, same run.
+"""Tokenizer speed: retrieval.embedders.tokenizer against open_clip's SimpleTokenizer, same run.
 
 Rows: a fresh process that imports the tokenizer and tokenizes one query (what a cold
 `mmsearch query TEXT` pays), building the tokenizer, the 1,000 sample captions with an empty
@@ -26,7 +26,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 CAPTIONS = REPO.parent / "shared" / "datasets" / "imagenet-sample" / "captions.csv"
 QUERY = "a photo of a goldfish"
-COLD_OURS = "from retrieval.tokenizer import load_tokenizer; load_tokenizer('ViT-B-32')([{q!r}])"
+COLD_OURS = (
+    "from retrieval.embedders.tokenizer import load_tokenizer; load_tokenizer('ViT-B-32')([{q!r}])"
+)
 COLD_OPEN_CLIP = "import open_clip; open_clip.get_tokenizer('ViT-B-32')([{q!r}])"
 
 
@@ -74,7 +76,7 @@ def main() -> None:
 
     import open_clip
 
-    from retrieval.tokenizer import ClipTokenizer, _load_vocab, load_tokenizer
+    from retrieval.embedders.tokenizer import ClipTokenizer, _load_vocab, load_tokenizer
 
     def build_ours() -> ClipTokenizer:
         _load_vocab.cache_clear()  # a fresh process reads the vocabulary file again
@@ -125,7 +127,9 @@ def main() -> None:
         )
     )
 
-    print(f"| what | open_clip {open_clip.__version__} | retrieval.tokenizer | speed-up |")
+    print(
+        f"| what | open_clip {open_clip.__version__} | retrieval.embedders.tokenizer | speed-up |"
+    )
     print("|---|---|---|---|")
     for label, base, mine_t in rows:
         print(f"| {label} | {base:.4f} | {mine_t:.4f} | {base / mine_t:.2f}x |")

@@ -2,7 +2,8 @@
 
 The public API is small: open an index with `open_for_search` and query the returned
 `SearchService` (a context manager) with a `SearchRequest`; build or update one with
-`open_for_indexing` + `sync_images_and_texts`. Nothing heavy (torch, open_clip, faiss) is
+`open_for_indexing` + `sync_images_and_texts` (or, for any writer, an `Indexer`: the one write
+path). Nothing heavy (torch, open_clip, faiss) is
 imported until it is used.
 """
 
@@ -23,19 +24,22 @@ from .types import Hit, ModelIdentity, ModelSpec, Skipped
 
 if TYPE_CHECKING:
     from .compose import open_for_indexing, open_for_search
-    from .ingest import IndexReport, sync_images_and_texts
-    from .service import SearchRequest, SearchResult, SearchService
+    from .ingest.indexer import Indexer
+    from .ingest.sync import IndexReport, sync_images_and_texts
+    from .search.requests import SearchRequest, SearchResult
+    from .search.service import SearchService
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "open_for_indexing": "compose",
     "open_for_search": "compose",
-    "sync_images_and_texts": "ingest",
-    "IndexReport": "ingest",
-    "SearchRequest": "service",
-    "SearchResult": "service",
-    "SearchService": "service",
+    "sync_images_and_texts": "ingest.sync",
+    "IndexReport": "ingest.sync",
+    "Indexer": "ingest.indexer",
+    "SearchRequest": "search.requests",
+    "SearchResult": "search.requests",
+    "SearchService": "search.service",
 }
 
 
@@ -55,6 +59,7 @@ __all__ = [
     "IndexMismatchError",
     "IndexNotFoundError",
     "IndexReport",
+    "Indexer",
     "InvalidQueryError",
     "MmsearchError",
     "ModelIdentity",

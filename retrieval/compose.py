@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULT_MODEL, BatchConfig, EmbedConfig
 from .errors import IndexMismatchError, MmsearchError
-from .service import SearchService
-from .store import IndexStore, StoreOptions
+from .search.service import SearchService
+from .storage.store import IndexStore, StoreOptions
 from .types import ModelIdentity, ModelSpec
 
 if TYPE_CHECKING:
     from .embedders.captions import CocaCaptioner
     from .embedders.open_clip import OpenClipEmbedder
-    from .product_api import ProductWriter
+    from .ingest.product_api import ProductWriter
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def open_for_search(
         # tokenizer when the index has them (no torch import); images load the whole model.
         cold = open_cold_embedder(identity, store.recorded_embedder(), config, load)
         return SearchService(store, (lambda: cold) if cold else load)
-    from .batching import BatchingEmbedder
+    from .search.batching import BatchingEmbedder
 
     embedder = BatchingEmbedder(load, batching)  # loads the model on first use
     return SearchService(store, lambda: embedder, text_batcher=embedder.texts)
@@ -140,7 +140,7 @@ def open_writer(service: SearchService, fetch_allow: tuple[str, ...] = ()) -> Pr
     warning) when the index cannot be opened for writing (a read-only directory)."""
     import sqlite3
 
-    from .product_api import ProductWriter
+    from .ingest.product_api import ProductWriter
 
     def embedder() -> Any:
         # Writes embed files in batches: the model behind the query embedder (a batcher's
@@ -154,7 +154,7 @@ def open_writer(service: SearchService, fetch_allow: tuple[str, ...] = ()) -> Pr
         return inner
 
     try:
-        from .fetch import FetchPolicy
+        from .ingest.fetch import FetchPolicy
 
         policy = FetchPolicy.from_allow(fetch_allow)
         return ProductWriter(service.store.directory, embedder, fetch_policy=policy)

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InvalidQueryError
+from .errors import InvalidOptionError
 from .types import ModelSpec
 
 DEFAULT_MODEL = ModelSpec("ViT-B-32", "laion2b_s34b_b79k")
@@ -25,11 +25,12 @@ def default_index_dir() -> Path:
     return Path(os.environ.get(INDEX_DIR_ENV) or DEFAULT_INDEX_DIR)
 
 
-# embedders/backend.py resolves these; listed here so a typo fails before any work starts.
-BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
 # embedders/tensor_decode.py: auto = batched torchvision JPEG decoding on CUDA, Pillow workers
-# elsewhere; gpu forces the torchvision path (on the CPU too); cpu never takes it.
-DECODE_MODES = ("auto", "cpu", "gpu")
+# elsewhere; gpu forces the torchvision path (on the CPU too); cpu never takes it. Pillow decodes
+# large images scaled to the model's input size (images.DecodeTarget); full decodes every pixel
+# in the Pillow workers, the reference that scaled decoding is measured against.
+FULL_DECODE = "full"
+DECODE_MODES = ("auto", "cpu", "gpu", FULL_DECODE)
 DECODE_ENV = "MMSEARCH_DECODE"
 
 
@@ -42,35 +43,57 @@ class EmbedConfig:
     precision: str = "auto"
     batch_size: int | None = None  # None: by device (see embedders/open_clip.py)
     num_workers: int | None = None
-    # auto|torch|openvino|onnxruntime (embedders/backend.py); None threads: every usable core
+    # auto, torch or an engine of the registry in embedders/runtime.py (the CLI checks the
+    # name against it before any work; embedders/backend.py resolves it); None threads: every
+    # usable core
     backend: str = "auto"
     threads: int | None = None
-    decode: str = "auto"  # auto|cpu|gpu, see DECODE_MODES
+    decode: str = "auto"  # auto|cpu|gpu|full, see DECODE_MODES
 
     def __post_init__(self) -> None:
         if not DEVICE_PATTERN.fullmatch(self.device):
-            raise InvalidQueryError(
+            raise InvalidOptionError(
                 f"unknown --device {self.device!r}; use auto, cpu, cuda or cuda:N"
             )
         if self.precision not in PRECISIONS:
-            raise InvalidQueryError(
+            raise InvalidOptionError(
                 f"unknown --precision {self.precision!r}; use one of {', '.join(PRECISIONS)}"
             )
-        if self.backend not in BACKENDS:
-            raise InvalidQueryError(
-                f"unknown --backend {self.backend!r}; use one of {', '.join(BACKENDS)}"
-            )
         if self.decode not in DECODE_MODES:
-            raise InvalidQueryError(
+            raise InvalidOptionError(
                 f"unknown --decode {self.decode!r}; use one of {', '.join(DECODE_MODES)}"
             )
         if self.batch_size is not None and self.batch_size < 1:
-            raise InvalidQueryError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise InvalidOptionError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.num_workers is not None and self.num_workers < 0:
-            raise InvalidQueryError(f"--workers must be 0 or more, got {self.num_workers}")
+            raise InvalidOptionError(f"--workers must be 0 or more, got {self.num_workers}")
 
 
 MIB = 1024 * 1024
+
+# -- Defaults and limits: one place -------------------------------------------------------------
+# Images (or captions) per forward pass when --batch-size is not given, by use and device.
+# embed, cpu: batch 8 ran ~2x faster per image than 32 on 2-core EPYC and Xeon with ViT-B-32 (the
+#   activations of larger batches fall out of cache); the peers' runs found the same.
+# embed, cuda: 256 keeps the tensor cores busy; 256 ViT-B-32 images in fp16 need < 2 GB.
+# caption: the text decoder runs once per token for the whole batch; 8 on a CPU for the same
+#   cache reason, 64 on a GPU (CoCa's decoder holds a key/value cache per caption).
+# ray: 32 keeps a CPU actor's batch (and its memory) small while amortising the remote call;
+#   256 fills a datacenter GPU with a ViT-B model.
+BATCH_SIZES: dict[str, dict[str, int]] = {
+    "embed": {"cpu": 8, "cuda": 256},
+    "caption": {"cpu": 8, "cuda": 64},
+    "ray": {"cpu": 32, "cuda": 256},
+}
+
+
+def default_batch_size(use: str, on_gpu: bool) -> int:
+    """BATCH_SIZES for `use` (embed, caption, ray) on a GPU or a CPU."""
+    return BATCH_SIZES[use]["cuda" if on_gpu else "cpu"]
+
+
+# Results a search returns at most per page; a page may start up to 10x deeper (offset).
+MAX_K = 1000
 
 # One pass over 32 short queries still takes about as long as a few single ones on a CPU, and on
 # a GPU far longer batches are free; past 32 a burst is better served in two passes so the first
@@ -98,13 +121,25 @@ class ServeConfig:
 
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
+    # Without a key, Host names answered beyond localhost and IP addresses ("*": any); the
+    # runner adds the --host name. Against DNS rebinding (http/security.HostCheckMiddleware).
+    allowed_hosts: tuple[str, ...] = ()
+    # Proxies whose X-Forwarded-For/-Proto are believed (uvicorn's forwarded_allow_ips); none by
+    # default, so no client can choose the address the access log shows.
+    forwarded_allow_ips: tuple[str, ...] = ()
     # --fetch-allow: hosts/CIDRs whose private addresses product image URLs may come from.
     fetch_allow: tuple[str, ...] = ()
     # Phone photos are 2-8 MB; 20 MiB leaves room for large PNGs without inviting abuse.
     max_upload_bytes: int = 20 * MIB
-    # Full-resolution modes of current phone cameras reach 48-50 Mpx; one decoded 50 Mpx image
-    # is 150 MB of RGB, so this also bounds memory per concurrent upload.
+    # Full-resolution modes of current phone cameras reach 48-50 Mpx. Per image, and per request
+    # over all of a composed query's images together.
     max_megapixels: float = 50.0
+    # Megapixels decoded at once over all requests (http/limits.PixelBudget); more wait (429
+    # after queue_timeout_s). A decode and its preprocessing peak at 8.0 MiB per Mpx for RGB,
+    # 12.6 for 16-bit and 16.4 for RGBA PNGs (benchmarks/decode_memory.py), so 64 Mpx bounds
+    # decode memory at ~0.5 GiB for RGB and ~1.05 GiB at worst, while still admitting one
+    # maximum-size image, or many phone photos (JPEGs decode at reduced scale), at once.
+    decode_budget_megapixels: float = 64.0
     # Threads that may embed or search at once; text queries among them share forward passes.
     max_concurrency: int = 16
     # Requests allowed to wait for a thread; the next one gets 429 at once.

@@ -1,10 +1,10 @@
 """Named points inside an index run where the reliability harnesses inject a crash.
 
 `MMSEARCH_FAULT=PHASE[:N]` makes the process SIGKILL itself the Nth time (default 1st) it reaches
-PHASE, exactly as `kill -9` from outside would at that moment, so benchmarks/kill_loop.py can aim
-at every phase of a run (walk, hash, embed, texts, faiss, commit, cleanup) instead of hoping a
-random timer lands there. Unset (always, outside the harnesses) `reached` is one dict lookup.
-Standard library only: images.py and ingest.py call it."""
+PHASE, exactly as `kill -9` from outside would at that moment, so benchmarks/faults/kill_loop.py
+aims at every phase of a run (walk, hash, embed, texts, faiss, commit, cleanup) instead of
+hoping a random timer lands there. Unset (always, outside the harnesses) `reached` is one dict
+lookup. Standard library only: images.py and ingest.py call it."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import io
 import logging
+import math
 import os
 import stat
 import warnings
@@ -19,18 +20,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from . import faults
 from .errors import ImageDecodeError, InputFileError
 from .files import canonical_root, is_within
+from .formats import (
+    IMAGE_EXTENSIONS,
+    RAW_PREVIEW_MIN_SIDE,
+    image_formats,
+    is_raw,
+    missing_decoder,
+    open_raw,
+)
+from .scaling import DecodeTarget, draft_jpeg
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-)
-"""Lower-case suffixes (with the dot) that `walk_images` picks up; compare `suffix.lower()`."""
-
-# Decoders tried on a file's bytes, whatever its name says: the formats behind IMAGE_EXTENSIONS
-# ("JPEG" also opens the multi-picture MPO files many cameras write). Listing them keeps
-# untrusted uploads away from Pillow's riskier plugins, e.g. EPS, which runs Ghostscript.
-IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 # Pillow's own hard limit (2 x Image.MAX_IMAGE_PIXELS): ~179 Mpx is 512 MiB once decoded to RGB,
 # and still admits 100-200 Mpx camera and panorama files. A lower cap cannot be loosened past
@@ -55,9 +55,13 @@ def is_image_path(path: str | Path) -> bool:
 SkipCallback = Callable[[Path, str, str], None]
 """on_skip(path, reason, detail): an entry with an image name that is not a file to read
 (reason "not-a-file"), or a folder that cannot be listed (reason "unreadable")."""
+IgnoreCallback = Callable[[Path], None]
+"""on_ignore(path): a regular file the walk passed over because its name is not an image's."""
 
 
-def walk_images(root: Path, on_skip: SkipCallback | None = None) -> Iterator[Path]:
+def walk_images(
+    root: Path, on_skip: SkipCallback | None = None, on_ignore: IgnoreCallback | None = None
+) -> Iterator[Path]:
     """Yield the image files under `root` (or `root` itself), sorted by name, each named by the
     identity rule of files.py: below the real path of `root`, as walked.
 
@@ -65,7 +69,9 @@ def walk_images(root: Path, on_skip: SkipCallback | None = None) -> Iterator[Pat
     own name); those pointing outside are, once per folder. Entries with image names that are not
     regular files (FIFOs, devices, sockets, links to them, broken links) are never yielded, so
     nothing blocks reading them; `on_skip` hears of each one with reason "not-a-file", and of
-    each folder below the root that cannot be listed with reason "unreadable"."""
+    each folder below the root that cannot be listed with reason "unreadable". `on_ignore` hears
+    of each (non-hidden) regular file without an image extension, so a run can say what it left
+    out."""
     root = canonical_root(root)
     if root.is_dir():
         try:
@@ -74,9 +80,9 @@ def walk_images(root: Path, on_skip: SkipCallback | None = None) -> Iterator[Pat
             raise InputFileError(
                 f"{root}: cannot read this directory ({err.strerror}); check its permissions"
             ) from err
-        return _walk_directory(root, on_skip)
+        return _walk_directory(root, on_skip, on_ignore)
     if root.is_file():
-        # Named explicitly, so it is yielded whatever its extension: a `.heic` given on the
+        # Named explicitly, so it is yielded whatever its extension: a `.mov` given on the
         # command line should come back as a Skipped with a reason, not vanish silently.
         return iter([root])
     if os.path.lexists(root):
@@ -87,7 +93,9 @@ def walk_images(root: Path, on_skip: SkipCallback | None = None) -> Iterator[Pat
     raise InputFileError(f"{root}: no such file or directory; check the path for typos")
 
 
-def _walk_directory(root: Path, on_skip: SkipCallback | None) -> Iterator[Path]:
+def _walk_directory(
+    root: Path, on_skip: SkipCallback | None, on_ignore: IgnoreCallback | None
+) -> Iterator[Path]:
     # Identity is (device, inode) of the resolved directory, so a folder reached through two
     # links outside the root is entered once and never loops.
     visited = {_identity(root)}
@@ -124,6 +132,8 @@ def _walk_directory(root: Path, on_skip: SkipCallback | None) -> Iterator[Path]:
             yield Path(entry.path)
         elif on_skip is not None and is_image_path(entry.name):
             on_skip(Path(entry.path), "not-a-file", _special_kind(entry.path))
+        elif on_ignore is not None and is_file:
+            on_ignore(Path(entry.path))
 
 
 def _links_inside(entry: os.DirEntry[str], root: str) -> bool:
@@ -187,29 +197,43 @@ def _sorted_entries(directory: Path, on_skip: SkipCallback | None = None) -> lis
         return []
 
 
-def load_image(source: str | Path | bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode a file path or raw bytes into an upright RGB image, or raise ImageDecodeError."""
+def load_image(
+    source: str | Path | bytes,
+    *,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    target: DecodeTarget | None = None,
+    name: str | None = None,
+    reduce_to: int | None = None,
+) -> Image.Image:
+    """Decode a file path or raw bytes into an upright RGB image, or raise ImageDecodeError.
+
+    With a `target`, a large image comes back scaled down by a whole factor, still at least
+    `target.margin` times the size the preprocessing resizes it to (see DecodeTarget). `name`
+    is the file name raw bytes came from: it labels errors and routes camera RAW files (whose
+    TIFF-like headers Pillow would otherwise read as their tiny thumbnail) by extension. With
+    `reduce_to` (and no target), a JPEG is decoded at the smallest scale libjpeg offers that
+    keeps both sides at least `reduce_to` pixels (thumbnails)."""
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be a positive pixel count, got {max_pixels}")
     if isinstance(source, bytes):
-        return _decode(io.BytesIO(source), _BYTES_LABEL, max_pixels)
+        return _decode(io.BytesIO(source), name or _BYTES_LABEL, max_pixels, target, reduce_to)
     label = str(source)
     try:
         stream = open_regular(source)
     except OSError as err:
         raise ImageDecodeError(label, "unreadable", _describe(err)) from err
     with stream:
-        return _decode(stream, label, max_pixels)
+        return _decode(stream, label, max_pixels, target, reduce_to)
 
 
 def open_header(stream: BinaryIO) -> Image.Image:
-    """Image.open (which reads the header only) limited to IMAGE_FORMATS. Pillow warns between
-    its soft and hard pixel limits; every caller applies its own limit to the size, so the
-    warning would only be noise on stderr. (catch_warnings is process-wide; a race with another
-    thread can at worst leave this one warning category ignored.)"""
+    """Image.open (which reads the header only) limited to formats.image_formats(). Pillow
+    warns between its soft and hard pixel limits; every caller applies its own limit to the
+    size, so the warning would only be noise on stderr. (catch_warnings is process-wide; a race
+    with another thread can at worst leave this one warning category ignored.)"""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return Image.open(stream, formats=IMAGE_FORMATS)
+        return Image.open(stream, formats=image_formats())
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
@@ -222,11 +246,19 @@ def header_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
-def _decode(stream: BinaryIO, label: str, max_pixels: int) -> Image.Image:
+def _decode(
+    stream: BinaryIO,
+    label: str,
+    max_pixels: int,
+    target: DecodeTarget | None,
+    reduce_to: int | None = None,
+) -> Image.Image:
     head = stream.read(16)
     if not head:
         raise ImageDecodeError(label, "empty", "the file has 0 bytes")
     stream.seek(0)
+    if is_raw(label):
+        return _decode_raw(stream, label, max_pixels, target)
     try:
         image = open_header(stream)
     except MemoryError:
@@ -241,6 +273,10 @@ def _decode(stream: BinaryIO, label: str, max_pixels: int) -> Image.Image:
                 "decompression-bomb",
                 f"{width}x{height} is over the limit of {max_pixels} pixels",
             )
+        if target is not None:
+            draft_jpeg(image, target)
+        elif reduce_to is not None and image.format in ("JPEG", "MPO"):
+            image.draft(None, (reduce_to, reduce_to))  # sets the DCT scale; decodes nothing
         try:
             # Decode every pixel now, so a truncated file fails here rather than inside preprocess.
             image.load()
@@ -250,16 +286,40 @@ def _decode(stream: BinaryIO, label: str, max_pixels: int) -> Image.Image:
             raise _load_error(label, err) from err
         upright = _exif_transpose(image, label)
     try:
-        return _to_rgb(upright)
+        rgb = _to_rgb(upright)
     except ValueError as err:  # a mode Pillow cannot convert to RGB
         raise ImageDecodeError(label, "corrupt", f"mode {upright.mode}: {err}") from err
+    # Reduced after the conversion: Image.reduce averages RGB values, but would average the
+    # indices of a palette image or clip 16-bit ones.
+    factor = target.reduction(*rgb.size) if target is not None else 1
+    return rgb.reduce(factor) if factor > 1 else rgb
+
+
+def _decode_raw(
+    stream: BinaryIO, label: str, max_pixels: int, target: DecodeTarget | None
+) -> Image.Image:
+    """A camera RAW file through its embedded JPEG preview when large enough for `target`,
+    else a half-size demosaic (formats.open_raw)."""
+    need = math.ceil(target.size * target.margin) if target else RAW_PREVIEW_MIN_SIDE
+    picture = open_raw(stream, label, need)
+    if picture.preview is not None:
+        image = _decode(io.BytesIO(picture.preview), label, max_pixels, target)
+        return image.transpose(picture.transpose) if picture.transpose is not None else image
+    pixels = picture.pixels
+    if pixels is None:
+        raise ImageDecodeError(label, "corrupt", "LibRaw returned neither a preview nor pixels")
+    factor = target.reduction(*pixels.size) if target is not None else 1
+    return pixels.reduce(factor) if factor > 1 else pixels
 
 
 def _open_error(label: str, err: Exception, head: bytes, stream: BinaryIO) -> ImageDecodeError:
     if isinstance(err, Image.DecompressionBombError):
         return ImageDecodeError(label, "decompression-bomb", str(err))
     if isinstance(err, UnidentifiedImageError):
-        names = ", ".join(IMAGE_FORMATS)
+        missing = missing_decoder(label)
+        if missing:
+            return ImageDecodeError(label, "unsupported-format", missing)
+        names = ", ".join(image_formats())
         return ImageDecodeError(label, "not-an-image", f"not a file of any of: {names}")
     if isinstance(err, OSError) and err.errno is not None:
         return ImageDecodeError(label, "unreadable", _describe(err))

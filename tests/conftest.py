@@ -57,6 +57,16 @@ def image_folder(tmp_path: Path) -> Path:
     return folder
 
 
+LEVELS = ("unit", "integration", "e2e")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that load the exported runtime (OpenVINO) into this process run after all others."""
+    """The folder a test lives in is its level: unit (the library, no model), integration (the
+    tiny real model in this process: CLI, HTTP app, catalog), e2e (subprocesses, servers,
+    kills, browsers, a Ray cluster). e2e tests are `slow`, so `-m "not slow"` is the fast loop.
+    Tests that load the exported runtime (OpenVINO) into this process run after all others."""
+    for item in items:
+        level = next((part for part in item.path.parts if part in LEVELS), None)
+        if level == "e2e":
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.get_closest_marker("runtime") is not None)

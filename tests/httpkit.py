@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from clirun import run_ok
@@ -18,7 +19,7 @@ from testdata import make_images, write_catalog
 from retrieval.compose import open_for_search
 from retrieval.config import EmbedConfig, ServeConfig
 from retrieval.http import create_app
-from retrieval.service import SearchService
+from retrieval.search.service import SearchService
 
 CAPTIONS = ["a red shoe", "a blue hat", "a green shirt", "a cat on a sofa", "a mountain lake"]
 
@@ -51,8 +52,11 @@ def cli_query(directory: Path, *args: object) -> dict:
 def open_app(
     directory: Path, config: ServeConfig | None = None
 ) -> Iterator[tuple[FastAPI, SearchService]]:
-    """An app over `directory` wired as `mmsearch serve` wires it; closes everything after."""
+    """An app over `directory` wired as `mmsearch serve` wires it; closes everything after.
+    TestClient sends `Host: testserver`: a keyless app answers that name the way `serve`
+    answers its --host name (HostCheckMiddleware refuses other names)."""
     config = config or ServeConfig()
+    config = replace(config, allowed_hosts=(*config.allowed_hosts, "testserver"))
     with open_for_search(directory, EmbedConfig(device="cpu"), batching=config.batching) as service:
         yield create_app(service, config), service
 
@@ -64,19 +68,19 @@ def free_port() -> int:
 
 
 @contextmanager
-def run_server(app: FastAPI, config: ServeConfig | None = None) -> Iterator[str]:
+def run_server(app: FastAPI, config: ServeConfig | None = None, **options: object) -> Iterator[str]:
     """Serve `app` with uvicorn on 127.0.0.1 in a thread, configured as `mmsearch serve` runs
-    it (`config` supplies its timeouts); yields its base URL once ready."""
+    it (`config` supplies its timeouts, `options` override uvicorn's); yields its base URL once
+    ready."""
     import uvicorn
 
     from retrieval.http.runner import server_config
 
     port = free_port()
-    options = server_config(
-        app, config or ServeConfig(), host="127.0.0.1", port=port, log_level="warning",
-        access_log=False,
-    )  # fmt: skip
-    server = uvicorn.Server(options)
+    options = {"log_level": "warning", "access_log": False, **options}
+    uvicorn_config = server_config(app, config or ServeConfig(), host="127.0.0.1", port=port,
+                                   **options)  # fmt: skip
+    server = uvicorn.Server(uvicorn_config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -91,3 +95,46 @@ def run_server(app: FastAPI, config: ServeConfig | None = None) -> Iterator[str]
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# -- raw connections, for requests a well-behaved client library cannot send --------------------
+def address(base: str) -> tuple[str, int]:
+    host, port = base.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def exchange(base: str, *chunks: bytes, pause_s: float = 0.0, wait_s: float = 10.0) -> bytes:
+    """Send `chunks` on a raw connection (pausing between them), then read until the server
+    closes it or `wait_s` passes; returns everything the server sent."""
+    with socket.create_connection(address(base), timeout=wait_s) as sock:
+        try:
+            for chunk in chunks:
+                sock.sendall(chunk)
+                time.sleep(pause_s)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before taking it all: read what it said
+        return read_until_closed(sock, wait_s)
+
+
+def read_until_closed(sock: socket.socket, wait_s: float) -> bytes:
+    received = b""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            break
+        except ConnectionResetError:
+            return received  # closed with our unread bytes still queued: a reset, not a hang
+        if not data:
+            return received
+        received += data
+    raise AssertionError(f"connection still open after {wait_s} s; got {received[:200]!r}")
+
+
+def status_of(raw: bytes) -> int:
+    return int(raw.split(b" ", 2)[1])
+
+
+def json_body(raw: bytes) -> dict:
+    return json.loads(raw.partition(b"\r\n\r\n")[2])

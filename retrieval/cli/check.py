@@ -27,7 +27,8 @@ def check(
     Exits 0 when the index is sound, 1 when problems remain (each printed with its fix)."""
 
     def body() -> None:
-        from ..integrity import check_index, repair_index
+        from ..ingest.repair import repair_index
+        from ..storage.integrity import check_index
 
         directory = index_dir or default_index_dir()
         report = repair_index(directory) if repair else check_index(directory)

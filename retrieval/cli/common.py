@@ -9,57 +9,45 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from ..config import DEFAULT_MODEL, INDEX_DIR_ENV
 from ..errors import (
-    DiskFullError,
-    IndexBusyError,
-    IndexMismatchError,
-    InputFileError,
-    InvalidQueryError,
-    ItemNotFoundError,
     MmsearchError,
-    ModelUnavailableError,
+    StorageIOError,
 )
+from ..sqlite_errors import classify_sqlite_error
 from ..types import ModelSpec
 
-# Exit codes: 2 is what typer uses for usage errors, so input problems share it.
-EXIT_CODES: dict[type[MmsearchError], int] = {
-    InvalidQueryError: 2,
-    InputFileError: 2,
-    ItemNotFoundError: 2,
-    ModelUnavailableError: 2,
-    IndexMismatchError: 2,
-    IndexBusyError: 75,  # EX_TEMPFAIL: try again later
-    DiskFullError: 74,  # EX_IOERR
-}
 EXIT_PROBLEMS = 1  # `check` found problems it did not (or could not) repair
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 T = TypeVar("T")
 
 
 def run_guarded(action: Callable[[], T]) -> T:
-    """Run a command body; MmsearchError becomes `error: ...` on stderr and an exit code."""
+    """Run a command body; MmsearchError becomes `error: ...` on stderr and an exit code, and so
+    does an SQLite error that reached here unexplained (retrieval/sqlite_errors.py says which)."""
     try:
         return action()
     except MmsearchError as err:
-        typer.echo(f"error: {err}", err=True)
-        code = next((c for kind, c in EXIT_CODES.items() if isinstance(err, kind)), 1)
-        raise typer.Exit(code) from None
+        _fail(err)
     except sqlite3.DatabaseError as err:
-        # Damage below the catalog's own error handling (a malformed page, a truncated file).
-        typer.echo(
-            f"error: the index catalog is damaged ({err}); run `mmsearch check --index DIR` "
-            "for details and the fix",
-            err=True,
-        )
-        raise typer.Exit(1) from None
+        _fail(classify_sqlite_error(err))
+    except OSError as err:
+        # A folder it may not write (an --index without write permission, a path through a
+        # file): said in one line, never as a traceback.
+        where = f"{err.filename}: " if err.filename else ""
+        _fail(StorageIOError(f"{where}{err.strerror or err}; check the path and its permissions"))
     except KeyboardInterrupt:
         typer.echo("interrupted; the previous index is unchanged and still usable", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _fail(err: MmsearchError) -> NoReturn:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(err.exit_code) from None
 
 
 IndexOption = Annotated[
@@ -75,12 +63,24 @@ DeviceOption = Annotated[
     str,
     typer.Option(help="auto (CUDA when available), cpu, or cuda[:N]", envvar="MMSEARCH_DEVICE"),
 ]
+
+
+def _check_backend(value: str) -> str:
+    from ..embedders.runtime import check_backend  # torch-free: the engine registry
+
+    try:
+        return check_backend(value)
+    except MmsearchError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
 BackendOption = Annotated[
     str,
     typer.Option(
         help="auto (OpenVINO on a CPU when the model exports, else torch; torch on CUDA), "
         "torch, openvino or onnxruntime",
         envvar="MMSEARCH_BACKEND",
+        callback=_check_backend,
     ),
 ]
 PrecisionOption = Annotated[
@@ -124,8 +124,8 @@ CaptionPretrainedOption = Annotated[
 
 def caption_spec(model: str | None, pretrained: str | None) -> ModelSpec:
     """The caption model asked for, with the default CoCa model and tag filled in."""
-    from ..captions import DEFAULT_CAPTION_MODEL
     from ..embedders.spec import normalise_spec
+    from ..ingest.captions import DEFAULT_CAPTION_MODEL
 
     name = model or DEFAULT_CAPTION_MODEL.name
     if name == DEFAULT_CAPTION_MODEL.name and pretrained is None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..config import default_index_dir
-from ..queries import DEFAULT_DUPLICATE_THRESHOLD
+from ..search.queries import DEFAULT_DUPLICATE_THRESHOLD
 from .common import IndexOption, run_guarded
 
 
@@ -27,8 +27,8 @@ def duplicates(
     (most pixels, then largest file); each score is the cosine to that first image."""
 
     def body() -> None:
-        from ..duplicates import find_duplicates
-        from ..store import IndexStore
+        from ..search.duplicates import find_duplicates
+        from ..storage.store import IndexStore
 
         with IndexStore.open(index_dir or default_index_dir(), readonly=True) as store:
             report = find_duplicates(store, threshold)

@@ -71,9 +71,9 @@ def eval_command(
 
     def body() -> None:
         from ..compose import load_embedder
-        from ..evaluation import load_pairs, parse_ks
-        from ..evaluator import EvalConfig, collect_vectors, evaluate
-        from ..store import IndexStore
+        from ..eval.pairs import load_pairs, parse_ks
+        from ..eval.runner import EvalConfig, collect_vectors, evaluate
+        from ..storage.store import IndexStore
 
         config = EvalConfig(
             ks=tuple(parse_ks(ks)),
@@ -84,7 +84,7 @@ def eval_command(
         )
         pairs = load_pairs(pairs_file)
         if report is not None:
-            from ..report import check_report_dependencies
+            from ..eval.report import check_report_dependencies
 
             check_report_dependencies()
         directory = index_dir or default_index_dir()
@@ -111,13 +111,13 @@ def eval_command(
         for skip in vectors.skipped:
             typer.echo(f"skipped {skip.path}: {skip.reason}", err=True)
         if report is not None:
-            from ..report import write_report
+            from ..eval.report import write_report
 
             write_report(result, report)
         if as_json:
             typer.echo(json.dumps(result))
         else:
-            from ..report import text_table
+            from ..eval.report import text_table
 
             typer.echo(text_table(result))
             if report is not None:

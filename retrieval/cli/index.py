@@ -37,7 +37,7 @@ def _user() -> str:
 
 def load_schema(path: Path) -> dict[str, str]:
     """A --schema file: a JSON object {column: type}."""
-    from ..schema import CellError, check_schema
+    from ..storage.schema import CellError, check_schema
 
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -191,7 +191,9 @@ def index(
         str,
         typer.Option(
             help="auto (batched torchvision JPEG decoding on the GPU with --device cuda, Pillow "
-            "workers otherwise), gpu (the torchvision path on any device) or cpu (Pillow workers)",
+            "workers otherwise), gpu (the torchvision path on any device), cpu (Pillow workers, "
+            "large photos decoded at the scale the model needs) or full (Pillow workers, every "
+            "pixel decoded)",
             envvar=DECODE_ENV,
         ),
     ] = "auto",
@@ -212,13 +214,13 @@ def index(
     deleted ones; an interrupted run leaves the previous index usable."""
 
     def body() -> None:
-        from ..audit import Actor
         from ..compose import load_captioner, open_for_indexing
-        from ..fetch import FetchPolicy
-        from ..index_run import CatalogRequest, IndexRequest, run_index
-        from ..products import read_catalog
-        from ..store import StoreOptions
-        from ..texts import load_texts
+        from ..indexing import CatalogRequest, IndexRequest, run_index
+        from ..ingest.fetch import FetchPolicy
+        from ..ingest.products import read_catalog
+        from ..ingest.texts import load_texts
+        from ..storage.audit import Actor
+        from ..storage.store import StoreOptions
 
         # Every option is checked before any file is read or the model loads.
         config = EmbedConfig(

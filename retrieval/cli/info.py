@@ -19,7 +19,7 @@ def info(
     """Show an index's model, counts, index types, size on disk and times."""
 
     def body() -> None:
-        from ..store import IndexStore
+        from ..storage.store import IndexStore
 
         with IndexStore.open(index_dir or default_index_dir(), readonly=True) as store:
             details = store.info()

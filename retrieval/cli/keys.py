@@ -22,7 +22,7 @@ keys_app = typer.Typer(
 
 
 def _open(index_dir: Path | None):  # type: ignore[no-untyped-def]
-    from ..store import IndexStore
+    from ..storage.store import IndexStore
 
     return IndexStore.open(index_dir or default_index_dir())
 
@@ -39,7 +39,7 @@ def create(
     """Create a key and print it once: only its hash is stored."""
 
     def body() -> None:
-        from ..keys import create_key
+        from ..storage.keys import create_key
 
         with _open(index_dir) as store:
             record, secret = create_key(store.catalog.db, scope, name)
@@ -60,7 +60,7 @@ def list_command(
     """List keys (names, scopes, when created or revoked; never the keys)."""
 
     def body() -> None:
-        from ..keys import list_keys
+        from ..storage.keys import list_keys
 
         with _open(index_dir) as store:
             found = list_keys(store.catalog.db)
@@ -82,7 +82,7 @@ def revoke(
     """Revoke a key; servers refuse it from their next request."""
 
     def body() -> None:
-        from ..keys import revoke_key
+        from ..storage.keys import revoke_key
 
         with _open(index_dir) as store:
             key = revoke_key(store.catalog.db, name)
@@ -103,7 +103,7 @@ def audit(
     """Show the audit log: every product change (HTTP or CLI) with its key name and outcome."""
 
     def body() -> None:
-        from .. import audit as audit_log
+        from ..storage import audit as audit_log
 
         start = _parse_time(since) if since else None
         with _open(index_dir) as store:

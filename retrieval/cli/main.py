@@ -1,5 +1,6 @@
 """The `mmsearch` Typer app: the callback that configures logging, and one command per module
-(index, query, info, serve). The console script and `python -m retrieval` run `app`."""
+(index, query, info, serve, eval, check, duplicates, caption). The console script and
+`python -m retrieval` run `app`."""
 
 from __future__ import annotations
 

@@ -9,9 +9,9 @@ import typer
 
 from ..config import EmbedConfig, default_index_dir
 from ..errors import InputFileError, InvalidQueryError
-from ..hybrid import MODES
-from ..queries import DEFAULT_DUPLICATE_THRESHOLD, QueryPart, parse_weight
-from ..service import DEFAULT_TEXT_WEIGHT, SearchRequest, check_k
+from ..search.hybrid import MODES
+from ..search.queries import DEFAULT_DUPLICATE_THRESHOLD, QueryPart, parse_weight
+from ..search.requests import DEFAULT_TEXT_WEIGHT, SearchRequest, check_k
 from ..types import TARGETS
 from .common import BackendOption, DeviceOption, IndexOption, PrecisionOption, run_guarded
 from .render import result_table

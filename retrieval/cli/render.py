@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 from ..types import IMAGES, PRODUCTS, TEXTS
 
 if TYPE_CHECKING:
-    from ..captions import CaptionReport
-    from ..ingest import IndexReport
-    from ..product_writes import CatalogReport
-    from ..service import SearchResult
+    from ..ingest.captions import CaptionReport
+    from ..ingest.product_writes import CatalogReport
+    from ..ingest.sync import IndexReport
+    from ..search.service import SearchResult
 
 
 def report_summary(report: IndexReport, directory: Path, kind: str = "files") -> str:
@@ -27,9 +27,18 @@ def report_summary(report: IndexReport, directory: Path, kind: str = "files") ->
     what = "products " if kind == "catalog" else ""
     return (
         f"{what}indexed {report.indexed} (embedded {report.embedded}, reused {report.reused}), "
-        f"unchanged {report.unchanged}, removed {report.removed}, {skipped}{texts}, "
+        f"unchanged {report.unchanged}, removed {report.removed}, {skipped}"
+        f"{_ignored_summary(report.ignored)}{texts}, "
         f"{report.elapsed_s:.1f}s, {report.images_per_s:.1f} img/s -> {directory}"
     )
+
+
+def _ignored_summary(ignored: dict[str, int]) -> str:
+    """`, ignored 12 (.mov: 10, .txt: 2)`, or nothing when the walk passed over no file."""
+    if not ignored:
+        return ""
+    counts = ", ".join(f"{suffix}: {n}" for suffix, n in ignored.items())
+    return f", ignored {sum(ignored.values())} ({counts})"
 
 
 def report_dict(report: IndexReport, directory: Path) -> dict[str, Any]:
@@ -44,6 +53,7 @@ def report_dict(report: IndexReport, directory: Path) -> dict[str, Any]:
         "skipped": [
             {"path": s.path, "reason": s.reason, "detail": s.detail} for s in report.skipped
         ],
+        "ignored": report.ignored,
         "texts_indexed": report.texts_indexed,
         "texts_removed": report.texts_removed,
         "elapsed_s": round(report.elapsed_s, 3),

@@ -48,6 +48,24 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Without --api-key, a Host name to answer to besides localhost, IP addresses "
+            "and --host (repeatable; '*': any). Others get 400, against DNS rebinding",
+            envvar="MMSEARCH_ALLOWED_HOSTS",
+            show_default=False,
+        ),
+    ] = None,
+    forwarded_allow_ip: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Address of a reverse proxy whose X-Forwarded-For/-Proto headers are trusted "
+            "(repeatable; none by default)",
+            envvar="MMSEARCH_FORWARDED_ALLOW_IPS",
+            show_default=False,
+        ),
+    ] = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
     backend: BackendOption = "auto",
@@ -57,6 +75,14 @@ def serve(
     max_megapixels: Annotated[
         float, typer.Option(min=0.01, help="Largest accepted query image, megapixels (422 above)")
     ] = _SERVE.max_megapixels,
+    decode_budget_mpx: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="Megapixels decoded at once over all requests (more wait): bounds decode memory",
+            envvar="MMSEARCH_DECODE_BUDGET_MPX",
+        ),
+    ] = _SERVE.decode_budget_megapixels,
     max_concurrency: Annotated[
         int, typer.Option(min=1, help="Searches running at once", envvar="MMSEARCH_CONCURRENCY")
     ] = _SERVE.max_concurrency,
@@ -89,9 +115,12 @@ def serve(
         config = ServeConfig(
             api_key=api_key or None,
             cors_origins=tuple(cors_origin or ()),
+            allowed_hosts=tuple(allowed_host or ()),
+            forwarded_allow_ips=tuple(forwarded_allow_ip or ()),
             fetch_allow=tuple(fetch_allow or ()),
             max_upload_bytes=int(max_upload_mb * MIB),
             max_megapixels=max_megapixels,
+            decode_budget_megapixels=decode_budget_mpx,
             max_concurrency=max_concurrency,
             max_queue=max_queue,
             batching=BatchConfig(
@@ -101,7 +130,8 @@ def serve(
         if config.api_key is None and not is_loopback(host):
             typer.echo(
                 f"warning: serving on {host} without --api-key: anyone who can reach this port "
-                "can search the index and download the indexed images",
+                "can search the index and download the indexed images (by IP address, or by a "
+                "name given with --allowed-host)",
                 err=True,
             )
         directory = index_dir or default_index_dir()

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..catalog import Item
 from ..config import EmbedConfig
 from ..errors import InvalidQueryError
 from ..files import canonical_root
-from ..indexer import Indexer
-from ..ingest import IndexReport, items_under, vanished
-from ..store import IndexStore
+from ..ingest.indexer import Indexer
+from ..ingest.sync import IndexReport, items_under, vanished
+from ..storage.catalog import Item
+from ..storage.store import IndexStore
 from ..types import IMAGES, ModelSpec, Skipped
 from .shards import DEFAULT_RECORDS_PER_SHARD, EMBEDDINGS_DIR, ShardSet
 from .sources import Record, folder_inputs, list_records

@@ -7,13 +7,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..config import EmbedConfig
-from ..errors import InvalidQueryError
+from ..config import EmbedConfig, default_batch_size
+from ..errors import InvalidOptionError
 
-# Images per actor batch when --batch-size is not given: 256 fills a datacenter GPU with a
-# ViT-B model; 32 keeps a CPU actor's batch (and its memory) small while amortising the call.
-GPU_BATCH = 256
-CPU_BATCH = 32
+GPU_BATCH = default_batch_size("ray", on_gpu=True)  # config.BATCH_SIZES says why
+CPU_BATCH = default_batch_size("ray", on_gpu=False)
 
 
 @dataclass(frozen=True)
@@ -49,15 +47,15 @@ def plan_actors(
     `records` (the records to embed) caps the pool: an idle model copy costs a load and memory.
 
     Raises:
-        InvalidQueryError: `actors` < 1, or a CUDA device on a cluster without GPUs.
+        InvalidOptionError: `actors` < 1, or a CUDA device on a cluster without GPUs.
     """
     if actors is not None and actors < 1:
-        raise InvalidQueryError(f"--ray-actors must be >= 1, got {actors}")
+        raise InvalidOptionError(f"--ray-actors must be >= 1, got {actors}")
     gpus = int(resources.get("GPU", 0))
     cpus = max(1, int(resources.get("CPU", 1)))
     on_gpu = config.device.startswith("cuda") or (config.device == "auto" and gpus > 0)
     if on_gpu and not gpus:
-        raise InvalidQueryError(
+        raise InvalidOptionError(
             f"--device {config.device} but the Ray cluster reports no GPU ({cpus} CPUs); "
             "add GPU nodes, or pass --device cpu (or auto) to embed on the CPUs"
         )

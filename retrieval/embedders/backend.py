@@ -20,7 +20,7 @@ from . import export, runtime
 logger = logging.getLogger(__name__)
 
 BACKEND_ENV = "MMSEARCH_BACKEND"
-BACKENDS = ("auto", "torch", *runtime.ENGINES)
+BACKENDS = runtime.BACKENDS
 
 
 def resolve_backend(backend: str, device: str, precision: str) -> str:

@@ -19,6 +19,7 @@ import open_clip
 import torch
 from open_clip import coca_model
 
+from ..config import default_batch_size
 from ..errors import ModelUnavailableError
 from ..images import load_image
 from ..types import ModelSpec, Skipped
@@ -32,10 +33,8 @@ END_TOKEN = 49407
 # generate's defaults: captions of 5..30 tokens (30 covers COCO-style sentences).
 MIN_TOKENS = 5
 MAX_TOKENS = 30
-# Decoding runs the text decoder once per token for the whole batch; on a CPU a batch of 8
-# keeps the cache-friendly sizes the image embedder found best (open_clip.py CPU_BATCH_SIZE).
-CPU_BATCH_SIZE = 8
-GPU_BATCH_SIZE = 64
+CPU_BATCH_SIZE = default_batch_size("caption", on_gpu=False)  # config.BATCH_SIZES says why
+GPU_BATCH_SIZE = default_batch_size("caption", on_gpu=True)
 
 
 def use_generate() -> bool:

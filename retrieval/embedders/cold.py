@@ -10,18 +10,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from ..config import EmbedConfig
-from ..tokenizer import ClipTokenizer, load_tokenizer
 from ..types import ModelIdentity, Vectors
 from . import runtime
+from .protocols import QueryEmbedder
+from .tokenizer import ClipTokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
-
-
-class ImageEmbedder(Protocol):
-    def encode_image_sources(self, sources: Sequence[Path | bytes]) -> Vectors: ...
 
 
 class ColdEmbedder:
@@ -32,7 +29,7 @@ class ColdEmbedder:
         self,
         encoder: runtime.ExportedEncoder,
         tokenizer: ClipTokenizer,
-        load_full: Callable[[], ImageEmbedder],
+        load_full: Callable[[], QueryEmbedder],
     ) -> None:
         self.encoder = encoder
         self.tokenizer = tokenizer
@@ -56,7 +53,7 @@ def open_cold_embedder(
     identity: ModelIdentity,
     recorded: dict[str, Any] | None,
     config: EmbedConfig,
-    load_full: Callable[[], ImageEmbedder],
+    load_full: Callable[[], QueryEmbedder],
 ) -> ColdEmbedder | None:
     """A torch-free text embedder for the index's model, or None when any piece is missing:
     the index was embedded with torch, the user asked for torch or a GPU, the precision is not

@@ -4,9 +4,15 @@ worker or the batch it sits in."""
 
 from __future__ import annotations
 
+import ctypes
+import math
 import os
+import signal
+import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ImageDecodeError
 from ..images import MAX_IMAGE_PIXELS, load_image
+from ..scaling import DecodeTarget
 from ..types import Skipped
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
@@ -34,8 +41,10 @@ PREFETCH_FACTOR = 2
 # An accelerator flips this: the model outruns decoding, and workers become the bottleneck.
 MAX_WORKERS_CPU_MODEL = 4
 # On an H100 with 16 cores, 15 workers decoded ~600 ImageNet JPEGs/s and the GPU still waited
-# (benchmarks/RESULTS.md), so every spare core goes to decoding, up to this cap.
+# (benchmarks/HISTORY.md, GPU run), so every spare core goes to decoding, up to this cap.
 MAX_WORKERS_ACCELERATOR = 16
+# prctl(2) option: the signal the kernel sends this process when the thread that forked it ends.
+PR_SET_PDEATHSIG = 1
 
 
 class _PathTable:
@@ -69,17 +78,21 @@ class ImageDataset(Dataset[Item]):
         preprocess: Preprocess,
         *,
         max_pixels: int = MAX_IMAGE_PIXELS,
+        target: DecodeTarget | None = None,
     ) -> None:
         self._paths = _PathTable(paths)
         self._preprocess = preprocess
         self._max_pixels = max_pixels
+        self._target = target
 
     def __len__(self) -> int:
         return len(self._paths)
 
     def __getitem__(self, position: int) -> Item:
         path = self._paths[position]
-        return position, decode_source(path, path, self._preprocess, self._max_pixels)
+        return position, decode_source(
+            path, path, self._preprocess, self._max_pixels, target=self._target
+        )
 
 
 def decode_source(
@@ -87,11 +100,15 @@ def decode_source(
     label: str,
     preprocess: Preprocess,
     max_pixels: int = MAX_IMAGE_PIXELS,
+    *,
+    target: DecodeTarget | None = None,
 ) -> torch.Tensor | Skipped:
-    """Decode and preprocess one file or byte string; a failure comes back as a `Skipped`
-    named `label` (shared by the DataLoader workers and the Ray actors of retrieval/distributed)."""
+    """Decode (scaled to `target`, when given) and preprocess one file or byte string; a failure
+    comes back as a `Skipped` named `label` (shared by the DataLoader workers and the Ray actors
+    of retrieval/distributed)."""
     try:
-        image = load_image(source, max_pixels=max_pixels)
+        name = label if isinstance(source, bytes) else None
+        image = load_image(source, max_pixels=max_pixels, target=target, name=name)
     except ImageDecodeError as err:
         return Skipped(label, err.reason, err.detail)
     except Exception as err:  # MemoryError included: one huge file must not end the run
@@ -134,6 +151,11 @@ def collate_items(items: Sequence[Item]) -> Batch:
     return Batch(positions=positions, pixels=pixels, skipped=skipped)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    return _usable_cores()
+
+
 def _usable_cores() -> int:
     # The affinity mask is what this process may run on (taskset, some containers);
     # os.cpu_count() counts the whole machine.
@@ -153,6 +175,48 @@ def default_num_workers(*, for_accelerator: bool = False) -> int:
     return min(MAX_WORKERS_CPU_MODEL, max(1, cores // 4))
 
 
+def _die_with_parent(parent: int, worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: have the kernel SIGKILL this worker when its parent dies.
+
+    Torch's own watchdog only notices a dead parent at its next 5 s poll, so after a `kill -9`
+    of an index run its workers lived on, holding memory (and, before retrieval/locks.py, the
+    writer lock). A worker holds nothing worth a clean exit: it only decodes."""
+    if sys.platform.startswith("linux"):
+        # Strictly, the signal comes when the *thread* that forked this worker ends: that is
+        # the thread iterating the loader, which outlives its pass and so its workers.
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect: nobody would signal
+        os._exit(1)
+
+
+def decode_timed(
+    paths: Sequence[Path], preprocess: Preprocess, target: DecodeTarget | None
+) -> tuple[Batch, float]:
+    """Decode `paths` in this process as one batch: (the batch, CPU seconds per file)."""
+    started = time.process_time()
+    items = [(n, decode_source(p, str(p), preprocess, target=target)) for n, p in enumerate(paths)]
+    return collate_items(items), (time.process_time() - started) / max(1, len(paths))
+
+
+def decode_workers_for(decode_cpu_s: float, model_cpu_s: float, cores: int) -> int:
+    """Decode processes that keep a CPU model busy, from measured CPU seconds per image.
+
+    Decoding and the model share the cores, so decoding needs its share of the CPU time of an
+    image, `cores * decode / (decode + model)` cores, rounded up (a worker waiting on a full
+    queue costs memory, not CPU); at least 1 on 2+ cores, and 0 on one core, where a worker
+    would only compete with the model. E.g. 5 ms to decode a sample JPEG against 130 ms of CPU
+    time in ViT-B-32 gives 1 worker on 2 cores and 1 on 16; a 190 ms full-size 12 MP decode
+    gives 2 on 2 cores and 10 on 16.
+    """
+    if cores <= 1:
+        return 0
+    total = decode_cpu_s + model_cpu_s
+    if decode_cpu_s <= 0 or total <= 0:
+        return 1
+    return max(1, min(cores, math.ceil(cores * decode_cpu_s / total)))
+
+
 def create_image_loader(
     paths: Sequence[str | Path],
     preprocess: Preprocess,
@@ -161,6 +225,7 @@ def create_image_loader(
     num_workers: int,
     pin_memory: bool,
     max_pixels: int = MAX_IMAGE_PIXELS,
+    target: DecodeTarget | None = None,
 ) -> DataLoader[Item]:
     """Batches of decoded, preprocessed images in input order; iterating yields `Batch`."""
     if batch_size < 1:
@@ -170,7 +235,7 @@ def create_image_loader(
             f"num_workers must be 0 (decode in-process) or more, got {num_workers}; try --workers 0"
         )
     return DataLoader(
-        ImageDataset(paths, preprocess, max_pixels=max_pixels),
+        ImageDataset(paths, preprocess, max_pixels=max_pixels, target=target),
         batch_size=batch_size,
         shuffle=False,  # batch k holds positions [k*batch_size, (k+1)*batch_size): ids follow
         num_workers=num_workers,
@@ -179,5 +244,38 @@ def create_image_loader(
         # Workers end with each pass, so an abandoned or finished loader leaves no processes
         # behind to block interpreter exit.
         persistent_workers=False,
+        worker_init_fn=partial(_die_with_parent, os.getpid()) if num_workers > 0 else None,
         prefetch_factor=PREFETCH_FACTOR if num_workers > 0 else None,
+    )
+
+
+def decode_target(preprocess: Preprocess) -> DecodeTarget | None:
+    """What size `preprocess` (an open_clip transform) first resizes images to, for scaled
+    decoding; None when its first geometric step is not one of open_clip's resizes, so the
+    image is decoded at full size as before."""
+    from open_clip.transform import ResizeKeepRatio
+    from torchvision import transforms as T
+
+    for step in getattr(preprocess, "transforms", [preprocess]):
+        if isinstance(step, T.Resize) and step.max_size is None:
+            size = [step.size] if isinstance(step.size, int) else list(step.size)
+            if len(size) == 1:
+                return DecodeTarget(int(size[0]), "shortest")
+            return DecodeTarget(max(int(side) for side in size), "squash")
+        if isinstance(step, ResizeKeepRatio):
+            fit = "longest" if step.longest >= 1 else "shortest"
+            return DecodeTarget(max(_sides(step.size)), fit)
+        if not _is_colour_step(step):
+            return None
+    return None
+
+
+def _sides(size: int | Sequence[int]) -> list[int]:
+    return [size] if isinstance(size, int) else [int(side) for side in size]
+
+
+def _is_colour_step(step: object) -> bool:
+    # open_clip puts an RGB conversion before the resize in some versions.
+    return getattr(step, "__name__", "") == "_convert_to_rgb" or type(step).__name__ in (
+        "MaybeConvertMode",
     )

@@ -1,10 +1,13 @@
-"""open_clip implementation of the Embedder: the only module that imports torch and open_clip
-(besides the image loader in this package)."""
+"""open_clip implementation of the embedder protocols (protocols.py): loads a model, embeds
+texts, query images and image files in batches. torch and open_clip are imported only inside
+embedders/ (tests/test_layout.py keeps it so)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,25 +18,35 @@ import open_clip
 import torch
 from open_clip import pretrained as oc_pretrained
 
+from ..config import FULL_DECODE, default_batch_size
 from ..errors import ModelUnavailableError
 from ..files import cached_sha256
 from ..images import load_image
+from ..scaling import DecodeTarget
 from ..types import ModelIdentity, ModelSpec, Skipped, Vectors
 from . import backend as backends
 from .export import text_features
-from .loader import create_image_loader, decode_source, default_num_workers
+from .loader import (
+    Batch,
+    create_image_loader,
+    decode_source,
+    decode_target,
+    decode_timed,
+    decode_workers_for,
+    default_num_workers,
+    usable_cores,
+)
 from .runtime import ExportedEncoder, default_threads
 from .spec import HF_HUB, LOCAL_DIR, LOCAL_WEIGHT_NAMES, local_dir_weights, weights_path
-from .tensor_decode import PIL_PATH, JpegBatchDecoder, create_decoder
+from .tensor_decode import PIL_PATH, PIL_SCALED_PATH, JpegBatchDecoder, create_decoder
+
+logger = logging.getLogger(__name__)
 
 # A cache miss would otherwise spend ~50 s in huggingface_hub's retry loop before failing when
 # the machine is offline; one quick TCP connect tells us the answer up front.
 REACHABILITY_TIMEOUT_S = 3.0
-# Measured on a 2-core EPYC with ViT-B-32: batch 8 ran ~2x faster per image than 32 (the
-# activations of larger batches fall out of cache); the peers' runs found the same.
-CPU_BATCH_SIZE = 8
-# On a GPU larger batches keep the tensor cores busy; 256 ViT-B-32 images in fp16 need < 2 GB.
-GPU_BATCH_SIZE = 256
+CPU_BATCH_SIZE = default_batch_size("embed", on_gpu=False)  # config.BATCH_SIZES says why
+GPU_BATCH_SIZE = default_batch_size("embed", on_gpu=True)
 
 
 def resolve_device(device: str) -> str:
@@ -166,6 +179,7 @@ class OpenClipEmbedder:
         num_workers: int | None = None,
         encoder: ExportedEncoder | None = None,
         decoder: JpegBatchDecoder | None = None,
+        target: DecodeTarget | None = None,
     ) -> None:
         self.model = model
         self.preprocess = preprocess
@@ -175,6 +189,10 @@ class OpenClipEmbedder:
         self.dtype = dtype
         on_gpu = device.startswith("cuda")
         self.batch_size = batch_size or (GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE)
+        self.size_workers = num_workers is None and not on_gpu
+        """Size the decode workers from the first batch's measured decode and model costs
+        (loader.decode_workers_for); False when --workers was given, or on a GPU, whose
+        default already gives decoding every spare core."""
         if num_workers is None:
             num_workers = default_num_workers(for_accelerator=on_gpu)
         self.num_workers = num_workers
@@ -182,9 +200,11 @@ class OpenClipEmbedder:
         """The exported runtime that encodes on the CPU, or None when torch does."""
         self.decoder = decoder
         """Batched torchvision JPEG decoding for embed_image_files, or None (CPU workers)."""
+        self.target = target
+        """The preprocessing's resize, for Pillow's scaled decoding; None decodes full size."""
         if encoder is None and dtype != torch.float32:
             # Cast once: autocast inside inference_mode re-casts every weight on every call
-            # and ran 10x slower on a CPU (benchmarks/RESULTS.md, bf16 table).
+            # and ran 10x slower on a CPU (benchmarks/HISTORY.md, bf16 table).
             self.model = self.model.to(dtype)
 
     @property
@@ -207,9 +227,13 @@ class OpenClipEmbedder:
     @property
     def preprocessing(self) -> str:
         """Which path decodes and preprocesses index images, for the index's record: `pil`
-        (Pillow in the CPU workers) or `tensor:DEVICE` (torchvision's decode_jpeg and the
-        tensor transforms, with the CPU workers for the files it does not take)."""
-        return f"tensor:{self.decoder.device}" if self.decoder else PIL_PATH
+        (Pillow in the CPU workers, full size), `pil:scaled` (the same, decoding large images
+        DCT-scaled or reduced, see images.DecodeTarget) or `tensor:DEVICE` (torchvision's
+        decode_jpeg and the tensor transforms, with the CPU workers for the files it does not
+        take)."""
+        if self.decoder:
+            return f"tensor:{self.decoder.device}"
+        return PIL_SCALED_PATH if self.target else PIL_PATH
 
     @property
     def dim(self) -> int:
@@ -241,7 +265,8 @@ class OpenClipEmbedder:
         (default: runtime.default_threads()); exported graphs are cached under `cache_dir`
         (default: runtime.default_cache_dir()). `decode` is `auto` (batched torchvision JPEG
         decoding on CUDA, Pillow workers elsewhere), `gpu` (the torchvision path on any device)
-        or `cpu` (always the Pillow workers); see tensor_decode.py.
+        or `cpu` (always the Pillow workers); Pillow decodes large images scaled down to what
+        the preprocessing needs, except with `full`; see tensor_decode.py and images.py.
         """
         device = resolve_device(device)
         dtype = resolve_precision(precision, device)
@@ -296,6 +321,7 @@ class OpenClipEmbedder:
             num_workers=num_workers,
             encoder=encoder,
             decoder=create_decoder(decode, preprocess, device),
+            target=None if decode == FULL_DECODE else decode_target(preprocess),
         )
 
     @torch.inference_mode()
@@ -339,24 +365,59 @@ class OpenClipEmbedder:
         positions: list[int],
         on_batch: Callable[[list[int], Vectors, list[tuple[int, Skipped]]], None],
     ) -> None:
-        """Pillow decoding in DataLoader workers; `positions[i]` is what `paths[i]` reports as."""
+        """Pillow decoding in DataLoader workers; `positions[i]` is what `paths[i]` reports as.
+        Unless told how many workers, the first batch is decoded here and timed to size them."""
+        start = 0
+        if self.size_workers and len(paths) > self.batch_size:
+            start = self._embed_first_batch_measured(paths, positions, on_batch)
         loader = create_image_loader(
-            paths,
+            paths[start:],
             self.preprocess,
             batch_size=self.batch_size,
-            num_workers=min(self.num_workers, len(paths)),
+            num_workers=min(self.num_workers, len(paths) - start),
             pin_memory=self.device.startswith("cuda"),
+            target=self.target,
         )
         for batch in loader:
-            if batch.pixels is None:
-                vectors = np.zeros((0, self.dim), dtype=np.float32)
-            else:
-                vectors = self.encode_images(batch.pixels)
-            on_batch(
-                [positions[p] for p in batch.positions],
-                vectors,
-                [(positions[p], skip) for p, skip in batch.skipped],
-            )
+            self._hand_over(batch, positions[start:], on_batch)
+
+    def _embed_first_batch_measured(
+        self,
+        paths: list[Path],
+        positions: list[int],
+        on_batch: Callable[[list[int], Vectors, list[tuple[int, Skipped]]], None],
+    ) -> int:
+        """Decode and embed the first batch in this process, timing both in CPU seconds (the
+        model's threads included), and set num_workers from them; returns the batch's size."""
+        first = paths[: self.batch_size]
+        batch, decode_s = decode_timed(first, self.preprocess, self.target)
+        started = time.process_time()
+        embedded = self._hand_over(batch, positions, on_batch)
+        model_s = (time.process_time() - started) / embedded if embedded else 0.0
+        self.num_workers = decode_workers_for(decode_s, model_s, usable_cores())
+        logger.info(
+            "decode %.0f ms, model %.0f ms CPU time per image: %d decode workers",
+            decode_s * 1e3, model_s * 1e3, self.num_workers,
+        )  # fmt: skip
+        return len(first)
+
+    def _hand_over(
+        self,
+        batch: Batch,
+        positions: list[int],
+        on_batch: Callable[[list[int], Vectors, list[tuple[int, Skipped]]], None],
+    ) -> int:
+        """Embed a decoded batch and report it by `positions`; returns how many were embedded."""
+        if batch.pixels is None:
+            vectors = np.zeros((0, self.dim), dtype=np.float32)
+        else:
+            vectors = self.encode_images(batch.pixels)
+        on_batch(
+            [positions[p] for p in batch.positions],
+            vectors,
+            [(positions[p], skip) for p, skip in batch.skipped],
+        )
+        return len(batch.positions)
 
     def embed_image_bytes(
         self, sources: Sequence[bytes], labels: Sequence[str]
@@ -367,7 +428,7 @@ class OpenClipEmbedder:
         tensors: list[torch.Tensor] = []
         skipped: list[tuple[int, Skipped]] = []
         for position, (source, label) in enumerate(zip(sources, labels, strict=True)):
-            result = decode_source(source, label, self.preprocess)
+            result = decode_source(source, label, self.preprocess, target=self.target)
             if isinstance(result, Skipped):
                 skipped.append((position, result))
             else:
@@ -379,7 +440,9 @@ class OpenClipEmbedder:
 
     def encode_image_sources(self, sources: Sequence[Path | bytes]) -> Vectors:
         """Embed images given as files or bytes (query images); decode errors propagate."""
-        pixels = torch.stack([self.preprocess(load_image(source)) for source in sources])
+        pixels = torch.stack(
+            [self.preprocess(load_image(source, target=self.target)) for source in sources]
+        )
         return self.encode_images(pixels)
 
     @torch.inference_mode()

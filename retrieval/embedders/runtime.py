@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import ModelUnavailableError
+from ..errors import InvalidOptionError, ModelUnavailableError
 from ..files import cached_sha256, write_atomic
 from ..files import file_sha256 as _file_sha256
 from ..types import Vectors
@@ -54,9 +54,15 @@ THREADS_ENV = "MMSEARCH_THREADS"
 
 def default_threads() -> int:
     """Model threads when none are asked for: $MMSEARCH_THREADS, else every usable core
-    (decode workers mostly wait on the model; see benchmarks/RESULTS.md, threads table)."""
-    if os.environ.get(THREADS_ENV):
-        return max(1, int(os.environ[THREADS_ENV]))
+    (decode workers mostly wait on the model; see benchmarks/HISTORY.md, threads table)."""
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise InvalidOptionError(
+                f"{THREADS_ENV}={raw!r} is not a thread count; set it to a whole number >= 1, "
+                "or unset it to use every core"
+            )
+        return int(raw)
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
@@ -253,6 +259,19 @@ ENGINES: dict[str, Engine] = {
     "onnxruntime": Engine("onnxruntime", _onnxruntime_session),
 }
 DEFAULT_ENGINE = "openvino"
+# What --backend takes: the one registry above, plus torch eager and `auto` (backend.py).
+BACKENDS = ("auto", "torch", *ENGINES)
+
+
+def check_backend(backend: str) -> str:
+    """`backend` when it names one (checked without torch, so a typo fails before any work).
+
+    Raises:
+        InvalidOptionError: an unknown name.
+    """
+    if backend not in BACKENDS:
+        raise InvalidOptionError(f"unknown --backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    return backend
 
 
 def available_engines() -> list[str]:

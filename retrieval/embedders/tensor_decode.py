@@ -34,7 +34,7 @@ from open_clip.transform import CenterCropOrPad, MaybeConvertMode, MaybeToTensor
 from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from ..config import DECODE_MODES
+from ..config import DECODE_MODES, FULL_DECODE
 from ..errors import ModelUnavailableError
 from ..images import MAX_IMAGE_PIXELS, open_header
 
@@ -49,9 +49,11 @@ warnings.filterwarnings(
 
 PIL_PATH = "pil"
 """Preprocessing-path name of the CPU workers: Pillow decode + the model's PIL transforms."""
+PIL_SCALED_PATH = "pil:scaled"
+"""The same, with large images decoded scaled down to the preprocessing's size (images.py)."""
 
 # Threads reading bytes and parsing JPEG headers. The reads release the GIL; Pillow's header
-# parse (0.2 ms a file on the loaded 2-core machine, benchmarks/RESULTS.md) holds it, so past
+# parse (0.2 ms a file on the loaded 2-core machine, benchmarks/HISTORY.md) holds it, so past
 # ~8 threads more only contend (measure with benchmarks/gpu_pipeline.py before raising it).
 READ_THREADS = 8
 # Batches read ahead of the one being decoded: enough to hide a slow disk read, while holding
@@ -392,8 +394,10 @@ class JpegBatchDecoder:
 def create_decoder(decode: str, preprocess: Any, device: str) -> JpegBatchDecoder | None:
     """The batched JPEG decoder `decode` asks for on `device`, or None for the CPU workers."""
     if decode not in DECODE_MODES:
-        raise ModelUnavailableError(f"unknown --decode {decode!r}; use auto, cpu or gpu.")
-    if decode == "cpu" or (decode == "auto" and not device.startswith("cuda")):
+        raise ModelUnavailableError(
+            f"unknown --decode {decode!r}; use one of {', '.join(DECODE_MODES)}."
+        )
+    if decode in ("cpu", FULL_DECODE) or (decode == "auto" and not device.startswith("cuda")):
         return None
     try:
         return JpegBatchDecoder(TensorPreprocess(preprocess), device=device)

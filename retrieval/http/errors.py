@@ -1,10 +1,13 @@
-"""Where failures become HTTP answers: the one MmsearchError -> status table (ERROR_STATUS),
-the JSON error body (ErrorOut) and the exception handlers registered next to it."""
+"""Where failures become HTTP answers: each MmsearchError's own status (errors.py), the JSON
+error body (ErrorOut) and the exception handlers registered next to it (an SQLite error
+is first said as the MmsearchError it means, by retrieval/sqlite_errors.py)."""
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,36 +16,33 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..errors import (
+    DiskFullError,
     ImageDecodeError,
-    ImageTooLargeError,
     IndexBusyError,
     IndexCorruptError,
     IndexMismatchError,
     IndexNotFoundError,
-    InputFileError,
-    InvalidQueryError,
-    ItemNotFoundError,
     MmsearchError,
     ModelUnavailableError,
+    StorageIOError,
 )
+from ..sqlite_errors import classify_sqlite_error
 from .limits import Overloaded
 from .models import ErrorOut
 
 logger = logging.getLogger(__name__)
 
 
-ERROR_STATUS: dict[type[MmsearchError], tuple[int, str]] = {
-    InvalidQueryError: (422, "invalid_query"),
-    ItemNotFoundError: (404, "not_found"),
-    InputFileError: (422, "invalid_input"),
-    ImageDecodeError: (422, "image_decode"),
-    ImageTooLargeError: (413, "too_large"),
-    IndexNotFoundError: (503, "index_unavailable"),
-    IndexCorruptError: (503, "index_unavailable"),
-    IndexMismatchError: (503, "index_unavailable"),
-    IndexBusyError: (503, "index_busy"),
-    ModelUnavailableError: (503, "model_unavailable"),
-}
+# Server-side states a client can wait out (503, 507): said as they are, not as a 500.
+_UNAVAILABLE = (
+    IndexNotFoundError,
+    IndexCorruptError,
+    IndexMismatchError,
+    IndexBusyError,
+    ModelUnavailableError,
+    StorageIOError,
+    DiskFullError,
+)
 HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -52,10 +52,12 @@ HTTP_CODES = {
     408: "timeout",
     413: "too_large",
     429: "overloaded",
+    431: "too_large",
     503: "not_ready",
 }
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut} for status in (400, 401, 403, 404, 408, 413, 422, 429, 500, 503)
+    status: {"model": ErrorOut}
+    for status in (400, 401, 403, 404, 408, 413, 422, 429, 431, 500, 503, 507)
 }
 
 
@@ -67,17 +69,25 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 
-def _mmsearch_error(_: Request, err: MmsearchError) -> JSONResponse:
-    for kind in type(err).__mro__:
-        if kind in ERROR_STATUS:
-            status, code = ERROR_STATUS[kind]
-            break
-    else:
+def _mmsearch_error(request: Request, err: MmsearchError) -> JSONResponse:
+    status, code = err.http_status, err.http_code
+    if status >= 500 and not isinstance(err, _UNAVAILABLE):
         logger.error("unexpected %s", type(err).__name__, exc_info=err)
         return error_response(500, "internal", "internal error; the server log has the details")
     headers = {"Retry-After": "5"} if isinstance(err, IndexBusyError) else None
     reason = err.reason if isinstance(err, ImageDecodeError) else None
-    return error_response(status, code, str(err), headers, reason=reason)
+    return error_response(status, code, redact(str(err), request), headers, reason=reason)
+
+
+def redact(message: str, request: Request | None) -> str:
+    """A message without the server's index directory in it (a client has no use for the
+    server's paths, and they tell an attacker the layout); the log keeps the full text."""
+    directory = getattr(request.app.state, "index_directory", None) if request else None
+    if directory is None:
+        return message
+    for spelling in {str(directory), str(Path(directory).absolute())}:
+        message = message.replace(spelling, "the index")
+    return message
 
 
 def http_error(_: Request | None, err: HTTPException) -> JSONResponse:
@@ -105,9 +115,18 @@ def overloaded(_: Request | None, err: Overloaded) -> JSONResponse:
     return error_response(429, "overloaded", str(err), {"Retry-After": str(err.retry_after_s)})
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, directory: Path | None = None) -> None:
+    """Register the handlers; `directory` is the served index's: named in the log of SQLite's
+    errors, never in an answer."""
+    app.state.index_directory = directory
+
+    def sqlite_error(request: Request, err: sqlite3.DatabaseError) -> JSONResponse:
+        logger.warning("SQLite error on the catalog in %s", directory, exc_info=err)
+        return _mmsearch_error(request, classify_sqlite_error(err, directory))
+
     # Starlette types handlers as taking any Exception; each of these gets only its own kind.
     app.add_exception_handler(MmsearchError, _mmsearch_error)  # type: ignore[arg-type]
+    app.add_exception_handler(sqlite3.DatabaseError, sqlite_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Overloaded, overloaded)  # type: ignore[arg-type]

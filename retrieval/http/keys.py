@@ -18,7 +18,7 @@ from pathlib import Path
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .. import keys
+from ..storage import keys
 from .security import (
     BASIC_CHALLENGE,
     PUBLIC_PATHS,

@@ -1,9 +1,12 @@
-"""Admission control (429 instead of a hang), the request body cap (413) and the body-read
-timeout (408)."""
+"""Admission control (429 instead of a hang), the request head cap (431), the request body cap
+(413) and the body-read timeout (408)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import anyio
@@ -80,12 +83,65 @@ class AdmissionLimiter:
             self.in_flight -= 1
 
 
+class PixelBudget:
+    """Bounds the pixels being decoded at once, across requests and their parts: work that
+    decodes images holds their megapixels (from the headers) while it runs, and waits, first
+    come first served, while the sum would exceed `capacity` megapixels. Decoded pixels are what
+    an upload costs in memory (a 142 KB PNG can hold 49 Mpx, ~200 MB decoded), so this caps
+    the server's decode memory whatever the number of concurrent requests. A hold larger than
+    the capacity is cut to it (it runs alone). Waiting is bounded by `timeout_s`, then
+    Overloaded. Held from worker threads, hence a threading.Condition."""
+
+    def __init__(self, capacity: float, timeout_s: float, retry_after_s: int = 1) -> None:
+        if capacity <= 0:
+            raise ValueError(f"the decode budget must be positive, got {capacity} megapixels")
+        self.capacity = capacity
+        self.timeout_s = timeout_s
+        self.retry_after_s = retry_after_s
+        self.in_use = 0.0
+        self.peak = 0.0  # the most ever held at once, for /metrics
+        self._changed = threading.Condition()
+        self._waiting: deque[object] = deque()
+
+    @contextmanager
+    def hold(self, megapixels: float) -> Iterator[None]:
+        """Hold `megapixels` of the budget for the duration of the block."""
+        weight = min(megapixels, self.capacity)
+        if weight <= 0:
+            yield
+            return
+        ticket = object()
+        with self._changed:
+            self._waiting.append(ticket)
+            admitted = self._changed.wait_for(
+                lambda: self._waiting[0] is ticket and self.in_use + weight <= self.capacity,
+                self.timeout_s,
+            )
+            self._waiting.remove(ticket)
+            if admitted:
+                self.in_use += weight
+                self.peak = max(self.peak, self.in_use)
+            self._changed.notify_all()  # the next in line may fit now
+        if not admitted:
+            raise Overloaded(
+                f"images of {self.capacity:g} megapixels are being decoded and this one did not "
+                f"fit within {self.timeout_s:g} s; retry shortly",
+                self.retry_after_s,
+            )
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.in_use -= weight
+                self._changed.notify_all()
+
+
 class EarlyRefusalMiddleware:
     """While the admission limiter is full, answers 429 before any routing, validation or
     body reading. Under overload most requests are refused, so what a refusal costs is what
     the server has left for real work: without this layer each refused request went through
     FastAPI's routing and validation first, and at 4x the sustainable rate on 2 cores a 429
-    took up to 7 s (benchmarks/RESULTS.md, "Overload"). The limiter still checks too: requests
+    took up to 7 s (benchmarks/HISTORY.md, "Overload"). The limiter still checks too: requests
     that pass here while it is filling are refused there. Paths in `exempt` (health and status
     probes) always pass, so monitoring sees a busy server as busy, not down."""
 
@@ -105,6 +161,42 @@ class EarlyRefusalMiddleware:
         if scope["type"] == "http" and self.admission.full and scope["path"] not in self.exempt:
             scope["refused_as"] = "<overloaded>"  # the metrics label: no route was matched
             await self.reject(self.admission.refusal())(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+# The request line plus headers: h11's default incomplete-event limit, said here so it is a
+# choice. Browsers send 1-3 KB; 16 KiB leaves room for long query strings and cookies.
+HEAD_LIMIT_BYTES = 16 * 1024
+
+
+def head_size(scope: Scope) -> int:
+    """Bytes of a request's head as sent: request line and headers, with their separators."""
+    query = scope.get("query_string", b"")
+    line = len(scope["method"]) + len(scope.get("raw_path") or scope["path"].encode()) + 12
+    headers = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+    return line + (len(query) + 1 if query else 0) + headers + 2
+
+
+class HeadLimitMiddleware:
+    """431 for a request whose head is over `limit` bytes. uvicorn's h11 limit only bounds a
+    head still arriving: one that comes whole in a single read (120 KB, or 5,000 headers, sent
+    in one write) was parsed and served. The connection is closed after the answer."""
+
+    def __init__(self, app: ASGIApp, limit: int, reject: Callable[[HTTPException], ASGIApp]):
+        self.app = app
+        self.limit = limit
+        self.reject = reject
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and head_size(scope) > self.limit:
+            problem = HTTPException(
+                431,
+                f"the request line and headers are over this server's limit of {self.limit:,} "
+                "bytes; send fewer or shorter headers, or search with POST /search",
+                {"Connection": "close"},
+            )
+            await self.reject(problem)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

@@ -12,14 +12,19 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..service import SearchService
+from ..search.service import SearchService
 from ..types import COLLECTIONS
-from .limits import AdmissionLimiter
+from .limits import AdmissionLimiter, PixelBudget
 
 logger = logging.getLogger(__name__)
 
 # Latency buckets from a cached text query (~1 ms) to a slow image upload on a busy CPU.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Label values come from fixed sets, never from the request: a client inventing methods or paths
+# (each answered 401 or 404) would otherwise add a time series per request, and /metrics grew
+# to hundreds of MB until a restart. Anything else is counted as OTHER.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER = "other"
 
 
 class Metrics:
@@ -29,6 +34,7 @@ class Metrics:
         self,
         service: SearchService,
         admission: AdmissionLimiter,
+        decoding: PixelBudget,
     ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -50,6 +56,13 @@ class Metrics:
             registry=self.registry,
         )
         in_flight.set_function(lambda: admission.in_flight)
+        for name, doc, read in (
+            ("in_use", "Megapixels of images being decoded now", lambda: decoding.in_use),
+            ("peak", "Most megapixels decoded at once since start", lambda: decoding.peak),
+            ("budget", "Megapixels that may be decoded at once", lambda: decoding.capacity),
+        ):
+            gauge = Gauge(f"mmsearch_decode_megapixels_{name}", doc, registry=self.registry)
+            gauge.set_function(read)
         self.registry.register(_IndexCollector(service))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -107,6 +120,7 @@ class ObserveMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        method = scope["method"] if scope["method"] in METHODS else OTHER
         status = 500
         response_started = False
 
@@ -119,10 +133,10 @@ class ObserveMiddleware:
         try:
             await self.app(scope, receive, watching_send)
         except Exception:
-            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            logger.exception("unhandled error on %s %s", method, scope["path"])
             if not response_started:
                 await self.internal_error()(scope, receive, watching_send)
         finally:
-            route = scope.get("route")
-            label = getattr(route, "path", None) or scope.get("refused_as", "<unmatched>")
-            self.metrics.observe(label, scope["method"], status, time.perf_counter() - started)
+            # A route's template (/items/{item_id}), never the path asked for.
+            route = getattr(scope.get("route"), "path", None) or scope.get("refused_as", OTHER)
+            self.metrics.observe(route, method, status, time.perf_counter() - started)

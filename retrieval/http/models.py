@@ -17,8 +17,9 @@ from pydantic import (
     model_validator,
 )
 
-from ..queries import MAX_PARTS
-from ..service import DEFAULT_TEXT_WEIGHT, MAX_K
+from ..config import MAX_K
+from ..search.queries import MAX_PARTS
+from ..search.requests import DEFAULT_TEXT_WEIGHT
 
 Target = Literal["images", "texts", "products"]
 Mode = Literal["semantic", "keyword", "hybrid"]

@@ -10,9 +10,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..audit import Actor
-from ..product_api import ProductWriter
-from ..products import MAX_SKU_CHARS
+from ..ingest.product_api import ProductWriter
+from ..ingest.products import MAX_SKU_CHARS
+from ..storage.audit import Actor
 from .limits import AdmissionLimiter
 
 # `:path` so that a percent-encoded slash (`/products/A%2FB-7`, which the server decodes

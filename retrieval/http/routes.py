@@ -8,7 +8,6 @@ JSON errors in errors.py."""
 from __future__ import annotations
 
 import logging
-import mimetypes
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,14 +24,16 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
-from ..batching import LruCache
 from ..compose import open_writer
 from ..config import ServeConfig
-from ..duplicates import find_duplicates
 from ..errors import ImageDecodeError, MmsearchError
-from ..product_api import ProductWriter
-from ..queries import DEFAULT_DUPLICATE_THRESHOLD, QueryPart
-from ..service import DEFAULT_TEXT_WEIGHT, SearchRequest, SearchService
+from ..ingest.product_api import ProductWriter
+from ..search.batching import LruCache
+from ..search.duplicates import find_duplicates
+from ..search.queries import DEFAULT_DUPLICATE_THRESHOLD, QueryPart
+from ..search.requests import DEFAULT_TEXT_WEIGHT, SearchRequest
+from ..search.service import SearchService
+from .docs import DOCS_ASSETS_PATH, docs_assets, docs_routes
 from .errors import (
     ERROR_RESPONSES,
     http_error,
@@ -40,13 +41,26 @@ from .errors import (
     internal_error,
     overloaded,
 )
-from .items import indexed_file, item_out, make_thumbnail, thumbnail_key
+from .headers import HeadMiddleware, SecurityHeadersMiddleware
+from .items import (
+    FILE_HEADERS,
+    ThumbnailKey,
+    indexed_file,
+    item_out,
+    make_thumbnail,
+    media_type,
+    thumbnail_key,
+    thumbnail_megapixels,
+)
 from .keys import KeyBook, ScopedKeyMiddleware
 from .limits import (
+    HEAD_LIMIT_BYTES,
     AdmissionLimiter,
     BodyLimitMiddleware,
     BodyTimeoutMiddleware,
     EarlyRefusalMiddleware,
+    HeadLimitMiddleware,
+    PixelBudget,
 )
 from .metrics import Metrics, ObserveMiddleware
 from .models import (
@@ -75,13 +89,13 @@ from .params import (
     TargetParam,
     ThresholdParam,
     WeightParam,
-    check_megapixels,
     check_upload_size,
     decode_base64,
     query_filters,
+    request_megapixels,
 )
 from .products import product_routes
-from .security import document_key_schemes
+from .security import HostCheckMiddleware, document_key_schemes
 
 logger = logging.getLogger(__name__)
 
@@ -109,16 +123,20 @@ class _Server:
     service: SearchService
     config: ServeConfig
     admission: AdmissionLimiter
-    thumbnails: LruCache[tuple[int, int, int, int], bytes]
+    decoding: PixelBudget
+    thumbnails: LruCache[ThumbnailKey, bytes]
     ready: bool = False
     not_ready_reason: str = "starting: the model is loading"
 
     def search(self, request: SearchRequest) -> Response:
-        """Run one search (in a worker thread): the service's JSON plus the time it took."""
+        """Run one search (in a worker thread): the service's JSON plus the time it took. A
+        search with uploaded images holds their megapixels of the decode budget while it runs."""
         started = time.perf_counter()
-        if isinstance(request.image, bytes):
-            check_megapixels(request.image, self.config.max_megapixels)
-        result = self.service.search(request)
+        sources = (request.image, *(part.image for part in request.parts))
+        images = [image for image in sources if isinstance(image, bytes)]
+        megapixels = request_megapixels(images, self.config.max_megapixels)
+        with self.decoding.hold(megapixels):
+            result = self.service.search(request)
         took_ms = round((time.perf_counter() - started) * 1000, 3)
         return Response(result.to_json(took_ms=took_ms), media_type="application/json")
 
@@ -143,11 +161,12 @@ def create_app(
     admission = AdmissionLimiter(
         config.max_concurrency, config.max_queue, config.queue_timeout_s, config.retry_after_s
     )
-    thumbnails: LruCache[tuple[int, int, int, int], bytes] = LruCache(
-        config.thumbnail_cache_bytes, weigh=len
+    decoding = PixelBudget(
+        config.decode_budget_megapixels, config.queue_timeout_s, config.retry_after_s
     )
-    server = _Server(service, config, admission, thumbnails)
-    metrics = Metrics(service, admission)
+    thumbnails: LruCache[ThumbnailKey, bytes] = LruCache(config.thumbnail_cache_bytes, weigh=len)
+    server = _Server(service, config, admission, decoding, thumbnails)
+    metrics = Metrics(service, admission, decoding)
 
     own_writer = writer is None
     if writer is None:
@@ -168,10 +187,17 @@ def create_app(
         description="Cross-modal (CLIP) image and text search. " + FILTER_HELP,
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
+        # docs.py serves both pages with their scripts from the package, not from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
-    install_error_handlers(app)
-    # Added innermost first: requests pass Observe, then CORS (so a page can read a 429), then
-    # the early 429, then the key check, then the body-read timeout, then the body cap.
+    install_error_handlers(app, service.store.directory)
+    # --api-key (an admin key) and the index's scoped keys (`mmsearch keys`): keys.py.
+    key_book = KeyBook(service.store.catalog.path)
+    keyed = bool(config.api_key) or key_book.has_keys()
+    # Added innermost first: requests pass the security headers, Observe, HEAD-as-GET, the head
+    # cap, the Host check (keyless servers), CORS (so a page can read a 429), the early 429,
+    # the key check, the body-read timeout, then the body cap.
     app.add_middleware(
         BodyLimitMiddleware,
         limit=config.max_upload_bytes * 4 // 3 + BODY_OVERHEAD,
@@ -180,8 +206,6 @@ def create_app(
     app.add_middleware(
         BodyTimeoutMiddleware, idle_s=config.body_idle_timeout_s, total_s=config.body_timeout_s
     )
-    # --api-key (an admin key) and the index's scoped keys (`mmsearch keys`): keys.py.
-    key_book = KeyBook(service.store.catalog.path)
     app.add_middleware(
         ScopedKeyMiddleware,
         book=key_book,
@@ -201,11 +225,21 @@ def create_app(
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
         )
+    if not keyed:
+        app.add_middleware(
+            HostCheckMiddleware,
+            allowed=frozenset(config.allowed_hosts),
+            reject=lambda err: http_error(None, err),
+        )
+    app.add_middleware(
+        HeadLimitMiddleware, limit=HEAD_LIMIT_BYTES, reject=lambda err: http_error(None, err)
+    )
+    app.add_middleware(HeadMiddleware)
     app.add_middleware(ObserveMiddleware, metrics=metrics, internal_error=internal_error)
+    app.add_middleware(SecurityHeadersMiddleware, keyed=keyed)  # the 500s too
 
     # Documents the key schemes in OpenAPI when keys are required at start; the middleware
     # is the judge either way (it also sees keys created while the server runs).
-    keyed = config.api_key or key_book.has_keys()
     guard = [Depends(document_key_schemes)] if keyed else []
     api = APIRouter(dependencies=guard)
     _add_search_routes(api, server)
@@ -214,8 +248,10 @@ def create_app(
     if writer is not None:
         api.include_router(product_routes(writer, admission))
     app.include_router(_public_routes())
+    app.include_router(docs_routes())
     app.include_router(api)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount(DOCS_ASSETS_PATH, docs_assets(), name="docs-assets")
     return app
 
 
@@ -260,9 +296,6 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
             if body.image_b64 is not None:
                 image = decode_base64(body.image_b64, config.max_upload_bytes)
             parts = tuple(_query_part(part, config.max_upload_bytes) for part in body.parts or ())
-            for part in parts:
-                if isinstance(part.image, bytes):
-                    check_megapixels(part.image, config.max_megapixels)
             fields = body.model_dump(exclude={"image_b64", "parts"})
             return server.search(
                 SearchRequest(image=image, image_name="base64", parts=parts, **fields)
@@ -368,26 +401,30 @@ def _add_item_routes(api: APIRouter, server: _Server) -> None:
     @api.get("/items/{item_id}/image", response_class=Response, responses=IMAGE_RESPONSES)
     async def get_item_image(item_id: ItemId, size: SizeParam = None) -> Response:
         """The indexed image file, or a JPEG thumbnail of it (cached in memory)."""
-        headers = {"Cache-Control": "private, max-age=3600"}
-        key = None
         if size is not None:
             # A cached thumbnail was made from verified bytes, so a cheap stat (the file is
-            # still there, regular, the indexed size and mtime) is enough to serve it again.
+            # still the one read then: same inode, size, mtime and ctime) is enough to serve it.
             key = await admission.run(lambda: thumbnail_key(service, item_id, size))
             cached = server.thumbnails.get(key)
             if cached is not None:
-                return Response(cached, media_type="image/jpeg", headers=headers)
-        path, data = await admission.run(lambda: indexed_file(service, item_id))
-        if key is None:  # no size: the original file
-            media_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
-            return Response(data, media_type=media_type, headers=headers)
+                return Response(cached, media_type="image/jpeg", headers=FILE_HEADERS)
+        file = await admission.run(lambda: indexed_file(service, item_id))
+        if size is None:  # the original file, labelled by what its bytes decode as
+            return Response(file.data, media_type=media_type(file.data), headers=FILE_HEADERS)
+
+        def thumbnail() -> bytes:
+            # Indexed files may be larger than uploads (up to images.MAX_IMAGE_PIXELS); one
+            # over the whole budget decodes alone.
+            with server.decoding.hold(thumbnail_megapixels(file.data, size)):
+                return make_thumbnail(file.data, size)
+
         try:
-            thumbnail = await admission.run(lambda: make_thumbnail(data, size))
+            data = await admission.run(thumbnail)
         except ImageDecodeError as err:
             # The indexed file broke after indexing: the client asked nothing wrong.
             raise HTTPException(404, f"image {item_id} can no longer be read: {err}") from err
-        server.thumbnails.put(key, thumbnail)
-        return Response(thumbnail, media_type="image/jpeg", headers=headers)
+        server.thumbnails.put((item_id, size, file.identity), data)
+        return Response(data, media_type="image/jpeg", headers=FILE_HEADERS)
 
 
 def _add_status_routes(api: APIRouter, server: _Server, metrics: Metrics) -> None:

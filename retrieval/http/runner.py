@@ -5,13 +5,14 @@ close the service (which stops the text batcher) on the way out."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import ipaddress
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..config import EmbedConfig, ServeConfig
-
-HEAD_LIMIT_BYTES = 16 * 1024
+from .limits import HEAD_LIMIT_BYTES
 
 
 def is_loopback(host: str) -> bool:
@@ -35,11 +36,34 @@ def server_config(app: Any, config: ServeConfig, *, host: str, port: int, **opti
         host=host,
         port=port,
         http=head_timeout_protocol(config.header_timeout_s),
-        # 16 KiB for the request line plus headers (h11's default, said here so it is a choice):
-        # a longer query string or a header flood gets uvicorn's 400 and a closed connection.
+        # A head still arriving past this gets uvicorn's 400 and a closed connection; one that
+        # arrived whole in one read gets the app's 431 (limits.HeadLimitMiddleware).
         h11_max_incomplete_event_size=HEAD_LIMIT_BYTES,
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise, so any local
+        # process could choose the client address in the access log: only named proxies.
+        proxy_headers=bool(config.forwarded_allow_ips),
+        forwarded_allow_ips=list(config.forwarded_allow_ips) or None,
         **options,
     )
+
+
+# glibc's mallopt parameter number for the mmap threshold (malloc.h).
+M_MMAP_THRESHOLD = -3
+# Allocations from this size up get their own mapping, unmapped when freed.
+MMAP_THRESHOLD_BYTES = 1024 * 1024
+
+
+def return_freed_images_to_the_os() -> None:
+    """Pin glibc's mmap threshold at 1 MiB. By default it rises to 32 MiB after the first large
+    free, so Pillow's 16 MiB image blocks then come from per-thread malloc arenas, which keep
+    them after the image is freed: 8 threads decoding one 49 Mpx PNG at a time (the decode
+    budget) still grew the server by 2.3 GB and kept it; with the threshold pinned the peak
+    was 390 MB and the memory went back (benchmarks/decode_memory.py). No-op elsewhere."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl builds without it)
+        return
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 def run_server(
@@ -57,8 +81,11 @@ def run_server(
     from ..compose import open_for_search
     from .routes import create_app
 
+    return_freed_images_to_the_os()
     with open_for_search(directory, embed, batching=config.batching) as service:
         service.warm()
+        # The name the server was told to listen on is one it answers to (HostCheckMiddleware).
+        config = replace(config, allowed_hosts=(*config.allowed_hosts, host))
         app = create_app(service, config)
         options = server_config(app, config, host=host, port=port, access_log=access_log)
         # uvicorn re-raises the SIGINT it handled once it has shut down; uvicorn.run() swallows

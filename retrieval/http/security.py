@@ -10,13 +10,19 @@ browser prompts once, and then sends the credentials on every same-origin reques
 
 The key is checked twice over: by ApiKeyMiddleware, before any request body is read or any
 parameter is validated (so a client without the key learns nothing and costs nothing), and by
-the router dependency, which is what puts the security schemes into the OpenAPI schema."""
+the router dependency, which is what puts the security schemes into the OpenAPI schema.
+
+Without a key, HostCheckMiddleware answers only requests addressed to this machine by a name it
+trusts, against DNS rebinding: a web page on attacker.example whose name is re-pointed at
+127.0.0.1 is same-origin with itself, so its scripts could read every answer of a keyless server
+on this machine; its requests carry `Host: attacker.example` and are refused."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import hmac
+import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Annotated
 
@@ -58,8 +64,8 @@ BasicCredentials = Annotated[HTTPBasicCredentials | None, Security(BASIC)]
 PUBLIC_PATHS = frozenset({"/health"})
 # Routes a browser navigates to (or the docs page loads without scripts adding headers): their
 # 401s ask for Basic auth, so the browser prompts instead of showing a JSON error.
-BROWSER_PATHS = frozenset({"/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-BROWSER_PREFIXES = ("/static/",)
+BROWSER_PATHS = frozenset({"/", "/docs", "/redoc", "/openapi.json"})
+BROWSER_PREFIXES = ("/static/", "/docs/")
 HOW_TO_SEND = (
     "send `X-API-Key: KEY`, `Authorization: Bearer KEY`, or HTTP Basic auth with the key as "
     "password (a browser asks for it)"
@@ -148,5 +154,62 @@ class ApiKeyMiddleware:
             problem = key_problem(presented_key(headers), self.expected, browser=browser)
             if problem is not None:
                 await self.reject(problem)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# Names a keyless server answers to beyond --allowed-host: `localhost` and any IP address. A
+# page reached by an IP address has that address as its origin, so it is this server's own page
+# (or another server's, which the browser keeps apart); only a DNS name can be rebound.
+LOCAL_NAMES = frozenset({"localhost"})
+ANY_HOST = "*"
+
+
+def host_name(header: str) -> str:
+    """The name of a Host header value, without its port and IPv6 brackets, lower-cased."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    name = header.rpartition(":")[0] if header.count(":") == 1 else header
+    return name.removesuffix(".")  # `localhost.` is localhost, spelled as a full DNS name
+
+
+def is_trusted_host(name: str, allowed: frozenset[str]) -> bool:
+    """True for localhost, an IP address, or a name in `allowed` ("*" allows any name)."""
+    if name in LOCAL_NAMES or name in allowed or ANY_HOST in allowed:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def untrusted_host() -> HTTPException:
+    return HTTPException(
+        400,
+        "without an API key this server answers only to localhost, IP addresses and the names "
+        "given with --allowed-host (against DNS rebinding); add --allowed-host NAME for the "
+        "name this request used, or serve with --api-key",
+    )
+
+
+class HostCheckMiddleware:
+    """400 for requests whose Host header names a host not trusted by is_trusted_host; a
+    request without a Host header (HTTP/1.0, never a browser) passes."""
+
+    def __init__(
+        self, app: ASGIApp, allowed: frozenset[str], reject: Callable[[HTTPException], ASGIApp]
+    ) -> None:
+        self.app = app
+        self.allowed = frozenset(name.lower() for name in allowed)
+        self.reject = reject
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            header = dict(scope["headers"]).get(b"host")
+            name = host_name(header.decode("latin-1")) if header is not None else None
+            if name is not None and not is_trusted_host(name, self.allowed):
+                await self.reject(untrusted_host())(scope, receive, send)
                 return
         await self.app(scope, receive, send)

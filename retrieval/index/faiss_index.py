@@ -1,5 +1,6 @@
 """faiss-backed vector index with stable int64 ids, in-search id filtering, atomic saves and
-optional GPU search. This package is the only place in mmsearch that imports faiss.
+optional GPU search; which index to build for n vectors is policy.py's. This package is the only
+place in mmsearch that imports faiss.
 
 faiss 1.15 ships type stubs that lack SearchParametersHNSW, the keyword constructors of
 SearchParameters* and some fields; the few `type: ignore`s below are for those gaps."""
@@ -33,51 +34,40 @@ from retrieval.errors import (
 )
 from retrieval.files import atomic_path
 from retrieval.index.exact import Scores
+from retrieval.index.policy import (  # noqa: F401 (re-exported: the wrapper's callers)
+    AUTO_FLAT_MAX,
+    AUTO_PQ_MIN_BYTES,
+    FACTORY_HELP,
+    HNSW_M,
+    INDEX_TYPES,
+    MAX_NLIST,
+    MAX_TRAIN_POINTS_PER_CENTROID,
+    MIN_NLIST,
+    MIN_POINTS_PER_CENTROID,
+    NLIST_PER_SQRT_N,
+    PQ_DIMS_PER_SUBQUANTIZER,
+    PQ_MAX_SUBQUANTIZERS,
+    PQ_MIN_TRAIN,
+    PQ_NBITS,
+    PQ_REFINE,
+    TRAIN_POINTS_PER_CENTROID,
+    _auto_pq_min_bytes,
+    _core,
+    _factory_index,
+    _faiss_message,
+    _ivf,
+    _pq_subquantizers,
+    _refine,
+    _resolve_raw,
+    check_index_type,
+    resolve_index_type,
+    training_sample_size,
+)
 from retrieval.types import Ids, SearchParams, Vectors
 
 logger = logging.getLogger(__name__)
 
-INDEX_TYPES = ("auto", "flat", "ivf", "hnsw", "ivfpq")
-FACTORY_HELP = "https://github.com/facebookresearch/faiss/wiki/The-index-factory"
-# A single Flat query costs ~0.15 us per 512-d vector on one EPYC core (15 ms at 100k, see
-# benchmarks/index_recall.py): up to 50k it stays under ~8 ms while exact, untrained and
-# removable; at 100k IVF answers 22x faster at 0.977 recall@10.
-AUTO_FLAT_MAX = 50_000
-# Past 4 GiB of float32 vectors (2M x 512-d), or a quarter of this machine's RAM if less,
-# memory dominates: auto picks 64-byte PQ codes refined with 8-bit scalar codes (576 bytes/vector
-# vs 2048), which the recall tuning brings to the target (benchmarks/ann.py).
-AUTO_PQ_MIN_BYTES = 4 << 30
 
-
-def _auto_pq_min_bytes() -> int:
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return AUTO_PQ_MIN_BYTES
-    return min(AUTO_PQ_MIN_BYTES, ram // 4)
-
-
-MIN_POINTS_PER_CENTROID = 39  # faiss k-means warns below this: centroids become unstable.
-NLIST_PER_SQRT_N = 4  # faiss guideline is 4..16 * sqrt(n) lists; 4 keeps training cheap.
-# k-means costs ~ sample x nlist = TRAIN_POINTS_PER_CENTROID x nlist^2: on 2 idle cores, 512-d,
-# 25 iterations, 1024 lists train in 14 s, 2048 in 46 s, 4000 (4 sqrt(1M)) in ~3 minutes. So
-# the named types stop growing nlist at 2048 (from ~262k vectors): past that, tuning raises
-# nprobe instead, trading a little search speed for a build that takes no minutes of k-means.
-MAX_NLIST = 2048
-MIN_NLIST = 16  # coarser partitions do not beat Flat, so IVF falls back to Flat below this.
-TRAIN_POINTS_PER_CENTROID = 64  # within faiss's 39..256 guidance, 4x less data than 256.
-PQ_NBITS = 8
-PQ_MIN_TRAIN = MIN_POINTS_PER_CENTROID * (1 << PQ_NBITS)  # 256 centroids per sub-quantizer
-# ~8 dims per sub-quantizer is the usual recall/size sweet spot; capping at 64 keeps codes at
-# 64 bytes/vector for 512..1280-d models and within what faiss GPU IVFPQ supports.
-PQ_DIMS_PER_SUBQUANTIZER = 8
-PQ_MAX_SUBQUANTIZERS = 64
-# PQ64x8 alone tops out near 0.75 recall@10 on 512-d CLIP-like data; re-scoring its top
-# k * k_factor candidates with 8-bit scalar-quantized vectors (1 byte/dim, ~0.999 of exact
-# scores) lifts it past 0.95 at 64 + 512 bytes/vector, still 3.5x less than Flat's 2048.
-PQ_REFINE = "Refine(SQ8)"
-MAX_TRAIN_POINTS_PER_CENTROID = 256  # faiss k-means subsamples to this anyway
-HNSW_M = 32  # links per node, the usual faiss choice: ~270 bytes/vector of graph.
 HNSW_EF_CONSTRUCTION = 64  # faiss default 40; a little more buys recall for modest build time.
 HNSW_EF_SEARCH = 64  # faiss default 16 gives ~0.93 recall@10 at 100k x 512-d; 64 gives ~0.99.
 HNSW_MAX_EF_SEARCH = 4096  # cap on the widened walk; rows still short get the exact scan.
@@ -94,94 +84,6 @@ def gpu_available() -> bool:
         return hasattr(faiss, "StandardGpuResources") and int(faiss.get_num_gpus()) > 0
     except RuntimeError:  # a CUDA driver/runtime mismatch surfaces here
         return False
-
-
-def resolve_index_type(index_type: str, n: int, dim: int) -> str:
-    """Map `auto|flat|ivf|hnsw|ivfpq` or a raw faiss factory string to a factory string."""
-    name = index_type.strip().lower()
-    if name == "auto":
-        if n <= AUTO_FLAT_MAX:
-            return "Flat"
-        name = "ivfpq" if n * dim * 4 >= _auto_pq_min_bytes() else "ivf"
-    if name == "flat":
-        return "Flat"
-    if name == "hnsw":
-        return f"HNSW{HNSW_M}"
-    if name in ("ivf", "ivfpq"):
-        nlist = min(round(NLIST_PER_SQRT_N * math.sqrt(n)), MAX_NLIST, n // MIN_POINTS_PER_CENTROID)
-        need = MIN_NLIST * MIN_POINTS_PER_CENTROID if name == "ivf" else PQ_MIN_TRAIN
-        if nlist < MIN_NLIST or n < need:
-            logger.warning("%s needs >= %d vectors to train, got %d: using Flat", name, need, n)
-            return "Flat"
-        if name == "ivf":
-            return f"IVF{nlist},Flat"
-        return f"IVF{nlist},PQ{_pq_subquantizers(dim)}x{PQ_NBITS},{PQ_REFINE}"
-    return _resolve_raw(index_type.strip(), n, dim)
-
-
-def _pq_subquantizers(dim: int) -> int:
-    target = max(1, min(PQ_MAX_SUBQUANTIZERS, dim // PQ_DIMS_PER_SUBQUANTIZER))
-    return max(m for m in range(1, target + 1) if dim % m == 0)
-
-
-def check_index_type(index_type: str, dim: int) -> None:
-    """Refuse an index type faiss cannot build for `dim`-d vectors, before any work starts.
-
-    Raises:
-        InvalidQueryError: neither a known name nor a faiss factory string valid for `dim`.
-    """
-    if index_type.strip().lower() not in INDEX_TYPES:
-        _factory_index(index_type.strip(), dim)
-
-
-def _factory_index(factory: str, dim: int) -> Any:
-    try:
-        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as err:
-        raise InvalidQueryError(
-            f"unknown --index-type {factory!r} for dim {dim}: use one of "
-            f"{', '.join(INDEX_TYPES)} or a faiss index_factory string such as 'IVF1024,Flat' "
-            f"or 'HNSW32' ({FACTORY_HELP}); faiss said: {_faiss_message(err)}"
-        ) from err
-
-
-def _resolve_raw(factory: str, n: int, dim: int) -> str:
-    index = _factory_index(factory, dim)
-    ivf = _ivf(index)
-    pq = getattr(ivf if ivf is not None else _core(index), "pq", None)
-    need = max(ivf.nlist if ivf is not None else 0, (1 << pq.nbits) if pq is not None else 0)
-    if not index.is_trained and n < need:
-        logger.warning("%r needs >= %d vectors to train, got %d: using Flat", factory, need, n)
-        return "Flat"
-    return factory
-
-
-def _faiss_message(err: Exception) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[-1] if lines else type(err).__name__
-
-
-def _core(index: Any) -> Any:
-    """Unwrap id maps and pre-transforms down to the index that actually scores vectors."""
-    index = faiss.downcast_index(index)
-    while isinstance(index, faiss.IndexIDMap | faiss.IndexPreTransform | faiss.IndexRefine):
-        inner = index.base_index if isinstance(index, faiss.IndexRefine) else index.index
-        index = faiss.downcast_index(inner)
-    return index
-
-
-def _refine(index: Any) -> Any:
-    """The IndexRefine under an id map, or None."""
-    index = faiss.downcast_index(index)
-    while isinstance(index, faiss.IndexIDMap | faiss.IndexPreTransform):
-        index = faiss.downcast_index(index.index)
-    return index if isinstance(index, faiss.IndexRefine) else None
-
-
-def _ivf(index: Any) -> Any:
-    """The IndexIVF inside `index` as its concrete class (IndexIVFPQ...), or None."""
-    ivf = faiss.try_extract_index_ivf(index)
-    return None if ivf is None else faiss.downcast_index(ivf)
 
 
 def _factory_of(index: Any, default: str) -> str:
@@ -634,18 +536,6 @@ def training_positions(n: int, index: Any) -> Any:
     if n <= size:
         return None
     return np.sort(np.random.default_rng(SEED).choice(n, size, replace=False))
-
-
-def training_sample_size(n: int, nlist: int) -> int:
-    """Vectors to train on: TRAIN_POINTS_PER_CENTROID per IVF list, within faiss's guidance
-    of 39..256 per centroid, and at least enough for 256-centroid PQ sub-quantizers.
-
-    k-means cost is linear in the sample, so at 1M vectors (IVF2048, see MAX_NLIST) this trains
-    on 131k rather than all 1M, and faiss would itself subsample to 256 per centroid."""
-    per_list = min(
-        max(TRAIN_POINTS_PER_CENTROID, MIN_POINTS_PER_CENTROID), MAX_TRAIN_POINTS_PER_CENTROID
-    )
-    return min(n, max(per_list * max(nlist, 1), 4 * PQ_MIN_TRAIN))
 
 
 def _mmap_flags(path: Path) -> int:

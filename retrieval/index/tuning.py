@@ -49,7 +49,7 @@ STREAM_CHUNK = 262_144
 # A setting "reaches" the target when the one-sided 95% lower confidence bound of its measured
 # recall does (mean - 1.645 standard errors of the per-query recalls): tuned on ~1,000 sampled
 # queries, a setting that only just reaches the target on them lands below it on other queries
-# about half the time (0.943-0.952 held-out in benchmarks/RESULTS.md before this margin).
+# about half the time (0.943-0.952 held-out in benchmarks/HISTORY.md before this margin).
 CONFIDENCE_Z = 1.645
 
 

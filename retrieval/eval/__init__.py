@@ -1,0 +1,1 @@
+"""`mmsearch eval`: pairs files, the runner (Recall@K, MRR, robustness), the report."""

@@ -1,0 +1,520 @@
+"""SearchService: the one application object shared by the CLI and the HTTP app. It answers a
+SearchRequest with a SearchResult, whose JSON both front ends print as is."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..config import MAX_K
+from ..embedders.protocols import QueryEmbedder
+from ..errors import InvalidQueryError, ItemNotFoundError
+from ..storage import keywords
+from ..storage.catalog import Item, filter_products, product_columns
+from ..storage.schema import parse_boolean, parse_number
+from ..storage.store import IndexStore
+from ..types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, TEXTS, Hit, Vectors
+from .hits import hit_from_item
+from .hybrid import HYBRID, HYBRID_DEPTH, KEYWORD, MODES, SEMANTIC, fuse_hits
+from .queries import (
+    MAX_COLLAPSE_DEPTH,
+    MAX_PARTS,
+    QueryPart,
+    collapse,
+    combine,
+)
+from .requests import SearchRequest, SearchResult, check_k
+
+if TYPE_CHECKING:
+    from .batching import BatchingTextEncoder
+
+
+class SearchService:
+    """Embeds queries and searches one index directory. Closing it (or leaving a `with`
+    block) closes the store and the embedder, which stops a text batcher's worker."""
+
+    def __init__(
+        self,
+        store: IndexStore,
+        embedder_factory: Callable[[], QueryEmbedder],
+        *,
+        text_batcher: BatchingTextEncoder | None = None,
+    ) -> None:
+        """`text_batcher`: the micro-batcher behind the embedder's text queries, if any; the
+        service reports its counters (/stats, /metrics) and stops it on close."""
+        self.store = store
+        self._embedder_factory = embedder_factory
+        self.text_batcher = text_batcher
+        self._lock = threading.Lock()
+
+    @cached_property
+    def embedder(self) -> QueryEmbedder:
+        return self._embedder_factory()
+
+    # -- embedding ----------------------------------------------------------------------------
+    def embed_texts(self, texts: list[str]) -> Vectors:
+        """Normalised query vectors for texts (rejects empty ones)."""
+        for text in texts:
+            if not text or not text.strip():
+                raise InvalidQueryError("the query text is empty; pass some words to search for")
+        return self.embedder.encode_texts([text.strip() for text in texts])
+
+    def embed_image(self, source: Path | bytes) -> Vectors:
+        """Normalised (1, dim) query vector for an image file or its bytes."""
+        return self.embedder.encode_image_sources([source])
+
+    # -- searching ----------------------------------------------------------------------------
+    def _metadata(self, product_id: str | None, metadata: dict[str, Any]) -> dict[str, Any]:
+        if product_id is None:
+            return metadata
+        product = self.store.catalog.get_product(product_id) or {}
+        return {**product, **metadata, "product_id": product_id}
+
+    # -- the general entry point ------------------------------------------------------------
+    @property
+    def has_catalog(self) -> bool:
+        return self.store.catalog.has_products()
+
+    def default_target(self) -> str:
+        """The target of a request that names none: products with a catalog, else images."""
+        return PRODUCTS if self.has_catalog else IMAGES
+
+    def search(self, request: SearchRequest) -> SearchResult:
+        """Run one SearchRequest: text or image, over images, texts or products."""
+        target = request.target or self.default_target()
+        mode = self.resolve_mode(request)
+        echo = {**request.echo(target), "mode": mode}
+        if mode == SEMANTIC:
+            hits, has_more = self._search(request, target)
+        else:
+            hits, has_more = self._search_keywords(request, target, mode)
+        return SearchResult(echo, hits, has_more)
+
+    def resolve_mode(self, request: SearchRequest) -> str:
+        """The request's search mode, or its default: hybrid for a text query of an index with
+        a product catalog, semantic otherwise."""
+        if request.mode is None:
+            return HYBRID if request.text is not None and self.has_catalog else SEMANTIC
+        if request.mode not in MODES:
+            raise InvalidQueryError(f"unknown mode {request.mode!r}; use one of {', '.join(MODES)}")
+        if request.composed and request.mode != SEMANTIC:
+            raise InvalidQueryError(
+                "composed and more-like-this queries are vectors: use mode semantic (the default)"
+            )
+        if request.mode != SEMANTIC and request.text is None:
+            raise InvalidQueryError(
+                f"{request.mode} search needs a query text; search by image with mode semantic"
+            )
+        return request.mode
+
+    def _search_keywords(
+        self, request: SearchRequest, target: str, mode: str
+    ) -> tuple[list[Hit], bool]:
+        """Keyword (BM25) hits, or in hybrid mode their reciprocal rank fusion with the
+        semantic hits (see hybrid.py), and whether another page follows; filters narrow both
+        rankings alike. `min_score` (a cosine) and `collapse` act on the semantic ranking."""
+        check_k(request.k, request.offset)
+        wanted = request.k + request.offset
+        if wanted > MAX_K:
+            raise InvalidQueryError(
+                f"{mode} results go {MAX_K} deep: offset + k must be at most {MAX_K}"
+            )
+        if target not in TARGETS:
+            raise InvalidQueryError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
+        if request.filters and target != PRODUCTS:
+            raise InvalidQueryError("filters apply to products only; use target=products")
+        if mode == KEYWORD:
+            if request.min_score is not None:
+                raise InvalidQueryError(
+                    "min_score is a cosine cutoff: use it with mode semantic or hybrid"
+                )
+            hits = self._keyword_hits(request, target, wanted + 1)
+            return hits[request.offset : wanted], len(hits) > wanted
+        depth = min(MAX_K, max(HYBRID_DEPTH, wanted + 1))
+        # Keyword first: of two hits that tie (each ranked r by one list only), the one whose
+        # words match wins; a match of names or captions is the more precise evidence.
+        rankings = {
+            KEYWORD: self._keyword_hits(request, target, depth),
+            SEMANTIC: self._search(replace(request, k=depth, offset=0), target)[0],
+        }
+        page = fuse_hits(rankings, _fusion_key(target), k=request.k + 1, offset=request.offset)
+        return page[: request.k], len(page) > request.k
+
+    def _keyword_hits(self, request: SearchRequest, target: str, depth: int) -> list[Hit]:
+        """The top `depth` BM25 hits of the query's words (products: each product scored by
+        its best item, shown by its best-matching image)."""
+        catalog = self.store.catalog
+        if not keywords.has_keywords(catalog.db):
+            raise InvalidQueryError(
+                f"the index at {self.store.directory} has no keyword index (an older mmsearch "
+                "built it and it is read-only here); run `mmsearch index` on it once to add one"
+            )
+        text = request.text or ""
+        if target != PRODUCTS:
+            matches = keywords.search(catalog.db, text, target, limit=depth)
+        else:
+            if not self.has_catalog:
+                raise InvalidQueryError("target products needs a product catalog")
+            allowed = self._allowed_products(request.filters)
+            found = keywords.search(catalog.db, text, None, limit=None, product_ids=allowed)
+            best: dict[str, keywords.KeywordMatch] = {}
+            shown: dict[str, keywords.KeywordMatch] = {}
+            for match in found:  # best first, so the first match of a product is its score
+                pid = match.product_id or ""
+                best.setdefault(pid, match)
+                upgrade = pid in shown and shown[pid].collection != IMAGES == match.collection
+                if pid not in shown or upgrade:  # show the best-matching image, if any
+                    shown[pid] = match
+            matches = [replace(shown[pid], score=best[pid].score) for pid in list(best)[:depth]]
+        items = catalog.get_items([m.id for m in matches])
+        hits = []
+        for match in matches:
+            item = items.get(match.id)
+            if item is None:  # deleted by a commit since the keyword match was read
+                continue
+            extra = {} if target == PRODUCTS else item.metadata
+            rank = len(hits) + 1
+            metadata = self._metadata(item.product_id, extra)
+            hits.append(
+                hit_from_item(
+                    item, rank=rank, score=match.score, metadata=metadata, signals={KEYWORD: rank}
+                )
+            )
+        return hits
+
+    def _search(self, request: SearchRequest, target: str) -> tuple[list[Hit], bool]:
+        check_k(request.k, request.offset)
+        if request.composed:
+            if request.text is not None or request.image is not None:
+                raise InvalidQueryError("give either query parts or a text/image, not both")
+        elif (request.text is None) == (request.image is None):
+            raise InvalidQueryError("give either a query text or an image (not both, not neither)")
+        if target not in TARGETS:
+            raise InvalidQueryError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
+        if request.min_score is not None and not np.isfinite(request.min_score):
+            raise InvalidQueryError(f"min_score must be a finite number, got {request.min_score}")
+        if request.composed:
+            vector = self.composed_vector(request.parts, like=request.like)
+        elif request.text is not None:
+            vector = self.embed_texts([request.text])[0]
+        else:
+            vector = self.embed_image(request.image)[0]
+        if target == PRODUCTS:
+            # `collapse` changes nothing here: a product search already gives one hit per
+            # product. One more than the page: whether a next page exists.
+            probe = replace(request, k=request.k + 1)
+            hits = self._products_page(vector, probe)
+            if request.min_score is not None:
+                hits = [hit for hit in hits if hit.score >= request.min_score]
+            return hits[: request.k], len(hits) > request.k
+        if request.filters:
+            raise InvalidQueryError("filters apply to products only; use target=products")
+        return self.search_page(vector, request, target)
+
+    def _products_page(self, vector: np.ndarray, request: SearchRequest) -> list[Hit]:
+        if not self.has_catalog:
+            raise InvalidQueryError(
+                "target products needs a product catalog: index one with "
+                "`mmsearch index --catalog products.csv`"
+            )
+        has_text = request.text is not None or any(p.text is not None for p in request.parts)
+        weight = request.text_weight if has_text else 0.0
+        like = self.store.catalog.get_item(request.like) if request.like is not None else None
+        if like is None or like.product_id is None:
+            return self._search_products(vector, request, weight)
+        # More like a product's item: every product but its own, as /search ranks them.
+        wide = replace(request, offset=0, k=request.offset + request.k + 1)
+        hits = self._search_products(vector, wide, weight)
+        others = [hit for hit in hits if hit.metadata.get("product_id") != like.product_id]
+        page = others[request.offset : request.offset + request.k]
+        return [replace(hit, rank=request.offset + n + 1) for n, hit in enumerate(page)]
+
+    # -- composed queries, paging with cutoffs, collapsed duplicates --------------------------
+    def composed_vector(self, parts: tuple[QueryPart, ...], *, like: int | None = None) -> Vectors:
+        """The normalised weighted sum of the parts' normalised vectors; item parts (and
+        `like`) use the stored vector, so only text and image parts run the model."""
+        if like is not None:
+            parts = (QueryPart(item=like), *parts)
+        if not parts:
+            raise InvalidQueryError("a composed query needs at least one part")
+        if len(parts) > MAX_PARTS:
+            raise InvalidQueryError(f"at most {MAX_PARTS} query parts, got {len(parts)}")
+        for part in parts:
+            part.check()
+        dim = self.store.identity.dim
+        vectors = np.zeros((len(parts), dim), dtype=np.float32)
+        texts = [n for n, part in enumerate(parts) if part.text is not None]
+        images = [n for n, part in enumerate(parts) if part.image is not None]
+        items = [n for n, part in enumerate(parts) if part.item is not None]
+        if texts:  # one batched forward pass for all text parts
+            vectors[texts] = self.embed_texts([parts[n].text or "" for n in texts])
+        if images:
+            sources = [parts[n].image for n in images]
+            vectors[images] = self.embedder.encode_image_sources(sources)  # type: ignore[arg-type]
+        if items:
+            vectors[items] = self.stored_vectors([parts[n].item or 0 for n in items])
+        return combine(vectors, [part.weight for part in parts])
+
+    def stored_vectors(self, item_ids: list[int]) -> Vectors:
+        """The stored (float16, re-normalised) vectors of indexed items, in that order.
+
+        Raises:
+            ItemNotFoundError: an id is not in the index.
+        """
+        known = self.store.catalog.get_items(item_ids)
+        missing = [item_id for item_id in item_ids if item_id not in known]
+        if missing:
+            raise ItemNotFoundError(
+                f"no item with id {missing[0]} in this index; use an id from a search result"
+            )
+        vectors = self.store.catalog.get_vectors_by_id(item_ids, self.store.identity.dim)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.where(norms > 0, norms, 1.0)
+
+    def search_page(
+        self, vector: np.ndarray, request: SearchRequest, target: str
+    ) -> tuple[list[Hit], bool]:
+        """One page (offset, k) of `target` hits for a vector, after dropping `request.like`,
+        hits under `min_score` and (with `collapse`) near-duplicates of better hits; and
+        whether another page follows. Searches deeper until the page is full or the index
+        runs out."""
+        if target not in COLLECTIONS:
+            raise InvalidQueryError(
+                f"unknown target {target!r}; use one of {', '.join(COLLECTIONS)}"
+            )
+        with self._lock:
+            index = self.store.get_index(target)
+        if index is None:
+            return [], False
+        wanted = request.offset + request.k + 1  # one more: whether a next page exists
+        depth = min(wanted + (request.like is not None), max(index.ntotal, 1))
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        while True:
+            scores, ids = index.search(query, depth)
+            pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+            exhausted = len(pairs) < depth or depth >= index.ntotal
+            pairs = [pair for pair in pairs if pair[1] != request.like]
+            if request.min_score is not None:
+                exhausted = exhausted or any(s < request.min_score for s, _ in pairs)
+                pairs = [pair for pair in pairs if pair[0] >= request.min_score]
+            groups = self._group(pairs, request)
+            if len(groups) >= wanted or exhausted or depth >= MAX_COLLAPSE_DEPTH:
+                break
+            depth = min(depth * 4, index.ntotal)
+        page = groups[request.offset : request.offset + request.k]
+        return self._page_hits(page, request.offset), len(groups) > request.offset + request.k
+
+    def _group(
+        self, pairs: list[tuple[float, int]], request: SearchRequest
+    ) -> list[tuple[float, int, tuple[int, ...] | None]]:
+        """(score, id, folded duplicate ids or None when not collapsing), in rank order."""
+        if not request.collapse:
+            return [(score, item_id, None) for score, item_id in pairs]
+        vectors = self.store.catalog.get_vectors_by_id(
+            [i for _, i in pairs], self.store.identity.dim
+        )
+        return [
+            (pairs[row][0], pairs[row][1], tuple(pairs[f][1] for f in folded))
+            for row, folded in collapse(vectors, request.duplicate_threshold)
+        ]
+
+    def _page_hits(
+        self, page: list[tuple[float, int, tuple[int, ...] | None]], offset: int
+    ) -> list[Hit]:
+        items = self.store.catalog.get_items([item_id for _, item_id, _ in page])
+        hits = []
+        for score, item_id, duplicates in page:
+            item = items.get(item_id)
+            if item is None:
+                continue
+            hits.append(
+                hit_from_item(
+                    item,
+                    rank=offset + len(hits) + 1,
+                    score=score,
+                    metadata=self._metadata(item.product_id, item.metadata),
+                    duplicates=duplicates,
+                )
+            )
+        return hits
+
+    def _allowed_products(self, filters: Mapping[str, Any]) -> list[str] | None:
+        if not filters:
+            return None
+        columns = product_columns(self.store.catalog.db)
+        equals: dict[str, Any] = {}
+        ranges: dict[str, tuple[float | None, float | None]] = {}
+        for name, value in filters.items():
+            column, bound = name, None
+            for suffix in ("_min", "_max"):
+                if name.endswith(suffix) and name.removesuffix(suffix) in columns:
+                    column, bound = name.removesuffix(suffix), suffix
+            if column not in columns:
+                known = ", ".join(sorted(columns)) or "none"
+                raise InvalidQueryError(f"unknown filter {name!r}; product columns: {known}")
+            if bound is None:
+                equals[column] = _typed_filter(name, columns[column], value)
+                continue
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise InvalidQueryError(f"filter {name} needs a number, got {value!r}") from None
+            low, high = ranges.get(column, (None, None))
+            ranges[column] = (number, high) if bound == "_min" else (low, number)
+        return filter_products(self.store.catalog.db, equals, ranges, columns)
+
+    def _search_products(
+        self, vector: np.ndarray, request: SearchRequest, weight: float
+    ) -> list[Hit]:
+        """Score products by weight * title similarity + (1 - weight) * best image similarity.
+
+        Candidates come from both faiss indexes (filtered inside faiss to the allowed
+        products); each candidate is then scored exactly from its stored vectors, so the
+        fusion never misses half of a product's score because one list was cut short."""
+        if not 0.0 <= weight <= 1.0:
+            raise InvalidQueryError(f"text_weight must be between 0 and 1, got {weight}")
+        catalog = self.store.catalog
+        allowed_products = self._allowed_products(request.filters)
+        allowed = None
+        if allowed_products is not None:
+            allowed = catalog.item_ids_for_products(allowed_products)
+            if not len(allowed):
+                return []
+        else:
+            allowed = catalog.product_item_ids()
+        wanted = request.k + request.offset
+        candidates: set[str] = set()
+        depth = wanted * 4
+        while True:
+            found_all = True
+            for collection, used in ((IMAGES, weight < 1.0), (TEXTS, weight > 0.0)):
+                if not used:
+                    continue
+                with self._lock:
+                    index = self.store.get_index(collection)
+                if index is None:
+                    continue
+                _, ids = index.search(vector.reshape(1, -1), depth, allowed_ids=allowed)
+                hits = [int(i) for i in ids[0] if i >= 0]
+                found_all = found_all and len(hits) < depth
+                items = catalog.get_items(hits)
+                candidates.update(item.product_id for item in items.values() if item.product_id)
+            if len(candidates) >= wanted or found_all:
+                break
+            depth *= 4
+        scored = self._score_products(vector, sorted(candidates), weight)
+        page = scored[request.offset : wanted]
+        return [
+            hit_from_item(
+                item,
+                rank=request.offset + n + 1,
+                score=score,
+                metadata=self._metadata(item.product_id, {}),
+            )
+            for n, (score, item) in enumerate(page)
+        ]
+
+    def _score_products(
+        self, vector: np.ndarray, product_ids: list[str], weight: float
+    ) -> list[tuple[float, Item]]:
+        catalog = self.store.catalog
+        ids = catalog.item_ids_for_products(product_ids)
+        items = catalog.get_items(ids.tolist())
+        vectors = catalog.get_vectors_by_id(ids.tolist(), self.store.identity.dim)
+        sims = vectors @ np.asarray(vector, dtype=np.float32)
+        best_image: dict[str, tuple[float, Item]] = {}
+        title: dict[str, float] = {}
+        title_item: dict[str, Item] = {}
+        for item_id, sim in zip(ids.tolist(), sims.tolist(), strict=True):
+            item = items[item_id]
+            pid = item.product_id or ""
+            if item.collection == IMAGES:
+                if pid not in best_image or sim > best_image[pid][0]:
+                    best_image[pid] = (sim, item)
+            else:
+                title[pid], title_item[pid] = sim, item
+        scored = []
+        for pid in product_ids:
+            image_sim, image_item = best_image.get(pid, (None, None))
+            title_sim = title.get(pid)
+            if image_sim is None and title_sim is None:
+                continue
+            if image_sim is None:
+                score = title_sim if weight > 0 else None
+            elif title_sim is None:
+                score = image_sim if weight < 1 else None
+            else:
+                score = weight * title_sim + (1 - weight) * image_sim
+            if score is None:
+                continue
+            item = image_item if image_item is not None else title_item[pid]
+            scored.append((float(score), item))
+        scored.sort(key=lambda pair: (-pair[0], pair[1].product_id or ""))
+        return scored
+
+    def get_item(self, item_id: int) -> Item | None:
+        """A catalog item with its product's metadata merged in (None if unknown)."""
+        item = self.store.catalog.get_item(item_id)
+        if item is None:
+            return None
+        return replace(item, metadata=self._metadata(item.product_id, item.metadata))
+
+    def stats(self) -> dict[str, Any]:
+        """Counts, model and index details (see IndexStore.info), plus catalog columns."""
+        details = self.store.info()
+        details["product_columns"] = product_columns(self.store.catalog.db)
+        return details
+
+    def warm(self) -> None:
+        """Load the model and every index now, so the first query is not slow."""
+        _ = self.embedder
+        for collection in COLLECTIONS:
+            with self._lock:
+                self.store.get_index(collection)
+        self.embed_texts(["warm up"])
+
+    def close(self) -> None:
+        """Stop the text batcher (after its queued texts), then close the store."""
+        try:
+            if self.text_batcher is not None:
+                self.text_batcher.close()
+        finally:
+            self.store.close()
+
+    def __enter__(self) -> SearchService:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _typed_filter(name: str, kind: str, value: Any) -> Any:
+    """An equality filter's value as its column's type: `true`/`false` (query strings, CLI) and
+    JSON booleans both mean a boolean; numbers compare as numbers."""
+    if kind == "boolean":
+        parsed = parse_boolean(value)
+        if parsed is None:
+            raise InvalidQueryError(f"filter {name} needs true or false, got {value!r}")
+        return parsed
+    if kind == "number":
+        number = parse_number(value)
+        return number if number is not None else str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+def _fusion_key(target: str) -> Callable[[Hit], Any]:
+    """What makes two hits the same result: the product for product searches, else the item."""
+    if target == PRODUCTS:
+        return lambda hit: hit.metadata.get("product_id")
+    return lambda hit: hit.id
+
+
+__all__ = ["MAX_K", "SearchRequest", "SearchResult", "SearchService", "check_k"]
