@@ -20,6 +20,16 @@ def tiny_model(tiny_model_dir: Path) -> str:
     return f"local-dir:{tiny_model_dir}"
 
 
+@pytest.fixture(scope="session")
+def multilingual_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """`--model` values of the tiny multilingual models (tests/multilingual.py: XLM-R, NLLB and
+    SigLIP-i18n layouts), by kind."""
+    from multilingual import WRITERS
+
+    root = tmp_path_factory.mktemp("multilingual")
+    return {kind: f"local-dir:{write(root / kind)}" for kind, write in WRITERS.items()}
+
+
 # OpenVINO, once loaded into a process, changes the rounding of later torch CPU ops there
 # (in-process and forked-worker preprocessing stopped being bit-identical) and crashed DataLoader
 # fork tests that ran after it in the same pytest process. So the suite runs the model with torch,

@@ -15,7 +15,7 @@ import torch
 
 from ..errors import ModelUnavailableError
 from ..types import ModelIdentity
-from . import export, runtime
+from . import export, hf_tokenizer, runtime
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +84,12 @@ def open_exported(
     context_length: int,
     cache_dir: Path | None = None,
     required: bool = False,
+    tokenizer: object = None,
 ) -> runtime.ExportedEncoder | None:
     """The cached exported encoder of `model`, exporting it first when the cache has no valid
     entry; None (after one log line) when the architecture does not export and not `required`.
+    A Hugging Face `tokenizer` (multilingual models) is exported with the towers, so a cold text
+    query tokenizes without transformers.
 
     Raises:
         ModelUnavailableError: the export failed and `required` (the user asked for it).
@@ -107,6 +110,7 @@ def open_exported(
             dim=identity.dim,
             key=key,
             cache_dir=cache_dir,
+            tokenizer_spec=hf_tokenizer.capture(tokenizer),
         )
     except export.ExportError as err:
         if required:

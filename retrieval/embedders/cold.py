@@ -14,9 +14,9 @@ from typing import Any
 
 from ..config import EmbedConfig
 from ..types import ModelIdentity, Vectors
-from . import runtime
+from . import hf_tokenizer, runtime
 from .protocols import QueryEmbedder
-from .tokenizer import ClipTokenizer, load_tokenizer
+from .tokenizer import TextTokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class ColdEmbedder:
     def __init__(
         self,
         encoder: runtime.ExportedEncoder,
-        tokenizer: ClipTokenizer,
+        tokenizer: TextTokenizer,
         load_full: Callable[[], QueryEmbedder],
     ) -> None:
         self.encoder = encoder
@@ -57,8 +57,9 @@ def open_cold_embedder(
 ) -> ColdEmbedder | None:
     """A torch-free text embedder for the index's model, or None when any piece is missing:
     the index was embedded with torch, the user asked for torch or a GPU, the precision is not
-    one the runtime runs, the tokenizer is not open_clip's default one, or the cache entry is
-    absent, stale (other library versions) or damaged. None means: load the full model."""
+    one the runtime runs, the cache entry is absent, stale (other library versions) or damaged,
+    or it holds no tokenizer for a model that does not use open_clip's default one.
+    None means: load the full model."""
     export = (recorded or {}).get("export")
     engine = (recorded or {}).get("backend")
     if not export or engine not in runtime.ENGINES or engine not in runtime.available_engines():
@@ -68,14 +69,16 @@ def open_cold_embedder(
     precision = "fp32" if config.precision == "auto" else config.precision
     if precision not in runtime.PRECISIONS:
         return None
-    tokenizer = load_tokenizer(identity.name)
-    if tokenizer is None:
-        return None
     key = runtime.export_key(export["weights"], export["architecture"], engine)
     encoder = runtime.open_cached(
         key, threads=runtime.default_threads(), precision=precision, engine=engine, towers=("text",)
     )
     if encoder is None:
         logger.info("no usable exported text tower for %s; loading the model", identity.name)
+        return None
+    # open_clip's CLIP tokenizer, or the Hugging Face one exported with the towers
+    tokenizer = load_tokenizer(identity.name) or hf_tokenizer.load(encoder.folder)
+    if tokenizer is None:
+        logger.info("no torch-free tokenizer for %s; loading the model", identity.name)
         return None
     return ColdEmbedder(encoder, tokenizer, load_full)

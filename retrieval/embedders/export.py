@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import MmsearchError
-from . import runtime
+from . import hf_tokenizer, runtime
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,15 @@ def _export(module: torch.nn.Module, example: torch.Tensor, name: str, dims: dic
         program.save(str(path))
 
 
+def _vocab_size(model: torch.nn.Module) -> int:
+    """The text tower's vocabulary: CLIP's 49408, or the multilingual tower's own."""
+    for owner in (model, getattr(model, "text", None)):
+        size = getattr(owner, "vocab_size", None)
+        if isinstance(size, int) and size > 1:
+            return size
+    return 49408
+
+
 def _check(model: torch.nn.Module, folder: Path, pooling: dict | None, context: int) -> None:
     """Run the exported graphs once at shapes unlike the example and compare with eager torch:
     an export that silently specialised a size fails here, not at query time."""
@@ -133,8 +142,12 @@ def _check(model: torch.nn.Module, folder: Path, pooling: dict | None, context: 
     size = encoder.image_size
     pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
     length = 5 if pooling else context
-    tokens = torch.randint(1, 400, (3, length), generator=torch.Generator().manual_seed(0))
-    tokens[:, -1] = pooling["eos_id"] if pooling and pooling["pool"] == "eos" else 49407
+    vocab = _vocab_size(model)
+    tokens = torch.randint(
+        1, min(400, vocab), (3, length), generator=torch.Generator().manual_seed(0)
+    )
+    # argmax pooling reads the highest id (CLIP's end-of-text token is its last)
+    tokens[:, -1] = pooling["eos_id"] if pooling and pooling["pool"] == "eos" else vocab - 1
     with torch.no_grad():
         want_image = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1).numpy()
         text = text_features(model, tokens) if pooling else model.encode_text(tokens)
@@ -163,8 +176,10 @@ def export_model(
     dim: int,
     key: str,
     cache_dir: Path | None = None,
+    tokenizer_spec: dict[str, Any] | None = None,
 ) -> Path:
-    """Export both towers of an fp32 CPU model into the cache entry for `key` and return it.
+    """Export both towers of an fp32 CPU model into the cache entry for `key` and return it;
+    `tokenizer_spec` (hf_tokenizer.capture) is saved beside them for torch-free text queries.
 
     The entry is built in a temporary folder beside its final place, checked against eager
     torch, then renamed into place, so a reader never sees half an entry.
@@ -191,6 +206,8 @@ def export_model(
         tokens = torch.ones(EXAMPLE_BATCH, width, dtype=torch.int64)
         module = _TextTower(model, trimmed=pooling is not None).eval()
         _export(module, tokens, "tokens", text_dims, staging / runtime.TEXT_FILE)
+        if tokenizer_spec is not None:
+            hf_tokenizer.save(tokenizer_spec, staging)
         runtime.write_meta(
             staging,
             key=key,

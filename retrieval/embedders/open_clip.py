@@ -25,6 +25,7 @@ from ..images import load_image
 from ..scaling import DecodeTarget
 from ..types import ModelIdentity, ModelSpec, Skipped, Vectors
 from . import backend as backends
+from . import hf_tokenizer
 from .export import text_features
 from .loader import (
     Batch,
@@ -272,6 +273,7 @@ class OpenClipEmbedder:
         dtype = resolve_precision(precision, device)
         engine = backends.resolve_backend(backend, device, precision)
         _check_weights_available(spec)
+        hf_tokenizer.require_libraries(spec.name)
         pretrained = None if spec.name.startswith((LOCAL_DIR, HF_HUB)) else spec.pretrained
         if pretrained and Path(pretrained).expanduser().is_file():
             pretrained = str(Path(pretrained).expanduser())
@@ -280,6 +282,10 @@ class OpenClipEmbedder:
                 spec.name, pretrained=pretrained, device=device
             )
             tokenizer = open_clip.get_tokenizer(spec.name)
+        except ImportError as err:  # a tokenizer or text tower needing the multilingual extra
+            raise ModelUnavailableError(
+                f"cannot load model {spec.name}: {err}; {hf_tokenizer.MULTILINGUAL_EXTRA}"
+            ) from err
         except (RuntimeError, OSError, ValueError) as err:
             raise ModelUnavailableError(
                 f"cannot load model {spec.name}"
@@ -309,6 +315,7 @@ class OpenClipEmbedder:
                 context_length=int(getattr(tokenizer, "context_length", 77)),
                 cache_dir=cache_dir,
                 required=backend != "auto",
+                tokenizer=tokenizer,
             )
         return cls(
             model,

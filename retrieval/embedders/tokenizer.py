@@ -24,7 +24,7 @@ from functools import lru_cache
 from importlib.util import find_spec
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +47,15 @@ _UNTOUCHED_BY_FTFY = regex.compile(r"[\t\n\x20-\x25\x27-\x7e]*")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 Tokens = npt.NDArray[np.int64]
+
+
+class TextTokenizer(Protocol):
+    """Texts -> (n, context_length) token ids, as open_clip's tokenizer of a model returns them
+    (ClipTokenizer here, hf_tokenizer.HfTokenizer for multilingual models)."""
+
+    context_length: int
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> Tokens: ...
 
 
 def bpe_vocab_path() -> Path:
@@ -281,6 +290,17 @@ def _named_config(model: str) -> Mapping[str, Any] | None:
     if "siglip" in model.lower() and not config["text_cfg"].get("hf_tokenizer_name"):
         return None  # open_clip's SigLipTokenizer (sentencepiece)
     return config
+
+
+def uses_hf_tokenizer(model: str) -> bool:
+    """Whether open_clip tokenizes `model` with transformers (a Hugging Face tokenizer, as
+    multilingual models do, or SigLIP's sentencepiece one), as far as its config is at hand."""
+    if model.startswith("hf-hub:") and _hub_config(model.removeprefix("hf-hub:")) is None:
+        return False  # not cached: unknown until downloaded (open_clip's ImportError then)
+    config = _named_config(model)
+    if config is None:
+        return "siglip" in model.lower()  # open_clip's SigLipTokenizer, through transformers
+    return bool((config.get("text_cfg") or {}).get("hf_tokenizer_name"))
 
 
 def load_tokenizer(

@@ -162,6 +162,7 @@ class Catalog:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
+            keywords.upgrade(self.db)
 
     def close(self) -> None:
         self.db.close()
@@ -445,9 +446,10 @@ def _migrate_if_writable(path: Path) -> None:
         probe = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             version = probe.execute("PRAGMA user_version").fetchone()[0]
+            current = version >= len(MIGRATIONS) and keywords.is_current(probe)
         finally:
             probe.close()
-        if version < len(MIGRATIONS):
+        if not current:
             Catalog(path).close()
     except sqlite3.OperationalError:
         pass

@@ -9,6 +9,15 @@ step with the items (and the vectors), and no write path can forget to update th
 need tokenising that FTS5's own tokenizers do not do (camelCase, digits); a Python SQL
 function, `mm_keywords`, builds the row text, so every connection that writes items registers
 it (Catalog does, on open).
+
+Why bigrams for CJK: Chinese and Japanese are written without spaces and Korean attaches
+particles to words, so unicode61 would make `红色真丝连衣裙` one token that `连衣裙` never
+matches. Each run of such a script is written as its overlapping character pairs plus its last
+character (`连衣裙` -> `连衣 衣裙 裙`), the scheme of Lucene's CJK analyzer: any substring of
+two or more characters is a run of whole tokens, a single character is a prefix of one.
+FTS5's trigram tokenizer finds no query shorter than three characters (`沙发`, `猫`: most
+Chinese words), and a dictionary segmenter (jieba) misses words it cuts differently in the
+title and the query (benchmarks/keywords_cjk.py measures all three).
 """
 
 from __future__ import annotations
@@ -16,23 +25,47 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePath
+
+import regex
 
 # Folder names closest to the file are words about it ("beach/2019/IMG_1.jpg"); the top of an
 # absolute path (/home/user/...) names the machine, not the picture, so it is left out.
 PATH_FOLDERS = 3
 FUNCTION = "mm_keywords"
 TABLE = "keywords"
+# What keyword_text writes. A catalog whose rows were written by another version rebuilds them
+# once on open (upgrade()); bump it whenever keyword_text's output changes.
+# 1: words (unicode61); 2: runs of unspaced scripts as bigrams, combining marks kept in words.
+VERSION = 2
+VERSION_KEY = "keywords_version"
 
 # Word boundaries inside one token: lower->Upper (redDress), UPPER->Upper+lower (HTMLParser),
 # letter<->digit (IMG1234, n01440764).
 _CAMEL = re.compile(
     r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])|(?<=[^\W\d_])(?=\d)|(?<=\d)(?=[^\W\d_])"
 )
-# Separators of words in names: _ - . / \ and anything else that is not a letter or digit.
-_SEPARATORS = re.compile(r"[\W_]+")
+# Separators of words in names: _ - . / \ and anything else that is not a letter or digit,
+# except combining marks (Hindi and Thai vowel signs, decomposed accents), which belong to the
+# letter before them. The extra categories make the class equal to `re`'s [\W_] elsewhere.
+_SEPARATORS = regex.compile(r"(?V1)[[\W_\p{So}\p{Pc}\p{Cf}]--[\p{M}\p{No}]]+")
+# Scripts written without spaces between words (or, Hangul, with particles joined to them).
+_UNSPACED = (
+    r"\p{scx=Han}\p{scx=Hiragana}\p{scx=Katakana}\p{scx=Hangul}\p{scx=Bopomofo}"
+    r"\p{scx=Thai}\p{scx=Lao}\p{scx=Khmer}\p{scx=Myanmar}"
+)
+_UNSPACED_RUNS = regex.compile(rf"[{_UNSPACED}]+|[^{_UNSPACED}]+")
+_UNSPACED_RUN = regex.compile(rf"[{_UNSPACED}]+")
+
+# Every item's keyword row, from the items and products tables.
+_FILL = f"""
+    INSERT INTO {TABLE}(rowid, body)
+        SELECT id, {FUNCTION}(path, text, (SELECT metadata FROM products WHERE id = product_id))
+        FROM items
+"""
+_SET_VERSION = "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)"
 
 MIGRATION = f"""
     CREATE VIRTUAL TABLE {TABLE} USING fts5(body, tokenize = 'unicode61 remove_diacritics 2');
@@ -57,9 +90,8 @@ MIGRATION = f"""
             FROM items WHERE items.id = {TABLE}.rowid)
         WHERE rowid IN (SELECT id FROM items WHERE product_id = new.id);
     END;
-    INSERT INTO {TABLE}(rowid, body)
-        SELECT id, {FUNCTION}(path, text, (SELECT metadata FROM products WHERE id = product_id))
-        FROM items;
+    {_FILL};
+    INSERT OR REPLACE INTO meta(key, value) VALUES ('{VERSION_KEY}', '{VERSION}');
 """
 
 
@@ -68,8 +100,29 @@ def split_words(text: str) -> list[str]:
     letter/digit boundaries (`redDress_2019.jpg` -> red, Dress, 2019, jpg)."""
     words = []
     for part in _SEPARATORS.split(text):
-        words.extend(_CAMEL.sub(" ", part).split())
+        for run in _UNSPACED_RUNS.findall(part):
+            words.extend(_CAMEL.sub(" ", run).split())
     return words
+
+
+def is_unspaced(word: str) -> bool:
+    """Whether `word` is a run of a script written without spaces (Chinese, Japanese, ...)."""
+    return _UNSPACED_RUN.fullmatch(word) is not None
+
+
+def bigrams(run: str) -> list[str]:
+    """The tokens stored for a run of an unspaced script: its overlapping character pairs and
+    its last character, so every character starts a token (`连衣裙` -> 连衣, 衣裙, 裙)."""
+    return [run[i : i + 2] for i in range(len(run) - 1)] + [run[-1]]
+
+
+def index_terms(words: Iterable[str]) -> Iterator[str]:
+    """The tokens written for `words`: unspaced runs as bigrams, other words as they are."""
+    for word in words:
+        if is_unspaced(word):
+            yield from bigrams(word)
+        else:
+            yield word
 
 
 def path_words(path: str) -> list[str]:
@@ -89,7 +142,7 @@ def keyword_text(path: str | None, text: str | None, product_metadata: str | Non
         texts.append(text)
     texts.extend(str(v) for v in product.values() if isinstance(v, str))
     words.extend(word for value in texts for word in split_words(value))
-    return " ".join(words)
+    return " ".join(index_terms(words))
 
 
 def register(db: sqlite3.Connection) -> None:
@@ -97,13 +150,25 @@ def register(db: sqlite3.Connection) -> None:
     db.create_function(FUNCTION, 3, keyword_text, deterministic=True)
 
 
+def _query_terms(words: Iterable[str]) -> Iterator[str]:
+    """Quoted FTS5 terms: a word as is, an unspaced run as its pairs (its last character is
+    covered by the pair ending in it), one unspaced character as a prefix (the first
+    character of some stored token wherever it occurs)."""
+    for word in words:
+        if not is_unspaced(word):
+            yield '"' + word.replace('"', '""') + '"'
+        elif len(word) == 1:
+            yield f'"{word}" *'
+        else:
+            yield from (f'"{pair}"' for pair in bigrams(word)[:-1])
+
+
 def match_expression(query: str) -> str | None:
     """An FTS5 MATCH expression: any of the query's words (each quoted, so no FTS syntax
-    reaches SQLite); None when the query has no words."""
-    words = split_words(query)
-    if not words:
-        return None
-    return " OR ".join('"' + word.replace('"', '""') + '"' for word in dict.fromkeys(words))
+    reaches SQLite; runs of Chinese, Japanese, ... as their character pairs); None when the
+    query has no words."""
+    terms = list(dict.fromkeys(_query_terms(split_words(query))))
+    return " OR ".join(terms) if terms else None
 
 
 @dataclass(frozen=True)
@@ -119,6 +184,35 @@ class KeywordMatch:
 def has_keywords(db: sqlite3.Connection) -> bool:
     query = "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?"
     return db.execute(query, (TABLE,)).fetchone() is not None
+
+
+def is_current(db: sqlite3.Connection) -> bool:
+    """Whether the keyword rows were written by this VERSION of keyword_text (a catalog
+    without a keyword table has nothing to rebuild)."""
+    if not has_keywords(db):
+        return True
+    row = db.execute("SELECT value FROM meta WHERE key=?", (VERSION_KEY,)).fetchone()
+    return row is not None and row[0] == str(VERSION)
+
+
+def upgrade(db: sqlite3.Connection) -> bool:
+    """Rewrite every keyword row with this version's keyword_text, in one transaction, when
+    they were written by another; True when it did. `db` must have `register`ed mm_keywords."""
+    if is_current(db):
+        return False
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if is_current(db):  # another process upgraded it while we waited for the lock
+            db.execute("ROLLBACK")
+            return False
+        db.execute(f"DELETE FROM {TABLE}")
+        db.execute(_FILL)
+        db.execute(_SET_VERSION, (VERSION_KEY, str(VERSION)))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return True
 
 
 def search(
@@ -158,4 +252,12 @@ def search(
     return matches
 
 
-__all__ = ["MIGRATION", "KeywordMatch", "keyword_text", "register", "search", "split_words"]
+__all__ = [
+    "MIGRATION",
+    "KeywordMatch",
+    "keyword_text",
+    "register",
+    "search",
+    "split_words",
+    "upgrade",
+]
