@@ -349,9 +349,7 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
         filters = query_filters(request, UPLOAD_PARAMS)
 
         def work() -> Response:
-            item = server.service.get_item(item_id)
-            if item is None:
-                raise HTTPException(404, f"no item with id {item_id} in this index")
+            item = server.service.require_item(item_id)
             query = SearchRequest(
                 like=item_id,
                 target=target or item.collection,
