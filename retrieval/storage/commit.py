@@ -5,7 +5,6 @@ the generation. The transaction's COMMIT makes it all visible at once."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -28,6 +27,7 @@ from ..index.tuning import (
     tune_streamed,
 )
 from ..types import COLLECTIONS, IMAGES, TEXTS
+from .collections import read_state, write_state
 from .reading import ReadPath
 
 logger = logging.getLogger(__name__)
@@ -72,14 +72,14 @@ class CommitPath(ReadPath):
         dim = self.identity.dim
         for collection in COLLECTIONS:
             requested = (index_types or {}).get(collection) or self.index_type(collection)
-            self.catalog.set_meta(f"index_type:{collection}", requested)
+            write_state(self.catalog, collection, index_type=requested)
             change = changes.get(collection, CollectionChanges())
             orphans = self.catalog.orphan_ids(collection)
             if orphans:
                 change = CollectionChanges(change.removed + orphans, change.added)
                 self.catalog.clear_orphans(collection)
             current_path = self._faiss_path(collection, old)
-            built_for = self.catalog.get_meta(f"built_for:{collection}")
+            built_for = read_state(self.catalog, collection).built_for
             if (
                 not change
                 and not force_rebuild
@@ -105,11 +105,11 @@ class CommitPath(ReadPath):
                 faults.reached("faiss")
                 index.save(self._faiss_path(collection, new))
                 checksum = file_sha256(self._faiss_path(collection, new))
-                self.catalog.set_meta(f"factory:{collection}", index.factory)
+                write_state(self.catalog, collection, factory=index.factory)
                 if not self.options.use_gpu and not index.on_disk:
                     self._saved[collection] = index
             # Checked by every reader that loads the file and by `mmsearch check`.
-            self.catalog.set_meta(f"sha256:{collection}", checksum)
+            write_state(self.catalog, collection, sha256=checksum)
             faults.reached("faiss")
         self.catalog.set_meta("generation", str(new))
         self.catalog.set_meta("updated", str(time.time()))
@@ -147,8 +147,8 @@ class CommitPath(ReadPath):
             )
         # The cached reader copy is about to be mutated; never serve it again.
         self._indexes.pop(collection, None)
-        built_n = int(self.catalog.get_meta(f"built_n:{collection}", "0") or 0)
-        built_for = self.catalog.get_meta(f"built_for:{collection}")
+        built_n = read_state(self.catalog, collection).built_n
+        built_for = read_state(self.catalog, collection).built_for
         # Parameters such as nlist follow n, so an index built for n stays right for n/2..2n;
         # past that (or for another --index-type) rebuild, which also lets `auto` move from
         # exact to approximate search as a collection grows.
@@ -176,9 +176,7 @@ class CommitPath(ReadPath):
             if index is not None:
                 return index
         ids, vectors = self.catalog.get_vectors(collection, dim)
-        self.catalog.set_meta(f"built_n:{collection}", str(len(ids)))
-        self.catalog.set_meta(f"built_for:{collection}", requested)
-        self.catalog.set_meta(f"ivfdata:{collection}", "")
+        write_state(self.catalog, collection, built_n=len(ids), built_for=requested, ivfdata="")
         return FaissIndex.build(vectors, ids, requested)
 
     def _wants_ondisk(self, collection: str) -> bool:
@@ -186,7 +184,7 @@ class CommitPath(ReadPath):
             return False
         if self.options.ondisk is not None:
             return self.options.ondisk
-        return self.catalog.get_meta(f"ondisk:{collection}") == "1"
+        return read_state(self.catalog, collection).ondisk
 
     def _build_ondisk(self, collection: str, requested: str, dim: int) -> FaissIndex | None:
         """The sharded on-disk IVF build, reading vectors from the catalog one shard at a time;
@@ -208,10 +206,14 @@ class CommitPath(ReadPath):
             self._build_dir(collection),
             shard_size=self.options.ondisk_shard_size,
         )
-        self.catalog.set_meta(f"built_n:{collection}", str(len(ids)))
-        self.catalog.set_meta(f"built_for:{collection}", requested)
-        self.catalog.set_meta(f"ondisk:{collection}", "1")
-        self.catalog.set_meta(f"ivfdata:{collection}", name)
+        write_state(
+            self.catalog,
+            collection,
+            built_n=len(ids),
+            built_for=requested,
+            ondisk=True,
+            ivfdata=name,
+        )
         return index
 
     def _build_dir(self, collection: str) -> Path:
@@ -223,7 +225,7 @@ class CommitPath(ReadPath):
         """Measure recall@10 and pick search parameters when the index was (re)built, grew
         past its tuning, or the target changed; otherwise keep the recorded ones."""
         if not is_approximate(index.faiss_index):
-            self.catalog.set_meta(f"tuning:{collection}", "")
+            write_state(self.catalog, collection, tuning=None)
             return
         old = self.tuning(collection)
         target = self.options.target_recall or (old.target_recall if old else DEFAULT_TARGET_RECALL)
@@ -256,7 +258,7 @@ class CommitPath(ReadPath):
         else:
             ids, vectors = self.catalog.get_vectors(collection, dim)
             result = tune(index, vectors, ids, target_recall=target, text_queries=texts)
-        self.catalog.set_meta(f"tuning:{collection}", json.dumps(result.to_dict()))
+        write_state(self.catalog, collection, tuning=result)
         if not result.reached:
             logger.warning(
                 "%s: %s reaches recall@10 %.3f < target %.2f even at %s; use --index-type "

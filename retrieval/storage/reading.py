@@ -4,7 +4,6 @@ recorded, reloaded when a writer commits a new generation."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +14,7 @@ from ..index import FaissIndex
 from ..index.tuning import Tuning
 from ..types import ModelIdentity
 from .catalog import Catalog
+from .collections import read_state
 
 if TYPE_CHECKING:
     from .store import StoreOptions
@@ -80,7 +80,7 @@ class ReadPath:
         repair = f"run `mmsearch check --repair --index {self.directory}` to rebuild it"
         # on-disk inverted lists are mapped by faiss itself (IO_FLAG_MMAP breaks them)
         mmap = path.stat().st_size >= MMAP_MIN_BYTES and not self._ivfdata(collection)
-        recorded = self.catalog.get_meta(f"sha256:{collection}")
+        recorded = read_state(self.catalog, collection).sha256
         # Files read fully are hashed too (one more pass over bytes in the page cache);
         # memory-mapped ones are too large for every open: `mmsearch check` hashes them.
         if recorded and not mmap and file_sha256(path) != recorded:
@@ -109,13 +109,12 @@ class ReadPath:
         return index
 
     def index_type(self, collection: str) -> str:
-        return self.catalog.get_meta(f"index_type:{collection}", "auto") or "auto"
+        return read_state(self.catalog, collection).index_type
 
     def tuning(self, collection: str) -> Tuning | None:
         """The recall tuning recorded for the current generation's index, if approximate."""
-        raw = self.catalog.get_meta(f"tuning:{collection}")
-        return Tuning.from_dict(json.loads(raw)) if raw else None
+        return read_state(self.catalog, collection).tuning
 
     def _ivfdata(self, collection: str) -> str:
         """File name of the collection's on-disk inverted lists, or '' when it has none."""
-        return self.catalog.get_meta(f"ivfdata:{collection}", "") or ""
+        return read_state(self.catalog, collection).ivfdata

@@ -36,6 +36,7 @@ from ..locks import exclusive_lock
 from ..sqlite_errors import classify_sqlite_error
 from ..types import COLLECTIONS, ModelIdentity
 from .catalog import Catalog
+from .collections import read_state
 from .commit import CollectionChanges, CommitPath
 
 logger = logging.getLogger(__name__)
@@ -266,7 +267,7 @@ class IndexStore(CommitPath):
         for collection in COLLECTIONS:
             count = self.catalog.count(collection)
             # The factory recorded at commit time: reporting must not load a large index.
-            factory = self.catalog.get_meta(f"factory:{collection}") if count else None
+            factory = read_state(self.catalog, collection).factory if count else None
             tuning = self.tuning(collection) if count else None
             collections[collection] = {
                 "count": count,
