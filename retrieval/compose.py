@@ -3,10 +3,11 @@ server alike. The model's imports (torch, open_clip) happen here, lazily, on fir
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULT_MODEL, BatchConfig, EmbedConfig
 from .errors import IndexMismatchError, MmsearchError
@@ -17,6 +18,9 @@ from .types import ModelIdentity, ModelSpec
 if TYPE_CHECKING:
     from .embedders.captions import CocaCaptioner
     from .embedders.open_clip import OpenClipEmbedder
+    from .ingest.product_api import ProductWriter
+
+logger = logging.getLogger(__name__)
 
 
 def load_embedder(
@@ -129,6 +133,38 @@ def open_for_search(
 
     embedder = BatchingEmbedder(load, batching)  # loads the model on first use
     return SearchService(store, lambda: embedder, text_batcher=embedder.texts)
+
+
+def open_writer(service: SearchService, fetch_allow: tuple[str, ...] = ()) -> ProductWriter | None:
+    """A ProductWriter on the service's index sharing the service's model, or None (with a
+    warning) when the index cannot be opened for writing (a read-only directory)."""
+    import sqlite3
+
+    from .ingest.product_api import ProductWriter
+
+    def embedder() -> Any:
+        # Writes embed files in batches: the model behind the query embedder (a batcher's
+        # `inner`), loaded once for both.
+        query_embedder = service.embedder
+        inner = getattr(query_embedder, "inner", query_embedder)
+        if not hasattr(inner, "embed_image_files"):
+            identity = service.store.identity
+            own = ModelSpec(identity.name, identity.pretrained)
+            return load_embedder(own, EmbedConfig(device="cpu"), expected=identity)
+        return inner
+
+    try:
+        from .ingest.fetch import FetchPolicy
+
+        policy = FetchPolicy.from_allow(fetch_allow)
+        return ProductWriter(service.store.directory, embedder, fetch_policy=policy)
+    except (OSError, sqlite3.Error, MmsearchError) as err:
+        logger.warning(
+            "product writes disabled: %s cannot be opened for writing (%s)",
+            service.store.directory,
+            err,
+        )
+        return None
 
 
 def _search_on_gpu(device: str) -> bool:

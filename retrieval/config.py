@@ -127,6 +127,8 @@ class ServeConfig:
     # Proxies whose X-Forwarded-For/-Proto are believed (uvicorn's forwarded_allow_ips); none by
     # default, so no client can choose the address the access log shows.
     forwarded_allow_ips: tuple[str, ...] = ()
+    # --fetch-allow: hosts/CIDRs whose private addresses product image URLs may come from.
+    fetch_allow: tuple[str, ...] = ()
     # Phone photos are 2-8 MB; 20 MiB leaves room for large PNGs without inviting abuse.
     max_upload_bytes: int = 20 * MIB
     # Full-resolution modes of current phone cameras reach 48-50 Mpx. Per image, and per request

@@ -14,7 +14,26 @@ from .storage.store import IndexStore
 
 if TYPE_CHECKING:
     from .distributed.ingest import RayOptions
-    from .ingest.products import Product
+    from .ingest.fetch import FetchPolicy
+    from .ingest.products import ProductRow, RowError
+    from .storage.audit import Actor
+
+
+@dataclass(frozen=True)
+class CatalogRequest:
+    """A product catalog to write: its rows and the rows the reader left out; `sync` deletes
+    products absent from it, `dry_run` writes nothing, `strict` refuses any bad row, `schema`
+    overrides column types."""
+
+    rows: tuple[ProductRow, ...]
+    errors: tuple[RowError, ...] = ()
+    sync: bool = False
+    dry_run: bool = False
+    strict: bool = False
+    schema: dict[str, str] | None = None
+    actor: Actor | None = None  # who writes, for the audit log
+    fetch: FetchPolicy | None = None  # image URLs: None refuses them
+    refetch: bool = False
 
 
 @dataclass(frozen=True)
@@ -24,7 +43,7 @@ class IndexRequest:
 
     roots: tuple[Path, ...] = ()
     texts: tuple[str, ...] | None = None
-    products: tuple[Product, ...] | None = None
+    catalog: CatalogRequest | None = None
     ray: RayOptions | None = None
     captioner: Callable[[], Any] | None = None
     index_types: dict[str, str] | None = None
@@ -54,10 +73,31 @@ def run_index(
 
             texts = list(request.texts) if request.texts is not None else None
             reports.append(("files", sync_folders(indexer, list(request.roots), texts=texts)))
-        if request.products is not None:
-            from .ingest.products import index_catalog
+        if request.catalog is not None:
+            from .ingest.product_writes import write_products
+            from .ingest.remote import Resolved, resolve_remote
 
-            reports.append(("catalog", index_catalog(indexer, list(request.products))))
+            wanted = request.catalog
+            resolved = Resolved(list(wanted.rows))  # a dry run fetches nothing
+            if not wanted.dry_run:
+                resolved = resolve_remote(
+                    list(wanted.rows), store.directory, store.catalog, wanted.fetch,
+                    refetch=wanted.refetch,
+                )  # fmt: skip
+            report = write_products(
+                indexer,
+                resolved.rows,
+                errors=wanted.errors,
+                sync=wanted.sync,
+                dry_run=wanted.dry_run,
+                strict=wanted.strict,
+                schema=wanted.schema,
+                actor=wanted.actor,
+                action="import",
+                origins=resolved.origins,
+                failures=resolved.failures,
+            )
+            reports.append(("catalog", report))
         if request.captioner is not None:
             from .ingest.captions import caption_missing
 
@@ -65,4 +105,4 @@ def run_index(
     return reports
 
 
-__all__ = ["IndexRequest", "run_index"]
+__all__ = ["CatalogRequest", "IndexRequest", "run_index"]

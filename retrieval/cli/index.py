@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 from pathlib import Path
 from typing import Annotated
@@ -23,7 +24,31 @@ from .common import (
     progress,
     run_guarded,
 )
-from .render import caption_summary, report_dict, report_summary
+from .render import caption_summary, catalog_summary, report_dict, report_summary
+
+
+def _user() -> str:
+    """Who runs the CLI, for the audit log."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+        return "unknown"
+
+
+def load_schema(path: Path) -> dict[str, str]:
+    """A --schema file: a JSON object {column: type}."""
+    from ..storage.schema import CellError, check_schema
+
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InputFileError(f"cannot read --schema {path}: {err}") from err
+    if not isinstance(raw, dict):
+        raise InputFileError(f"--schema {path} must hold a JSON object {{column: type}}")
+    try:
+        return check_schema(raw, str(path))
+    except CellError as err:
+        raise InputFileError(str(err)) from err
 
 
 def index(
@@ -40,6 +65,54 @@ def index(
             "any other columns kept as filterable metadata",
         ),
     ] = None,
+    sync: Annotated[
+        bool,
+        typer.Option(
+            "--sync",
+            help="With --catalog: delete products whose SKU is not in FILE (default: upsert, "
+            "products absent from FILE stay)",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="With --catalog: print which products would be created, replaced and "
+            "deleted, and which rows are bad, without writing anything",
+        ),
+    ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="With --catalog: fail (writing nothing) when any row is bad, instead of "
+            "reporting and skipping it",
+        ),
+    ] = False,
+    schema: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --catalog: JSON file {column: type} overriding inferred column types "
+            "(number, boolean, keyword, text, list)",
+        ),
+    ] = None,
+    fetch_allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fetch-allow",
+            help="HOST or CIDR whose private addresses image URLs may be fetched from "
+            "(repeatable); public addresses need nothing, loopback/private/link-local ones "
+            "are refused without it",
+            show_default=False,
+        ),
+    ] = None,
+    refetch: Annotated[
+        bool,
+        typer.Option(
+            "--refetch",
+            help="With --catalog: fetch image URLs again even when the index holds a copy",
+        ),
+    ] = False,
     index_dir: IndexOption = None,
     texts: Annotated[
         Path | None,
@@ -142,9 +215,11 @@ def index(
 
     def body() -> None:
         from ..compose import load_captioner, open_for_indexing
-        from ..indexing import IndexRequest, run_index
-        from ..ingest.products import load_catalog
+        from ..indexing import CatalogRequest, IndexRequest, run_index
+        from ..ingest.fetch import FetchPolicy
+        from ..ingest.products import read_catalog
         from ..ingest.texts import load_texts
+        from ..storage.audit import Actor
         from ..storage.store import StoreOptions
 
         # Every option is checked before any file is read or the model loads.
@@ -168,7 +243,22 @@ def index(
                 "and index --texts/--catalog in a separate run without --ray"
             )
         text_list = load_texts(texts) if texts is not None else None
-        products = load_catalog(catalog) if catalog is not None else None
+        if catalog is None and (sync or dry_run or strict or schema is not None):
+            raise InvalidQueryError("--sync, --dry-run, --strict and --schema need --catalog FILE")
+        catalog_request = None
+        if catalog is not None:
+            rows, errors = read_catalog(catalog)
+            catalog_request = CatalogRequest(
+                tuple(rows),
+                tuple(errors),
+                sync=sync,
+                dry_run=dry_run,
+                strict=strict,
+                schema=load_schema(schema) if schema is not None else None,
+                actor=Actor(f"cli:{_user()}"),
+                fetch=FetchPolicy.from_allow(fetch_allow or ()),
+                refetch=refetch,
+            )
         directory = index_dir or default_index_dir()
         only_captions = captions and not roots and catalog is None and texts is None
         if only_captions and not (directory / "manifest.json").is_file():
@@ -185,7 +275,7 @@ def index(
         request = IndexRequest(
             roots=tuple(roots),
             texts=tuple(text_list) if text_list is not None else None,
-            products=tuple(products) if products is not None else None,
+            catalog=catalog_request,
             ray=ray_options,
             captioner=(lambda: load_captioner(spec, config)) if spec is not None else None,
             index_types={IMAGES: index_type, TEXTS: index_type} if index_type != "auto" else None,
@@ -201,7 +291,9 @@ def index(
                 detail = f" ({skip.detail})" if skip.detail else ""
                 typer.echo(f"skipped {skip.path}: {skip.reason}{detail}", err=True)
         for kind, report in reports:
-            if kind == "captions":
+            if kind == "catalog":
+                typer.echo(catalog_summary(report, directory, as_json=as_json))
+            elif kind == "captions":
                 typer.echo(caption_summary(report, as_json=as_json))
             elif as_json:
                 typer.echo(json.dumps({"kind": kind, **report_dict(report, directory)}))

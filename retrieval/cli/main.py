@@ -16,6 +16,7 @@ from .duplicates import duplicates
 from .eval import eval_command
 from .index import index
 from .info import info
+from .keys import audit, keys_app
 from .query import query
 from .serve import serve
 
@@ -46,3 +47,5 @@ app.command("eval")(eval_command)
 app.command()(check)
 app.command()(duplicates)
 app.command()(caption)
+app.command()(audit)
+app.add_typer(keys_app, name="keys")

@@ -12,6 +12,7 @@ from ..types import IMAGES, PRODUCTS, TEXTS
 
 if TYPE_CHECKING:
     from ..ingest.captions import CaptionReport
+    from ..ingest.product_writes import CatalogReport
     from ..ingest.sync import IndexReport
     from ..search.service import SearchResult
 
@@ -58,6 +59,40 @@ def report_dict(report: IndexReport, directory: Path) -> dict[str, Any]:
         "elapsed_s": round(report.elapsed_s, 3),
         "images_per_s": round(report.images_per_s, 2),
     }
+
+
+def catalog_summary(report: CatalogReport, directory: Path, *, as_json: bool) -> str:
+    """A catalog import's report: bad rows (with line numbers), then one summary line; with
+    --json one object with every row's outcome."""
+    outcomes = sorted(report.outcomes, key=lambda o: (o.line is None, o.line or 0, o.sku or ""))
+    counts = {a: report.count(a) for a in ("created", "replaced", "unchanged", "deleted", "failed")}
+    if as_json:
+        return json.dumps(
+            {
+                "kind": "catalog",
+                **report_dict(report, directory),
+                "dry_run": report.dry_run,
+                **counts,
+                "outcomes": [o.to_dict() for o in outcomes],
+                "schema": report.schema,
+            }
+        )
+    lines = [
+        f"line {o.line}: {o.sku or '?'}: {o.reason}" if o.line else f"{o.sku}: {o.reason}"
+        for o in outcomes
+        if o.action == "failed"
+    ]
+    if report.dry_run:
+        for action in ("created", "replaced", "deleted"):
+            skus = [o.sku or "" for o in outcomes if o.action == action]
+            if skus:
+                lines.append(f"would be {action} ({len(skus)}): " + ", ".join(skus))
+        summary = ", ".join(f"{n} {action}" for action, n in counts.items())
+        lines.append(f"dry run, nothing written: {summary}")
+        return "\n".join(lines)
+    summary = ", ".join(f"{action} {n}" for action, n in counts.items())
+    lines.append(f"products {summary}; " + report_summary(report, directory, "files"))
+    return "\n".join(lines)
 
 
 def caption_summary(report: CaptionReport, *, as_json: bool) -> str:
@@ -136,6 +171,9 @@ def info_text(details: dict[str, Any]) -> str:
             )
     if details["products"]:
         lines.append(f"products:  {details['products']}")
+    if details.get("product_columns"):
+        columns = ", ".join(f"{c} ({t})" for c, t in details["product_columns"].items())
+        lines.append(f"columns:   {columns}")
     lines += [
         f"size:      {details['size_bytes'] / 1e6:.1f} MB",
         f"created:   {when(details['created'])}",

@@ -29,6 +29,16 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    fetch_allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fetch-allow",
+            help="HOST or CIDR whose private addresses image URLs may be fetched from "
+            "(repeatable); public addresses need nothing, loopback/private/link-local ones "
+            "are refused without it",
+            show_default=False,
+        ),
+    ] = None,
     cors_origin: Annotated[
         list[str] | None,
         typer.Option(
@@ -107,6 +117,7 @@ def serve(
             cors_origins=tuple(cors_origin or ()),
             allowed_hosts=tuple(allowed_host or ()),
             forwarded_allow_ips=tuple(forwarded_allow_ip or ()),
+            fetch_allow=tuple(fetch_allow or ()),
             max_upload_bytes=int(max_upload_mb * MIB),
             max_megapixels=max_megapixels,
             decode_budget_megapixels=decode_budget_mpx,

@@ -46,6 +46,7 @@ _UNAVAILABLE = (
 HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     408: "timeout",
@@ -56,7 +57,7 @@ HTTP_CODES = {
 }
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorOut}
-    for status in (400, 401, 404, 408, 413, 422, 429, 431, 500, 503, 507)
+    for status in (400, 401, 403, 404, 408, 413, 422, 429, 431, 500, 503, 507)
 }
 
 

@@ -92,9 +92,7 @@ def make_thumbnail(data: bytes, size: int) -> bytes:
 
 def item_out(service: SearchService, item_id: int) -> ItemOut:
     """An item by id, or 404."""
-    item = service.get_item(item_id)
-    if item is None:
-        raise HTTPException(404, f"no item with id {item_id} in this index")
+    item = service.require_item(item_id)
     is_image = item.collection == IMAGES
     return ItemOut(
         id=item.id,

@@ -41,9 +41,9 @@ MAX_OFFSET = MAX_K * 10 - MAX_K
 # At least one non-space character: a blank query cannot be searched for.
 NOT_BLANK = r"\S"
 
-# Strict, so that `true` is refused rather than read as 1, and 2020 stays an int (it compares
-# as the text "2020" against a year column, not "2020.0").
-FilterValue = StrictStr | StrictInt | StrictFloat
+# Strict, so that `true` stays a boolean (for boolean columns) rather than read as 1, and 2020
+# stays an int (it compares as the text "2020" against a keyword column, not "2020.0").
+FilterValue = StrictBool | StrictStr | StrictInt | StrictFloat
 
 
 def not_a_bool(value: Any) -> Any:
@@ -294,9 +294,10 @@ class StatsOut(BaseModel):
     collections: dict[str, CollectionOut]
     products: int
     has_catalog: bool
-    product_columns: dict[str, Literal["number", "text"]] = Field(
+    product_columns: dict[str, Literal["number", "boolean", "keyword", "text", "list"]] = Field(
         default_factory=dict,
-        description="filterable columns: text ones by equality, number ones by _min/_max",
+        description="filterable columns and their types: every type by equality (true/false "
+        "for booleans, one element for lists), numbers also by COLUMN_min/COLUMN_max",
     )
     generation: int | None = None
     size_bytes: int | None = None

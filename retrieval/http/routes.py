@@ -24,8 +24,10 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
+from ..compose import open_writer
 from ..config import ServeConfig
 from ..errors import ImageDecodeError, MmsearchError
+from ..ingest.product_api import ProductWriter
 from ..search.batching import LruCache
 from ..search.duplicates import find_duplicates
 from ..search.queries import DEFAULT_DUPLICATE_THRESHOLD, QueryPart
@@ -50,6 +52,7 @@ from .items import (
     thumbnail_key,
     thumbnail_megapixels,
 )
+from .keys import KeyBook, ScopedKeyMiddleware
 from .limits import (
     HEAD_LIMIT_BYTES,
     AdmissionLimiter,
@@ -91,7 +94,8 @@ from .params import (
     query_filters,
     request_megapixels,
 )
-from .security import ApiKeyMiddleware, HostCheckMiddleware, api_key_dependency
+from .products import product_routes
+from .security import HostCheckMiddleware, document_key_schemes
 
 logger = logging.getLogger(__name__)
 
@@ -148,9 +152,12 @@ class _Server:
             self.not_ready_reason = str(err)
 
 
-def create_app(service: SearchService, config: ServeConfig) -> FastAPI:
+def create_app(
+    service: SearchService, config: ServeConfig, writer: ProductWriter | None = None
+) -> FastAPI:
     """A FastAPI app serving `service` (its text batcher, if any, is reported in /stats and
-    /metrics). The caller closes the service."""
+    /metrics) and product writes through `writer` (default: one on the service's index, when
+    it is writable). The caller closes the service; the app closes a writer it made."""
     admission = AdmissionLimiter(
         config.max_concurrency, config.max_queue, config.queue_timeout_s, config.retry_after_s
     )
@@ -161,10 +168,18 @@ def create_app(service: SearchService, config: ServeConfig) -> FastAPI:
     server = _Server(service, config, admission, decoding, thumbnails)
     metrics = Metrics(service, admission, decoding)
 
+    own_writer = writer is None
+    if writer is None:
+        writer = open_writer(service, config.fetch_allow)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await server.warm()
-        yield
+        try:
+            yield
+        finally:
+            if own_writer and writer is not None:
+                writer.close()
 
     app = FastAPI(
         title="mmsearch",
@@ -177,6 +192,9 @@ def create_app(service: SearchService, config: ServeConfig) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app, service.store.directory)
+    # --api-key (an admin key) and the index's scoped keys (`mmsearch keys`): keys.py.
+    key_book = KeyBook(service.store.catalog.path)
+    keyed = bool(config.api_key) or key_book.has_keys()
     # Added innermost first: requests pass the security headers, Observe, HEAD-as-GET, the head
     # cap, the Host check (keyless servers), CORS (so a page can read a 429), the early 429,
     # the key check, the body-read timeout, then the body cap.
@@ -188,10 +206,12 @@ def create_app(service: SearchService, config: ServeConfig) -> FastAPI:
     app.add_middleware(
         BodyTimeoutMiddleware, idle_s=config.body_idle_timeout_s, total_s=config.body_timeout_s
     )
-    if config.api_key:
-        app.add_middleware(
-            ApiKeyMiddleware, api_key=config.api_key, reject=lambda err: http_error(None, err)
-        )
+    app.add_middleware(
+        ScopedKeyMiddleware,
+        book=key_book,
+        api_key=config.api_key,
+        reject=lambda err: http_error(None, err),
+    )
     app.add_middleware(
         EarlyRefusalMiddleware,
         admission=admission,
@@ -202,10 +222,10 @@ def create_app(service: SearchService, config: ServeConfig) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(config.cors_origins),
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
         )
-    if not config.api_key:
+    if not keyed:
         app.add_middleware(
             HostCheckMiddleware,
             allowed=frozenset(config.allowed_hosts),
@@ -216,13 +236,17 @@ def create_app(service: SearchService, config: ServeConfig) -> FastAPI:
     )
     app.add_middleware(HeadMiddleware)
     app.add_middleware(ObserveMiddleware, metrics=metrics, internal_error=internal_error)
-    app.add_middleware(SecurityHeadersMiddleware, keyed=bool(config.api_key))  # the 500s too
+    app.add_middleware(SecurityHeadersMiddleware, keyed=keyed)  # the 500s too
 
-    guard = [Depends(api_key_dependency(config.api_key))] if config.api_key else []
+    # Documents the key schemes in OpenAPI when keys are required at start; the middleware
+    # is the judge either way (it also sees keys created while the server runs).
+    guard = [Depends(document_key_schemes)] if keyed else []
     api = APIRouter(dependencies=guard)
     _add_search_routes(api, server)
     _add_item_routes(api, server)
     _add_status_routes(api, server, metrics)
+    if writer is not None:
+        api.include_router(product_routes(writer, admission))
     app.include_router(_public_routes())
     app.include_router(docs_routes())
     app.include_router(api)
@@ -306,8 +330,15 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
         )
         return await server.admission.run(lambda: server.search(query))
 
-    @api.get("/items/{item_id}/similar", **SEARCH_OPTIONS)
+    @api.get(
+        "/items/{item_id}/similar",
+        **SEARCH_OPTIONS,
+        description="More like this: items nearest to the item's stored vector (no model run); "
+        "the item itself (for products: its whole product) is left out. `target` defaults to "
+        "the item's own collection. " + FILTER_HELP,
+    )
     async def similar(
+        request: Request,
         item_id: ItemId,
         k: KParam = 10,
         offset: OffsetParam = 0,
@@ -315,16 +346,14 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
         min_score: MinScoreParam = None,
         collapse: CollapseParam = False,
     ) -> Response:
-        """More like this: items nearest to the item's stored vector (no model run); the
-        item itself is left out. `target` defaults to the item's own collection."""
+        filters = query_filters(request, UPLOAD_PARAMS)
 
         def work() -> Response:
-            item = server.service.get_item(item_id)
-            if item is None:
-                raise HTTPException(404, f"no item with id {item_id} in this index")
+            item = server.service.require_item(item_id)
             query = SearchRequest(
                 like=item_id,
                 target=target or item.collection,
+                filters=filters,
                 k=k,
                 offset=offset,
                 min_score=min_score,
@@ -439,7 +468,7 @@ def _public_routes() -> APIRouter:
 
     @public.get("/", include_in_schema=False)
     async def page() -> FileResponse:
-        # With a key set, ApiKeyMiddleware asks a browser for it (HTTP Basic) before this runs.
+        # With keys, ScopedKeyMiddleware asks a browser for one (HTTP Basic) before this runs.
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     return public

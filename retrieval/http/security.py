@@ -130,6 +130,11 @@ def api_key_dependency(api_key: str) -> Callable[..., None]:
     return require_key
 
 
+def document_key_schemes(_key: ApiKey, _token: BearerToken, _basic: BasicCredentials) -> None:
+    """A dependency that only declares the three schemes in the OpenAPI schema, for apps whose
+    keys a middleware checks (http/keys.py: scoped keys)."""
+
+
 class ApiKeyMiddleware:
     """401 for any request without the key to any route but /health, before the app reads its
     body or validates its parameters."""

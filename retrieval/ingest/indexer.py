@@ -5,7 +5,7 @@ faiss files always learn of it), and commits a generation by one rule.
 
     with Indexer(store, embedder_factory) as indexer:
         report = sync_images_and_texts(indexer, roots)     # ingest.py
-        report = index_catalog(indexer, products)          # products.py
+        report = write_products(indexer, rows)             # product_writes.py
 
 Crash contract (store.py): the item changes and the generation flip are one SQLite transaction;
 vectors embedded before it are cached under their content keys, so a killed run loses no model
@@ -39,6 +39,9 @@ class ChangeSet:
     collections: dict[str, CollectionChanges] = field(
         default_factory=lambda: {collection: CollectionChanges() for collection in COLLECTIONS}
     )
+    # Content keys that removed or re-keyed items used: the only vectors this commit may leave
+    # unused (a writer that does not sweep the whole vector table drops just these).
+    released: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return any(self.collections.values())
@@ -51,8 +54,18 @@ class ChangeSet:
 
     def replace(self, item: Item, *, key: str, size: int | None, mtime_ns: int | None) -> None:
         """New bytes for an existing item: its id stays, its vector and caption change."""
+        self.released.add(item.key)
         self.catalog.update_item(item.id, key=key, size=size, mtime_ns=mtime_ns)
         self.catalog.set_text(item.id, None)  # the old caption described the old bytes
+        change = self.collections[item.collection]
+        change.removed.append(item.id)
+        change.added.append(item.id)
+
+    def replace_text(self, item: Item, *, key: str, text: str) -> None:
+        """A new text for an existing text item (a product's edited title): its id stays."""
+        self.released.add(item.key)
+        self.catalog.update_item(item.id, key=key, size=None, mtime_ns=None)
+        self.catalog.set_text(item.id, text)
         change = self.collections[item.collection]
         change.removed.append(item.id)
         change.added.append(item.id)
@@ -69,6 +82,7 @@ class ChangeSet:
     def remove(self, items: Iterable[Item]) -> int:
         """Delete items; how many."""
         items = list(items)
+        self.released.update(item.key for item in items)
         self.catalog.delete_items(item.id for item in items)
         for item in items:
             self.collections[item.collection].removed.append(item.id)
@@ -86,8 +100,14 @@ class Indexer:
         *,
         index_types: dict[str, str] | None = None,
         on_progress: Progress | None = None,
+        lock_wait_s: float = 0.0,
+        sweep_vectors: bool = True,
     ) -> None:
         self.store = store
+        self.lock_wait_s = lock_wait_s
+        # True: each commit drops every stored vector no item uses (an index run); False: only
+        # those the commit released, so a small write does not scan the whole vector table.
+        self.sweep_vectors = sweep_vectors
         self._embedder_factory = embedder_factory
         self.index_types = index_types
         self.on_progress = on_progress
@@ -95,7 +115,7 @@ class Indexer:
 
     def __enter__(self) -> Indexer:
         stack = ExitStack()
-        stack.enter_context(self.store.writer_lock())
+        stack.enter_context(self.store.writer_lock(self.lock_wait_s))
         self._exit = stack
         return self
 
@@ -124,15 +144,20 @@ class Indexer:
         if self._exit is None:
             raise RuntimeError("use the Indexer in a `with` block: it holds the writer lock")
         store = self.store
-        with store.catalog.transaction():
-            changes = ChangeSet(store.catalog)
-            yield changes
-            if rebuild or self.must_commit(changes):
-                store.commit(
-                    changes.collections, index_types=self.index_types, force_rebuild=rebuild
-                )
-            store.catalog.drop_unused_vectors()
-            faults.reached("commit")
+        try:
+            with store.catalog.transaction():
+                changes = ChangeSet(store.catalog)
+                yield changes
+                if rebuild or self.must_commit(changes):
+                    store.commit(
+                        changes.collections, index_types=self.index_types, force_rebuild=rebuild
+                    )
+                store.catalog.drop_unused_vectors(None if self.sweep_vectors else changes.released)
+                faults.reached("commit")
+        except BaseException:
+            store.adopt_committed(False)
+            raise
+        store.adopt_committed(True)
         faults.reached("committed")
         store.cleanup()
 

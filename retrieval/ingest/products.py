@@ -1,43 +1,69 @@
-"""Product catalogs: one row per product (`id`, `title`, `image`, any other columns kept as
-metadata), indexed as product images in the images collection and product titles in the texts
-collection, both tagged with the product id."""
+"""Product catalogs: one row per product (`id` = the SKU, `title`, `image`/`images`, any other
+columns kept as typed, filterable metadata; schema.py), indexed as product images in the images
+collection and product titles in the texts collection, both tagged with the SKU.
+
+Reading a catalog never stops at a bad row: each is reported with its line number (`RowError`)
+and left out, so the caller can skip it or, with `--strict`, refuse the run. Writing is
+product_writes.py."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 import json
-import math
-import time
+import unicodedata
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import InputFileError
 from ..files import canonical_root
-from ..storage.catalog import Item
-from ..types import IMAGES, TEXTS, Skipped
-from .indexer import ChangeSet, Indexer
-from .sync import IndexReport, embed_missing_images, embed_texts, file_key, text_key
-from .texts import iter_jsonl
-
-if TYPE_CHECKING:
-    from ..storage.store import IndexStore
+from ..storage.schema import RESERVED, CellError, coerce, extend_schema
 
 # In CSV one cell holds several image paths separated by this; JSONL may use an `images` list.
 IMAGE_SEPARATOR = "|"
 REQUIRED = ("id", "title")
+# SKUs are what shops already use as ids: any text up to this long, without control
+# characters (they would break logs, CSV and URLs); one percent-encoded path segment over HTTP.
+MAX_SKU_CHARS = 256
+# Image sources kept as written (remote.py resolves them); anything else is a local path.
+REMOTE_SCHEMES = ("http", "https", "data")
+
+
+@dataclass(frozen=True)
+class ProductRow:
+    """One catalog row as read: its line (None over HTTP), SKU, title, image sources (local
+    files as real paths, files.py) and the other columns' raw values."""
+
+    line: int | None
+    id: str
+    title: str
+    images: tuple[str, ...]
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RowError:
+    """A row that was left out, and why."""
+
+    line: int | None
+    sku: str | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"line": self.line, "sku": self.sku, "reason": self.reason}
 
 
 @dataclass(frozen=True)
 class Product:
-    """One catalog row: images are real paths (files.py: `..` and symlinks folded, each once);
-    metadata holds every other column."""
+    """A row with its metadata typed by the index's schema."""
 
     id: str
     title: str
     images: tuple[str, ...]
     metadata: dict[str, Any]
+    line: int | None = None
 
     @property
     def row_hash(self) -> str:
@@ -45,163 +71,160 @@ class Product:
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _number_or_text(value: Any) -> Any:
-    """CSV cells are strings; numeric ones become numbers so range filters work."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSONL may carry NaN/Infinity literals; JSON proper has no such value
-    if not isinstance(value, str):
-        return value
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    if not math.isfinite(number):
-        return value  # "nan"/"inf" stay text: JSON (and SQLite's json functions) have no NaN
-    return int(number) if number.is_integer() and "." not in value else number
+def check_sku(sku: Any) -> str:
+    """A valid SKU, or ValueError saying why not."""
+    if not isinstance(sku, str) or not sku:
+        raise ValueError("missing id (every product needs an id, its SKU)")
+    if len(sku) > MAX_SKU_CHARS:
+        raise ValueError(f"id is {len(sku)} characters; SKUs are at most {MAX_SKU_CHARS}")
+    if any(unicodedata.category(c) == "Cc" for c in sku):
+        raise ValueError(f"id {sku!r} holds control characters")
+    return sku
 
 
-def _product(row: dict[str, Any], base: Path, where: str) -> Product:
-    missing = [name for name in REQUIRED if not str(row.get(name) or "").strip()]
-    if missing:
-        raise InputFileError(
-            f"{where}: missing {', '.join(missing)} (every product needs id, title)"
-        )
+def product_row(row: Mapping[str, Any], base: Path | None, line: int | None) -> ProductRow:
+    """A raw row (CSV dict or JSON object) as a ProductRow; relative image paths are taken
+    relative to `base` (None: they must be absolute).
+
+    Raises:
+        ValueError: no id/title, a bad SKU, or images that are not a list of strings.
+    """
+    sku = row.get("id")
+    if isinstance(sku, (int, float)) and not isinstance(sku, bool):
+        sku = str(sku)
+    sku = check_sku(sku.strip() if isinstance(sku, str) else sku)
+    title = row.get("title")
+    if not isinstance(title, str) or not title.strip():
+        raise ValueError("missing title (every product needs id, title)")
     images = row.get("images")
     if images is None:
         images = str(row.get("image") or "").split(IMAGE_SEPARATOR)
     if isinstance(images, str):
         images = [images]
-    paths = tuple(
-        dict.fromkeys(
-            str(canonical_root(base / str(image).strip())) for image in images if str(image).strip()
-        )
+    if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+        raise ValueError("images must be a list of paths or URLs")
+    sources = tuple(
+        dict.fromkeys(_source(image.strip(), base) for image in images if image.strip())
     )
-    reserved = {"id", "title", "image", "images"}
-    metadata = {k: _number_or_text(v) for k, v in row.items() if k not in reserved and k}
-    return Product(str(row["id"]).strip(), str(row["title"]).strip(), paths, metadata)
+    fields = {k: v for k, v in row.items() if k and k not in RESERVED}
+    return ProductRow(line, sku, title.strip(), sources, fields)
 
 
-def load_catalog(path: Path) -> list[Product]:
-    """Products from a .csv or .jsonl file; image paths are relative to the file.
+def _source(image: str, base: Path | None) -> str:
+    scheme = image.partition(":")[0].lower()
+    if scheme in REMOTE_SCHEMES and ":" in image:
+        return image  # fetched or decoded before the write (remote.py)
+    path = Path(image)
+    if base is not None:
+        path = base / path
+    return str(canonical_root(path))
+
+
+def read_catalog(path: Path) -> tuple[list[ProductRow], list[RowError]]:
+    """Rows of a .csv or .jsonl catalog (image paths relative to the file) and the rows left
+    out: unparsable lines, rows without id/title, bad SKUs, and every repeat of a SKU (the
+    first row of a SKU wins).
 
     Raises:
-        InputFileError: missing file, bad JSON, a row without id/title, or a duplicate id.
+        InputFileError: the file is missing, unreadable, or neither .csv nor .jsonl.
     """
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"catalog {path} does not exist")
-    base = path.absolute().parent
+    suffix = path.suffix.lower()
+    if suffix not in {".csv", ".jsonl", ".ndjson"}:
+        raise InputFileError(f"catalog {path} must be .csv or .jsonl")
     try:
         raw = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise InputFileError(f"cannot read catalog {path}: {err}") from err
-    products: list[Product] = []
-    if path.suffix.lower() in {".jsonl", ".ndjson"}:
-        for where, row in iter_jsonl(path, raw):
-            products.append(_product(row, base, where))
-    elif path.suffix.lower() == ".csv":
-        reader = csv.DictReader(raw.splitlines())
-        for number, row in enumerate(reader, start=2):
-            products.append(_product(dict(row), base, f"{path}:{number}"))
-    else:
-        raise InputFileError(f"catalog {path} must be .csv or .jsonl")
-    seen: set[str] = set()
-    for product in products:
-        if product.id in seen:
-            raise InputFileError(f"{path}: product id {product.id!r} appears twice")
-        seen.add(product.id)
-    return products
+    base = path.absolute().parent
+    lines = _csv_rows(raw) if suffix == ".csv" else _jsonl_rows(raw)
+    return parse_rows(lines, base)
 
 
-def index_catalog(indexer: Indexer, products: list[Product]) -> IndexReport:
-    """Make the index's products equal `products` (from load_catalog): new and edited rows are
-    (re)indexed, deleted rows removed, unchanged rows left alone."""
-    started = time.perf_counter()
-    store = indexer.store
-    embedder_factory, on_progress = indexer.embedder, indexer.on_progress
-    report = IndexReport()
-    stored = store.catalog.get_products()
-    by_product: dict[str, list[Item]] = {}
-    for collection in (IMAGES, TEXTS):
-        for item in store.catalog.iter_items(collection):
-            if item.product_id is not None:
-                by_product.setdefault(item.product_id, []).append(item)
-
-    changed = [p for p in products if not _unchanged(p, stored, by_product.get(p.id, []))]
-    report.unchanged = len(products) - len(changed)
-    keys_by_path: dict[str, str] = {}
-    stats: dict[str, tuple[int, int]] = {}
-    for product in changed:
-        for image in product.images:
-            try:
-                stat = Path(image).stat()
-                keys_by_path[image] = file_key(Path(image))
-                stats[image] = (stat.st_size, stat.st_mtime_ns)
-            except OSError as err:
-                report.skipped.append(Skipped(image, "missing", f"product {product.id}: {err}"))
-    report.embedded, skipped = embed_missing_images(
-        store, keys_by_path, embedder_factory, on_progress
-    )
-    report.skipped += skipped
-    bad = {s.path for s in report.skipped}
-    titles = embed_texts(store, [p.title for p in changed], embedder_factory, on_progress)
-
-    wanted = {p.id for p in products}
-    with indexer.change() as changes:
-        gone = [pid for pid in stored if pid not in wanted]
-        for product_id in gone + [p.id for p in changed]:
-            changes.remove(by_product.get(product_id, []))
-        store.catalog.delete_products(gone)
-        report.removed = len(gone)
-        for product in changed:
-            _add_product(store, product, keys_by_path, stats, bad, titles, changes)
-            report.indexed += 1
-    report.reused = max(0, len([p for p in keys_by_path if p not in bad]) - report.embedded)
-    report.elapsed_s = time.perf_counter() - started
-    return report
+def parse_rows(
+    lines: Iterable[tuple[int, Any]], base: Path | None
+) -> tuple[list[ProductRow], list[RowError]]:
+    """ProductRows of (line number, raw object or ValueError) pairs; repeats of a SKU fail."""
+    rows: list[ProductRow] = []
+    errors: list[RowError] = []
+    first_line: dict[str, int | None] = {}
+    for line, raw in lines:
+        if isinstance(raw, Exception):
+            errors.append(RowError(line, None, str(raw)))
+            continue
+        sku = raw.get("id") if isinstance(raw, Mapping) else None
+        try:
+            if not isinstance(raw, Mapping):
+                raise ValueError("not a JSON object")
+            row = product_row(raw, base, line)
+        except ValueError as err:
+            errors.append(RowError(line, sku if isinstance(sku, str) else None, str(err)))
+            continue
+        if row.id in first_line:
+            reason = f"SKU {row.id!r} appears twice (first on line {first_line[row.id]})"
+            errors.append(RowError(line, row.id, reason))
+            continue
+        first_line[row.id] = line
+        rows.append(row)
+    return rows, errors
 
 
-def _unchanged(
-    product: Product, stored: dict[str, tuple[str, dict[str, Any]]], items: list[Item]
-) -> bool:
-    if product.id not in stored or stored[product.id][0] != product.row_hash:
-        return False
-    for item in items:
-        if item.collection != IMAGES:
+def _csv_rows(raw: str) -> Iterable[tuple[int, Any]]:
+    reader = csv.DictReader(raw.splitlines())
+    line = 1
+    for row in reader:
+        start = line + 1
+        line = reader.line_num
+        if None in row:  # more cells than the header names
+            yield start, ValueError(f"{len(row[None]) + len(row) - 1} cells; the header has fewer")
+            continue
+        yield start, {k: v for k, v in row.items() if v is not None}
+
+
+def _jsonl_rows(raw: str) -> Iterable[tuple[int, Any]]:
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
             continue
         try:
-            stat = Path(item.path or "").stat()
-        except OSError:
-            return False
-        if (stat.st_size, stat.st_mtime_ns) != (item.size, item.mtime_ns):
-            return False
-    indexed = {item.path for item in items if item.collection == IMAGES}
-    return indexed == set(product.images)
+            yield number, json.loads(line)
+        except ValueError as err:
+            yield number, ValueError(f"not valid JSON: {err}")
 
 
-def _add_product(
-    store: IndexStore,
-    product: Product,
-    keys_by_path: dict[str, str],
-    stats: dict[str, tuple[int, int]],
-    bad: set[str],
-    titles: dict[str, str],
-    changes: ChangeSet,
-) -> None:
-    metadata = {"title": product.title, **product.metadata}
-    store.catalog.put_product(product.id, product.title, product.row_hash, metadata)
-    for image in product.images:
-        if image in bad or image not in keys_by_path:
+def type_rows(
+    rows: Iterable[ProductRow], schema: Mapping[str, str]
+) -> tuple[list[Product], list[RowError], dict[str, str]]:
+    """Typed products under `schema` extended with inferred types for new columns (schema.py);
+    a row with a cell that does not fit its column is an error, the others go on."""
+    rows = list(rows)
+    extended = extend_schema(schema, (row.fields for row in rows))
+    products: list[Product] = []
+    errors: list[RowError] = []
+    for row in rows:
+        try:
+            metadata = {}
+            for column, value in row.fields.items():
+                typed = coerce(column, extended[column], value)
+                if typed is not None:
+                    metadata[column] = typed
+        except CellError as err:
+            errors.append(RowError(row.line, row.id, str(err)))
             continue
-        size, mtime_ns = stats[image]
-        changes.add(
-            IMAGES,
-            keys_by_path[image],
-            path=image,
-            size=size,
-            mtime_ns=mtime_ns,
-            product_id=product.id,
-        )
-    key = text_key(product.title)
-    if key in titles:
-        changes.add(TEXTS, key, text=product.title, product_id=product.id)
+        products.append(Product(row.id, row.title, row.images, metadata, row.line))
+    return products, errors, extended
+
+
+__all__ = [
+    "IMAGE_SEPARATOR",
+    "MAX_SKU_CHARS",
+    "Product",
+    "ProductRow",
+    "RowError",
+    "check_sku",
+    "parse_rows",
+    "product_row",
+    "read_catalog",
+    "type_rows",
+]

@@ -4,7 +4,7 @@ SearchRequest with a SearchResult, whose JSON both front ends print as is."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
@@ -16,11 +16,12 @@ from ..config import MAX_K
 from ..embedders.protocols import QueryEmbedder
 from ..errors import InvalidQueryError, ItemNotFoundError
 from ..storage import keywords
-from ..storage.catalog import Item, filter_products, product_columns
+from ..storage.catalog import Item, product_columns
 from ..storage.store import IndexStore
 from ..types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, TEXTS, Hit, Vectors
 from .hits import hit_from_item
 from .hybrid import HYBRID, HYBRID_DEPTH, KEYWORD, MODES, SEMANTIC, fuse_hits
+from .products import allowed_products, score_products
 from .queries import (
     MAX_COLLAPSE_DEPTH,
     MAX_PARTS,
@@ -160,7 +161,7 @@ class SearchService:
         else:
             if not self.has_catalog:
                 raise InvalidQueryError("target products needs a product catalog")
-            allowed = self._allowed_products(request.filters)
+            allowed = allowed_products(self.store.catalog, request.filters)
             found = keywords.search(catalog.db, text, None, limit=None, product_ids=allowed)
             best: dict[str, keywords.KeywordMatch] = {}
             shown: dict[str, keywords.KeywordMatch] = {}
@@ -224,7 +225,15 @@ class SearchService:
             )
         has_text = request.text is not None or any(p.text is not None for p in request.parts)
         weight = request.text_weight if has_text else 0.0
-        return self._search_products(vector, request, weight)
+        like = self.store.catalog.get_item(request.like) if request.like is not None else None
+        if like is None or like.product_id is None:
+            return self._search_products(vector, request, weight)
+        # More like a product's item: every product but its own, as /search ranks them.
+        wide = replace(request, offset=0, k=request.offset + request.k + 1)
+        hits = self._search_products(vector, wide, weight)
+        others = [hit for hit in hits if hit.metadata.get("product_id") != like.product_id]
+        page = others[request.offset : request.offset + request.k]
+        return [replace(hit, rank=request.offset + n + 1) for n, hit in enumerate(page)]
 
     # -- composed queries, paging with cutoffs, collapsed duplicates --------------------------
     def composed_vector(self, parts: tuple[QueryPart, ...], *, like: int | None = None) -> Vectors:
@@ -261,9 +270,7 @@ class SearchService:
         known = self.store.catalog.get_items(item_ids)
         missing = [item_id for item_id in item_ids if item_id not in known]
         if missing:
-            raise ItemNotFoundError(
-                f"no item with id {missing[0]} in this index; use an id from a search result"
-            )
+            raise ItemNotFoundError(unknown_item(missing[0]))
         vectors = self.store.catalog.get_vectors_by_id(item_ids, self.store.identity.dim)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.where(norms > 0, norms, 1.0)
@@ -335,31 +342,6 @@ class SearchService:
             )
         return hits
 
-    def _allowed_products(self, filters: Mapping[str, Any]) -> list[str] | None:
-        if not filters:
-            return None
-        columns = product_columns(self.store.catalog.db)
-        equals: dict[str, str] = {}
-        ranges: dict[str, tuple[float | None, float | None]] = {}
-        for name, value in filters.items():
-            column, bound = name, None
-            for suffix in ("_min", "_max"):
-                if name.endswith(suffix) and name.removesuffix(suffix) in columns:
-                    column, bound = name.removesuffix(suffix), suffix
-            if column not in columns:
-                known = ", ".join(sorted(columns)) or "none"
-                raise InvalidQueryError(f"unknown filter {name!r}; product columns: {known}")
-            if bound is None:
-                equals[column] = str(value)
-                continue
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                raise InvalidQueryError(f"filter {name} needs a number, got {value!r}") from None
-            low, high = ranges.get(column, (None, None))
-            ranges[column] = (number, high) if bound == "_min" else (low, number)
-        return filter_products(self.store.catalog.db, equals, ranges)
-
     def _search_products(
         self, vector: np.ndarray, request: SearchRequest, weight: float
     ) -> list[Hit]:
@@ -371,10 +353,10 @@ class SearchService:
         if not 0.0 <= weight <= 1.0:
             raise InvalidQueryError(f"text_weight must be between 0 and 1, got {weight}")
         catalog = self.store.catalog
-        allowed_products = self._allowed_products(request.filters)
+        passing = allowed_products(catalog, request.filters)
         allowed = None
-        if allowed_products is not None:
-            allowed = catalog.item_ids_for_products(allowed_products)
+        if passing is not None:
+            allowed = catalog.item_ids_for_products(passing)
             if not len(allowed):
                 return []
         else:
@@ -399,7 +381,9 @@ class SearchService:
             if len(candidates) >= wanted or found_all:
                 break
             depth *= 4
-        scored = self._score_products(vector, sorted(candidates), weight)
+        scored = score_products(
+            self.store.catalog, self.store.identity.dim, vector, sorted(candidates), weight
+        )
         page = scored[request.offset : wanted]
         return [
             hit_from_item(
@@ -411,50 +395,19 @@ class SearchService:
             for n, (score, item) in enumerate(page)
         ]
 
-    def _score_products(
-        self, vector: np.ndarray, product_ids: list[str], weight: float
-    ) -> list[tuple[float, Item]]:
-        catalog = self.store.catalog
-        ids = catalog.item_ids_for_products(product_ids)
-        items = catalog.get_items(ids.tolist())
-        vectors = catalog.get_vectors_by_id(ids.tolist(), self.store.identity.dim)
-        sims = vectors @ np.asarray(vector, dtype=np.float32)
-        best_image: dict[str, tuple[float, Item]] = {}
-        title: dict[str, float] = {}
-        title_item: dict[str, Item] = {}
-        for item_id, sim in zip(ids.tolist(), sims.tolist(), strict=True):
-            item = items[item_id]
-            pid = item.product_id or ""
-            if item.collection == IMAGES:
-                if pid not in best_image or sim > best_image[pid][0]:
-                    best_image[pid] = (sim, item)
-            else:
-                title[pid], title_item[pid] = sim, item
-        scored = []
-        for pid in product_ids:
-            image_sim, image_item = best_image.get(pid, (None, None))
-            title_sim = title.get(pid)
-            if image_sim is None and title_sim is None:
-                continue
-            if image_sim is None:
-                score = title_sim if weight > 0 else None
-            elif title_sim is None:
-                score = image_sim if weight < 1 else None
-            else:
-                score = weight * title_sim + (1 - weight) * image_sim
-            if score is None:
-                continue
-            item = image_item if image_item is not None else title_item[pid]
-            scored.append((float(score), item))
-        scored.sort(key=lambda pair: (-pair[0], pair[1].product_id or ""))
-        return scored
-
     def get_item(self, item_id: int) -> Item | None:
         """A catalog item with its product's metadata merged in (None if unknown)."""
         item = self.store.catalog.get_item(item_id)
         if item is None:
             return None
         return replace(item, metadata=self._metadata(item.product_id, item.metadata))
+
+    def require_item(self, item_id: int) -> Item:
+        """get_item, or ItemNotFoundError: the one way an unknown id is said (CLI and HTTP)."""
+        item = self.get_item(item_id)
+        if item is None:
+            raise ItemNotFoundError(unknown_item(item_id))
+        return item
 
     def stats(self) -> dict[str, Any]:
         """Counts, model and index details (see IndexStore.info), plus catalog columns."""
@@ -483,6 +436,10 @@ class SearchService:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def unknown_item(item_id: int) -> str:
+    return f"no item with id {item_id} in this index; use an id from a search result"
 
 
 def _fusion_key(target: str) -> Callable[[Hit], Any]:

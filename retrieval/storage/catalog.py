@@ -72,6 +72,37 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX items_title ON items(product_id)
         WHERE collection = 'texts' AND product_id IS NOT NULL;
     """,
+    # Products keep the image sources their row names and each one's state (embedded, or why
+    # it was skipped, with the size/mtime seen), so an unchanged row with an unreadable image
+    # is recognised as unchanged instead of being re-added (with new ids) on every run.
+    # items_key: a small write drops only the vectors it released, each checked by key.
+    """
+    ALTER TABLE products ADD COLUMN images TEXT NOT NULL DEFAULT '[]';
+    CREATE INDEX items_key ON items(key);
+    """,
+    # Scoped API keys (only a hash of each key is kept) and the audit log of product changes
+    # (keys.py, audit.py).
+    """
+    CREATE TABLE api_keys (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        scope TEXT NOT NULL,
+        hash TEXT NOT NULL UNIQUE,
+        created REAL NOT NULL,
+        revoked REAL
+    );
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        time REAL NOT NULL,
+        key_name TEXT NOT NULL,
+        action TEXT NOT NULL,
+        sku TEXT,
+        outcome TEXT NOT NULL,
+        request_id TEXT,
+        detail TEXT
+    );
+    CREATE INDEX audit_time ON audit(time);
+    """,
 )
 
 
@@ -88,6 +119,17 @@ class Item:
     key: str
     product_id: str | None
     metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ProductRecord:
+    """One row of the products table: metadata includes the title; images lists the row's
+    image sources in order, each {"source", "status", "detail", "size", "mtime_ns"}."""
+
+    id: str
+    row_hash: str
+    metadata: dict[str, Any]
+    images: list[dict[str, Any]]
 
 
 def _item(row: sqlite3.Row) -> Item:
@@ -243,9 +285,20 @@ class Catalog:
         query = "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?"
         return self.db.execute(query, (name,)).fetchone() is not None
 
-    def drop_unused_vectors(self) -> int:
-        cursor = self.db.execute("DELETE FROM vectors WHERE key NOT IN (SELECT key FROM items)")
-        return cursor.rowcount
+    def drop_unused_vectors(self, keys: Iterable[str] | None = None) -> int:
+        """Delete stored vectors no item uses: all of them, or only among `keys`."""
+        if keys is None:
+            query = "DELETE FROM vectors WHERE key NOT IN (SELECT key FROM items)"
+            return self.db.execute(query).rowcount
+        dropped = 0
+        for key in keys:
+            cursor = self.db.execute(
+                "DELETE FROM vectors WHERE key=? AND NOT EXISTS "
+                "(SELECT 1 FROM items WHERE items.key=?)",
+                (key, key),
+            )
+            dropped += cursor.rowcount
+        return dropped
 
     # -- items --------------------------------------------------------------------------------
     def iter_items(self, collection: str) -> Iterator[Item]:
@@ -315,16 +368,56 @@ class Catalog:
         rows = self.db.execute("SELECT id, row_hash, metadata FROM products")
         return {row[0]: (row[1], json.loads(row[2])) for row in rows}
 
+    def get_product_records(self, product_ids: Iterable[str]) -> dict[str, ProductRecord]:
+        """The stored rows of these products (unknown ids are left out)."""
+        query = "SELECT id, row_hash, metadata, images FROM products WHERE id IN ({})"
+        return {
+            row[0]: ProductRecord(row[0], row[1], json.loads(row[2]), json.loads(row[3]))
+            for row in self._select_in(query, list(product_ids))
+        }
+
+    def get_product_ids(self) -> list[str]:
+        return [row[0] for row in self.db.execute("SELECT id FROM products ORDER BY id")]
+
+    def get_product_items(self, product_ids: Iterable[str]) -> dict[str, list[Item]]:
+        """product id -> its items (images and title), by id."""
+        found: dict[str, list[Item]] = {}
+        query = "SELECT * FROM items WHERE product_id IN ({}) ORDER BY id"
+        for row in self._select_in(query, list(product_ids)):
+            item = _item(row)
+            found.setdefault(item.product_id or "", []).append(item)
+        return found
+
+    def get_schema(self) -> dict[str, str]:
+        """Column -> type of the product catalog (schema.py); {} before the first import."""
+        return dict(json.loads(self.get_meta("schema", "{}") or "{}"))
+
+    def set_schema(self, schema: dict[str, str]) -> None:
+        if schema != self.get_schema():
+            self.set_meta("schema", json.dumps(schema, sort_keys=True))
+
     def get_product(self, product_id: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT metadata FROM products WHERE id=?", (product_id,)).fetchone()
         return json.loads(row[0]) if row else None
 
     def put_product(
-        self, product_id: str, title: str, row_hash: str, metadata: dict[str, Any]
+        self,
+        product_id: str,
+        title: str,
+        row_hash: str,
+        metadata: dict[str, Any],
+        images: list[dict[str, Any]] | None = None,
     ) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO products(id, title, row_hash, metadata) VALUES (?, ?, ?, ?)",
-            (product_id, title, row_hash, json.dumps(metadata, allow_nan=False)),
+            "INSERT OR REPLACE INTO products(id, title, row_hash, metadata, images) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (
+                product_id,
+                title,
+                row_hash,
+                json.dumps(metadata, allow_nan=False),
+                json.dumps(images or []),
+            ),
         )
 
     def delete_products(self, product_ids: Iterable[str]) -> None:
@@ -381,7 +474,11 @@ def _json_path(column: str) -> str:
 
 
 def product_columns(db: sqlite3.Connection) -> dict[str, str]:
-    """Metadata column -> 'number' or 'text', over all products."""
+    """Metadata column -> type (schema.py); catalogs indexed before typed columns are read as
+    'number' or 'text' from their values."""
+    row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+    if row is not None:
+        return {"title": "text", **json.loads(row[0])}
     rows = db.execute(
         "SELECT DISTINCT j.key, j.type FROM products, json_each(products.metadata) AS j"
     )
@@ -396,14 +493,29 @@ def product_columns(db: sqlite3.Connection) -> dict[str, str]:
 
 def filter_products(
     db: sqlite3.Connection,
-    equals: dict[str, str],
+    equals: dict[str, Any],
     ranges: dict[str, tuple[float | None, float | None]],
+    types: dict[str, str] | None = None,
 ) -> list[str]:
-    """Ids of products whose metadata matches every equality and numeric range."""
+    """Ids of products whose metadata matches every equality and numeric range. `equals`
+    values are typed (service.py): booleans and numbers compare as such, a list column
+    matches when the value is one of its elements, anything else compares as text."""
     clauses, params = [], []
     for column, value in equals.items():
-        clauses.append("CAST(json_extract(metadata, ?) AS TEXT) = ?")
-        params += [_json_path(column), str(value)]
+        kind = (types or {}).get(column, "text")
+        path = _json_path(column)
+        if kind == "list":
+            clauses.append("EXISTS (SELECT 1 FROM json_each(metadata, ?) WHERE value = ?)")
+            params += [path, str(value)]
+        elif kind == "boolean":
+            clauses.append("json_extract(metadata, ?) = ?")
+            params += [path, 1 if value else 0]
+        elif kind == "number" and not isinstance(value, str):
+            clauses.append("json_extract(metadata, ?) = ?")
+            params += [path, value]
+        else:
+            clauses.append("CAST(json_extract(metadata, ?) AS TEXT) = ?")
+            params += [path, str(value)]
     for column, (low, high) in ranges.items():
         # SQLite orders any text after every number, so only numbers may meet a numeric bound.
         clauses.append("json_type(metadata, ?) IN ('integer', 'real')")

@@ -29,6 +29,7 @@ from ..index import FaissIndex
 from ..sqlite_errors import classify_sqlite_error
 from ..types import COLLECTIONS, IMAGES
 from .catalog import Catalog
+from .collections import read_state
 from .store import CATALOG, LOCK, MANIFEST, MANIFEST_META, IndexStore
 
 # SQLite's own companions of catalog.sqlite in WAL mode.
@@ -288,7 +289,7 @@ def _check_faiss(
             Problem("faiss-missing", str(path), f"{count} {collection} but no index", repair, True)
         )
         return
-    recorded = catalog.get_meta(f"sha256:{collection}")
+    recorded = read_state(catalog, collection).sha256
     if verify_checksums and recorded and file_sha256(path) != recorded:
         report.problems.append(
             Problem("faiss-checksum", str(path), "sha256 differs from the commit's", repair, True)

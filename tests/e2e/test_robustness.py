@@ -135,4 +135,4 @@ def test_second_writer_is_refused_while_one_runs(
     store = IndexStore.open(tmp_path / "indexes" / "default")
     with store.writer_lock():
         busy = invoke("index", image_folder, "-q")
-    assert busy.exit_code == 75 and "another `mmsearch index` run" in busy.stderr
+    assert busy.exit_code == 75 and "another writer" in busy.stderr

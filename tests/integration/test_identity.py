@@ -170,6 +170,12 @@ def test_a_reader_racing_a_commit_past_the_file_check_opens_the_new_generation(
     reader.close()
 
 
+# user_version before the identity migration (the one that creates `orphans`).
+IDENTITY_MIGRATION = next(
+    n for n, script in enumerate(MIGRATIONS) if "CREATE TABLE orphans" in script
+)
+
+
 def _old_catalog_with_duplicates(index_dir: Path) -> dict[str, int]:
     """Turn a fresh index back into the schema before the identity migration, then store one
     file twice, its vector in the faiss file too (as versions with defect 1 did); returns the
@@ -179,7 +185,10 @@ def _old_catalog_with_duplicates(index_dir: Path) -> dict[str, int]:
     db.executescript(
         "BEGIN; DROP INDEX items_file; DROP INDEX items_product_image; DROP INDEX items_text;"
         "DROP INDEX items_title; DROP TABLE orphans;"
-        f"PRAGMA user_version={len(MIGRATIONS) - 1}; COMMIT;"
+        # the migrations after the identity one, undone too (products' image states)
+        "DROP INDEX items_key; ALTER TABLE products DROP COLUMN images;"
+        "DROP TABLE api_keys; DROP TABLE audit;"
+        f"PRAGMA user_version={IDENTITY_MIGRATION}; COMMIT;"
     )
     kept, path, key = db.execute("SELECT id, path, key FROM items ORDER BY id").fetchone()
     db.execute(

@@ -132,7 +132,7 @@ def test_reindexing_an_edited_catalog_updates_only_what_changed(
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    report = index("--catalog", path)[0]
+    report = index("--catalog", path, "--sync")[0]
     assert (report["indexed"], report["removed"], report["unchanged"]) == (2, 1, 7)
     assert report["embedded"] == 0  # every image was already embedded
     service = open_for_search(catalog_index, EmbedConfig(device="cpu"))
@@ -168,16 +168,16 @@ def test_catalog_missing_image_is_reported_and_product_kept(
 @pytest.mark.parametrize(
     ("content", "needle"),
     [
-        ("id,title,image\n1,,a.png\n", "missing title"),
-        ("id,title,image\n1,a,a.png\n1,b,b.png\n", "appears twice"),
+        ("id,title,image\n1,,a.png\n", "line 2: missing title"),
+        ("id,title,image\n1,a,a.png\n1,b,b.png\n", "line 3: SKU '1' appears twice"),
     ],
 )
-def test_bad_catalogs_are_refused(
+def test_bad_catalogs_are_refused_under_strict(
     tiny_model: str, tmp_path: Path, content: str, needle: str
 ) -> None:
     path = tmp_path / "bad.csv"
     path.write_text(content)
-    result = invoke("index", "--catalog", path, "--model", tiny_model)
+    result = invoke("index", "--catalog", path, "--model", tiny_model, "--strict")
     assert result.exit_code == 2 and needle in result.stderr
 
 
@@ -193,7 +193,7 @@ def test_cli_product_query_with_filters(catalog_index: Path) -> None:
     assert result.exit_code == 2 and "products only" in result.stderr
 
 
-def test_non_finite_numbers_stay_text_and_filters_still_work(
+def test_a_non_finite_number_is_that_rows_error_and_filters_still_work(
     tiny_model: str, tmp_path: Path
 ) -> None:
     extra = [
@@ -207,13 +207,12 @@ def test_non_finite_numbers_stay_text_and_filters_still_work(
         },
     ]
     path = write_catalog(tmp_path / "shop", count=3, extra=extra)
-    index("--catalog", path, "--model", tiny_model)
+    report = index("--catalog", path, "--model", tiny_model)[0]
+    assert [o["sku"] for o in report["outcomes"] if o["outcome"] == "failed"] == ["SKU-NAN"]
     service = open_for_search(tmp_path / "indexes" / "default", EmbedConfig(device="cpu"))
     hits = service.search(SearchRequest(text="odd", k=10, filters={"price_min": 0})).hits
     assert {h.metadata["product_id"] for h in hits} == {"SKU-000", "SKU-001", "SKU-002"}
-    hits = service.search(SearchRequest(text="odd", k=10, filters={"price": "nan"})).hits
-    assert [h.metadata["product_id"] for h in hits] == ["SKU-NAN"]
     jsonl = tmp_path / "shop" / "p.jsonl"
-    jsonl.write_text('{"id": "J1", "title": "t", "images": [], "price": NaN}\n')
+    jsonl.write_text('{"id": "J1", "title": "t", "images": [], "size": NaN}\n')
     index("--catalog", jsonl)
-    assert service.store.catalog.get_product("J1")["price"] == "nan"
+    assert service.store.catalog.get_product("J1")["size"] == "nan"

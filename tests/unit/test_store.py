@@ -188,3 +188,27 @@ def test_unchanged_collection_is_linked_not_rewritten(store: IndexStore, tmp_pat
     assert (tmp_path / "idx" / "images.2.faiss").stat().st_ino == before
     _, found = store.get_index(IMAGES).search(vectors[:1], 1)
     assert found[0, 0] == ids[0] and store.get_index("texts").ntotal == 1
+
+
+def test_a_collections_record_is_typed_and_reads_what_older_versions_wrote(
+    tmp_path: Path,
+) -> None:
+    """storage/collections.py: the typed record keeps the meta keys indexes already have."""
+    from retrieval.storage.catalog import Catalog
+    from retrieval.storage.collections import CollectionState, read_state, write_state
+
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    assert read_state(catalog, IMAGES) == CollectionState()
+    with catalog.transaction():
+        # as an older version wrote them, key by key
+        catalog.set_meta("built_n:images", "310")
+        catalog.set_meta("ondisk:images", "1")
+        catalog.set_meta("index_type:images", "")
+    state = read_state(catalog, IMAGES)
+    assert (state.built_n, state.ondisk, state.index_type) == (310, True, "auto")
+    with catalog.transaction():
+        write_state(catalog, IMAGES, built_for="ivf", ondisk=False, ivfdata="")
+    assert catalog.get_meta("built_for:images") == "ivf" and not read_state(catalog, IMAGES).ondisk
+    with pytest.raises(TypeError, match="no field 'nlist'"):
+        write_state(catalog, IMAGES, nlist=4)
+    catalog.close()

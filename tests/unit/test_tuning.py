@@ -18,7 +18,7 @@ from retrieval.index.tuning import (
     sample_rows,
     tune,
 )
-from retrieval.storage import store as store_module
+from retrieval.storage import reading as reading_module
 from retrieval.types import IMAGES, TEXTS
 
 DIM = 32
@@ -110,7 +110,7 @@ def test_params_persist_in_store_and_are_used_after_reopening(data, tmp_path, mo
     from retrieval.storage.store import CollectionChanges, IndexStore, StoreOptions
     from retrieval.types import ModelIdentity
 
-    monkeypatch.setattr(store_module, "MMAP_MIN_BYTES", 0)  # also exercise the mmap path
+    monkeypatch.setattr(reading_module, "MMAP_MIN_BYTES", 0)  # also exercise the mmap path
     identity = ModelIdentity.from_dict(_identity_dict())
     store = IndexStore.create(tmp_path, identity, StoreOptions(target_recall=0.9))
     with store.catalog.transaction():

@@ -1,0 +1,249 @@
+"""Product writes at N products (issue 22): field-only PATCH, PUT with one new image (embedding
+included), bulk upsert rows/s, and the time until a second reader (its own connections, as a
+second `serve` process has) sees a write. Title vectors are pre-made (random, normalised) so
+the model is not what is timed, except for the PUT's one image.
+
+    python -m benchmarks.product_writes --products 10000 100000
+
+Calls the library (ProductWriter, the object behind the HTTP routes), so HTTP parsing is not
+included; the tiny test model (dim 32) embeds, so faiss files are small: at dim 512 the per-write
+faiss save (O(n), see RESULTS.md) is 16x larger."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    values = np.asarray(samples) * 1000
+    return float(np.percentile(values, 50)), float(np.percentile(values, 99))
+
+
+def data_url(seed: int) -> str:
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def build(directory: Path, model: str, count: int) -> float:
+    """An index of `count` title-only products with pre-made vectors; seconds taken."""
+    from retrieval.compose import open_for_indexing
+    from retrieval.config import EmbedConfig
+    from retrieval.ingest.indexer import Indexer
+    from retrieval.ingest.product_writes import write_products
+    from retrieval.ingest.products import ProductRow
+    from retrieval.ingest.sync import text_key
+    from retrieval.types import ModelSpec
+
+    started = time.perf_counter()
+    store, factory = open_for_indexing(directory, ModelSpec(model, None), EmbedConfig(device="cpu"))
+    titles = [f"product {n} in category {n % 50}" for n in range(count)]
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((count, store.identity.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with store.catalog.transaction():
+        store.catalog.put_vectors([text_key(t) for t in titles], vectors)
+    rows = [
+        ProductRow(n, f"SKU-{n:06d}", title, (), {"price": n % 997, "category": f"c{n % 50}"})
+        for n, title in enumerate(titles)
+    ]
+    with store, Indexer(store, factory) as indexer:
+        write_products(indexer, rows)
+    return time.perf_counter() - started
+
+
+REPLICA = """
+import sys, time, json
+from retrieval.compose import open_for_search
+from retrieval.config import EmbedConfig
+from retrieval.search.service import SearchRequest
+service = open_for_search(sys.argv[1], EmbedConfig(device="cpu"))
+service.search(SearchRequest(text="warm", k=1))
+print("ready", flush=True)
+for line in sys.stdin:
+    item_id = int(line)
+    started = time.perf_counter()
+    while True:  # the item's vector searchable: its catalog row and the faiss generation
+        try:
+            service.search(SearchRequest(like=item_id, target="images", k=1))
+            break
+        except Exception:
+            time.sleep(0.002)
+    print(json.dumps({"seen_s": time.perf_counter() - started}), flush=True)
+"""
+
+
+def measure(directory: Path, model: str, patches: int, puts: int, bulk_rows: int) -> dict:
+    from retrieval.compose import load_embedder
+    from retrieval.config import EmbedConfig
+    from retrieval.ingest.product_api import ProductWriter
+    from retrieval.types import ModelSpec
+
+    embedder = load_embedder(ModelSpec(model, None), EmbedConfig(device="cpu"))
+    writer = ProductWriter(directory, lambda: embedder)
+    count = writer.store.catalog.product_count()
+    rng = np.random.default_rng(1)
+    writer.patch("SKU-000000", {"price": 1})  # warm: first write loads the faiss files
+    patch_s = []
+    for n in range(patches):
+        sku = f"SKU-{int(rng.integers(count)):06d}"
+        started = time.perf_counter()
+        writer.patch(sku, {"price": n})
+        patch_s.append(time.perf_counter() - started)
+    replica = subprocess.Popen(
+        [sys.executable, "-c", REPLICA, str(directory)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+    )
+    assert replica.stdout is not None and replica.stdin is not None
+    replica.stdout.readline()
+    put_s, seen_s = [], []
+    for n in range(puts):
+        body = {"title": f"new product {n}", "images": [data_url(1000 + n)], "price": n}
+        started = time.perf_counter()
+        _, view = writer.put(f"NEW-{n}", body)
+        put_s.append(time.perf_counter() - started)
+        replica.stdin.write(f"{view['images'][0]['item_id']}\n")
+        replica.stdin.flush()
+        seen_s.append(json.loads(replica.stdout.readline())["seen_s"])
+    replica.stdin.close()
+    replica.wait()
+    lines = [
+        (n + 1, {"id": f"SKU-{n:06d}", "title": f"product {n} in category {n % 50}", "price": 5})
+        for n in range(bulk_rows)
+    ]
+    started = time.perf_counter()
+    report = writer.bulk(lines, sync=False)
+    bulk_s = time.perf_counter() - started
+    writer.close()
+    return {
+        "products": count,
+        "patch_ms": percentiles(patch_s),
+        "put_image_ms": percentiles(put_s),
+        "replica_sees_ms": percentiles(seen_s),
+        "bulk_rows_per_s": bulk_rows / bulk_s,
+        "bulk_replaced": report.count("replaced"),
+    }
+
+
+def search_load(directory: Path, model: str, seconds: float, writes_per_s: float) -> dict:
+    """Search p50/p99 from 8 threads for `seconds`, with a writer doing `writes_per_s` PUTs of a
+    new product (a title to embed: a texts faiss commit each) in the same process."""
+    import threading
+
+    from retrieval.compose import open_for_search, open_writer
+    from retrieval.config import BatchConfig, EmbedConfig
+    from retrieval.search.service import SearchRequest
+
+    service = open_for_search(directory, EmbedConfig(device="cpu"), batching=BatchConfig())
+    service.warm()
+    writer = open_writer(service) if writes_per_s else None
+    stop = time.monotonic() + seconds
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def searcher(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        while time.monotonic() < stop:
+            started = time.perf_counter()
+            service.search(SearchRequest(text=f"product {rng.integers(1000)}", k=10))
+            with lock:
+                latencies.append(time.perf_counter() - started)
+
+    def write() -> None:
+        n = 0
+        while writer is not None and time.monotonic() < stop:
+            started = time.monotonic()
+            writer.put(f"LOAD-{n}", {"title": f"load product {n}", "price": n})
+            n += 1
+            time.sleep(max(0.0, 1 / writes_per_s - (time.monotonic() - started)))
+
+    threads = [threading.Thread(target=searcher, args=(seed,)) for seed in range(8)]
+    threads.append(threading.Thread(target=write))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if writer is not None:
+        writer.close()
+    service.close()
+    return {"search_ms": percentiles(latencies), "searches": len(latencies)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--products", type=int, nargs="+", default=[10_000])
+    parser.add_argument("--patches", type=int, default=200)
+    parser.add_argument("--puts", type=int, default=30)
+    parser.add_argument("--bulk-rows", type=int, default=2000)
+    parser.add_argument("--load-seconds", type=float, default=0, help="also search under writes")
+    args = parser.parse_args()
+    # The environment first, before torch and faiss load (forking git after them crashed).
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")), platform.processor())  # fmt: skip
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from testdata import write_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = f"local-dir:{write_tiny_model(Path(tmp) / 'tiny')}"
+        rows = []
+        for count in args.products:
+            directory = Path(tmp) / f"idx-{count}"
+            built = build(directory, model, count)
+            result = measure(directory, model, args.patches, args.puts, args.bulk_rows)
+            if args.load_seconds:
+                quiet = search_load(directory, model, args.load_seconds, 0)
+                loaded = search_load(directory, model, args.load_seconds, 10)
+                result["search_idle_ms"], result["search_writes_ms"] = (
+                    quiet["search_ms"],
+                    loaded["search_ms"],
+                )
+            rows.append((count, built, result))
+            print(f"measured {count}", file=sys.stderr, flush=True)
+    print("| products | build s | PATCH p50/p99 ms | PUT+image p50/p99 ms | replica sees p50/p99"
+          " ms | bulk rows/s |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for count, built, r in rows:
+        print(
+            f"| {count:,} | {built:.1f} | {r['patch_ms'][0]:.1f} / {r['patch_ms'][1]:.1f} | "
+            f"{r['put_image_ms'][0]:.1f} / {r['put_image_ms'][1]:.1f} | "
+            f"{r['replica_sees_ms'][0]:.1f} / {r['replica_sees_ms'][1]:.1f} | "
+            f"{r['bulk_rows_per_s']:.0f} |"
+        )
+    for count, _, r in rows:
+        if "search_idle_ms" in r:
+            idle, busy = r["search_idle_ms"], r["search_writes_ms"]
+            print(
+                f"search at {count:,}, concurrency 8: p50/p99 {idle[0]:.1f}/{idle[1]:.1f} ms "
+                f"idle, {busy[0]:.1f}/{busy[1]:.1f} ms under 10 writes/s "
+                f"(p99 ratio {busy[1] / idle[1]:.2f}x)"
+            )
+    print(f"\ncpu: {cpu} ({os.cpu_count()} cores), python {platform.python_version()}, "
+          f"git {sha.stdout.strip()}")  # fmt: skip
+    print(
+        "command: python -m benchmarks.product_writes --products "
+        + " ".join(map(str, args.products))
+    )
+
+
+if __name__ == "__main__":
+    main()
