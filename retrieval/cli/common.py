@@ -74,6 +74,16 @@ def _check_backend(value: str) -> str:
         raise typer.BadParameter(str(err)) from None
 
 
+FetchAllowOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--fetch-allow",
+        help="HOST or CIDR whose private addresses image URLs may be fetched from "
+        "(repeatable); public addresses need nothing, loopback/private/link-local ones "
+        "are refused without it",
+        show_default=False,
+    ),
+]
 BackendOption = Annotated[
     str,
     typer.Option(

@@ -17,6 +17,7 @@ from .common import (
     CaptionModelOption,
     CaptionPretrainedOption,
     DeviceOption,
+    FetchAllowOption,
     IndexOption,
     PrecisionOption,
     caption_spec,
@@ -96,16 +97,7 @@ def index(
             "(number, boolean, keyword, text, list)",
         ),
     ] = None,
-    fetch_allow: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--fetch-allow",
-            help="HOST or CIDR whose private addresses image URLs may be fetched from "
-            "(repeatable); public addresses need nothing, loopback/private/link-local ones "
-            "are refused without it",
-            show_default=False,
-        ),
-    ] = None,
+    fetch_allow: FetchAllowOption = None,
     refetch: Annotated[
         bool,
         typer.Option(

@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 
 from ..config import MIB, BatchConfig, EmbedConfig, ServeConfig, default_index_dir
-from .common import BackendOption, DeviceOption, IndexOption, PrecisionOption, run_guarded
+from .common import (
+    BackendOption,
+    DeviceOption,
+    FetchAllowOption,
+    IndexOption,
+    PrecisionOption,
+    run_guarded,
+)
 
 _SERVE = ServeConfig()
 _BATCH = BatchConfig()
@@ -29,16 +36,7 @@ def serve(
             show_default=False,
         ),
     ] = None,
-    fetch_allow: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--fetch-allow",
-            help="HOST or CIDR whose private addresses image URLs may be fetched from "
-            "(repeatable); public addresses need nothing, loopback/private/link-local ones "
-            "are refused without it",
-            show_default=False,
-        ),
-    ] = None,
+    fetch_allow: FetchAllowOption = None,
     cors_origin: Annotated[
         list[str] | None,
         typer.Option(
