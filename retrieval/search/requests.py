@@ -36,7 +36,7 @@ class SearchRequest:
     # How the query echo names an image given as bytes (an upload's file name, "base64");
     # an image given as a path is echoed as its absolute path.
     image_name: str | None = None
-    # A composed query (instead of text/image): weighted parts, see retrieval/queries.py.
+    # A composed query (instead of text/image): weighted parts, see search/queries.py.
     parts: tuple[QueryPart, ...] = ()
     # "More like this": the stored vector of this item is a part, and the item is left out.
     like: int | None = None

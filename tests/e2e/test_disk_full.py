@@ -21,7 +21,7 @@ from retrieval.storage.integrity import check_index
 from retrieval.storage.space import check_free_space
 
 # Room for the first index of 12 images plus about 1.3 MB: less than a run adding 1,000 images
-# is estimated to need (retrieval/space.py), more than one adding 20.
+# is estimated to need (retrieval/storage/space.py), more than one adding 20.
 TMPFS_SIZE = "1700k"
 
 
