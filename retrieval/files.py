@@ -11,7 +11,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 # 1 MiB reads: large enough that hashing a photo is a handful of syscalls, small enough to
@@ -119,6 +119,11 @@ def canonical_root(path: str | Path) -> Path:
 def is_within(path: str, root: str) -> bool:
     """True when `path` is `root` or lies below it (both canonical strings)."""
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def is_within_any(path: str, roots: Iterable[str]) -> bool:
+    """True when `path` is one of `roots` or lies below one (all canonical strings)."""
+    return any(is_within(path, root) for root in roots)
 
 
 def is_storable_name(path: str) -> bool:

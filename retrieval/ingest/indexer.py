@@ -131,10 +131,6 @@ class Indexer:
             raise RuntimeError("this Indexer was made without an embedder factory")
         return self._embedder_factory()
 
-    def progress(self, stage: str, advance: int, total: int) -> None:
-        if self.on_progress is not None:
-            self.on_progress(stage, advance, total)
-
     @contextmanager
     def change(self, *, rebuild: bool = False) -> Iterator[ChangeSet]:
         """One catalog transaction: the writer changes items through the yielded ChangeSet;

@@ -11,14 +11,13 @@ import sqlite3
 from pathlib import Path
 
 from ..errors import IndexCorruptError
-from ..files import write_atomic
+from ..files import is_within_any, write_atomic
 from ..storage.catalog import Catalog
 from ..storage.integrity import (
     CheckReport,
     check_index,
     identity_groups,
     identity_of,
-    under_any,
 )
 from ..storage.store import CATALOG, MANIFEST, MANIFEST_META, IndexStore
 from .indexer import ChangeSet, Indexer
@@ -101,7 +100,7 @@ def _merge_identities(changes: ChangeSet, catalog: Catalog) -> list[str]:
         identity = identity_of(group[0][1])
         keep = next(
             (item_id for item_id, path in group if path == identity),
-            next((item_id for item_id, path in group if under_any(path, roots)), group[0][0]),
+            next((item_id for item_id, path in group if is_within_any(path, roots)), group[0][0]),
         )
         removed += changes.remove(items[item_id] for item_id, _ in group if item_id != keep)
         if items[keep].path != identity:

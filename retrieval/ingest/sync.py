@@ -19,7 +19,13 @@ from pathlib import Path
 
 from .. import faults
 from ..embedders.protocols import IndexEmbedder
-from ..files import canonical_root, display_name, file_sha256, is_storable_name, is_within
+from ..files import (
+    canonical_root,
+    display_name,
+    file_sha256,
+    is_storable_name,
+    is_within_any,
+)
 from ..images import walk_images
 from ..storage.catalog import Item
 from ..storage.space import check_free_space, disk_space_guard, estimate_run_bytes
@@ -72,10 +78,6 @@ def text_key(text: str) -> str:
     return "txt:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _under(path: str, roots: Sequence[str]) -> bool:
-    return any(is_within(path, root) for root in roots)
-
-
 @dataclass
 class _ImagePlan:
     pending: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # path->(key,size,mtime)
@@ -98,7 +100,7 @@ def items_under(store: IndexStore, roots: Sequence[Path]) -> dict[str, Item]:
     return {
         item.path: item
         for item in store.catalog.iter_items(IMAGES)
-        if item.path and item.product_id is None and _under(item.path, root_strs)
+        if item.path and item.product_id is None and is_within_any(item.path, root_strs)
     }
 
 
@@ -159,7 +161,9 @@ def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | N
                 else:
                     plan.pending[name] = (key, stat.st_size, stat.st_mtime_ns)
     plan.removed = [
-        item for item in vanished(plan.existing, seen) if not _under(item.path or "", unlisted)
+        item
+        for item in vanished(plan.existing, seen)
+        if not is_within_any(item.path or "", unlisted)
     ]
     return plan
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import IndexCorruptError, IndexNotFoundError, MmsearchError
-from ..files import canonical_root, file_sha256, is_within
+from ..files import canonical_root, file_sha256, is_within_any
 from ..index import FaissIndex
 from ..sqlite_errors import classify_sqlite_error
 from ..types import COLLECTIONS, IMAGES
@@ -238,7 +238,7 @@ def identity_groups(catalog: Catalog) -> tuple[list[list[Named]], list[Named]]:
     groups = [
         group
         for group in by_identity.values()
-        if len(group) > 1 and not all(under_any(path, roots) for _, path in group)
+        if len(group) > 1 and not all(is_within_any(path, roots) for _, path in group)
     ]
     odd = [
         group[0]
@@ -248,10 +248,6 @@ def identity_groups(catalog: Catalog) -> tuple[list[list[Named]], list[Named]]:
         and os.path.normpath(group[0][1]) != group[0][1]
     ]
     return groups, odd
-
-
-def under_any(path: str, roots: list[str]) -> bool:
-    return any(is_within(path, root) for root in roots)
 
 
 def _check_identities(catalog: Catalog, directory: Path, report: CheckReport, repair: str) -> None:
