@@ -49,11 +49,10 @@ def _decode(name: str, raw: str | None) -> Any:
 
 def read_state(catalog: Catalog, collection: str) -> CollectionState:
     """The record of `collection` (defaults for what no commit has written yet)."""
-    values = {
-        field.name: _decode(field.name, catalog.get_meta(f"{field.name}:{collection}"))
-        for field in fields(CollectionState)
-    }
-    return CollectionState(**values)
+    names = {f"{field.name}:{collection}": field.name for field in fields(CollectionState)}
+    query = f"SELECT key, value FROM meta WHERE key IN ({','.join('?' * len(names))})"
+    raw = {names[key]: value for key, value in catalog.db.execute(query, list(names))}
+    return CollectionState(**{name: _decode(name, raw.get(name)) for name in names.values()})
 
 
 def write_state(catalog: Catalog, collection: str, **changes: Any) -> None:
