@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Container, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from ..files import (
     is_within_any,
 )
 from ..images import walk_images
-from ..storage.catalog import Item
+from ..storage.catalog import Item, SkippedFile
 from ..storage.space import check_free_space, disk_space_guard, estimate_run_bytes
 from ..storage.store import IndexStore
 from ..types import IMAGES, TEXTS, Skipped, Vectors
@@ -40,6 +40,11 @@ TEXT_CHUNK = 512
 # Threads hashing files during the scan: enough to keep a local SSD or the page cache busy
 # (sha256 runs ~1 GB/s per core), few enough not to crowd a small machine.
 HASH_THREADS = min(8, os.cpu_count() or 1)
+# Decode failures that depend on the file's bytes alone: remembered with the file's content key
+# (catalog.skipped_files), so an unchanged broken file is reported again without being read or
+# the model being loaded. Not remembered: `unreadable` (permissions, a flaky disk: may pass next
+# time) and `unsupported-format` (installing an extra such as [raw] fixes it) are retried.
+REMEMBERED_SKIPS = frozenset({"empty", "corrupt", "truncated", "not-an-image"})
 
 
 @dataclass
@@ -90,6 +95,12 @@ class _ImagePlan:
     failed: set[str] = field(default_factory=set)
     roots: list[str] = field(default_factory=list)  # real paths of the synced roots
     ignored: Counter[str] = field(default_factory=Counter)
+    # Files that did not decode before (catalog.skipped_files), path -> record; `restat`: those
+    # found again with the same bytes under a new size/mtime; `forget`: records to drop (the
+    # file is gone, or changed and is tried again).
+    broken: dict[str, SkippedFile] = field(default_factory=dict)
+    restat: list[SkippedFile] = field(default_factory=list)
+    forget: set[str] = field(default_factory=set)
 
 
 def items_under(store: IndexStore, roots: Sequence[Path]) -> dict[str, Item]:
@@ -113,6 +124,7 @@ def vanished(owned: dict[str, Item], seen: Container[str]) -> list[Item]:
 def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | None) -> _ImagePlan:
     plan = _ImagePlan(roots=[str(canonical_root(root)) for root in roots])
     plan.existing = items_under(store, roots)
+    plan.broken = store.catalog.skipped_files()
     unlisted: list[str] = []  # folders that could not be listed: their items are kept
 
     def on_skip(path: Path, reason: str, detail: str) -> None:
@@ -143,39 +155,69 @@ def _plan_images(store: IndexStore, roots: list[Path], on_progress: Progress | N
     # Hashing is most of the scan (a read and a sha256 per changed file); hashlib and the reads
     # release the GIL, so threads hash files side by side instead of one after another.
     with ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="mmsearch-hash") as pool:
-        outcomes = pool.map(partial(_scan_one, plan.existing, stored), map(Path, names))
-        for name, outcome in zip(names, outcomes, strict=True):
+        scan = partial(_scan_one, plan.existing, stored, plan.broken)
+        for name, outcome in zip(names, pool.map(scan, map(Path, names)), strict=True):
             if on_progress:
                 on_progress("scan", 1, len(found))
             if isinstance(outcome, Skipped):
                 plan.skipped.append(outcome)
                 plan.failed.add(outcome.path)
+            elif isinstance(outcome, SkippedFile):
+                plan.skipped.append(Skipped(name, outcome.reason, outcome.detail))
             elif outcome is None:
                 plan.unchanged += 1
             else:
-                key, stat = outcome
-                old = plan.existing.get(name)
-                if old is not None and old.key == key and key in stored:
-                    plan.unchanged += 1
-                    plan.touched.append((old, stat.st_size, stat.st_mtime_ns))
-                else:
-                    plan.pending[name] = (key, stat.st_size, stat.st_mtime_ns)
+                _plan_changed(plan, stored, name, *outcome)
     plan.removed = [
         item
         for item in vanished(plan.existing, seen)
         if not is_within_any(item.path or "", unlisted)
     ]
+    plan.forget.update(
+        path
+        for path in plan.broken
+        if path not in seen
+        and is_within_any(path, plan.roots)
+        and not is_within_any(path, unlisted)
+    )
     return plan
 
 
+def _plan_changed(
+    plan: _ImagePlan, stored: set[str], name: str, key: str, stat: os.stat_result
+) -> None:
+    """Sort a hashed file: same bytes as its item (touched), same bytes as when it last failed
+    to decode (skipped again), or new content to embed (pending)."""
+    old = plan.existing.get(name)
+    record = plan.broken.get(name)
+    if old is not None and old.key == key and key in stored:
+        plan.unchanged += 1
+        plan.touched.append((old, stat.st_size, stat.st_mtime_ns))
+    elif old is None and record is not None and record.key == key:
+        plan.skipped.append(Skipped(name, record.reason, record.detail))
+        plan.restat.append(replace(record, size=stat.st_size, mtime_ns=stat.st_mtime_ns))
+    else:
+        plan.pending[name] = (key, stat.st_size, stat.st_mtime_ns)
+        if record is not None:
+            plan.forget.add(name)
+
+
 def _scan_one(
-    existing: dict[str, Item], stored: set[str], path: Path
-) -> tuple[str, os.stat_result] | Skipped | None:
+    existing: dict[str, Item], stored: set[str], broken: dict[str, SkippedFile], path: Path
+) -> tuple[str, os.stat_result] | Skipped | SkippedFile | None:
     """(key, stat) of a file that may have changed, None when its size and mtime match the
-    catalog, or the Skipped for a file that cannot be read."""
+    catalog, the record of a file that did not decode before and whose size and mtime have
+    not changed since, or the Skipped for a file that cannot be read."""
     try:
         stat = path.stat()
         old = existing.get(str(path))
+        record = broken.get(str(path))
+        if (
+            old is None
+            and record is not None
+            and (record.size, record.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+        ):
+            return record
         if (
             old is not None
             and (old.size, old.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
@@ -294,6 +336,7 @@ def _apply_plan(indexer: Indexer, plan: _ImagePlan, texts: list[str] | None) -> 
 
     with indexer.change() as changes:
         store.catalog.add_roots(plan.roots)
+        _remember_broken(store, plan, skipped)
         if wanted_texts is not None:
             _apply_texts(store, changes, wanted_texts, report)
         for item, size, mtime_ns in plan.touched:
@@ -313,6 +356,18 @@ def _apply_plan(indexer: Indexer, plan: _ImagePlan, texts: list[str] | None) -> 
             report.indexed += 1
         report.reused = report.indexed - report.embedded
     return report
+
+
+def _remember_broken(store: IndexStore, plan: _ImagePlan, skipped: list[Skipped]) -> None:
+    """Inside the run's transaction: update catalog.skipped_files with this run's decode
+    failures (see REMEMBERED_SKIPS) and drop the records of files gone or changed."""
+    store.catalog.forget_skipped_files(plan.forget)
+    failures = [
+        SkippedFile(skip.path, *plan.pending[skip.path], skip.reason, skip.detail)
+        for skip in skipped
+        if skip.reason in REMEMBERED_SKIPS and skip.path in plan.pending
+    ]
+    store.catalog.record_skipped_files(plan.restat + failures)
 
 
 def embed_texts(

@@ -103,7 +103,33 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX audit_time ON audit(time);
     """,
+    # Files a sync found but could not decode (empty, corrupt, truncated, not an image), by
+    # identity (files.py) with the content key and stat they had: a re-run reports an unchanged
+    # broken file as skipped again without reading it or loading the model, and retries it once
+    # its bytes change (ingest/sync.py).
+    """
+    CREATE TABLE skipped_files (
+        path TEXT PRIMARY KEY,
+        key TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    """,
 )
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """One row of skipped_files: a file that did not decode, as it was when it failed."""
+
+    path: str
+    key: str
+    size: int
+    mtime_ns: int
+    reason: str
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -284,6 +310,26 @@ class Catalog:
     def _has_table(self, name: str) -> bool:
         query = "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?"
         return self.db.execute(query, (name,)).fetchone() is not None
+
+    # -- files that did not decode -------------------------------------------------------------
+    def skipped_files(self) -> dict[str, SkippedFile]:
+        """path -> the record of every file a sync could not decode (see MIGRATIONS)."""
+        if not self._has_table("skipped_files"):  # a read-only catalog of an older version
+            return {}
+        rows = self.db.execute("SELECT * FROM skipped_files")
+        return {row["path"]: SkippedFile(**dict(row)) for row in rows}
+
+    def record_skipped_files(self, records: Iterable[SkippedFile]) -> None:
+        """Remember files that did not decode (committed by the caller, with the run)."""
+        self.db.executemany(
+            "INSERT OR REPLACE INTO skipped_files(path, key, size, mtime_ns, reason, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            ((r.path, r.key, r.size, r.mtime_ns, r.reason, r.detail) for r in records),
+        )
+
+    def forget_skipped_files(self, paths: Iterable[str]) -> None:
+        """Drop the records of files that decoded, changed, or are gone."""
+        self.db.executemany("DELETE FROM skipped_files WHERE path=?", ((p,) for p in paths))
 
     def drop_unused_vectors(self, keys: Iterable[str] | None = None) -> int:
         """Delete stored vectors no item uses: all of them, or only among `keys`."""
