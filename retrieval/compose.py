@@ -95,17 +95,33 @@ def open_for_indexing(
         @cache
         def load() -> OpenClipEmbedder:
             embedder = load_embedder(own, config, expected=identity)
-            store.record_embedder(embedder.backend, embedder.precision, embedder.export_origin)
-            store.record_preprocessing(embedder.preprocessing)
+            _record_embedder(store, embedder)
             return embedder
 
         return store, load
     embedder = load_embedder(spec or DEFAULT_MODEL, config)
     check_index_type(index_type, embedder.identity.dim)
     store = IndexStore.create(directory, embedder.identity, options)
-    store.record_embedder(embedder.backend, embedder.precision, embedder.export_origin)
-    store.record_preprocessing(embedder.preprocessing)
+    _record_embedder(store, embedder)
     return store, lambda: embedder
+
+
+def _record_embedder(store: IndexStore, embedder: OpenClipEmbedder) -> None:
+    """Note in the index how this run embeds (backend, precision and why, preprocessing), and
+    again once an int8 image tower is quantised during the run (its agreement with fp32)."""
+
+    def record() -> None:
+        store.record_embedder(
+            embedder.backend,
+            embedder.precision,
+            embedder.export_origin,
+            precision_reason=embedder.precision_reason,
+            quantization=embedder.quantization,
+        )
+
+    record()
+    store.record_preprocessing(embedder.preprocessing)
+    embedder.on_quantized = record
 
 
 def open_for_search(

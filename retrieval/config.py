@@ -17,7 +17,9 @@ INDEX_DIR_ENV = "MMSEARCH_INDEX"
 # What --device and --precision accept; checked here, without torch, so a typo fails before any
 # work starts (embedders/open_clip.py resolves `auto` and checks that CUDA is really there).
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+# auto: bf16 on a CPU with native bf16, else fp32 (embedders/cpu_precision.py), bf16/fp16 on
+# CUDA; int8: the image tower quantised on a sample of the images being indexed (CPU only).
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 
 
 def default_index_dir() -> Path:
@@ -70,6 +72,12 @@ class EmbedConfig:
 
 
 MIB = 1024 * 1024
+
+# --precision int8 (embedders/quantize.py): images sampled from the run's own files to calibrate
+# the quantised image tower (NNCF's guidance is a few hundred; 128 keeps the one-off cost to
+# seconds of decoding and forward passes), and further images held out to measure it vs fp32.
+INT8_CALIBRATION_IMAGES = 128
+INT8_HELD_OUT_IMAGES = 8
 
 # -- Defaults and limits: one place -------------------------------------------------------------
 # Images (or captions) per forward pass when --batch-size is not given, by use and device.

@@ -25,7 +25,13 @@ from .common import (
     progress,
     run_guarded,
 )
-from .render import caption_summary, catalog_summary, report_dict, report_summary
+from .render import (
+    caption_summary,
+    catalog_summary,
+    int8_summary,
+    report_dict,
+    report_summary,
+)
 
 
 def _user() -> str:
@@ -278,6 +284,7 @@ def index(
         )
         with store, progress(quiet) as on_progress:
             reports = run_index(store, factory, request, config, on_progress)
+            recorded = store.recorded_embedder() or {}
         for _, report in reports:
             for skip in report.skipped:
                 detail = f" ({skip.detail})" if skip.detail else ""
@@ -291,5 +298,7 @@ def index(
                 typer.echo(json.dumps({"kind": kind, **report_dict(report, directory)}))
             else:
                 typer.echo(report_summary(report, directory, kind))
+        if precision == "int8" and recorded.get("int8"):
+            typer.echo(int8_summary(recorded["int8"]), err=True)
 
     run_guarded(body)

@@ -17,6 +17,21 @@ if TYPE_CHECKING:
     from ..search.service import SearchResult
 
 
+def int8_summary(record: dict[str, Any]) -> str:
+    """How far an int8 image tower is from fp32 (store.record_embedder's `int8`), one line."""
+    agreement = record["agreement"]
+    where = (
+        f"{agreement['images']} held-out images"
+        if record.get("held_out_images")
+        else f"its {agreement['images']} calibration images"
+    )
+    return (
+        f"int8 image tower vs fp32 on {where}: min cosine {agreement['min_cosine']:.4f}, "
+        f"mean {agreement['mean_cosine']:.4f} (calibrated on {record['calibration_images']} "
+        "of the indexed images)"
+    )
+
+
 def report_summary(report: IndexReport, directory: Path, kind: str = "files") -> str:
     """The one line an index run ends with."""
     reasons = ", ".join(f"{reason}: {n}" for reason, n in report.skipped_by_reason().items())
@@ -157,7 +172,12 @@ def info_text(details: dict[str, Any]) -> str:
     ]
     if details.get("embedder"):
         built = details["embedder"]
-        lines.append(f"embedded:  {built['backend']} {built['precision']} (last run that embedded)")
+        why = f"{built['precision_reason']}; " if built.get("precision_reason") else ""
+        lines.append(
+            f"embedded:  {built['backend']} {built['precision']} ({why}last run that embedded)"
+        )
+        if built.get("int8"):
+            lines.append(f"{'':<10} {int8_summary(built['int8'])}")
     if details.get("preprocessing"):
         lines.append(f"decoded:   {', '.join(details['preprocessing'])} (preprocessing paths)")
     for name, stats in details["collections"].items():

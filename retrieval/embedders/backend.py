@@ -16,6 +16,7 @@ import torch
 from ..errors import ModelUnavailableError
 from ..types import ModelIdentity
 from . import export, hf_tokenizer, runtime
+from .cpu_precision import cpu_flags, resolve_cpu_precision
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,11 @@ def resolve_backend(backend: str, device: str, precision: str) -> str:
             f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}"
         )
     on_gpu = device.startswith("cuda")
+    if precision == "int8" and (backend not in ("auto", "openvino") or on_gpu):
+        raise ModelUnavailableError(
+            "--precision int8 quantises the exported model for OpenVINO on the CPU; use "
+            "--backend auto or openvino, and --device cpu"
+        )
     if backend == "torch":
         return "torch"
     if backend == "auto":
@@ -46,6 +52,8 @@ def resolve_backend(backend: str, device: str, precision: str) -> str:
             return "torch"
         engines = runtime.available_engines()
         if runtime.DEFAULT_ENGINE not in engines:
+            if precision == "int8":
+                raise ModelUnavailableError("--precision int8 needs openvino: pip install openvino")
             logger.info("no exported runtime installed (pip install openvino); using torch")
             return "torch"
         return runtime.DEFAULT_ENGINE
@@ -56,15 +64,16 @@ def resolve_backend(backend: str, device: str, precision: str) -> str:
         )
     if precision not in ("auto", *runtime.PRECISIONS):
         raise ModelUnavailableError(
-            f"--backend {backend} runs fp32 or bf16, not {precision}; use --precision bf16 or "
-            "--backend torch"
+            f"--backend {backend} runs {', '.join(runtime.PRECISIONS)}, not {precision}; use "
+            "--precision bf16 or --backend torch"
         )
     return backend
 
 
-def runtime_precision(precision: str) -> str:
-    """`auto` on the CPU is exact fp32."""
-    return "fp32" if precision == "auto" else precision
+def runtime_precision(precision: str, engine: str = runtime.DEFAULT_ENGINE) -> tuple[str, str]:
+    """(precision, reason) for `engine` on this CPU: `auto` is bf16 where the CPU has native
+    bf16, else fp32 (cpu_precision.py); onnxruntime runs these graphs in fp32 only."""
+    return resolve_cpu_precision(precision, cpu_flags(), engine)
 
 
 def model_export_origin(model: torch.nn.Module, identity: ModelIdentity) -> dict[str, str]:

@@ -15,6 +15,7 @@ from typing import Any
 from ..config import EmbedConfig
 from ..types import ModelIdentity, Vectors
 from . import hf_tokenizer, runtime
+from .cpu_precision import cpu_flags, resolve_cpu_precision
 from .protocols import QueryEmbedder
 from .tokenizer import TextTokenizer, load_tokenizer
 
@@ -66,7 +67,7 @@ def open_cold_embedder(
         return None
     if config.backend not in ("auto", engine) or config.device not in ("auto", "cpu"):
         return None
-    precision = "fp32" if config.precision == "auto" else config.precision
+    precision = resolve_cpu_precision(config.precision, cpu_flags(), engine)[0]
     if precision not in runtime.PRECISIONS:
         return None
     key = runtime.export_key(export["weights"], export["architecture"], engine)

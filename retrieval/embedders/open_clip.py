@@ -25,7 +25,7 @@ from ..images import load_image
 from ..scaling import DecodeTarget
 from ..types import ModelIdentity, ModelSpec, Skipped, Vectors
 from . import backend as backends
-from . import hf_tokenizer
+from . import hf_tokenizer, quantize
 from .export import text_features
 from .loader import (
     Batch,
@@ -37,7 +37,7 @@ from .loader import (
     default_num_workers,
     usable_cores,
 )
-from .runtime import ExportedEncoder, default_threads
+from .runtime import IMAGE_FILE, ExportedEncoder, default_threads
 from .spec import HF_HUB, LOCAL_DIR, LOCAL_WEIGHT_NAMES, local_dir_weights, weights_path
 from .tensor_decode import PIL_PATH, PIL_SCALED_PATH, JpegBatchDecoder, create_decoder
 
@@ -65,7 +65,16 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_precision(precision: str, device: str) -> torch.dtype:
-    """`auto` is float32 on the CPU (half precision is slower there) and bf16/fp16 on CUDA."""
+    """The torch model's dtype: `auto` is float32 on the CPU (the exported runtime picks its own
+    precision there, see cpu_precision.py) and bf16/fp16 on CUDA; `int8` keeps torch in float32
+    (only the exported runtime's quantised image tower runs int8)."""
+    if precision == "int8":
+        if device.startswith("cuda"):
+            raise ModelUnavailableError(
+                "--precision int8 runs on the CPU (OpenVINO); use --device cpu, or fp16/bf16 "
+                "on CUDA"
+            )
+        return torch.float32
     if precision == "auto":
         if not device.startswith("cuda"):
             return torch.float32
@@ -181,8 +190,20 @@ class OpenClipEmbedder:
         encoder: ExportedEncoder | None = None,
         decoder: JpegBatchDecoder | None = None,
         target: DecodeTarget | None = None,
+        precision_reason: str = "",
     ) -> None:
         self.model = model
+        self.precision_reason = precision_reason
+        """Why the model runs in `precision` (cpu_precision.py), for the index's record."""
+        self.quantization: dict[str, Any] | None = None
+        """With --precision int8: the cached int8 image tower's meta (its agreement with fp32),
+        once it exists (quantize.py)."""
+        self.on_quantized: Callable[[], None] | None = None
+        """Called after this run quantised the image tower (the index records the result)."""
+        if encoder is not None and encoder.precision == "int8":
+            cached = quantize.cached_graph(encoder.folder)
+            if cached is not None:
+                encoder.image_graph, self.quantization = cached
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.identity = identity
@@ -305,18 +326,23 @@ class OpenClipEmbedder:
         if not device.startswith("cuda"):
             threads = threads or default_threads()
             torch.set_num_threads(threads)
+        runtime_precision, reason = backends.runtime_precision(precision, engine)
         if engine != "torch":
             encoder = backends.open_exported(
                 model,
                 identity,
                 engine=engine,
-                precision=backends.runtime_precision(precision),
+                precision=runtime_precision,
                 threads=threads or default_threads(),
                 context_length=int(getattr(tokenizer, "context_length", 77)),
                 cache_dir=cache_dir,
-                required=backend != "auto",
+                required=backend != "auto" or precision == "int8",
                 tokenizer=tokenizer,
             )
+        if encoder is None:
+            reason = f"--precision {precision}"
+            if precision == "auto":
+                reason = f"auto: torch on {'CUDA' if device.startswith('cuda') else 'the CPU'}"
         return cls(
             model,
             preprocess,
@@ -329,6 +355,7 @@ class OpenClipEmbedder:
             encoder=encoder,
             decoder=create_decoder(decode, preprocess, device),
             target=None if decode == FULL_DECODE else decode_target(preprocess),
+            precision_reason=reason,
         )
 
     @torch.inference_mode()
@@ -346,6 +373,8 @@ class OpenClipEmbedder:
     ) -> None:
         """Decode in worker processes, embed one stacked batch at a time, and hand each batch's
         vectors (by position in `paths`) and skipped files to `on_batch`."""
+        if self.encoder is not None and self.encoder.precision == "int8":
+            self._quantize_on(paths)
         if self.decoder is not None:
             self._embed_with_decoder(self.decoder, paths, on_batch)
             return
@@ -365,6 +394,23 @@ class OpenClipEmbedder:
                 on_batch(batch.positions, self.encode_images(batch.pixels), [])
         if leftover:
             self._embed_with_workers([paths[p] for p in leftover], leftover, on_batch)
+
+    def _quantize_on(self, paths: list[Path]) -> None:
+        """Quantise the image tower on a sample of `paths` unless an int8 graph is cached."""
+        encoder = self.encoder
+        if encoder is None or encoder.image_graph is not None or not paths:
+            return
+
+        def decode(path: Path) -> np.ndarray | None:
+            pixels = decode_source(path, str(path), self.preprocess, target=self.target)
+            return None if isinstance(pixels, Skipped) else pixels.numpy()
+
+        logger.info("quantising the image tower to int8 on a sample of these images (once)")
+        graph, meta = quantize.quantize_image_tower(encoder, paths, decode)
+        encoder.image_graph, self.quantization = graph, meta
+        encoder.drop_session(IMAGE_FILE)
+        if self.on_quantized is not None:
+            self.on_quantized()
 
     def _embed_with_workers(
         self,

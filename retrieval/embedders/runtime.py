@@ -42,7 +42,9 @@ FORMAT = 1
 # The promise of the exported backend: within this of open_clip fp32 eager, per component of a
 # normalised vector (measured: ~1e-6 for ViT-B-32).
 EXACT_TOLERANCE = 1e-4
-PRECISIONS = ("fp32", "bf16")
+# int8: the image tower quantised by embedders/quantize.py (`image_graph`); other graphs of an
+# int8 encoder run fp32.
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 class RuntimeUnavailableError(ModelUnavailableError):
@@ -298,6 +300,8 @@ class ExportedEncoder:
     # {"weights": sha256, "architecture": sha256}: what export_key was computed from, recorded
     # in the index so a cold text query can find this entry again without loading torch.
     origin: dict[str, str] = field(default_factory=dict)
+    # Another graph for the image tower (the int8 one of embedders/quantize.py), or None.
+    image_graph: Path | None = None
     _sessions: dict[str, Session] = field(default_factory=dict, repr=False)
     _loading: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -313,8 +317,16 @@ class ExportedEncoder:
         with self._loading:  # two threads' first queries compile one graph, not two
             if file not in self._sessions:
                 create = ENGINES[self.engine].create_session
-                self._sessions[file] = create(self.folder / file, self.threads, self.precision)
+                path = self.folder / file
+                if file == IMAGE_FILE and self.image_graph is not None:
+                    path = self.image_graph
+                self._sessions[file] = create(path, self.threads, self.precision)
             return self._sessions[file]
+
+    def drop_session(self, file: str) -> None:
+        """Forget a loaded graph (the next use loads it again, e.g. a new `image_graph`)."""
+        with self._loading:
+            self._sessions.pop(file, None)
 
     def encode_images(self, pixels: npt.NDArray[np.float32]) -> Vectors:
         """(n, 3, H, W) float32 preprocessed pixels -> (n, dim) normalised float32."""

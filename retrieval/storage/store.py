@@ -232,12 +232,26 @@ class IndexStore(CommitPath):
             shutil.rmtree(self._build_dir(collection), ignore_errors=True)
 
     def record_embedder(
-        self, backend: str, precision: str, export_origin: dict[str, str] | None = None
+        self,
+        backend: str,
+        precision: str,
+        export_origin: dict[str, str] | None = None,
+        *,
+        precision_reason: str | None = None,
+        quantization: dict[str, Any] | None = None,
     ) -> None:
-        """Note which runtime and precision embed this run's items (shown by `info`) and, for
-        an exported runtime, what its cache key comes from (so a cold text query can use the
-        cached text tower without loading torch)."""
+        """Note which runtime and precision embed this run's items and why that precision
+        (shown by `info`), with an int8 tower's agreement with fp32, and, for an exported
+        runtime, what its cache key comes from (so a cold text query can use the cached text
+        tower without loading torch)."""
         record = {"backend": backend, "precision": precision, "export": export_origin}
+        if precision_reason:
+            record["precision_reason"] = precision_reason
+        if quantization:
+            record["int8"] = {
+                key: quantization[key]
+                for key in ("agreement", "calibration_images", "held_out_images")
+            }
         self.catalog.set_meta("embedder", json.dumps(record))
 
     def record_preprocessing(self, path: str) -> None:
@@ -286,7 +300,11 @@ class IndexStore(CommitPath):
             "model": self.identity.to_dict(),
             # backend and precision of the last run that embedded anything
             "embedder": (
-                {"backend": embedder["backend"], "precision": embedder["precision"]}
+                {
+                    key: embedder[key]
+                    for key in ("backend", "precision", "precision_reason", "int8")
+                    if key in embedder
+                }
                 if embedder
                 else None
             ),

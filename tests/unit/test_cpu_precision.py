@@ -1,0 +1,62 @@
+"""`--precision auto` on a CPU is a pure function of the CPU's flags: bf16 where bf16 is native
+(AMX or AVX512_BF16), fp32 elsewhere; an explicit precision is kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from retrieval.embedders.cpu_precision import (
+    NATIVE_BF16_FLAGS,
+    read_cpu_flags,
+    resolve_cpu_precision,
+)
+
+SAPPHIRE_RAPIDS = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"}
+ICE_LAKE = {"avx2", "avx512f", "avx512_vnni"}
+COOPER_LAKE = {"avx2", "avx512f", "avx512_bf16"}
+ZEN2 = {"avx2", "fma", "sse4_2"}
+
+
+def test_auto_is_bf16_on_cpus_with_native_bf16() -> None:
+    assert resolve_cpu_precision("auto", SAPPHIRE_RAPIDS) == (
+        "bf16",
+        "auto: the CPU has native bf16 (amx_bf16, avx512_bf16)",
+    )
+    assert resolve_cpu_precision("auto", COOPER_LAKE)[0] == "bf16"
+
+
+def test_auto_is_fp32_without_native_bf16() -> None:
+    for flags in (ICE_LAKE, ZEN2, set()):
+        precision, reason = resolve_cpu_precision("auto", flags)
+        assert precision == "fp32" and "no native bf16" in reason
+
+
+def test_explicit_precision_is_kept_and_onnxruntime_auto_is_fp32() -> None:
+    assert resolve_cpu_precision("fp32", SAPPHIRE_RAPIDS) == ("fp32", "--precision fp32")
+    assert resolve_cpu_precision("bf16", ZEN2) == ("bf16", "--precision bf16")
+    assert resolve_cpu_precision("int8", ZEN2)[0] == "int8"
+    assert resolve_cpu_precision("auto", SAPPHIRE_RAPIDS, "onnxruntime")[0] == "fp32"
+
+
+flag_sets = st.sets(st.sampled_from([*NATIVE_BF16_FLAGS, *ICE_LAKE, *ZEN2, "amx_int8"]))
+
+
+@given(flag_sets)
+def test_auto_is_bf16_exactly_when_a_native_bf16_flag_is_present(flags: set[str]) -> None:
+    precision, _ = resolve_cpu_precision("auto", flags)
+    assert (precision == "bf16") == bool(flags & set(NATIVE_BF16_FLAGS))
+    assert precision in ("bf16", "fp32")
+
+
+def test_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R)\n"
+        "flags\t\t: fpu sse avx512f amx_bf16 avx512_bf16\n\n"
+        "processor\t: 1\nflags\t\t: fpu\n"
+    )
+    assert read_cpu_flags(cpuinfo) == {"fpu", "sse", "avx512f", "amx_bf16", "avx512_bf16"}
+    assert read_cpu_flags(tmp_path / "absent") == frozenset()
