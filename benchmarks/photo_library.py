@@ -13,19 +13,28 @@ of benchmarks/embed.py, model load and export outside the timing):
   (target: 12 MP >= 80% of the sample's images/s); the hand-rolled loop on the 12 MP JPEGs;
 - the whole library indexed by `python -m retrieval index` in a subprocess: every file must be
   indexed or reported with its reason;
-- the agreement of scaled with full decoding: min/mean cosine of the stored embeddings;
+- the agreement of scaled with full decoding: min/mean cosine of the stored embeddings (with
+  `--model DIR`, e.g. the model benchmarks/train_sample.py trains on the sample, whose rankings
+  mean something; `--precision fp32` keeps bf16 rounding out of that figure);
+- with `--clip-retrieval-python PATH`: clip-retrieval's `inference` on the 12 MP folder against
+  `mmsearch index` in a fresh process, both timed as a user times them (start-up included; the
+  export cache is warm, as on any run after the first);
 - `--margins`: the sweep that chose images.SCALED_DECODE_MARGIN (per-pixel difference of the
   preprocessed input and embedding cosine against the full decode, per short side and margin).
 
     python -m benchmarks.photo_library                   # 32 photos of each kind
     python -m benchmarks.photo_library --count 8 --margins
     python -m benchmarks.photo_library --keep /tmp/library   # build and keep the library
+    python -m benchmarks.photo_library --model /tmp/mmsearch-trained-vit --precision fp32 \
+        --agreement-only                                     # scaled vs full, trained model
+    python -m benchmarks.photo_library --clip-retrieval-python /tmp/cr-venv/bin/python --peer-only
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import platform
 import shutil
 import tempfile
@@ -227,9 +236,12 @@ def time_index(
     return seconds, cpu, vectors
 
 
-def run_timings(args: argparse.Namespace, sources: list[Path], work: Path) -> None:
-    model_dir = model_dir_for("ViT-B-32")
-    small = sources[: args.sample_count]
+def model_of(args: argparse.Namespace) -> Path:
+    """--model DIR, or a random ViT-B-32 (the default model's architecture and speed)."""
+    return args.model or model_dir_for("ViT-B-32")
+
+
+def write_12mp(args: argparse.Namespace, sources: list[Path], work: Path) -> list[Path]:
     started = time.perf_counter()
     large = write_photos(work / "camera-12mp", sources[: args.count], SIZE_12MP)
     mb = np.mean([p.stat().st_size for p in large]) / 1e6
@@ -237,6 +249,46 @@ def run_timings(args: argparse.Namespace, sources: list[Path], work: Path) -> No
         f"built {len(large)} 12 MP JPEGs ({mb:.2f} MB each) "
         f"in {time.perf_counter() - started:.0f} s"
     )
+    return large
+
+
+def decode_agreement(args: argparse.Namespace, large: list[Path]) -> None:
+    """Scaled vs full decoding of the 12 MP JPEGs: cosine of the stored embeddings."""
+    model_dir = model_of(args)
+    _, _, scaled = time_index(large, model_dir, "auto", args.workers, args.precision)
+    _, _, full = time_index(large, model_dir, "full", args.workers, args.precision)
+    cosine = (scaled * full).sum(axis=1)
+    print(
+        f"scaled vs full decode on {len(large)} 12 MP JPEGs, model {model_dir.name}, precision "
+        f"{args.precision}: min cosine {cosine.min():.5f}, mean {cosine.mean():.6f} "
+        "(float16 storage; target min >= 0.995, mean >= 0.999)"
+    )
+
+
+def peer_comparison(args: argparse.Namespace, large: list[Path], work: Path) -> None:
+    """clip-retrieval vs `mmsearch index` on the 12 MP folder, fresh processes, wall clock."""
+    from benchmarks.cpu_targets import clip_retrieval, mmsearch_index
+
+    folder = large[0].parent
+    model_dir = model_of(args)
+    extra = ("--precision", args.precision)
+    mmsearch_index(folder, work / "peer-warm", model_dir, *extra)  # export cache, page cache
+    peer_s = clip_retrieval(args.clip_retrieval_python, folder, work / "cr", os.cpu_count() or 2)
+    ours_s, report = mmsearch_index(folder, work / "peer-ours", model_dir, *extra)
+    n = len(large)
+    print(f"\n{n} 12 MP JPEGs, fresh processes, wall clock with start-up")
+    print("| run | wall s | img/s (wall) | vs clip-retrieval |")
+    print("|---|---:|---:|---:|")
+    print(f"| clip-retrieval 2.45.0 inference (ViT-B-32, batch 64, 2 workers) | {peer_s:.1f} "
+          f"| {n / peer_s:.1f} | 1.00x |")  # fmt: skip
+    print(f"| mmsearch index --precision {args.precision} ({model_dir.name}) | {ours_s:.1f} "
+          f"| {n / ours_s:.1f} | {peer_s / ours_s:.2f}x |")  # fmt: skip
+
+
+def run_timings(args: argparse.Namespace, sources: list[Path], work: Path) -> None:
+    model_dir = model_of(args)
+    small = sources[: args.sample_count]
+    large = write_12mp(args, sources, work)
     # Warm the export cache and the page cache outside the timed runs.
     time_index(small[:8], model_dir, "auto", args.workers, args.precision)
     runs = (
@@ -260,7 +312,7 @@ def run_timings(args: argparse.Namespace, sources: list[Path], work: Path) -> No
     sample_rate = len(small) / wall[runs[0][0]]
     sample_cpu = cpu[runs[0][0]] / len(small)
     print(
-        f"\n`mmsearch index`, ViT-B-32 random weights, precision {args.precision}, "
+        f"\n`mmsearch index`, model {model_dir.name}, precision {args.precision}, "
         f"best of {args.rounds} interleaved rounds; CPU ms/img counts this process and its "
         "decode workers, and moves far less with the machine's load than img/s"
     )
@@ -296,7 +348,7 @@ def check_library(args: argparse.Namespace, sources: list[Path], work: Path) -> 
     started = time.perf_counter()
     expected = build_library(folder, sources, args.count // 2)
     print(f"\nbuilt the library ({len(expected)} files) in {time.perf_counter() - started:.0f} s")
-    model = f"local-dir:{model_dir_for('ViT-B-32')}"
+    model = f"local-dir:{model_of(args)}"
     command = [sys.executable, "-m", "retrieval", "index", str(folder), "--model", model,
                "--index", str(work / "library-index"), "--json"]  # fmt: skip
     started = time.perf_counter()
@@ -375,6 +427,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds")
     parser.add_argument("--margins", action="store_true", help="run the margin sweep instead")
     parser.add_argument("--keep", type=Path, default=None, help="build the library here, keep it")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="local-dir model folder [random ViT-B-32]")  # fmt: skip
+    parser.add_argument("--agreement-only", action="store_true",
+                        help="only scaled vs full decoding of the 12 MP JPEGs")  # fmt: skip
+    parser.add_argument("--peer-only", action="store_true",
+                        help="only the clip-retrieval comparison")  # fmt: skip
+    parser.add_argument("--clip-retrieval-python", default=None,
+                        help="clip-retrieval's python: compare on the 12 MP folder")  # fmt: skip
     args = parser.parse_args()
     if not args.images.is_dir():
         raise SystemExit(f"{args.images} is missing; pass --images DIR (a folder of JPEGs)")
@@ -391,8 +451,14 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="mmsearch-photos-"))
     try:
-        run_timings(args, sources, work)
-        check_library(args, sources, work)
+        if args.agreement_only:
+            decode_agreement(args, write_12mp(args, sources, work))
+        elif not args.peer_only:
+            run_timings(args, sources, work)
+            check_library(args, sources, work)
+        if args.clip_retrieval_python:
+            large = sorted((work / "camera-12mp").glob("*.jpg"))
+            peer_comparison(args, large or write_12mp(args, sources, work), work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("command: python -m benchmarks.photo_library " + " ".join(_argv()))
