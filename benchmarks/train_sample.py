@@ -4,13 +4,14 @@ rankings that mean something: a random model's scores are near-ties, which any t
 decode difference reorders, so its top-10 overlap says nothing about a real model.
 
 The model keeps the real preprocessing (224 px, bicubic resize, CLIP's mean/std) and a ViT-B-32
-layout scaled down (patch 32, 2 layers of width 128), trained with the CLIP loss for 150 steps
-of 128 pairs (~20 epochs). It learns these pairs only (no weights can be downloaded here): it ranks the
-sample's own captions well, which is what the agreement figures need. An existing folder with
-the same settings is reused.
+layout scaled down (patch 32, 2 layers of width 128), trained with the CLIP loss for 120-150
+steps of 128 pairs. It learns these pairs only (no weights can be downloaded here): it ranks the
+sample's own captions, which is what the agreement figures need. An existing folder with the
+same settings is reused. One torch thread by default: on the shared 2-core machine two threads'
+spinning barriers ran each step ~10x slower.
 
     python -m benchmarks.train_sample /tmp/mmsearch-trained-vit            # 150 steps
-    python -m benchmarks.train_sample /tmp/mmsearch-trained-vit --steps 100
+    python -m benchmarks.train_sample /tmp/mmsearch-trained-vit --steps 120
 """
 
 from __future__ import annotations
@@ -104,7 +105,11 @@ def main() -> None:
     parser.add_argument("folder", type=Path, nargs="?", default=DEFAULT_DIR)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     folder = train(args.folder, steps=args.steps, batch=args.batch)
     print(json.loads((folder / MARKER).read_text()))
     print(f"--model local-dir:{folder}")
