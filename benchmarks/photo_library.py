@@ -280,9 +280,9 @@ def peer_comparison(args: argparse.Namespace, large: list[Path], work: Path) -> 
     print("| run | wall s | img/s (wall) | vs clip-retrieval |")
     print("|---|---:|---:|---:|")
     print(f"| clip-retrieval 2.45.0 inference (ViT-B-32, batch 64, 2 workers) | {peer_s:.1f} "
-          f"| {n / peer_s:.1f} | 1.00x |")  # fmt: skip
+          f"| {n / peer_s:.2f} | 1.00x |")  # fmt: skip
     print(f"| mmsearch index --precision {args.precision} ({model_dir.name}) | {ours_s:.1f} "
-          f"| {n / ours_s:.1f} | {peer_s / ours_s:.2f}x |")  # fmt: skip
+          f"| {n / ours_s:.2f} | {peer_s / ours_s:.2f}x |")  # fmt: skip
 
 
 def run_timings(args: argparse.Namespace, sources: list[Path], work: Path) -> None:

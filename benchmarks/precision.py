@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.harness import cpu_model
-from benchmarks.train_sample import DEFAULT_DIR, SAMPLE, train
+from benchmarks.train_sample import DEFAULT_DIR, MARKER, SAMPLE, train
 
 REPO = Path(__file__).resolve().parents[1]
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -161,7 +161,12 @@ def main() -> None:
     parser.add_argument("--no-trained", action="store_true", help="only the --arch model")
     args = parser.parse_args()
     paths, captions = read_sample(args.images)
-    rows = [] if args.no_trained else measure(train(args.model_dir), paths, captions, args)
+    rows = []
+    if not args.no_trained:
+        marker = args.model_dir / MARKER  # trained already (any settings): use it as it is
+        model_dir = args.model_dir if marker.is_file() else train(args.model_dir)
+        print(f"trained model {model_dir}: {marker.read_text()}")
+        rows = measure(model_dir, paths, captions, args)
     if args.arch:
         from benchmarks.embed import model_dir_for
 

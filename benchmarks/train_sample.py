@@ -50,10 +50,12 @@ def read_pairs(sample: Path = SAMPLE) -> list[tuple[Path, str]]:
         return [(sample / row["image"], row["caption"]) for row in csv.DictReader(handle)]
 
 
-def train(folder: Path, *, steps: int = 150, batch: int = 128, seed: int = 0) -> Path:
+def train(
+    folder: Path, *, steps: int = 150, batch: int = 128, lr: float = 5e-4, seed: int = 0
+) -> Path:
     """Write the trained model into `folder` (reused when already trained with these settings)
     and return it."""
-    settings = {"config": CONFIG, "steps": steps, "batch": batch, "seed": seed}
+    settings = {"config": CONFIG, "steps": steps, "batch": batch, "lr": lr, "seed": seed}
     marker = folder / MARKER
     if marker.is_file() and json.loads(marker.read_text()).get("settings") == settings:
         return folder
@@ -73,9 +75,10 @@ def train(folder: Path, *, steps: int = 150, batch: int = 128, seed: int = 0) ->
     pixels = torch.stack([preprocess(Image.open(p).convert("RGB")) for p, _ in pairs]).half()
     tokens = tokenizer([caption for _, caption in pairs])
     loss_fn = open_clip.ClipLoss()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.1)
+    # 2e-3 collapsed to chance (loss ln(batch)) within 50 steps; 5e-4 learns
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.1
+        optimizer, max_lr=lr, total_steps=steps, pct_start=0.1
     )
     generator = torch.Generator().manual_seed(seed)
     model.train()
@@ -106,11 +109,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=5e-4)
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
-    folder = train(args.folder, steps=args.steps, batch=args.batch)
+    folder = train(args.folder, steps=args.steps, batch=args.batch, lr=args.lr)
     print(json.loads((folder / MARKER).read_text()))
     print(f"--model local-dir:{folder}")
 

@@ -59,8 +59,7 @@ def test_cold_text_query_skips_torch_and_matches_the_full_model(
     image_folder: Path, tiny_model: str
 ) -> None:
     index_in_subprocess(image_folder, tiny_model)
-    # fp32: the exact path (auto is bf16 on a CPU with native bf16)
-    cold, heavy = probe("query", "a red square", "--json", "-k", "5", "--precision", "fp32")
+    cold, heavy = probe("query", "a red square", "--json", "-k", "5")
     assert heavy == []
     full = json.loads(run_ok("query", "a red square", "--json", "-k", "5", "--backend", "torch"))
     assert [hit["id"] for hit in cold["results"]] == [hit["id"] for hit in full["results"]]

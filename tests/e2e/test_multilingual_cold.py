@@ -91,8 +91,7 @@ def test_multilingual_models_export_and_answer_cold_queries_without_torch(
     assert done.returncode == 0, done.stderr
     assert json.loads(run_ok("info", "--json"))["embedder"]["backend"] == "openvino"
     for query in QUERIES:
-        # fp32: the exact path (auto is bf16 on a CPU with native bf16)
-        args = ["query", query, "--target", "texts", "-k", "7", "--json", "--precision", "fp32"]
+        args = ["query", query, "--target", "texts", "-k", "7", "--json"]
         command = [sys.executable, "-c", PROBE, *args]
         cold = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
         assert json.loads(cold.stderr.strip().splitlines()[-1])["heavy"] == []

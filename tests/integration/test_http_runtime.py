@@ -29,8 +29,7 @@ def photo_index(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 def app_client(directory: Path, backend: str) -> Iterator[TestClient]:
     config = ServeConfig(allowed_hosts=("testserver",))  # TestClient's Host, as in httpkit
-    # fp32: the exact path (auto is bf16 on a CPU with native bf16)
-    embed = EmbedConfig(device="cpu", backend=backend, precision="fp32")
+    embed = EmbedConfig(device="cpu", backend=backend)
     with (
         open_for_search(directory, embed, batching=config.batching) as service,
         TestClient(create_app(service, config)) as client,

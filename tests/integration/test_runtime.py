@@ -64,10 +64,7 @@ def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 @pytest.fixture(scope="module")
 def embedders(model_dir: Path, cache_dir: Path) -> tuple[OpenClipEmbedder, OpenClipEmbedder]:
     spec = ModelSpec(f"local-dir:{model_dir}", None)
-    # fp32: the exact path (auto is bf16 on a CPU with native bf16, see test_cpu_precision.py)
-    exported = OpenClipEmbedder.load(
-        spec, device="cpu", precision="fp32", backend="openvino", cache_dir=cache_dir
-    )
+    exported = OpenClipEmbedder.load(spec, device="cpu", backend="openvino", cache_dir=cache_dir)
     eager = OpenClipEmbedder.load(spec, device="cpu", backend="torch", cache_dir=cache_dir)
     return exported, eager
 
@@ -134,9 +131,7 @@ def test_flipped_byte_is_detected_and_rebuilt(tiny_model: str, tmp_path: Path) -
     graph.write_bytes(bytes(data))
     meta = json.loads((entry / runtime.META_FILE).read_text())
     assert runtime.read_meta(entry, meta["key"]) is None
-    embedder = OpenClipEmbedder.load(
-        ModelSpec(tiny_model, None), device="cpu", precision="fp32", cache_dir=tmp_path
-    )
+    embedder = OpenClipEmbedder.load(ModelSpec(tiny_model, None), device="cpu", cache_dir=tmp_path)
     assert runtime.read_meta(entry, meta["key"]) is not None
     eager = OpenClipEmbedder.load(ModelSpec(tiny_model, None), device="cpu", backend="torch")
     pixels = torch.randn(2, 3, 32, 32)
