@@ -115,6 +115,15 @@ class BatchConfig:
     cache_size: int = DEFAULT_CACHE_SIZE
 
 
+# Image URLs whose server sent no validator (no ETag, no Last-Modified) cannot be asked "has this
+# changed?", only fetched again. A re-import reuses the stored copy of such a URL for a day, then
+# fetches it again: a shop that syncs its catalog every few minutes (PUT/bulk) does not download
+# every photo each time, and a photo replaced in place at the same URL shows within a day, the
+# cadence at which catalogs are republished (at once with --refetch / ?refetch=true). URLs with
+# a validator are asked every time (If-None-Match / If-Modified-Since), and 304 costs no body.
+REMOTE_MAX_AGE_S = 24 * 3600.0
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """How the HTTP app serves: access, request limits, concurrency and caching."""

@@ -102,7 +102,9 @@ def index(
         bool,
         typer.Option(
             "--refetch",
-            help="With --catalog: fetch image URLs again even when the index holds a copy",
+            help="With --catalog: fetch image URLs again in full (by default a URL fetched "
+            "before is only downloaded again when its server says it changed, or after a day "
+            "when the server gives no ETag/Last-Modified)",
         ),
     ] = False,
     index_dir: IndexOption = None,
