@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clirun import json_lines
+from clirun import invoke, json_lines
 from fastapi.testclient import TestClient
 from httpkit import index_shop, open_app
 from hypothesis import given, settings
@@ -247,6 +247,8 @@ def test_reimport_revalidates_unchanged_urls_and_reembeds_changed_ones(
     forced = import_catalog(catalog, index, "--refetch")
     assert conditional(Cdn.requests) == [False, False] and Cdn.answers == [True, True]
     assert forced["unchanged"] == 2 and forced["embedded"] == 0  # same bytes: same blobs
+    checked = invoke("check", "--json", "--index", index)  # blobs/ and fetched/ are the index's
+    assert checked.exit_code == 0 and json.loads(checked.stdout)["problems"] == []
 
 
 def test_urls_without_validators_are_reused_for_a_day_then_fetched_again(
