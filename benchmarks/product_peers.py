@@ -391,8 +391,7 @@ def main() -> None:
     report(rows)
     print(f"\ncpu: {cpu_model()}, load average before {load_before}, after {load_average()}; "
           f"python {platform.python_version()}, git {sha}")  # fmt: skip
-    print("command: python -m benchmarks.product_peers --products "
-          + " ".join(map(str, args.products)))  # fmt: skip
+    print("command: python -m benchmarks.product_peers " + " ".join(sys.argv[1:]))
 
 
 def report(rows: list[tuple[int, str, dict[str, Any]]]) -> None:
