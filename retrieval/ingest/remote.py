@@ -20,11 +20,14 @@ leaves the images alone) reuses stored copies without contacting any server."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..config import FETCH_CONCURRENCY
 from ..errors import ImageDecodeError, ImageTooLargeError
 from ..storage.blobs import (
     UrlRecord,
@@ -85,8 +88,12 @@ def resolve_remote(
                 if state.get("url") and Path(state["source"]).is_file():
                     known[state["url"]] = state["source"]
     resolver = _Resolver(directory, policy, known, result, refetch, revalidate)
+    wanted = list(dict.fromkeys(s for row in remote for s in row.images if is_remote(s)))
+    if len(wanted) > 1:  # network-bound: a re-import of many URLs waits on round trips
+        with ThreadPoolExecutor(min(FETCH_CONCURRENCY, len(wanted))) as pool:
+            list(pool.map(resolver.resolve, wanted))
     for row in rows:
-        if row not in remote:
+        if not any(is_remote(s) for s in row.images):
             result.rows.append(row)
             continue
         sources = []
@@ -114,6 +121,11 @@ class _Resolver:
     revalidate: bool
     done: dict[str, str | None] = field(default_factory=dict)
     checked: dict[str, FetchError | None] = field(default_factory=dict)  # origin -> verdict
+    lock: threading.Lock = field(default_factory=threading.Lock)  # the counters, across threads
+
+    def count(self, name: str) -> None:
+        with self.lock:
+            setattr(self.result, name, getattr(self.result, name) + 1)
 
     def resolve(self, source: str) -> str | None:
         """The stored file for `source`, or None (the reason is in result.failures)."""
@@ -141,13 +153,13 @@ class _Resolver:
         record = None if self.refetch else read_url_record(self.directory, url)
         stored = self._spelled(record, known) if record is not None else known
         if not self.revalidate and not self.refetch and stored is not None:
-            self.result.reused += 1
+            self.count("reused")
             return stored
         if record is None or stored is None:
             return self._fetch(url, policy)  # new, forced, or stored before URL records existed
         if not record.has_validators and time.time() - record.fetched_at < policy.max_age_s:
             self._check(url, policy)  # a copy is only used for a URL the policy permits now
-            self.result.reused += 1
+            self.count("reused")
             return stored
         if not record.has_validators:
             return self._fetch(url, policy)
@@ -174,11 +186,11 @@ class _Resolver:
             if not err.transient:
                 raise
             logger.warning("%s; keeping the copy fetched before", err)
-            self.result.stale += 1
+            self.count("stale")
             return stored
         if answer.data is not None:
             return self._store(record.url, answer.data, answer.etag, answer.last_modified)
-        self.result.revalidated += 1
+        self.count("revalidated")
         if (answer.etag, answer.last_modified) != (record.etag, record.last_modified):
             write_url_record(
                 self.directory,
@@ -194,7 +206,7 @@ class _Resolver:
 
     def _store(self, url: str, data: bytes, etag: str | None, last_modified: str | None) -> str:
         path = store_blob(self.directory, data, image_format(data, url[:80]))
-        self.result.fetched += 1
+        self.count("fetched")
         record = UrlRecord(url, path.name, etag, last_modified, time.time())
         write_url_record(self.directory, record)
         return str(path)

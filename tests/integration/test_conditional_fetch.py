@@ -46,15 +46,18 @@ def png(seed: int) -> bytes:
 
 
 class Cdn(BaseHTTPRequestHandler):
-    """`/e/NAME` sends an ETag, `/m/NAME` a Last-Modified, `/n/NAME` neither; `/r/NAME`
-    redirects to `redirects[NAME]`. Each NAME's image is `png(seeds[NAME])`; `statuses[path]`
-    overrides the answer. `requests` logs (path, conditional headers sent)."""
+    """`/e/NAME` sends an ETag, `/m/NAME` a Last-Modified, `/n/NAME` neither; `/s/NAME` is
+    `/e/NAME` answered after 0.3 s; `/r/NAME` redirects to `redirects[NAME]`. Each NAME's
+    image is `png(seeds[NAME])`; `statuses[path]` overrides the answer. `requests` logs (path,
+    conditional headers sent)."""
 
     seeds: dict[str, int] = {}
     statuses: dict[str, int] = {}
     redirects: dict[str, str] = {}
     requests: list[tuple[str, dict[str, str]]] = []
     answers: list[bool] = []  # per request: did a body (200) go back?
+    lock = threading.Lock()
+    in_flight = most_in_flight = 0
 
     def log_message(self, *_: object) -> None:
         pass
@@ -65,6 +68,14 @@ class Cdn(BaseHTTPRequestHandler):
         }
         Cdn.requests.append((self.path, sent))
         kind, _, name = self.path.strip("/").partition("/")
+        if kind == "s":  # slow: how many requests are in flight at once
+            with Cdn.lock:
+                Cdn.in_flight += 1
+                Cdn.most_in_flight = max(Cdn.most_in_flight, Cdn.in_flight)
+            time.sleep(0.3)
+            with Cdn.lock:
+                Cdn.in_flight -= 1
+            kind = "e"
         if self.path in Cdn.statuses:
             return self._answer(Cdn.statuses[self.path], {}, b"")
         if kind == "r":
@@ -193,6 +204,25 @@ def test_resolved_bytes_follow_the_server_with_one_body_per_change(
     assert len(Cdn.requests) == asked
     assert sum(1 for _, sent in Cdn.requests if not sent) == 1 + steps.count("refetch")
     assert sum(Cdn.answers) == bodies  # 200s, each with the image
+
+
+def test_an_import_fetches_and_revalidates_its_urls_concurrently(
+    server: str, tmp_path: Path
+) -> None:
+    Cdn.seeds.update({f"x{n}": n for n in range(6)})
+    Cdn.most_in_flight = 0
+    rows = [ProductRow(n, f"S-{n}", "s", (f"{server}/s/x{n}", f"{server}/s/x0"), {})
+            for n in range(6)]  # fmt: skip
+    catalog = Catalog(tmp_path / "catalog.db")
+    for _ in range(2):  # fetched, then revalidated
+        resolved = resolve_remote(rows, tmp_path, catalog, ALLOW)
+        for n, row in enumerate(resolved.rows):
+            assert [Path(image).read_bytes() for image in row.images] == [png(n), png(0)][
+                : 2 - (n == 0)
+            ]
+    catalog.close()
+    assert len(Cdn.requests) == 12 and conditional(Cdn.requests) == [False] * 6 + [True] * 6
+    assert Cdn.most_in_flight > 1  # one URL at a time would take 6 round trips per import
 
 
 # -- through the CLI import and the HTTP writes (tiny model) -----------------------------------
