@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -137,13 +138,13 @@ def product_set(count: int, dim: int, seed: int = 0, *, first: int = 0) -> Produ
     )
 
 
-def store_title_vectors(catalog: object, titles: Sequence[str], vectors: np.ndarray) -> None:
+def store_title_vectors(catalog: Any, titles: Sequence[str], vectors: np.ndarray) -> None:
     """Put pre-made vectors where mmsearch's write path looks up a title's embedding, so the
     model never runs for these titles."""
     from retrieval.ingest.sync import text_key
 
-    with catalog.transaction():  # type: ignore[attr-defined]
-        catalog.put_vectors([text_key(t) for t in titles], vectors)  # type: ignore[attr-defined]
+    with catalog.transaction():
+        catalog.put_vectors([text_key(t) for t in titles], vectors)
 
 
 def write_premade_products(directory: Path, model: str, products: ProductSet) -> float:
