@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,16 +12,10 @@ from .types import ModelSpec
 DEFAULT_MODEL = ModelSpec("ViT-B-32", "laion2b_s34b_b79k")
 # Relative to the current directory, like git's .git: indexes live beside the work that made them.
 DEFAULT_INDEX_DIR = Path("indexes") / "default"
-INDEX_DIR_ENV = "MMSEARCH_INDEX"
 # What --device and --precision accept; checked here, without torch, so a typo fails before any
 # work starts (embedders/open_clip.py resolves `auto` and checks that CUDA is really there).
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-
-
-def default_index_dir() -> Path:
-    """The index directory used when none is given: $MMSEARCH_INDEX or ./indexes/default."""
-    return Path(os.environ.get(INDEX_DIR_ENV) or DEFAULT_INDEX_DIR)
 
 
 # embedders/tensor_decode.py: auto = batched torchvision JPEG decoding on CUDA, Pillow workers
@@ -31,7 +24,6 @@ def default_index_dir() -> Path:
 # in the Pillow workers, the reference that scaled decoding is measured against.
 FULL_DECODE = "full"
 DECODE_MODES = ("auto", "cpu", "gpu", FULL_DECODE)
-DECODE_ENV = "MMSEARCH_DECODE"
 
 
 @dataclass(frozen=True)
@@ -49,6 +41,10 @@ class EmbedConfig:
     backend: str = "auto"
     threads: int | None = None
     decode: str = "auto"  # auto|cpu|gpu|full, see DECODE_MODES
+    # None: ~/.cache/mmsearch/exports (embedders/runtime.py) and ~/.cache/mmsearch/hashes.json
+    # (files.py); the front ends fill them from MMSEARCH_EXPORT_CACHE / MMSEARCH_HASH_CACHE
+    export_cache: Path | None = None
+    hash_cache: Path | None = None
 
     def __post_init__(self) -> None:
         if not DEVICE_PATTERN.fullmatch(self.device):
