@@ -26,7 +26,6 @@ class Resolved:
     rows: list[ProductRow]
     origins: dict[str, str] = field(default_factory=dict)
     failures: dict[str, tuple[str, str]] = field(default_factory=dict)
-    fetched: int = 0
 
 
 def is_remote(source: str) -> bool:
@@ -81,7 +80,6 @@ def _store(
             raise FetchError(source, "fetch-disabled", "this writer fetches no URLs")
         else:
             data = fetch(source, policy)
-            result.fetched += 1
         return str(store_blob(directory, data, image_format(data, source[:80])))
     except FetchError as err:
         result.failures[source] = (err.reason, err.detail)
