@@ -91,7 +91,7 @@ def eval_command(
         directory = index_dir or DEFAULT_INDEX_DIR
         store = IndexStore.open(directory, readonly=True) if IndexStore.exists(directory) else None
         embed = read_settings().embed_config(device=device, precision=precision, backend=backend)
-        spec = _evalmodel_spec(store, model_spec(model, pretrained))
+        spec = _evalmodel_spec(store, model_spec(model, pretrained), embed.hash_cache)
         loaded: list[Any] = []
 
         def embedder() -> Any:
@@ -127,7 +127,7 @@ def eval_command(
     run_guarded(body)
 
 
-def _evalmodel_spec(store: Any, asked: ModelSpec | None) -> ModelSpec:
+def _evalmodel_spec(store: Any, asked: ModelSpec | None, hash_cache: Path | None) -> ModelSpec:
     """The index's own model; --model only when there is no index (or it names the same)."""
     if store is None:
         return asked or DEFAULT_MODEL
@@ -136,7 +136,7 @@ def _evalmodel_spec(store: Any, asked: ModelSpec | None) -> ModelSpec:
         from ..embedders.spec import spec_matches
         from ..errors import IndexMismatchError
 
-        if not spec_matches(asked, identity, read_settings().hash_cache):
+        if not spec_matches(asked, identity, hash_cache):
             raise IndexMismatchError(
                 f"index {store.directory} was built with {identity.describe()}, not "
                 f"{asked.name}; drop --model to evaluate with the index's own model, or pass "
