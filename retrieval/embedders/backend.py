@@ -8,7 +8,6 @@ An architecture that does not export falls back to torch with one log line sayin
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -20,7 +19,6 @@ from .cpu_precision import cpu_flags, resolve_cpu_precision
 
 logger = logging.getLogger(__name__)
 
-BACKEND_ENV = "MMSEARCH_BACKEND"
 BACKENDS = runtime.BACKENDS
 
 
@@ -31,10 +29,6 @@ def resolve_backend(backend: str, device: str, precision: str) -> str:
         ModelUnavailableError: unknown backend, an exported runtime asked for on CUDA, or a
             precision the runtime cannot run.
     """
-    if backend == "auto" and os.environ.get(BACKEND_ENV):
-        # The CLI reads MMSEARCH_BACKEND into --backend; library callers that say `auto` get
-        # the same override, so one variable pins the backend everywhere (the tests pin torch).
-        backend = os.environ[BACKEND_ENV]
     if backend not in BACKENDS:
         raise ModelUnavailableError(
             f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}"
@@ -71,8 +65,8 @@ def resolve_backend(backend: str, device: str, precision: str) -> str:
 
 
 def runtime_precision(precision: str, engine: str = runtime.DEFAULT_ENGINE) -> tuple[str, str]:
-    """(precision, reason) for `engine` on this CPU: `auto` is bf16 where the CPU has native
-    bf16, else fp32 (cpu_precision.py); onnxruntime runs these graphs in fp32 only."""
+    """(precision, reason) for `engine` on this CPU: `auto` is fp32 unless
+    config.AUTO_BF16_ON_NATIVE lets a CPU with native bf16 run bf16 (cpu_precision.py)."""
     return resolve_cpu_precision(precision, cpu_flags(), engine)
 
 
@@ -133,7 +127,7 @@ def open_exported(
     if encoder is None:
         raise ModelUnavailableError(
             f"the export cache at {runtime.entry_path(key, cache_dir)} did not keep what was "
-            f"just written; check the disk, or set {runtime.CACHE_ENV} to another folder"
+            f"just written; check the disk, or set MMSEARCH_EXPORT_CACHE to another folder"
         )
     encoder.origin = origin
     return encoder
