@@ -11,7 +11,7 @@ import pytest
 from clirun import invoke, run_ok
 from testdata import make_images
 
-from retrieval.embedders import quantize, runtime
+from retrieval.embedders import quantize
 from retrieval.embedders.cpu_precision import cpu_flags, resolve_cpu_precision
 
 pytestmark = pytest.mark.runtime
@@ -61,7 +61,7 @@ def test_int8_is_quantised_once_per_model_and_reports_its_agreement(
     agreement = recorded["int8"]["agreement"]
     assert recorded["int8"]["calibration_images"] == 32 and agreement["images"] == 8
     assert -1 <= agreement["min_cosine"] <= agreement["mean_cosine"] <= 1.0001
-    [entry] = [p.parent for p in Path(runtime.default_cache_dir()).glob(f"*/{quantize.FOLDER}")]
+    [entry] = [p.parent for p in (tmp_path / "exports").glob(f"*/{quantize.FOLDER}")]
     graph = entry / quantize.FOLDER / quantize.GRAPH
     built = graph.stat().st_mtime_ns
 
@@ -88,7 +88,7 @@ def test_a_damaged_int8_graph_is_quantised_again(
     make_images(photos, 12)
     run_ok("index", photos, "--model", tiny_model, "--precision", "int8", "-q",
            "--index", tmp_path / "one")  # fmt: skip
-    [weights] = Path(runtime.default_cache_dir()).glob(f"*/{quantize.FOLDER}/{quantize.WEIGHTS}")
+    [weights] = (tmp_path / "exports").glob(f"*/{quantize.FOLDER}/{quantize.WEIGHTS}")
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
