@@ -92,6 +92,12 @@ def default_batch_size(use: str, on_gpu: bool) -> int:
     return BATCH_SIZES[use]["cuda" if on_gpu else "cpu"]
 
 
+# Keyword search (storage/keywords.py): query words of this many letters or more also match
+# the words they begin (`gold` -> goldfish), ranked below exact matches. Two letters is the
+# shortest prefix the keyword table indexes; a one-letter prefix would match a 26th of the
+# vocabulary and only add noise below the real matches.
+PREFIX_MIN_LENGTH = 2
+
 # Results a search returns at most per page; a page may start up to 10x deeper (offset).
 MAX_K = 1000
 

@@ -18,6 +18,7 @@ from ..errors import InvalidQueryError, ItemNotFoundError
 from ..storage import keywords
 from ..storage.catalog import Item, product_columns
 from ..storage.store import IndexStore
+from ..storage.synonyms import load_synonyms
 from ..types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, TEXTS, Hit, Vectors
 from .hits import hit_from_item
 from .hybrid import HYBRID, HYBRID_DEPTH, KEYWORD, MODES, SEMANTIC, fuse_hits
@@ -156,13 +157,16 @@ class SearchService:
                 "built it and it is read-only here); run `mmsearch index` on it once to add one"
             )
         text = request.text or ""
+        synonyms = load_synonyms(self.store.directory)  # see storage/synonyms.py
         if target != PRODUCTS:
-            matches = keywords.search(catalog.db, text, target, limit=depth)
+            matches = keywords.search(catalog.db, text, target, limit=depth, synonyms=synonyms)
         else:
             if not self.has_catalog:
                 raise InvalidQueryError("target products needs a product catalog")
             allowed = allowed_products(self.store.catalog, request.filters)
-            found = keywords.search(catalog.db, text, None, limit=None, product_ids=allowed)
+            found = keywords.search(
+                catalog.db, text, None, limit=None, product_ids=allowed, synonyms=synonyms
+            )
             best: dict[str, keywords.KeywordMatch] = {}
             shown: dict[str, keywords.KeywordMatch] = {}
             for match in found:  # best first, so the first match of a product is its score
