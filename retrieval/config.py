@@ -155,6 +155,9 @@ class ServeConfig:
     # ~20 KB per 256 px JPEG thumbnail: 64 MiB holds a few thousand.
     thumbnail_cache_bytes: int = 64 * MIB
     batching: BatchConfig = field(default_factory=BatchConfig)
+    # Keep a bounded sample of the query vectors received in the index directory, so the next
+    # re-tune measures recall with real queries (storage/probes.py). Off: queries are private.
+    record_queries: bool = False
     # Slow clients: a request head (line + headers) must arrive within header_timeout_s of the
     # connection opening or of the previous answer, a body chunk within body_idle_timeout_s of
     # the last, and the whole body within body_timeout_s. 120 s moves a 20 MiB upload at

@@ -33,6 +33,7 @@ from .queries import (
 from .requests import SearchRequest, SearchResult, check_k
 
 if TYPE_CHECKING:
+    from ..storage.probes import QueryRecorder
     from .batching import BatchingTextEncoder
 
 
@@ -46,12 +47,16 @@ class SearchService:
         embedder_factory: Callable[[], QueryEmbedder],
         *,
         text_batcher: BatchingTextEncoder | None = None,
+        recorder: QueryRecorder | None = None,
     ) -> None:
         """`text_batcher`: the micro-batcher behind the embedder's text queries, if any; the
-        service reports its counters (/stats, /metrics) and stops it on close."""
+        service reports its counters (/stats, /metrics) and stops it on close. `recorder`:
+        keeps a sample of the query vectors searched with, for re-tuning (serve
+        --record-queries, storage/probes.py); saved on close."""
         self.store = store
         self._embedder_factory = embedder_factory
         self.text_batcher = text_batcher
+        self.recorder = recorder
         self._lock = threading.Lock()
 
     @cached_property
@@ -209,6 +214,8 @@ class SearchService:
             vector = self.embed_texts([request.text])[0]
         else:
             vector = self.embed_image(request.image)[0]
+        if self.recorder is not None:
+            self.recorder.add(vector)
         if target == PRODUCTS:
             # `collapse` changes nothing here: a product search already gives one hit per
             # product. One more than the page: whether a next page exists.
@@ -432,6 +439,8 @@ class SearchService:
         try:
             if self.text_batcher is not None:
                 self.text_batcher.close()
+            if self.recorder is not None:
+                self.recorder.flush()
         finally:
             self.store.close()
 

@@ -30,10 +30,15 @@ from ..sqlite_errors import classify_sqlite_error
 from ..types import COLLECTIONS, IMAGES
 from .catalog import Catalog
 from .collections import read_state
+from .probes import RECORDED_FILE
 from .store import CATALOG, LOCK, MANIFEST, MANIFEST_META, IndexStore
+from .synonyms import FILE_NAME as SYNONYMS_FILE
 
-# SQLite's own companions of catalog.sqlite in WAL mode.
-_KNOWN_FILES = frozenset({MANIFEST, CATALOG, CATALOG + "-wal", CATALOG + "-shm", LOCK})
+# SQLite's own companions of catalog.sqlite in WAL mode, the synonyms `index --synonyms`
+# stores and the query sample `serve --record-queries` keeps.
+_KNOWN_FILES = frozenset(
+    {MANIFEST, CATALOG, CATALOG + "-wal", CATALOG + "-shm", LOCK, SYNONYMS_FILE, RECORDED_FILE}
+)
 # Items of a collection listed per problem before the rest are only counted.
 _EXAMPLES = 5
 
