@@ -110,7 +110,13 @@ def tuning_probes(
     is given) and recorded queries (when a server kept some)."""
     probes: dict[str, Vectors] = {}
     if embed is not None:
-        spans = span_probes(catalog, collection, embed)
+        try:
+            spans = span_probes(catalog, collection, embed)
+        except Exception as err:  # noqa: BLE001
+            # Probes only refine the tuning: a model that cannot embed them now (weights
+            # gone, out of memory) must not fail the commit, which tunes with the rest.
+            logger.warning("tuning %s without text-span probes: %s", collection, err)
+            spans = None
         if spans is not None and len(spans):
             probes[TEXT_SPANS] = spans
     recorded = read_recorded(directory, dim)
