@@ -9,7 +9,9 @@ An edit is an insertion, a deletion, a substitution or a swap of two neighbours
 Levenshtein here.
 
 Cost: the vocabulary is read once per connection and kept until the database changes (SQLite's
-`data_version` and the connection's own `total_changes`), bucketed by word length, so a query
+`data_version` and the connection's own `total_changes`; another process's commits are picked up
+at most every VOCABULARY_MAX_AGE_S, as reading 100,000 titles' words takes ~0.2 s and a server
+under steady writes must not pay that on every query), bucketed by word length, so a query
 word is compared only with the words whose length is within its budget; rapidfuzz compares
 those in C with `score_cutoff`, which stops each comparison as soon as it passes the budget
 (benchmarks/keywords_typo.py measures it at 100,000 titles).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -36,6 +39,9 @@ MAX_TYPO_TERMS = 10
 # Connections whose vocabulary is kept (a server holds one per worker thread at most).
 CACHED_CONNECTIONS = 16
 VOCAB_TABLE = "mm_keywords_vocab"
+# How stale the typo candidates may be after another connection's commit: new words become
+# typo-reachable within this time (exact and prefix matches are always current: FTS5 queries).
+VOCABULARY_MAX_AGE_S = 5.0
 
 
 def typo_budget(word: str) -> int:
@@ -101,22 +107,28 @@ def read_vocabulary(db: sqlite3.Connection, table: str) -> Vocabulary:
 # id(connection) -> (the connection, the change stamp it was read at, its vocabulary). The
 # connection is held so its id cannot be reused by another while cached (sqlite3 connections
 # take no weak references).
-_CACHE: OrderedDict[int, tuple[sqlite3.Connection, tuple[int, int], Vocabulary]] = OrderedDict()
+_CACHE: OrderedDict[int, tuple[sqlite3.Connection, tuple[int, int], float, Vocabulary]] = (
+    OrderedDict()
+)
 _CACHE_LOCK = threading.Lock()
 
 
 def get_vocabulary(db: sqlite3.Connection, table: str) -> Vocabulary:
-    """The vocabulary of `table`, read again only when the database changed since the last
-    read on this connection (another connection committed, or this one wrote)."""
+    """The vocabulary of `table`, read again when this connection wrote since the last read,
+    or another connection committed and the last read is VOCABULARY_MAX_AGE_S old."""
     stamp = (int(db.execute("PRAGMA data_version").fetchone()[0]), db.total_changes)
+    now = time.monotonic()
     with _CACHE_LOCK:
         cached = _CACHE.get(id(db))
-        if cached is not None and cached[0] is db and cached[1] == stamp:
-            _CACHE.move_to_end(id(db))
-            return cached[2]
+        if cached is not None and cached[0] is db:
+            (version, changes), read_at = cached[1], cached[2]
+            fresh = version == stamp[0] or now - read_at < VOCABULARY_MAX_AGE_S
+            if changes == stamp[1] and fresh:
+                _CACHE.move_to_end(id(db))
+                return cached[3]
     vocabulary = read_vocabulary(db, table)
     with _CACHE_LOCK:
-        _CACHE[id(db)] = (db, stamp, vocabulary)
+        _CACHE[id(db)] = (db, stamp, now, vocabulary)
         _CACHE.move_to_end(id(db))
         while len(_CACHE) > CACHED_CONNECTIONS:
             _CACHE.popitem(last=False)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from testdata import make_images
 
 from retrieval.search.service import SearchRequest
-from retrieval.storage import keywords
+from retrieval.storage import keywords, vocabulary
 from retrieval.storage.catalog import Catalog
 from retrieval.storage.synonyms import FILE_NAME, parse_synonyms
 from retrieval.storage.vocabulary import typo_budget
@@ -129,6 +129,19 @@ def test_the_vocabulary_follows_writes(catalog: Catalog) -> None:
     assert found(catalog, "telescpe") == []
     with catalog.transaction():
         catalog.add_item("texts", "new", text="brass telescope")
+    assert found(catalog, "telescpe") == [(10, "typo")]
+
+
+def test_another_connections_words_become_typo_reachable_after_the_max_age(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert found(catalog, "telescpe") == []
+    writer = Catalog(catalog.path)
+    with writer.transaction():
+        writer.add_item("texts", "new", text="brass telescope")
+    assert found(catalog, "telescope") == [(10, "exact")]  # FTS5 itself is always current
+    assert found(catalog, "telescpe") == []  # the vocabulary read just now is kept a while
+    monkeypatch.setattr(vocabulary, "VOCABULARY_MAX_AGE_S", 0.0)
     assert found(catalog, "telescpe") == [(10, "typo")]
 
 
