@@ -51,15 +51,14 @@ TextEmbedder = Callable[[list[str]], Vectors]
 
 def sample_texts(catalog: Catalog, collection: str, count: int, seed: int = SEED) -> list[str]:
     """Up to `count` texts users would search `collection` with: its own texts for TEXTS;
-    captions, product titles and indexed texts for IMAGES (seeded sample)."""
-    if collection == TEXTS:
-        sql = "SELECT text FROM items WHERE collection = 'texts' AND text IS NOT NULL"
-    else:
-        sql = (
-            "SELECT text FROM items WHERE text IS NOT NULL AND collection IN ('images', 'texts') "
-            "UNION ALL SELECT title FROM products"
-        )
-    texts = [row[0] for row in catalog.db.execute(sql) if row[0] and row[0].strip()]
+    image captions and indexed texts (product titles among them: each product's title is a
+    text item) for IMAGES (seeded sample)."""
+    collections = ("texts",) if collection == TEXTS else ("images", "texts")
+    sql = (
+        "SELECT text FROM items WHERE text IS NOT NULL AND collection IN "
+        f"({', '.join('?' * len(collections))}) ORDER BY id"
+    )
+    texts = [row[0] for row in catalog.db.execute(sql, collections) if row[0].strip()]
     rng = random.Random(seed)
     return rng.sample(texts, count) if len(texts) > count else texts
 

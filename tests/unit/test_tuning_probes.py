@@ -22,8 +22,16 @@ from retrieval.index import FaissIndex
 from retrieval.index.exact import exact_search
 from retrieval.index.tuning import K, Tuning, recall_at_k, tune
 from retrieval.search.service import SearchRequest
-from retrieval.storage.probes import RECORDED_FILE, QueryRecorder, read_recorded, text_spans
-from retrieval.types import TEXTS
+from retrieval.storage.catalog import Catalog
+from retrieval.storage.probes import (
+    RECORDED_FILE,
+    QueryRecorder,
+    read_recorded,
+    sample_texts,
+    span_probes,
+    text_spans,
+)
+from retrieval.types import IMAGES, TEXTS
 
 
 @given(st.lists(st.text(alphabet="abc ", max_size=40), max_size=20), st.integers(0, 99))
@@ -60,6 +68,21 @@ def test_recall_is_reported_per_probe_kind_and_claimed_for_the_most_user_like() 
     assert Tuning.from_dict(json.loads(json.dumps(result.to_dict()))) == result
     old = {k: v for k, v in result.to_dict().items() if k != "recall"}  # recorded before kinds
     assert Tuning.from_dict(old).recall == {}
+
+
+def test_image_indexes_are_probed_with_captions_and_texts(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    with catalog.transaction():
+        catalog.add_item(IMAGES, "i1", path="/p/1.png", text="a goldfish in a bowl")  # caption
+        catalog.add_item(IMAGES, "i2", path="/p/2.png")  # no caption
+        catalog.add_item(TEXTS, "t1", text="red leather armchair")  # a text or product title
+    assert sorted(sample_texts(catalog, IMAGES, 10)) == ["a goldfish in a bowl",
+                                                         "red leather armchair"]  # fmt: skip
+    assert sample_texts(catalog, TEXTS, 10) == ["red leather armchair"]
+    assert len(sample_texts(catalog, IMAGES, 1)) == 1
+    spans = span_probes(catalog, IMAGES, lambda texts: np.ones((len(texts), 4), np.float32))
+    assert spans is not None and spans.shape == (2, 4)
+    assert span_probes(Catalog(tmp_path / "empty.sqlite"), IMAGES, lambda t: t) is None
 
 
 def test_a_recorder_keeps_a_bounded_uniform_sample_saved_atomically(tmp_path: Path) -> None:
