@@ -256,10 +256,13 @@ def query_terms(
     forgiving: bool = True,
     synonyms: Synonyms | None = None,
     vocabulary: Vocabulary | None = None,
+    all_typos: bool = True,
 ) -> QueryTerms:
     """The query's terms: each word (unspaced runs as their character pairs) and, when
     `forgiving`, the prefix of each word of PREFIX_MIN_LENGTH+ letters and the `vocabulary`'s
-    words within its typo budget; `synonyms` add the other members of a word's groups."""
+    words within its typo budget (with `all_typos` False, only for the words no item holds,
+    whose corrections the exact tier needs); `synonyms` add the other members of a word's
+    groups."""
     words = split_words(query)
     exact = list(_query_terms(words))
     prefix: list[str] = []
@@ -273,9 +276,12 @@ def query_terms(
         if forgiving and len(word) >= PREFIX_MIN_LENGTH:
             prefix.append(_quote([word]) + " *")
         if forgiving and vocabulary is not None:
+            known = vocabulary.holds(word)
+            if known and not all_typos:
+                continue
             near = [_quote([term]) for term in vocabulary.typo_terms(word)]
             typo.extend(near)
-            if not vocabulary.holds(word):
+            if not known:
                 corrections.extend(near)
     unique = dict.fromkeys
     return QueryTerms(
@@ -337,12 +343,27 @@ def search(
     product items; `product_ids` keeps items of those products. BM25's document frequencies
     count every item of the index, whatever its collection."""
     vocabulary = get_vocabulary(db, TABLE) if forgiving else None
-    terms = query_terms(query, forgiving=forgiving, synonyms=synonyms, vocabulary=vocabulary)
+
+    def plan(all_typos: bool) -> QueryTerms:
+        return query_terms(
+            query, forgiving=forgiving, synonyms=synonyms, vocabulary=vocabulary,
+            all_typos=all_typos,
+        )  # fmt: skip
+
+    # The vocabulary scan for typos of known words waits until the typo tier is reached: a
+    # page that exact and prefix matches fill never pays for it.
+    terms = plan(all_typos=False)
+    expressions = dict(terms.expressions())
     allowed = None if product_ids is None else set(product_ids)
     matches: list[KeywordMatch] = []
-    for tier, expression in terms.expressions():
+    for tier in TIERS:
         if limit is not None and len(matches) >= limit:
             break
+        if tier == TYPO and forgiving:
+            expressions = dict(plan(all_typos=True).expressions())
+        expression = expressions.get(tier)
+        if expression is None:
+            continue
         room = None if limit is None else limit - len(matches)
         if tier == EXACT and terms.corrections:
             found = _corrected(
