@@ -125,6 +125,17 @@ def test_matches_are_the_words_within_the_budget_by_tier(word_catalog: Catalog, 
     assert dict(found(word_catalog, query)) == want
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.text(alphabet="aeilnoprst ", min_size=2, max_size=16), st.integers(1, 9))
+def test_a_limited_search_is_the_head_of_the_unlimited_one(
+    word_catalog: Catalog, query: str, limit: int
+) -> None:
+    """Tiers are searched lazily (a full page stops before the typo scan): the first `limit`
+    matches are still exactly those of the whole ranking, with the same scores."""
+    whole = keywords.search(word_catalog.db, query, "texts", limit=None)
+    assert keywords.search(word_catalog.db, query, "texts", limit=limit) == whole[:limit]
+
+
 def test_the_vocabulary_follows_writes(catalog: Catalog) -> None:
     assert found(catalog, "telescpe") == []
     with catalog.transaction():
