@@ -34,11 +34,12 @@ scripts keep their character pairs, with no prefix or typo terms of their own.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import PurePath
 from typing import TYPE_CHECKING
 
@@ -388,17 +389,18 @@ def _corrected(
     products_only: bool,
     allowed: set[str] | None,
 ) -> list[KeywordMatch]:
-    """Exact matches scored by the BM25 of their words plus that of the corrections of the
-    query's unknown words (FTS5's BM25 is a sum over the expression's phrases, so this is the
-    BM25 of both together), best first."""
-    found = _match(db, expression, collection, None, products_only, allowed)
-    extra = {
-        m.id: m.score
-        for m in _match(db, " OR ".join(corrections), collection, None, products_only, allowed)
-    }
-    scored = [replace(m, score=m.score + extra.get(m.id, 0.0)) for m in found]
-    scored.sort(key=lambda m: (-m.score, m.id))
-    return scored if limit is None else scored[:limit]
+    """Exact matches ranked by the BM25 of their words plus that of the corrections of the
+    query's unknown words, best first: one FTS5 query over both (BM25 is a sum over the
+    expression's phrases), keeping the items that match `expression` itself."""
+    sql = f"SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH ?"
+    members = {row[0] for row in db.execute(sql, (expression,))}
+    if not members:  # e.g. a one-word query with a typo: nothing to add to
+        return []
+    both = f"{expression} OR {' OR '.join(corrections)}"
+    kept = (
+        m for m in _iter_matches(db, both, collection, products_only, allowed) if m.id in members
+    )
+    return list(itertools.islice(kept, limit))
 
 
 def _below(floor: float | None, score: float) -> float:
@@ -417,6 +419,19 @@ def _match(
     allowed: set[str] | None,
 ) -> list[KeywordMatch]:
     """One MATCH expression's items, best BM25 first (ties by id)."""
+    sql_limit = limit if allowed is None else None  # product filters apply after SQL
+    found = _iter_matches(db, expression, collection, products_only, allowed, sql_limit)
+    return list(itertools.islice(found, limit))
+
+
+def _iter_matches(
+    db: sqlite3.Connection,
+    expression: str,
+    collection: str | None,
+    products_only: bool,
+    allowed: set[str] | None,
+    limit: int | None = None,
+) -> Iterator[KeywordMatch]:
     where = "1" if collection is None else "items.collection = ?"
     if products_only or allowed is not None:
         where += " AND items.product_id IS NOT NULL"
@@ -427,15 +442,12 @@ def _match(
         f"WHERE {TABLE} MATCH ? AND {where} ORDER BY bm25({TABLE}), items.id"
     )
     params: list[object] = [expression] + ([] if collection is None else [collection])
-    if limit is not None and allowed is None:
+    if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
-    matches = [KeywordMatch(int(r[0]), float(r[1]), r[2], r[3]) for r in db.execute(sql, params)]
-    if allowed is not None:
-        matches = [m for m in matches if m.product_id in allowed]
-        if limit is not None:
-            matches = matches[:limit]
-    return matches
+    for row in db.execute(sql, params):
+        if allowed is None or row[3] in allowed:
+            yield KeywordMatch(int(row[0]), float(row[1]), row[2], row[3])
 
 
 __all__ = [

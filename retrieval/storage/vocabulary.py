@@ -77,15 +77,13 @@ class Vocabulary:
         budget = typo_budget(query)
         if not budget:
             return []
-        choices = [
-            term
-            for length in range(len(query) - budget, len(query) + budget + 1)
-            for term in self.by_length.get(length, ())
-        ]
-        found = process.extract(
-            query, choices, scorer=OSA.distance, score_cutoff=budget, limit=None
-        )
-        near = [(distance, term) for term, distance, _ in found if distance > 0]
+        near = []
+        for length in range(len(query) - budget, len(query) + budget + 1):
+            bucket = self.by_length.get(length, ())  # one call per bucket: no list to build
+            found = process.extract(
+                query, bucket, scorer=OSA.distance, score_cutoff=budget, limit=None
+            )
+            near.extend((distance, term) for term, distance, _ in found if distance > 0)
         near.sort(key=lambda pair: (pair[0], -self.documents[pair[1]], pair[1]))
         return [term for _, term in near[:MAX_TYPO_TERMS]]
 
