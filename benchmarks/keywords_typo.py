@@ -10,6 +10,7 @@ titles it times `keywords.search` (top 10, and unlimited, as a product search re
 - exact, forgiving: the same word with prefix and typo terms added (the cost on every query)
 - typo: the word with one random edit (5+ letters) or two (9+), forgiving
 - prefix: the first 3 letters of the word, forgiving
+- colour + typo: a colour (a common word) and the mistyped word, forgiving
 
 and reports p50/p99 and their ratio to the baseline, whether a typo query found the word it
 was typed for, and the typo-candidate scan alone: length buckets (what vocabulary.py does)
@@ -157,6 +158,8 @@ def main() -> None:
             "exact, forgiving": [(w, True) for w in words],
             "typo (1 edit at 5+, 2 at 9+)": [(typos[w], True) for w in words],
             "prefix (3 letters)": [(w[:3], True) for w in words],
+            # A common word plus a typo: the typo's corrections add to the exact tier.
+            "colour + typo, forgiving": [(f"{rng.choice(COLORS)} {typos[w]}", True) for w in words],
         }
         rows = []
         for limit in (10, None):
