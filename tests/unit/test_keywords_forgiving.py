@@ -213,8 +213,12 @@ def test_index_stores_the_synonyms_and_query_uses_them(furniture_index: Path) ->
     assert titles(answer) == ["Velvet sofa"]
     assert titles(cli_query(furniture_index, "goldfsh", "--mode", "keyword")) == ["Goldfish bowl"]
     assert titles(cli_query(furniture_index, "lam", "--mode", "keyword")) == ["Desk lamp"]
-    hybrid = cli_query(furniture_index, "couch", "--mode", "hybrid", "-k", "4")
-    assert hybrid["results"][0]["signals"].get("keyword") == 1
+    for query in ("couch", "goldfsh", "lam"):  # synonym, typo, prefix in hybrid mode too
+        hybrid = cli_query(furniture_index, query, "--mode", "hybrid", "-k", "4")
+        by_keyword = [h for h in hybrid["results"] if h["signals"].get("keyword") == 1]
+        assert [h["title"] for h in by_keyword] == titles(
+            cli_query(furniture_index, query, "--mode", "keyword", "-k", "1")
+        )
 
 
 def test_bad_synonyms_are_refused_before_indexing(furniture_index: Path, tmp_path: Path) -> None:
