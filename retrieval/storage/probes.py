@@ -43,6 +43,9 @@ SPAN_WORDS = (2, 4)  # words per span: what a search box receives
 # Query vectors a server keeps: 1,000 x 512 float32 is 2 MiB on disk, and as many as
 # SPAN_PROBES, so recorded queries weigh like the spans when both exist.
 RECORDED_QUERIES = 1000
+# Recorded queries tune only from this many on: the recall of fewer than 100 queries is known
+# to +-0.03 or worse, and its lower confidence bound would force a needlessly wide search.
+MIN_RECORDED = 100
 # A server rewrites the sample at most this often (and when it closes).
 RECORD_FLUSH_S = 30.0
 SEED = 1234
@@ -107,7 +110,7 @@ def tuning_probes(
     catalog: Catalog, directory: Path, collection: str, dim: int, embed: TextEmbedder | None
 ) -> dict[str, Vectors]:
     """Probe kind -> query vectors for tuning `collection`: text spans (when a text embedder
-    is given) and recorded queries (when a server kept some)."""
+    is given) and recorded queries (when a server kept MIN_RECORDED or more)."""
     probes: dict[str, Vectors] = {}
     if embed is not None:
         try:
@@ -120,7 +123,7 @@ def tuning_probes(
         if spans is not None and len(spans):
             probes[TEXT_SPANS] = spans
     recorded = read_recorded(directory, dim)
-    if recorded is not None:
+    if recorded is not None and len(recorded) >= MIN_RECORDED:
         probes[RECORDED] = recorded
     return probes
 

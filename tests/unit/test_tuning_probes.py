@@ -24,12 +24,14 @@ from retrieval.index.tuning import K, Tuning, recall_at_k, tune
 from retrieval.search.service import SearchRequest
 from retrieval.storage.catalog import Catalog
 from retrieval.storage.probes import (
+    MIN_RECORDED,
     RECORDED_FILE,
     QueryRecorder,
     read_recorded,
     sample_texts,
     span_probes,
     text_spans,
+    tuning_probes,
 )
 from retrieval.types import IMAGES, TEXTS
 
@@ -108,6 +110,20 @@ def test_a_recorder_keeps_a_bounded_uniform_sample_saved_atomically(tmp_path: Pa
     assert read_recorded(tmp_path, 4) is None  # another model's dimension: not used
 
 
+def test_recorded_queries_tune_from_min_recorded_on(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    recorder = QueryRecorder(tmp_path, 4)
+    vectors = np.random.default_rng(2).normal(size=(MIN_RECORDED, 4)).astype(np.float32)
+    for vector in vectors[:-1]:
+        recorder.add(vector)
+    recorder.flush()
+    assert tuning_probes(catalog, tmp_path, TEXTS, 4, None) == {}  # too few to measure with
+    recorder.add(vectors[-1])
+    recorder.flush()
+    probes = tuning_probes(catalog, tmp_path, TEXTS, 4, None)
+    assert list(probes) == ["recorded"] and np.array_equal(probes["recorded"], vectors)
+
+
 WORDS = ["red", "blue", "green", "small", "large", "wooden", "glass", "round", "striped", "old"]
 THINGS = ["goldfish", "bowl", "chair", "lamp", "teapot", "bicycle", "kite", "clock", "vase"]
 
@@ -135,7 +151,7 @@ def test_the_write_path_tunes_with_spans_and_then_recorded_queries(
     assert info["recall_at_10"] == info["recall"]["text_spans"]
     assert min(info["recall"].values()) >= info["target_recall"] - 0.05
 
-    queries = ["a red goldfish", "wooden chair", "glass vase next to", "old clock"]
+    queries = [f"{WORDS[n % 10]} {THINGS[n % 9]} {n}" for n in range(MIN_RECORDED)]
     with open_for_search(
         directory, EmbedConfig(device="cpu"), batching=BatchConfig(), record_queries=True
     ) as service:
