@@ -54,7 +54,9 @@ def _condition_sql(db: sqlite3.Connection, cond: Condition) -> tuple[str, list[A
     path = json_path(cond.column)
     if cond.exists is not None:
         kind = "IFNULL(json_type(metadata, ?), 'null')"
-        present = f"({kind} NOT IN ('null', 'array') OR json_array_length(metadata, ?) > 0)"
+        present = (
+            f"({kind} NOT IN ('null', 'array') OR IFNULL(json_array_length(metadata, ?), 0) > 0)"
+        )
         return (present if cond.exists else f"NOT {present}"), [path, path]
     if cond.low is not None or cond.high is not None:
         # SQLite orders any text after every number, so only numbers may meet a numeric bound.

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from retrieval.errors import InvalidQueryError
@@ -142,8 +142,12 @@ def oracle_ids(products: list[dict], filters: dict, skip: str | None = None) -> 
     ]
 
 
+NO_BRAND = {"category": "cats", "brand": None, "price": None, "in_stock": None, "tags": []}
+
+
 @settings(max_examples=60, deadline=None)
 @given(products=products_strategy, filters=filters_strategy)
+@example(products=[NO_BRAND, {**NO_BRAND, "brand": "acme"}], filters={"brand": {"exists": False}})
 def test_filters_and_facets_match_a_brute_force_count(
     products: list[dict[str, Any]], filters: dict[str, Any]
 ) -> None:
