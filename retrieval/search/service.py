@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import DEFAULT_FACET_MARGIN, MAX_K, MERCH_DEPTH
+from ..config import DEFAULT_FACET_MARGIN, MAX_K, MERCH_DEPTH, MERCH_START_DEPTH
 from ..embedders.protocols import QueryEmbedder
 from ..errors import InvalidQueryError, ItemNotFoundError
 from ..storage import keywords
@@ -77,6 +77,11 @@ class SearchService:
             return metadata
         product = self.store.catalog.get_product(product_id) or {}
         return {**product, **metadata, "product_id": product_id}
+
+    def _products_metadata(self, product_ids: list[str]) -> dict[str | None, dict[str, Any]]:
+        """What product hits show, for many products in one read (unknown ids left out)."""
+        records = self.store.catalog.get_product_records(product_ids)
+        return {pid: {**rec.metadata, "product_id": pid} for pid, rec in records.items()}
 
     # -- the general entry point ------------------------------------------------------------
     @property
@@ -187,14 +192,19 @@ class SearchService:
                     shown[pid] = match
             matches = [replace(shown[pid], score=best[pid].score) for pid in list(best)[:depth]]
         items = catalog.get_items([m.id for m in matches])
+        products = {}  # one read for all product hits (merchandised searches go 1000 deep)
+        if target == PRODUCTS:
+            products = self._products_metadata([m.product_id or "" for m in matches])
         hits = []
         for match in matches:
             item = items.get(match.id)
             if item is None:  # deleted by a commit since the keyword match was read
                 continue
-            extra = {} if target == PRODUCTS else item.metadata
             rank = len(hits) + 1
-            metadata = self._metadata(item.product_id, extra)
+            if target == PRODUCTS:
+                metadata = products.get(item.product_id) or self._metadata(item.product_id, {})
+            else:
+                metadata = self._metadata(item.product_id, item.metadata)
             hits.append(
                 hit_from_item(
                     item, rank=rank, score=match.score, metadata=metadata, signals={KEYWORD: rank}
@@ -203,34 +213,46 @@ class SearchService:
         return hits
 
     def _ranker(self, request: SearchRequest, mode: str) -> shop.Ranker:
-        """How shop.merchandise ranks this query's products under some filters: the query
-        embedded once, each ranking MERCH_DEPTH deep (see shop.Ranker)."""
+        """How shop.merchandise ranks this query's products under some filters (see
+        shop.Ranker): the query embedded once; the semantic ranking deepened (x4, from
+        MERCH_START_DEPTH up to MERCH_DEPTH) until it passes below the cutoff."""
         check_k(request.k, request.offset)
         if mode == KEYWORD and request.min_score is not None:
             raise InvalidQueryError(
                 "min_score is a cosine cutoff: use it with mode semantic or hybrid"
             )
         vector = None if mode == KEYWORD else self._query_vector(request, PRODUCTS)
-        deep = replace(request, k=MERCH_DEPTH, offset=0, min_score=None)
+        start = min(MERCH_DEPTH, max(request.offset + request.k + 1, MERCH_START_DEPTH))
 
         def rank(
             filters: Mapping[str, Any], cutoff: float | None, margin: bool
-        ) -> tuple[list[Hit], float | None]:
-            query = replace(deep, filters=filters)
+        ) -> tuple[list[Hit], float | None, bool]:
+            query = replace(request, filters=filters, offset=0, min_score=None)
             semantic: list[Hit] = []
+            complete = True
             if vector is not None:
-                semantic = self._products_page(vector, query)
-                if cutoff is None and margin and semantic:
-                    cutoff = semantic[0].score - DEFAULT_FACET_MARGIN
+                depth = start
+                while True:
+                    semantic = self._products_page(vector, replace(query, k=depth))
+                    if cutoff is None and margin and semantic:
+                        cutoff = semantic[0].score - DEFAULT_FACET_MARGIN
+                    complete = len(semantic) < depth or (
+                        cutoff is not None and semantic[-1].score < cutoff
+                    )
+                    if complete or cutoff is None or depth >= MERCH_DEPTH:
+                        break
+                    depth = min(depth * 4, MERCH_DEPTH)
                 if cutoff is not None:
                     semantic = [hit for hit in semantic if hit.score >= cutoff]
             if mode == SEMANTIC:
-                return semantic, cutoff
+                return semantic, cutoff, complete
             keyword = self._keyword_hits(query, PRODUCTS, MERCH_DEPTH)
+            complete = complete and len(keyword) < MERCH_DEPTH
             if mode == KEYWORD:
-                return keyword, cutoff
+                return keyword, cutoff, complete
             rankings = {KEYWORD: keyword, SEMANTIC: semantic}
-            return fuse_hits(rankings, _fusion_key(PRODUCTS), k=MERCH_DEPTH, offset=0), cutoff
+            fused = fuse_hits(rankings, _fusion_key(PRODUCTS), k=MERCH_DEPTH, offset=0)
+            return fused, cutoff, complete
 
         return rank
 
@@ -425,8 +447,8 @@ class SearchService:
                 _, ids = index.search(vector.reshape(1, -1), depth, allowed_ids=allowed)
                 hits = [int(i) for i in ids[0] if i >= 0]
                 found_all = found_all and len(hits) < depth
-                items = catalog.get_items(hits)
-                candidates.update(item.product_id for item in items.values() if item.product_id)
+                products = catalog.get_item_products(hits)
+                candidates.update(pid for pid in products.values() if pid)
             if len(candidates) >= wanted or found_all:
                 break
             depth *= 4
@@ -434,14 +456,13 @@ class SearchService:
             self.store.catalog, self.store.identity.dim, vector, sorted(candidates), weight
         )
         page = scored[request.offset : wanted]
+        metadata = self._products_metadata([item.product_id or "" for _, item in page])
         return [
             hit_from_item(
-                item,
-                rank=request.offset + n + 1,
-                score=score,
-                metadata=self._metadata(item.product_id, {}),
+                item, rank=request.offset + n + 1, score=score, metadata=metadata[item.product_id]
             )
             for n, (score, item) in enumerate(page)
+            if item.product_id in metadata
         ]
 
     def get_item(self, item_id: int) -> Item | None:

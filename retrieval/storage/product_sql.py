@@ -132,10 +132,13 @@ def select_ids(
     offset: int = 0,
 ) -> list[str]:
     """Ids of the products passing `conditions` (among `ids` when given), by `order` then
-    SKU, from `offset`, at most `limit`."""
+    SKU, from `offset`, at most `limit`; in no particular order without `order` and `limit`."""
     where, params = where_sql(db, conditions, ids=ids)
+    sql = f"SELECT id FROM products WHERE {where}"
+    if not order and limit is None:  # a set: the table's own order, no sort (or index walk)
+        return [row[0] for row in db.execute(sql, params)]
     order_by, order_params = _order_sql(db, order)
-    sql = f"SELECT id FROM products WHERE {where} ORDER BY {order_by}"
+    sql += f" ORDER BY {order_by}"
     if limit is not None:
         sql += " LIMIT ? OFFSET ?"
         order_params += [limit, offset]
