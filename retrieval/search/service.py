@@ -22,7 +22,7 @@ from ..types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, TEXTS, Hit, Vectors
 from . import shop
 from .hits import hit_from_item
 from .hybrid import HYBRID, HYBRID_DEPTH, KEYWORD, MODES, SEMANTIC, fuse_hits
-from .products import allowed_products, score_products
+from .products import allowed_items, allowed_products, score_products
 from .queries import (
     MAX_COLLAPSE_DEPTH,
     MAX_PARTS,
@@ -424,14 +424,11 @@ class SearchService:
         if not 0.0 <= weight <= 1.0:
             raise InvalidQueryError(f"text_weight must be between 0 and 1, got {weight}")
         catalog = self.store.catalog
-        passing = allowed_products(catalog, request.filters)
-        allowed = None
-        if passing is not None:
-            allowed = catalog.item_ids_for_products(passing)
-            if not len(allowed):
-                return []
-        else:
+        allowed = allowed_items(catalog, request.filters)
+        if allowed is None:
             allowed = catalog.product_item_ids()
+        elif not len(allowed):
+            return []
         wanted = request.k + request.offset
         candidates: set[str] = set()
         depth = wanted * 4
