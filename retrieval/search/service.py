@@ -15,13 +15,14 @@ import numpy as np
 from ..config import DEFAULT_FACET_MARGIN, MAX_K, MERCH_DEPTH, MERCH_START_DEPTH
 from ..embedders.protocols import QueryEmbedder
 from ..errors import InvalidQueryError, ItemNotFoundError
-from ..storage import keywords
+from ..storage import keywords, product_sql
 from ..storage.catalog import Item, product_columns
 from ..storage.store import IndexStore
 from ..types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, TEXTS, Hit, Vectors
 from . import shop
 from .hits import hit_from_item
 from .hybrid import HYBRID, HYBRID_DEPTH, KEYWORD, MODES, SEMANTIC, fuse_hits
+from .merch import parse_conditions
 from .products import allowed_items, allowed_products, score_products
 from .queries import (
     MAX_COLLAPSE_DEPTH,
@@ -418,37 +419,20 @@ class SearchService:
     ) -> list[Hit]:
         """Score products by weight * title similarity + (1 - weight) * best image similarity.
 
-        Candidates come from both faiss indexes (filtered inside faiss to the allowed
-        products); each candidate is then scored exactly from its stored vectors, so the
-        fusion never misses half of a product's score because one list was cut short."""
+        Candidates come from both faiss indexes (filtered after the search when the filters
+        pass most products, else inside faiss to the allowed products); each candidate is then
+        scored exactly from its stored vectors, so the fusion never misses half of a product's
+        score because one list was cut short."""
         if not 0.0 <= weight <= 1.0:
             raise InvalidQueryError(f"text_weight must be between 0 and 1, got {weight}")
-        catalog = self.store.catalog
-        allowed = allowed_items(catalog, request.filters)
-        if allowed is None:
-            allowed = catalog.product_item_ids()
-        elif not len(allowed):
-            return []
         wanted = request.k + request.offset
-        candidates: set[str] = set()
-        depth = wanted * 4
-        while True:
-            found_all = True
-            for collection, used in ((IMAGES, weight < 1.0), (TEXTS, weight > 0.0)):
-                if not used:
-                    continue
-                with self._lock:
-                    index = self.store.get_index(collection)
-                if index is None:
-                    continue
-                _, ids = index.search(vector.reshape(1, -1), depth, allowed_ids=allowed)
-                hits = [int(i) for i in ids[0] if i >= 0]
-                found_all = found_all and len(hits) < depth
-                products = catalog.get_item_products(hits)
-                candidates.update(pid for pid in products.values() if pid)
-            if len(candidates) >= wanted or found_all:
-                break
-            depth *= 4
+        candidates = None
+        if request.filters:
+            candidates = self._post_filtered(vector, request.filters, wanted, weight)
+        if candidates is None:
+            candidates = self._pre_filtered(vector, request.filters, wanted, weight)
+            if candidates is None:
+                return []
         scored = score_products(
             self.store.catalog, self.store.identity.dim, vector, sorted(candidates), weight
         )
@@ -461,6 +445,73 @@ class SearchService:
             for n, (score, item) in enumerate(page)
             if item.product_id in metadata
         ]
+
+    def _candidates(
+        self, vector: np.ndarray, weight: float, depth: int, allowed: np.ndarray | None
+    ) -> tuple[dict[str, int], bool]:
+        """Products of the top `depth` items of each index the weight uses (among `allowed`),
+        with how many of those items each has; and whether an index ran out of items."""
+        found: dict[str, int] = {}
+        found_all = True
+        for collection, used in ((IMAGES, weight < 1.0), (TEXTS, weight > 0.0)):
+            if not used:
+                continue
+            with self._lock:
+                index = self.store.get_index(collection)
+            if index is None:
+                continue
+            _, ids = index.search(vector.reshape(1, -1), depth, allowed_ids=allowed)
+            hits = [int(i) for i in ids[0] if i >= 0]
+            found_all = found_all and len(hits) < depth
+            for pid in self.store.catalog.get_item_products(hits).values():
+                if pid:
+                    found[pid] = found.get(pid, 0) + 1
+        return found, found_all
+
+    def _pre_filtered(
+        self, vector: np.ndarray, filters: Mapping[str, Any], wanted: int, weight: float
+    ) -> set[str] | None:
+        """Candidate products from searches restricted inside faiss to the allowed products'
+        items, deepened until `wanted` products are found or the indexes run out; None when no
+        product passes."""
+        catalog = self.store.catalog
+        allowed = allowed_items(catalog, filters)
+        if allowed is None:
+            allowed = self._product_items()
+        elif not len(allowed):
+            return None
+        depth = wanted * 4
+        while True:
+            found, found_all = self._candidates(vector, weight, depth, allowed)
+            if len(found) >= wanted or found_all:
+                return set(found)
+            depth *= 4
+
+    def _post_filtered(
+        self, vector: np.ndarray, filters: Mapping[str, Any], wanted: int, weight: float
+    ) -> set[str] | None:
+        """Candidate products from an unrestricted search twice as deep as a restricted one
+        starts, checked against the filters in SQL; None when fewer than the restricted
+        search's first pool pass (narrow filters: `_pre_filtered` then runs). Filters that pass
+        most products (`in_stock=true`) cost a table scan and an IDSelector over most of the
+        index otherwise: 0.49 s at 100k products on a loaded 2-core machine."""
+        columns = product_columns(self.store.catalog.db)
+        conditions = parse_conditions(filters, columns)
+        found, _ = self._candidates(vector, weight, wanted * 8, self._product_items())
+        passing = set(product_sql.select_ids(self.store.catalog.db, conditions, ids=list(found)))
+        if sum(found[pid] for pid in passing) < wanted * 4 or len(passing) < wanted:
+            return None
+        return passing
+
+    def _product_items(self) -> np.ndarray | None:
+        """The item ids a product search may return: every product's, or None (no
+        restriction) when every item belongs to a product, the usual shop index."""
+        catalog = self.store.catalog
+        if catalog.db.execute(
+            "SELECT NOT EXISTS(SELECT 1 FROM items WHERE product_id IS NULL)"
+        ).fetchone()[0]:
+            return None
+        return catalog.product_item_ids()
 
     def get_item(self, item_id: int) -> Item | None:
         """A catalog item with its product's metadata merged in (None if unknown)."""
