@@ -107,6 +107,14 @@ def measure(directory: Path, repeat: int) -> list[tuple[str, float, float]]:
                     *timed(lambda n, p=plain: p(n, facets=facets, sort=sort), repeat),
                 )
             )
+            rows.append(
+                (
+                    f"{mode} same + facets + sort, min_score -1 (1,000-deep matched set)",
+                    *timed(
+                        lambda n, p=plain: p(n, facets=facets, sort=sort, min_score=-1.0), repeat
+                    ),
+                )
+            )
 
         def browse(n: int, **merch: object) -> object:
             filters = {"category": f"cat{n % CATEGORIES}"}
