@@ -361,8 +361,8 @@ def quantile_bands(
                 if edge > values[0] and (not edges or edge > edges[-1]):
                     edges.append(edge)
         bounds: list[float | None] = [None, *edges, None]
-        for stale in [k for k in cache if k[1] != version]:  # one catalog version at a time
-            del cache[stale]
+        for stale in [k for k in list(cache) if k[1] != version]:  # one catalog version at a time
+            cache.pop(stale, None)  # another thread may have dropped it
         cache[key] = tuple(zip(bounds[:-1], bounds[1:], strict=True))
     return cache[key]  # type: ignore[no-any-return]
 
