@@ -2,8 +2,8 @@
 (category, brand, price bands) and a sort, against the same search without them (target: < 2x
 at p50), and browsing by filter (sorted, paged, faceted) against browsing without facets and
 sort (browsing's facet counts are cached until the catalog changes: one row measures them
-uncached). Title vectors are pre-made (random, normalised, as benchmarks/product_writes.py builds its
-catalog) and the tiny test model (dim 32) embeds the queries, so the model costs next to
+uncached). Title vectors are pre-made (random, normalised, as benchmarks/product_writes.py
+builds its catalog) and the tiny test model (dim 32) embeds the queries, so the model costs next to
 nothing: the ratios are as high as they get (a real model adds ~35 ms to both sides of a text
 search on 2 CPU cores).
 
