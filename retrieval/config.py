@@ -85,35 +85,23 @@ def default_batch_size(use: str, on_gpu: bool) -> int:
 # Results a search returns at most per page; a page may start up to 10x deeper (offset).
 MAX_K = 1000
 
-# -- Product merchandising (search/merch.py) ----------------------------------------------------
-# Value-count facets show the 20 most frequent values (then one `other` count): what a facet
-# panel shows before "more" in Algolia's and Typesense's defaults (10-20).
+# -- Product merchandising (search/merch.py, shop.py); docs/design.md, "Product merchandising"
+# Value facets: the 20 most frequent values, then one `other` count (Algolia/Typesense show
+# 10-20); number facets without bands: 5 bands cut at the catalog's quantiles.
 FACET_VALUES = 20
-# Number facets without given bands: 5 bands cut at the catalog's 20/40/60/80% quantiles.
 FACET_BANDS = 5
 MAX_FACETS = 16
-# Facet counts of browsing (they follow from the filters) and quantile bands are kept until
-# the catalog changes: a storefront's category pages repeat, and counting 100k products takes
-# ~0.5 s under load. A few KB each.
+# Browsing's facet counts and the quantile bands, kept until the catalog changes.
 FACET_CACHE_SIZE = 1024
 MAX_SORT_KEYS = 4
-# Values one filter may OR together; keeps one request's SQL small.
-MAX_FILTER_VALUES = 100
-# A query search that asks for facets, sort or boosts works on its best MERCH_DEPTH products
-# (those at or above the cutoff): the set whose facets are counted, which is sorted, and whose
-# `total` is given. As deep as a page may reach (MAX_K).
+MAX_FILTER_VALUES = 100  # values one filter may OR together
+# A merchandised query works on at most its best MERCH_DEPTH products at or above the cutoff,
+# ranked MERCH_START_DEPTH deep first and 4x deeper while still above it.
 MERCH_DEPTH = MAX_K
-# ... reached in steps: the ranking starts this deep (or a page deeper) and goes 4x deeper while
-# its last product still scores at or above the cutoff, since scoring a product exactly reads
-# its vectors (1,000 products took ~0.5 s on a loaded 2-core machine, 100 ~50 ms). Without a
-# cutoff (boosts alone), boosts rescore this many.
 MERCH_START_DEPTH = 100
-# Without min_score, facets and sort of a query search keep the products scoring within this
-# cosine of the best product (the default cutoff; README "Shop integration" says why 0.1).
+# Without min_score, facets and sort count the products within this cosine of the best.
 DEFAULT_FACET_MARGIN = 0.1
-# `boost=popularity:log` adds 0.01 * log1p(popularity): +0.023 at 9 sales, +0.069 at 1,000,
-# about the gap between neighbouring CLIP product scores, so popularity reorders close matches
-# without lifting an unrelated product over a relevant one.
+# `boost=popularity:log` adds DEFAULT_BOOST_LOG_SCALE * log1p(popularity).
 DEFAULT_BOOST_LOG_SCALE = 0.01
 
 # Text queries per shared forward pass, and how long one waits for companions (2 ms: 5% of a
