@@ -130,6 +130,8 @@ def _band(text: str) -> tuple[float | None, float | None]:
             f"facet band {text!r}: write FROM-TO, FROM- or -TO with numbers, e.g. price:0-50,50-"
         )
     low, high = (float(g) if g is not None else None for g in match.groups())
+    if any(v is not None and not math.isfinite(v) for v in (low, high)):
+        raise InvalidQueryError(f"facet band {text!r}: the ends must be finite numbers")
     if low is not None and high is not None and high <= low:
         raise InvalidQueryError(f"facet band {text!r}: TO must be above FROM")
     return low, high
