@@ -113,6 +113,15 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    record_queries: Annotated[
+        bool,
+        typer.Option(
+            help="Keep a sample (1,000) of the query vectors received in the index directory "
+            "(recorded_queries.npy); the next re-tune of an approximate index measures recall "
+            "with them (see `mmsearch info`)",
+            envvar="MMSEARCH_RECORD_QUERIES",
+        ),
+    ] = False,
 ) -> None:
     """Serve searches over HTTP: a JSON API (docs at /docs), Prometheus /metrics, and a search
     page at /. One process: the model is loaded once and text queries are micro-batched."""
@@ -139,6 +148,7 @@ def serve(
             batching=BatchConfig(
                 max_batch=max_batch, max_wait_s=batch_wait_ms / 1000, cache_size=cache_size
             ),
+            record_queries=record_queries,
         )
         if config.api_key is None and not is_loopback(host):
             typer.echo(
