@@ -14,13 +14,12 @@ from ..types import IMAGES
 from .merch import parse_conditions
 
 
-def allowed_products(catalog: Catalog, filters: Mapping[str, Any]) -> list[str] | None:
-    """Ids of the products that pass `filters` (merch.py's module docstring), or None for no
-    filters."""
-    if not filters:
-        return None
+def passing_products(
+    catalog: Catalog, filters: Mapping[str, Any], product_ids: list[str]
+) -> set[str]:
+    """Which of `product_ids` pass `filters` (their rows looked up by SKU, no table scan)."""
     conditions = parse_conditions(filters, product_columns(catalog.db))
-    return product_sql.select_ids(catalog.db, conditions)
+    return set(product_sql.select_ids(catalog.db, conditions, ids=product_ids))
 
 
 def allowed_items(catalog: Catalog, filters: Mapping[str, Any]) -> np.ndarray | None:
@@ -71,4 +70,4 @@ def score_products(
     return scored
 
 
-__all__ = ["allowed_items", "allowed_products", "score_products"]
+__all__ = ["allowed_items", "passing_products", "score_products"]

@@ -25,7 +25,7 @@ from .candidates import ProductCandidates
 from .hits import hit_from_item
 from .hybrid import HYBRID, HYBRID_DEPTH, KEYWORD, MODES, SEMANTIC, fuse_hits
 from .merch import CatalogCache
-from .products import allowed_products, score_products
+from .products import passing_products, score_products
 from .queries import (
     MAX_COLLAPSE_DEPTH,
     MAX_PARTS,
@@ -174,9 +174,16 @@ class SearchService:
         page = fuse_hits(rankings, _fusion_key(target), k=request.k + 1, offset=request.offset)
         return page[: request.k], len(page) > request.k
 
-    def _keyword_hits(self, request: SearchRequest, target: str, depth: int) -> list[Hit]:
+    def _keyword_hits(
+        self,
+        request: SearchRequest,
+        target: str,
+        depth: int,
+        matched: Callable[[], list[keywords.KeywordMatch]] | None = None,
+    ) -> list[Hit]:
         """The top `depth` BM25 hits of the query's words (products: each product scored by
-        its best item, shown by its best-matching image)."""
+        its best item, shown by its best-matching image). `matched`: the query's product
+        matches, when the caller has them (a merchandised query ranks under two filter sets)."""
         catalog = self.store.catalog
         if not keywords.has_keywords(catalog.db):
             raise InvalidQueryError(
@@ -190,10 +197,19 @@ class SearchService:
         else:
             if not self.has_catalog:
                 raise InvalidQueryError("target products needs a product catalog")
-            allowed = allowed_products(self.store.catalog, request.filters)
-            found = keywords.search(
-                catalog.db, text, None, limit=None, product_ids=allowed, synonyms=synonyms
-            )
+            # The filters are checked on the matched products only (their SKUs' rows), not by
+            # listing every product that passes: a broad filter listed 66k SKUs at 100k.
+            if matched is not None:
+                found = matched()
+            else:
+                found = keywords.search(
+                    catalog.db, text, None, limit=None, products_only=bool(request.filters),
+                    synonyms=synonyms,
+                )  # fmt: skip
+            if request.filters:
+                matched = list({match.product_id or "" for match in found})
+                passing = passing_products(catalog, request.filters, matched)
+                found = [match for match in found if match.product_id in passing]
             best: dict[str, keywords.KeywordMatch] = {}
             shown: dict[str, keywords.KeywordMatch] = {}
             for match in found:  # best first, so the first match of a product is its score
@@ -235,6 +251,19 @@ class SearchService:
             )
         vector = None if mode == KEYWORD else self._query_vector(request, PRODUCTS)
         start = min(MERCH_DEPTH, max(request.offset + request.k + 1, MERCH_START_DEPTH))
+        found: list[list[keywords.KeywordMatch]] = []
+
+        def matched() -> list[keywords.KeywordMatch]:
+            """The query's keyword matches among product items, searched once per request."""
+            if not found:
+                synonyms = load_synonyms(self.store.directory)
+                db, text = self.store.catalog.db, request.text or ""
+                found.append(
+                    keywords.search(
+                        db, text, None, limit=None, products_only=True, synonyms=synonyms
+                    )
+                )
+            return found[0]
 
         def rank(
             filters: Mapping[str, Any], cutoff: float | None, margin: bool
@@ -258,7 +287,7 @@ class SearchService:
                     semantic = [hit for hit in semantic if hit.score >= cutoff]
             if mode == SEMANTIC:
                 return semantic, cutoff, complete
-            keyword = self._keyword_hits(query, PRODUCTS, MERCH_DEPTH)
+            keyword = self._keyword_hits(query, PRODUCTS, MERCH_DEPTH, matched)
             complete = complete and len(keyword) < MERCH_DEPTH
             if mode == KEYWORD:
                 return keyword, cutoff, complete
