@@ -111,6 +111,7 @@ def open_exported(
             key=key,
             cache_dir=cache_dir,
             tokenizer_spec=hf_tokenizer.capture(tokenizer),
+            engine=engine,
         )
     except export.ExportError as err:
         if required:

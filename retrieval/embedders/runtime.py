@@ -1,16 +1,16 @@
 """Run exported open_clip towers on the CPU without torch: the export cache and its encoder.
 
 An entry of the cache is one folder per model, named by `export_key` (weights, architecture,
-exporter and runtime versions), holding `image.onnx`, `text.onnx` and `meta.json` with each
-file's size and sha256. An entry is only used after its meta and checksums match; anything else
-(a truncated file, a flipped byte, an entry from other versions) reads as missing, and the torch
-side exports again. This module imports neither torch nor open_clip, so a cold text query can
-load it with the torch-free tokenizer in a fraction of a second.
+exporter and runtime versions), holding one graph per tower in the engine's own form (OpenVINO
+IR `image.xml` + `image.bin`, or `image.onnx`; see export.py) and `meta.json`, which names the
+graphs and records each file's size and sha256. An entry is only used after its meta and
+checksums match; anything else (a truncated file, a flipped byte, an entry from other versions)
+reads as missing, and the torch side exports again. This module imports neither torch nor
+open_clip, so a cold query can load it with the torch-free tokenizer and image preprocessing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidOptionError, ModelUnavailableError
-from ..files import cached_sha256, write_atomic
+from ..files import cached_sha256
 from ..files import file_sha256 as _file_sha256
 from ..types import Vectors
 
@@ -34,11 +34,11 @@ logger = logging.getLogger(__name__)
 
 CACHE_ENV = "MMSEARCH_EXPORT_CACHE"
 DEFAULT_CACHE_DIR = Path("~/.cache/mmsearch/exports")
-IMAGE_FILE = "image.onnx"
-TEXT_FILE = "text.onnx"
 META_FILE = "meta.json"
+TOWERS = ("image", "text")
 # Bump when the entry layout or the exported wrappers change: old entries then read as stale.
-FORMAT = 1
+# 2: one form per engine (OpenVINO IR), graphs named in meta.json, no compiled blobs.
+FORMAT = 2
 # The promise of the exported backend: within this of open_clip fp32 eager, per component of a
 # normalised vector (measured: ~1e-6 for ViT-B-32).
 EXACT_TOLERANCE = 1e-4
@@ -116,10 +116,20 @@ def write_meta(folder: Path, *, key: str, **fields: Any) -> None:
     os.replace(temporary, folder / META_FILE)
 
 
-def read_meta(folder: Path, key: str | None = None, files: tuple[str, ...] = ()) -> dict | None:
+def graph_files(meta: dict, tower: str) -> list[str]:
+    """The files of one tower's graph in an entry: the graph meta.json names for it, and the
+    files sharing its stem (an OpenVINO IR's .bin of weights)."""
+    graph = meta.get("graphs", {}).get(tower)
+    if not graph:
+        return []
+    stem = Path(graph).stem
+    return sorted(name for name in meta.get("files", {}) if Path(name).stem == stem)
+
+
+def read_meta(folder: Path, key: str | None = None, towers: tuple[str, ...] = ()) -> dict | None:
     """The entry's meta when it is complete and intact, else None (with a log line saying why).
 
-    `files` limits the checksum pass to the graphs about to be loaded (a text query need not
+    `towers` limits the checksum pass to the graphs about to be loaded (a text query need not
     read the image tower); sizes of all files are always checked."""
     try:
         meta = json.loads((folder / META_FILE).read_text())
@@ -131,6 +141,7 @@ def read_meta(folder: Path, key: str | None = None, files: tuple[str, ...] = ())
         )
         return None
     problem = None
+    files = {name for tower in towers for name in graph_files(meta, tower)}
     if meta.get("format") != FORMAT or (key is not None and meta.get("key") != key):
         problem = "it was made by other versions"
     for name, recorded in meta.get("files", {}).items():
@@ -143,7 +154,7 @@ def read_meta(folder: Path, key: str | None = None, files: tuple[str, ...] = ())
         # 250 MB graph each time, and any rewrite of the file is hashed again.
         elif (not files or name in files) and cached_sha256(path) != recorded["sha256"]:
             problem = f"{name} fails its checksum"
-    if not problem and not {IMAGE_FILE, TEXT_FILE} <= set(meta.get("files", {})):
+    if not problem and not all(graph_files(meta, tower) for tower in TOWERS):
         problem = "it lacks a tower"
     if problem:
         logger.warning("export cache entry %s is not usable: %s; rebuilding", folder, problem)
@@ -182,25 +193,16 @@ def _openvino_session(path: Path, threads: int, precision: str) -> Session:
         raise RuntimeUnavailableError(
             "the openvino backend needs openvino: pip install openvino, or use --backend torch"
         ) from err
-    core = openvino.Core()
-    blobs = path.parent / OPENVINO_BLOBS
-    with contextlib.suppress(OSError):
-        blobs.mkdir(exist_ok=True)
-    if os.access(blobs, os.W_OK):  # a read-only cache entry just compiles every time
-        _check_blobs(blobs)
-        # OpenVINO's own model cache: compiling from the path with CACHE_DIR set imports the
-        # compiled blob and skips both the ONNX read and the compile; its key covers the file's
-        # path, size and mtime and this config.
-        core.set_property({"CACHE_DIR": str(blobs)})
     config = {
         "INFERENCE_NUM_THREADS": threads,
         "PERFORMANCE_HINT": "LATENCY",  # one stream: each batch uses every thread
         # Explicit: OpenVINO picks bf16 on its own on some bf16-capable CPUs.
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
     }
-    compiled = core.compile_model(str(path), "CPU", config)
-    if os.access(blobs, os.W_OK):
-        _record_blobs(blobs)
+    # Compiled from the IR each time (its .bin memory-mapped): ~0.4 s a ViT-B-32 tower, while
+    # OpenVINO's compiled-blob cache (CACHE_DIR) would store every weight a second time
+    # (benchmarks/first_run.py).
+    compiled = openvino.Core().compile_model(str(path), "CPU", config)
     request = compiled.create_infer_request()
     # An InferRequest runs one inference at a time ("Infer Request is busy" otherwise), and
     # `serve` embeds uploads from many worker threads at once. One request behind a lock, not
@@ -213,38 +215,6 @@ def _openvino_session(path: Path, threads: int, precision: str) -> Session:
             return np.array(request.infer([array])[0], dtype=np.float32)
 
     return run
-
-
-OPENVINO_BLOBS = "openvino-blobs"
-BLOBS_FILE = "blobs.json"
-
-
-def _blob_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name != BLOBS_FILE)
-
-
-def _check_blobs(folder: Path) -> None:
-    """Delete compiled blobs that were not recorded after a finished compile, or whose
-    checksum no longer matches: OpenVINO then compiles again. A blob is never trusted unchecked,
-    like the graphs it was compiled from (a killed compile can leave half a blob)."""
-    if not folder.is_dir():
-        return
-    try:
-        recorded = json.loads((folder / BLOBS_FILE).read_text())
-    except (OSError, ValueError):
-        recorded = {}
-    for blob in _blob_files(folder):
-        if blob.name not in recorded or recorded[blob.name] != cached_sha256(blob):
-            logger.warning("discarding unverified OpenVINO compiled blob %s", blob)
-            blob.unlink(missing_ok=True)
-
-
-def _record_blobs(folder: Path) -> None:
-    sums = {blob.name: cached_sha256(blob) for blob in _blob_files(folder)}
-    try:
-        write_atomic(folder / BLOBS_FILE, json.dumps(sums, sort_keys=True).encode())
-    except OSError as err:  # a read-only cache only costs the next run a compile
-        logger.warning("could not record OpenVINO blobs in %s: %s", folder, err)
 
 
 @dataclass(frozen=True)
@@ -309,19 +279,20 @@ class ExportedEncoder:
     def image_size(self) -> int:
         return int(self.meta["image_size"])
 
-    def _session(self, file: str) -> Session:
+    def _session(self, tower: str) -> Session:
         with self._loading:  # two threads' first queries compile one graph, not two
-            if file not in self._sessions:
+            if tower not in self._sessions:
                 create = ENGINES[self.engine].create_session
-                self._sessions[file] = create(self.folder / file, self.threads, self.precision)
-            return self._sessions[file]
+                path = self.folder / self.meta["graphs"][tower]
+                self._sessions[tower] = create(path, self.threads, self.precision)
+            return self._sessions[tower]
 
     def encode_images(self, pixels: npt.NDArray[np.float32]) -> Vectors:
         """(n, 3, H, W) float32 preprocessed pixels -> (n, dim) normalised float32."""
         if len(pixels) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-        return _normalise(self._session(IMAGE_FILE)(pixels))
+        return _normalise(self._session("image")(pixels))
 
     def encode_tokens(self, tokens: npt.NDArray[np.int64]) -> Vectors:
         """(n, context_length) token ids as open_clip's tokenizer returns them -> (n, dim)
@@ -336,7 +307,7 @@ class ExportedEncoder:
             else:
                 ends = (tokens == pooling["eos_id"]).argmax(axis=-1)
             tokens = np.ascontiguousarray(tokens[:, : int(ends.max()) + 1])
-        return _normalise(self._session(TEXT_FILE)(tokens))
+        return _normalise(self._session("text")(tokens))
 
 
 def _check_choice(engine: str, precision: str) -> None:
@@ -380,8 +351,7 @@ def open_cached(
     engine = engine or DEFAULT_ENGINE
     _check_choice(engine, precision)
     folder = entry_path(key, cache_dir)
-    names = {"image": IMAGE_FILE, "text": TEXT_FILE}
-    meta = read_meta(folder, key, files=tuple(names[tower] for tower in towers))
+    meta = read_meta(folder, key, towers=towers)
     if meta is None:
         return None
     return ExportedEncoder(folder, meta, threads, precision, engine)
