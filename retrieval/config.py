@@ -20,6 +20,14 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
+# Progress lines the library logs for the user to see whatever the log level (the CLI shows them
+# on stderr without a level prefix): one-off waits such as the first use of a model.
+PROGRESS_LOGGER = "retrieval.progress"
+# The first-use export's seconds per million model parameters, for the estimate in its progress
+# line: ~8-10 s for ViT-B-32's 151 M on the loaded 2-core machine (benchmarks/first_run.py).
+EXPORT_SECONDS_PER_MILLION_PARAMETERS = 0.06
+
+
 def default_index_dir() -> Path:
     """The index directory used when none is given: $MMSEARCH_INDEX or ./indexes/default."""
     return Path(os.environ.get(INDEX_DIR_ENV) or DEFAULT_INDEX_DIR)

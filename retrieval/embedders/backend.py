@@ -13,11 +13,13 @@ from pathlib import Path
 
 import torch
 
+from ..config import EXPORT_SECONDS_PER_MILLION_PARAMETERS, PROGRESS_LOGGER
 from ..errors import ModelUnavailableError
 from ..types import ModelIdentity
 from . import export, hf_tokenizer, runtime
 
 logger = logging.getLogger(__name__)
+progress = logging.getLogger(PROGRESS_LOGGER)
 
 BACKEND_ENV = "MMSEARCH_BACKEND"
 BACKENDS = runtime.BACKENDS
@@ -101,7 +103,10 @@ def open_exported(
     if encoder is not None:
         encoder.origin = origin
         return encoder
-    logger.info("exporting %s for the %s runtime (first use only)", identity.name, engine)
+    parameters = sum(tensor.numel() for tensor in model.parameters())
+    estimate = max(1, round(parameters / 1e6 * EXPORT_SECONDS_PER_MILLION_PARAMETERS))
+    progress.info("preparing the model for this CPU (first use, ~%d s)…", estimate)
+    logger.info("exporting %s for the %s runtime", identity.name, engine)
     try:
         export.export_model(
             model,
