@@ -187,6 +187,31 @@ def test_architecture_that_does_not_export_falls_back_to_torch(
         )
 
 
+def test_a_model_openvino_cannot_convert_goes_through_the_onnx_export(
+    tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import openvino
+
+    def reject(*args, **kwargs):
+        raise RuntimeError("Cannot convert aten::some_op")
+
+    monkeypatch.setattr(openvino, "convert_model", reject)
+    spec = ModelSpec(tiny_model, None)
+    embedder = OpenClipEmbedder.load(spec, device="cpu", cache_dir=tmp_path / "exports")
+    assert embedder.backend == "openvino"
+    entry = embedder.encoder.folder
+    assert embedder.encoder.meta["graphs"] == {"image": "image.onnx", "text": "text.onnx"}
+    assert sorted(path.name for path in entry.iterdir()) == ["image.onnx", "meta.json", "text.onnx"]
+    eager = OpenClipEmbedder.load(spec, device="cpu", backend="torch")
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    np.testing.assert_allclose(
+        embedder.encode_images(pixels), eager.encode_images(pixels), atol=TOLERANCE, rtol=0
+    )
+    np.testing.assert_allclose(
+        embedder.encode_texts(TEXTS), eager.encode_texts(TEXTS), atol=TOLERANCE, rtol=0
+    )
+
+
 def test_runtime_module_does_not_import_torch(embedders, cache_dir: Path) -> None:
     exported, _ = embedders
     tokens = exported.tokenizer(TEXTS).numpy()
