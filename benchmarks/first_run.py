@@ -112,12 +112,13 @@ def export_routes(model_dir: Path, work: Path, threads: int, skip_onnx: bool) ->
         saved = export.ROUTES["openvino"]
         export.ROUTES["openvino"] = route
         try:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             entry = export.export_model(
                 model, image_size=size, context_length=77, dim=model.visual.output_dim,
                 key=key, cache_dir=cache,
             )  # fmt: skip
             exported_s = time.perf_counter() - started
+            exported_cpu_s = time.process_time() - cpu_started  # all threads: what load leaves
         finally:
             export.ROUTES["openvino"] = saved
         blobs = 0
@@ -139,13 +140,15 @@ def export_routes(model_dir: Path, work: Path, threads: int, skip_onnx: bool) ->
         cache_bytes = folder_bytes(cache)
         overhead = exported_s + first_s - warm_s
         rows.append(
-            f"| {name} | {exported_s:.1f} | {overhead:.1f} | {warm_s:.2f} | "
+            f"| {name} | {exported_s:.1f} ({exported_cpu_s:.1f} CPU) | {overhead:.1f} | "
+            f"{warm_s:.2f} | "
             f"{cache_bytes / 2**20:,.0f} ({blobs / 2**20:,.0f} blobs) | "
             f"{cache_bytes / weights_bytes:.2f}x | {error:.1e} |"
         )
     print(f"\n## export routes, {model_dir.name}, weights {weights_bytes / 2**20:,.0f} MiB\n")
-    print("| route | export s (incl. check) | first-use overhead s | warm open + first image s "
-          "| cache MiB | cache / weights | max abs err vs open_clip fp32 |")  # fmt: skip
+    print("| route | export s (incl. check; CPU s, all threads) | first-use overhead s "
+          "| warm open + first image s | cache MiB | cache / weights "
+          "| max abs err vs open_clip fp32 |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if ir_entry is not None:
@@ -167,7 +170,7 @@ def export_routes(model_dir: Path, work: Path, threads: int, skip_onnx: bool) ->
     return [str(work / "cache-openvino-ir")]
 
 
-def serve_rss(model_dir: Path, work: Path, images: int, cache: Path) -> None:
+def serve_rss(model_dir: Path, work: Path, images: int, cache: Path, baseline: Path | None) -> None:
     from benchmarks.livekit import serve_child
     from retrieval.images import walk_images
 
@@ -179,11 +182,12 @@ def serve_rss(model_dir: Path, work: Path, images: int, cache: Path) -> None:
         for path in sorted(DEFAULT_IMAGES.glob("*.JPEG"))[:images]:
             (folder / path.name).symlink_to(path)
     directory = work / "index"
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "retrieval", "index", str(folder), "--model",
-                    f"local-dir:{model_dir}", "--index", str(directory), "-q"],
-                   check=True, env=env)  # fmt: skip
-    print(f"\nindexed {images} images in {time.perf_counter() - started:.0f} s")
+    if not directory.is_dir():
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "retrieval", "index", str(folder), "--model",
+                        f"local-dir:{model_dir}", "--index", str(directory), "-q"],
+                       check=True, env=env)  # fmt: skip
+        print(f"\nindexed {images} images in {time.perf_counter() - started:.0f} s")
     queries = [p for p, _ in zip(walk_images(folder), range(3), strict=False)]
     print(f"\n## `mmsearch serve`, {images} images, after {len(TEXTS)} text + "
           f"{len(queries)} image queries\n")  # fmt: skip
@@ -193,12 +197,26 @@ def serve_rss(model_dir: Path, work: Path, images: int, cache: Path) -> None:
     saved = dict(os.environ)
     os.environ.clear()
     os.environ.update(env)  # serve_child's server inherits it
-    servers = {"light": ("exported towers (light)", ()),
-               "torch": ("--backend torch", ("--backend", "torch"))}  # fmt: skip
+    servers = {"light": ("exported towers (light)", (), None),
+               "torch": ("--backend torch", ("--backend", "torch"), None)}  # fmt: skip
+    if baseline is not None:
+        # The code before this change, on the same index: its default (OpenVINO + torch loaded)
+        # exports the model again into its own cache, in its own format.
+        command = [sys.executable, "-c", "from retrieval.cli import app; app()"]
+        servers["baseline"] = (f"default at {baseline.name} (before)", (), baseline)
     try:
-        for name, (label, args) in servers.items():
+        for name, (label, args, checkout) in servers.items():
             log = work / f"serve-{name}.log"
-            with serve_child(directory, free_port(), args, log) as (base, process):
+            launch = None
+            if checkout is not None:
+                os.environ["PYTHONPATH"] = str(checkout.resolve())
+                os.environ["MMSEARCH_EXPORT_CACHE"] = str(work / "cache-baseline")
+                launch = [*command, "serve", "--index", str(directory), "--host", "127.0.0.1",
+                          "--port", str(port := free_port()), "--device", "cpu",
+                          "--no-access-log"]  # fmt: skip
+            else:
+                port = free_port()
+            with serve_child(directory, port, args, log, launch) as (base, process):
                 for text in TEXTS:
                     answer = httpx.get(f"{base}/search", params={"q": text, "k": 10}, timeout=120)
                     answer.raise_for_status()
@@ -242,6 +260,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--skip-onnx", action="store_true", help="only the route now")
     parser.add_argument("--skip-serve", action="store_true")
+    parser.add_argument(
+        "--only-serve", action="store_true", help="reuse --workdir's IR cache and index"
+    )
+    parser.add_argument(
+        "--baseline-checkout",
+        type=Path,
+        default=None,
+        help="also serve with this checkout's code (e.g. ../main before this change), its own "
+        "export cache, same index",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="mmsearch-first-run-"))
@@ -250,9 +278,12 @@ def main() -> None:
     print(f"# first run and serve RSS: {environment('cpu')}")
     print(f"# CPU: {cpu_model()}, load average {os.getloadavg()[0]:.1f} at start")
     print(f"# python -m benchmarks.first_run --arch {args.arch} --images {args.images}")
-    (cache,) = export_routes(model_dir, work, args.threads, args.skip_onnx)
+    if args.only_serve:
+        cache = str(work / "cache-openvino-ir")
+    else:
+        (cache,) = export_routes(model_dir, work, args.threads, args.skip_onnx)
     if not args.skip_serve:
-        serve_rss(model_dir, work, args.images, Path(cache))
+        serve_rss(model_dir, work, args.images, Path(cache), args.baseline_checkout)
     print(f"\n# load average {os.getloadavg()[0]:.1f} at the end; work folder {work}")
 
 

@@ -296,6 +296,20 @@ def test_a_killed_export_leaves_nothing_that_is_used_and_is_cleaned_up(
     assert export.remove_abandoned(entry) == []
 
 
+def test_mapped_weights_are_released_after_a_new_shape_and_results_stay_the_same(
+    embedders,
+) -> None:
+    import os
+
+    exported, _ = embedders
+    pixels = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    first = exported.encode_images(pixels)  # a new shape: its run released the pages already
+    weights = {os.path.realpath(exported.encoder.folder / "image.bin")}
+    assert runtime.drop_mapped_pages(weights) >= 1  # OpenVINO keeps the .bin mapped
+    np.testing.assert_array_equal(exported.encode_images(pixels), first)  # read back from disk
+    assert runtime.drop_mapped_pages({"/nonexistent.bin"}) == 0
+
+
 def test_runtime_answers_many_threads_at_once(embedders) -> None:
     # `serve` embeds image uploads from up to --max-concurrency worker threads at once; one
     # shared OpenVINO InferRequest used to fail them with "Infer Request is busy" (HTTP 500).
