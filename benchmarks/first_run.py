@@ -232,8 +232,9 @@ def serve_rss(model_dir: Path, work: Path, images: int, cache: Path, baseline: P
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    light, heavy = results.values()
-    print(f"\nlight / torch RSS: {light / heavy:.2f}x")
+    light = results.pop("exported towers (light)")
+    for label, rss in results.items():
+        print(f"light / {label} RSS: {light / rss:.2f}x")
 
 
 def _peak(pid: int) -> float:

@@ -322,12 +322,15 @@ class ExportedEncoder:
     def image_size(self) -> int:
         return int(self.meta["image_size"])
 
+    def graph_path(self, tower: str) -> Path:
+        """The graph file of `tower` ("image" or "text") in this entry (IR .xml or .onnx)."""
+        return self.folder / self.meta["graphs"][tower]
+
     def _session(self, tower: str) -> Session:
         with self._loading:  # two threads' first queries compile one graph, not two
             if tower not in self._sessions:
                 create = ENGINES[self.engine].create_session
-                path = self.folder / self.meta["graphs"][tower]
-                self._sessions[tower] = create(path, self.threads, self.precision)
+                self._sessions[tower] = create(self.graph_path(tower), self.threads, self.precision)
             return self._sessions[tower]
 
     def encode_images(self, pixels: npt.NDArray[np.float32]) -> Vectors:
