@@ -76,6 +76,15 @@ def model_export_origin(model: torch.nn.Module, identity: ModelIdentity) -> dict
     return {"weights": weights, "architecture": export.architecture_sha256(model)}
 
 
+def export_estimate(model: torch.nn.Module) -> int:
+    """Seconds the first-use export should take here: its measured rate per parameter, slowed by
+    how many runnable processes share each core (the export took 55 s at load 16 on 2 cores)."""
+    parameters = sum(tensor.numel() for tensor in model.parameters())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    share = max(1.0, os.getloadavg()[0] / max(1, cores or 1)) if hasattr(os, "getloadavg") else 1.0
+    return max(1, round(parameters / 1e6 * EXPORT_SECONDS_PER_MILLION_PARAMETERS * share))
+
+
 def open_exported(
     model: torch.nn.Module,
     identity: ModelIdentity,
@@ -103,9 +112,7 @@ def open_exported(
     if encoder is not None:
         encoder.origin = origin
         return encoder
-    parameters = sum(tensor.numel() for tensor in model.parameters())
-    estimate = max(1, round(parameters / 1e6 * EXPORT_SECONDS_PER_MILLION_PARAMETERS))
-    progress.info("preparing the model for this CPU (first use, ~%d s)…", estimate)
+    progress.info("preparing the model for this CPU (first use, ~%d s)…", export_estimate(model))
     logger.info("exporting %s for the %s runtime", identity.name, engine)
     try:
         export.export_model(
