@@ -4,9 +4,9 @@ that `runtime.py` reads. This is the torch side; the runtime side never imports 
 Each engine has its route (ROUTES), and an entry holds one form of the model, nothing beside it:
 - OpenVINO converts the towers straight from PyTorch (`openvino.convert_model`, which traces
   them) and saves its own IR (`image.xml` + `image.bin`, weights kept fp32). On ViT-B-32 that
-  is ~6 s against 34-52 s for the ONNX export, and the IR, read with the .bin memory-mapped,
-  compiles in ~0.4 s a tower, so no compiled blob is cached beside it (it would double the
-  entry for no measurable gain; benchmarks/first_run.py).
+  took 0.47x the ONNX export's time in the same run, and the IR, its .bin memory-mapped,
+  compiles in about a second a tower, so no compiled blob is cached beside it (importing one
+  saved ~0.2 s a tower for another copy of every weight; benchmarks/first_run.py).
 - onnxruntime reads ONNX: torch.onnx's dynamo exporter, which keeps the batch and the text
   length symbolic. (The legacy TorchScript exporter bakes the traced sizes into the attention
   reshapes of nn.MultiheadAttention, so it would need one graph per shape.) OpenVINO also takes
