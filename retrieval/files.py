@@ -69,34 +69,33 @@ def write_atomic(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-HASH_CACHE_ENV = "MMSEARCH_HASH_CACHE"
 DEFAULT_HASH_CACHE = Path("~/.cache/mmsearch/hashes.json")
 
 
-def cached_sha256(path: str | Path) -> str:
+def cached_sha256(path: str | Path, cache_file: Path | None = None) -> str:
     """file_sha256 of a large file (model weights), remembered by (real path, size, mtime_ns,
-    inode) in $MMSEARCH_HASH_CACHE (default ~/.cache/mmsearch/hashes.json), so a re-run that
-    names the same weights again does not re-read hundreds of MB. The same size+mtime trust the
-    index gives image files; a file rewritten in place with another mtime is hashed again."""
+    inode) in `cache_file` (default ~/.cache/mmsearch/hashes.json; the CLI passes
+    $MMSEARCH_HASH_CACHE), so a re-run that names the same weights again does not re-read
+    hundreds of MB. The same size+mtime trust the index gives image files; a file rewritten in
+    place with another mtime is hashed again."""
     real = os.path.realpath(path)
     stamp = _stamp(real)
-    entries = _read_hash_cache()
-    entry = entries.get(real)
+    entry = _read_hash_cache(cache_file).get(real)
     if isinstance(entry, dict) and entry.get("stamp") == stamp:
         return str(entry["sha256"])
     digest = file_sha256(real)
-    remember_sha256(real, digest)
+    remember_sha256(real, digest, cache_file)
     return digest
 
 
-def remember_sha256(path: str | Path, digest: str) -> None:
+def remember_sha256(path: str | Path, digest: str, cache_file: Path | None = None) -> None:
     """Record `digest` as the sha256 of `path` as it is now, for cached_sha256: for a file just
     hashed while it was written, or renamed since (a rename keeps the stamp but not the path)."""
     real = os.path.realpath(path)
-    entries = _read_hash_cache()
+    cache_file = (cache_file or DEFAULT_HASH_CACHE).expanduser()
+    entries = _read_hash_cache(cache_file)
     entries[real] = {"stamp": _stamp(real), "sha256": digest}
     with contextlib.suppress(OSError):  # a read-only home only costs the next run a re-hash
-        cache_file = _hash_cache_file()
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(cache_file, json.dumps(entries).encode())
 
@@ -106,13 +105,9 @@ def _stamp(real: str) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
 
 
-def _hash_cache_file() -> Path:
-    return Path(os.environ.get(HASH_CACHE_ENV) or DEFAULT_HASH_CACHE).expanduser()
-
-
-def _read_hash_cache() -> dict:
+def _read_hash_cache(cache_file: Path | None) -> dict:
     try:
-        entries = json.loads(_hash_cache_file().read_text())
+        entries = json.loads((cache_file or DEFAULT_HASH_CACHE).expanduser().read_text())
     except (OSError, ValueError):
         return {}
     return entries if isinstance(entries, dict) else {}

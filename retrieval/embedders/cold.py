@@ -62,7 +62,7 @@ class ColdEmbedder:
         """Normalised float32 (n, dim) of images given as files or bytes (decode errors
         propagate, as from the full embedder)."""
         if self.preprocess is None or not self._image_graph_usable():
-            return self._load_full().encode_image_sources(sources)
+            return self.full().encode_image_sources(sources)
         images = [load_image(source, target=self.target) for source in sources]
         return self.encoder.encode_images(self.preprocess.stack(images))
 
@@ -76,6 +76,10 @@ class ColdEmbedder:
                 if not self._image_graph:
                     logger.info("the exported image tower is not usable; loading the model")
             return self._image_graph
+
+    def full(self) -> QueryEmbedder:
+        """The full embedder (loaded on first use), e.g. for writes that embed image files."""
+        return self._load_full()
 
 
 def open_cold_embedder(
@@ -100,7 +104,12 @@ def open_cold_embedder(
         return None
     key = runtime.export_key(export["weights"], export["architecture"], engine)
     encoder = runtime.open_cached(
-        key, threads=runtime.default_threads(), precision=precision, engine=engine, towers=("text",)
+        key,
+        threads=config.threads or runtime.default_threads(),
+        precision=precision,
+        engine=engine,
+        cache_dir=config.export_cache,
+        towers=("text",),
     )
     if encoder is None:
         logger.info("no usable exported text tower for %s; loading the model", identity.name)

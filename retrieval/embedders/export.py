@@ -354,5 +354,5 @@ def export_model(
     # not read the whole model again (~1.4 s for ViT-B-32's 600 MB).
     for name, recorded in json.loads((final / runtime.META_FILE).read_text())["files"].items():
         with contextlib.suppress(OSError):
-            remember_sha256(final / name, recorded["sha256"])
+            remember_sha256(final / name, recorded["sha256"], root / runtime.HASHES_FILE)
     return final
