@@ -22,8 +22,8 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 # on stderr without a level prefix): one-off waits such as the first use of a model.
 PROGRESS_LOGGER = "retrieval.progress"
 # The first-use export's seconds per million model parameters on an idle machine, for the
-# estimate in its progress line: ~9 s for ViT-B-32's 151 M (10.2 CPU s measured under load,
-# benchmarks/first_run.py); backend.export_estimate scales it by the machine's load.
+# estimate in its progress line: ~9 s for ViT-B-32's 151 M (10.2 CPU s under load;
+# docs/design.md, "The exported runtime's cache"); backend.export_estimate scales it by the load.
 EXPORT_SECONDS_PER_MILLION_PARAMETERS = 0.06
 
 
