@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .config import DEFAULT_MODEL, BatchConfig, EmbedConfig
 from .errors import IndexMismatchError, MmsearchError
 from .search.service import SearchService
+from .storage.probes import QueryRecorder
 from .storage.store import IndexStore, StoreOptions
 from .types import ModelIdentity, ModelSpec
 
@@ -111,10 +112,16 @@ def open_for_indexing(
 
 
 def open_for_search(
-    directory: Path, config: EmbedConfig, *, batching: BatchConfig | None = None
+    directory: Path,
+    config: EmbedConfig,
+    *,
+    batching: BatchConfig | None = None,
+    record_queries: bool = False,
 ) -> SearchService:
     """A SearchService over an existing index, with the index's own model (loaded lazily);
-    with `batching`, concurrent text queries share forward passes and an LRU cache."""
+    with `batching`, concurrent text queries share forward passes and an LRU cache; with
+    `record_queries`, a sample of the query vectors is kept in the index directory for the
+    next re-tuning (storage/probes.py)."""
     options = StoreOptions(use_gpu=_search_on_gpu(config.device))
     store = IndexStore.open(directory, readonly=True, options=options)
     identity = store.identity
@@ -136,7 +143,8 @@ def open_for_search(
     from .search.batching import BatchingEmbedder
 
     embedder = BatchingEmbedder(first, batching)  # loads the model on first use
-    return SearchService(store, lambda: embedder, text_batcher=embedder.texts)
+    recorder = QueryRecorder(directory, identity.dim) if record_queries else None
+    return SearchService(store, lambda: embedder, text_batcher=embedder.texts, recorder=recorder)
 
 
 def open_writer(service: SearchService, fetch_allow: tuple[str, ...] = ()) -> ProductWriter | None:

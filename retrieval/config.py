@@ -91,6 +91,12 @@ def default_batch_size(use: str, on_gpu: bool) -> int:
     return BATCH_SIZES[use]["cuda" if on_gpu else "cpu"]
 
 
+# Keyword search (storage/keywords.py): query words of this many letters or more also match
+# the words they begin (`gold` -> goldfish), ranked below exact matches. Two letters is the
+# shortest prefix the keyword table indexes; a one-letter prefix would match a 26th of the
+# vocabulary and only add noise below the real matches.
+PREFIX_MIN_LENGTH = 2
+
 # Results a search returns at most per page; a page may start up to 10x deeper (offset).
 MAX_K = 1000
 
@@ -155,6 +161,9 @@ class ServeConfig:
     # ~20 KB per 256 px JPEG thumbnail: 64 MiB holds a few thousand.
     thumbnail_cache_bytes: int = 64 * MIB
     batching: BatchConfig = field(default_factory=BatchConfig)
+    # Keep a bounded sample of the query vectors received in the index directory, so the next
+    # re-tune measures recall with real queries (storage/probes.py). Off: queries are private.
+    record_queries: bool = False
     # Slow clients: a request head within header_timeout_s, a body chunk within
     # body_idle_timeout_s of the last, the whole body within body_timeout_s (docs/design.md).
     header_timeout_s: float = 10.0

@@ -202,6 +202,15 @@ def index(
     ] = False,
     caption_model: CaptionModelOption = None,
     caption_pretrained: CaptionPretrainedOption = None,
+    synonyms: Annotated[
+        Path | None,
+        typer.Option(
+            help="Synonyms for keyword and hybrid search: one group per line, comma-separated "
+            "(sofa, couch, settee); stored in the index (replacing earlier ones) and used by "
+            "query and serve. May be given alone to update an existing index's synonyms",
+            envvar="MMSEARCH_SYNONYMS",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run's report as JSON")] = False,
 ) -> None:
@@ -216,6 +225,7 @@ def index(
         from ..ingest.texts import load_texts
         from ..storage.audit import Actor
         from ..storage.store import StoreOptions
+        from ..storage.synonyms import install_synonyms, read_synonyms_file
 
         # Every option is checked before any file is read or the model loads.
         config = read_settings().embed_config(
@@ -227,7 +237,20 @@ def index(
             decode=decode,
         )
         roots = paths or []
-        if not roots and catalog is None and texts is None and not captions:
+        if synonyms is not None:
+            read_synonyms_file(synonyms)  # checked now, stored once the run succeeds
+        nothing = not roots and catalog is None and texts is None and not captions
+        if nothing and synonyms is not None:
+            directory = index_dir or DEFAULT_INDEX_DIR
+            if not (directory / "manifest.json").is_file():
+                raise InputFileError(
+                    f"no index at {directory} for --synonyms; index something first or pass "
+                    "--index DIR"
+                )
+            install_synonyms(directory, synonyms)
+            typer.echo(f"synonyms of {directory} replaced by {synonyms}")
+            return
+        if nothing:
             raise InvalidQueryError("give image folders or files to index, or --catalog FILE")
         for path in roots:
             if not path.exists():
@@ -281,6 +304,8 @@ def index(
         )
         with store, progress(quiet) as on_progress:
             reports = run_index(store, factory, request, config, on_progress)
+        if synonyms is not None:
+            install_synonyms(directory, synonyms)
         for _, report in reports:
             for skip in report.skipped:
                 detail = f" ({skip.detail})" if skip.detail else ""

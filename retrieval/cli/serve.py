@@ -103,6 +103,15 @@ def serve(
         float, typer.Option(min=0.0, help="How long a text query waits for others to batch with")
     ] = _BATCH.max_wait_s * 1000,
     access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn)")] = True,
+    record_queries: Annotated[
+        bool,
+        typer.Option(
+            help="Keep a sample (1,000) of the query vectors received in the index directory "
+            "(recorded_queries.npy); the next re-tune of an approximate index measures recall "
+            "with them (see `mmsearch info`)",
+            envvar="MMSEARCH_RECORD_QUERIES",
+        ),
+    ] = False,
 ) -> None:
     """Serve searches over HTTP: a JSON API (docs at /docs), Prometheus /metrics, and a search
     page at /. One process: the model is loaded once and text queries are micro-batched."""
@@ -125,6 +134,7 @@ def serve(
             batching=BatchConfig(
                 max_batch=max_batch, max_wait_s=batch_wait_ms / 1000, cache_size=cache_size
             ),
+            record_queries=record_queries,
         )
         if config.api_key is None and not is_loopback(host):
             typer.echo(

@@ -31,12 +31,25 @@ from ..types import COLLECTIONS, IMAGES
 from .blobs import BLOBS, URL_RECORDS
 from .catalog import Catalog
 from .collections import read_state
+from .probes import RECORDED_FILE
 from .store import CATALOG, LOCK, MANIFEST, MANIFEST_META, IndexStore
+from .synonyms import FILE_NAME as SYNONYMS_FILE
 
 # SQLite's own companions of catalog.sqlite in WAL mode.
 # blobs/ and fetched/: image bytes that came as URLs or data: URLs, and what each URL gave.
+# synonyms.txt (`index --synonyms`) and recorded_queries.npy (`serve --record-queries`).
 _KNOWN_FILES = frozenset(
-    {MANIFEST, CATALOG, CATALOG + "-wal", CATALOG + "-shm", LOCK, BLOBS, URL_RECORDS}
+    {
+        MANIFEST,
+        CATALOG,
+        CATALOG + "-wal",
+        CATALOG + "-shm",
+        LOCK,
+        BLOBS,
+        URL_RECORDS,
+        SYNONYMS_FILE,
+        RECORDED_FILE,
+    }
 )
 # Items of a collection listed per problem before the rest are only counted.
 _EXAMPLES = 5
