@@ -18,6 +18,15 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
+# Progress lines the library logs for the user to see whatever the log level (the CLI shows them
+# on stderr without a level prefix): one-off waits such as the first use of a model.
+PROGRESS_LOGGER = "retrieval.progress"
+# The first-use export's seconds per million model parameters on an idle machine, for the
+# estimate in its progress line: ~9 s for ViT-B-32's 151 M (10.2 CPU s under load;
+# docs/design.md, "The exported runtime's cache"); backend.export_estimate scales it by the load.
+EXPORT_SECONDS_PER_MILLION_PARAMETERS = 0.06
+
+
 # embedders/tensor_decode.py: auto = batched torchvision JPEG decoding on CUDA, Pillow workers
 # elsewhere; gpu forces the torchvision path (on the CPU too); cpu never takes it. Pillow decodes
 # large images scaled to the model's input size (images.DecodeTarget); full decodes every pixel
