@@ -102,12 +102,20 @@ def serve(
         float, typer.Option(min=0.0, help="How long a text query waits for others to batch with")
     ] = _BATCH.max_wait_s * 1000,
     access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn)")] = True,
+    currency: Annotated[
+        str | None,
+        typer.Option(
+            help="ISO 4217 code of the catalog's prices (EUR, USD), shown by the search page",
+            envvar="MMSEARCH_CURRENCY",
+        ),
+    ] = None,
 ) -> None:
     """Serve searches over HTTP: a JSON API (docs at /docs), Prometheus /metrics, and a search
     page at /. One process: the model is loaded once and text queries are micro-batched."""
 
     def body() -> None:
         from ..http.runner import is_loopback, run_server
+        from ..http.storefront import check_currency
 
         embed = EmbedConfig(device=device, precision=precision, backend=backend)
         config = ServeConfig(
@@ -121,6 +129,7 @@ def serve(
             decode_budget_megapixels=decode_budget_mpx,
             max_concurrency=max_concurrency,
             max_queue=max_queue,
+            currency=check_currency(currency),
             batching=BatchConfig(
                 max_batch=max_batch, max_wait_s=batch_wait_ms / 1000, cache_size=cache_size
             ),
