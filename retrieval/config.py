@@ -95,6 +95,28 @@ def default_batch_size(use: str, on_gpu: bool) -> int:
 # Results a search returns at most per page; a page may start up to 10x deeper (offset).
 MAX_K = 1000
 
+# -- Product merchandising (search/merch.py) ----------------------------------------------------
+# Value-count facets show the 20 most frequent values (then one `other` count): what a facet
+# panel shows before "more" in Algolia's and Typesense's defaults (10-20).
+FACET_VALUES = 20
+# Number facets without given bands: 5 bands cut at the catalog's 20/40/60/80% quantiles.
+FACET_BANDS = 5
+MAX_FACETS = 16
+MAX_SORT_KEYS = 4
+# Values one filter may OR together; keeps one request's SQL small.
+MAX_FILTER_VALUES = 100
+# A query search that asks for facets, sort or boosts works on its best MERCH_DEPTH products
+# (those at or above the cutoff): the set whose facets are counted, which is sorted, and whose
+# `total` is given. As deep as a page may reach (MAX_K).
+MERCH_DEPTH = MAX_K
+# Without min_score, facets and sort of a query search keep the products scoring within this
+# cosine of the best product (the default cutoff; README "Shop integration" says why 0.1).
+DEFAULT_FACET_MARGIN = 0.1
+# `boost=popularity:log` adds 0.01 * log1p(popularity): +0.023 at 9 sales, +0.069 at 1,000,
+# about the gap between neighbouring CLIP product scores, so popularity reorders close matches
+# without lifting an unrelated product over a relevant one.
+DEFAULT_BOOST_LOG_SCALE = 0.01
+
 # One pass over 32 short queries still takes about as long as a few single ones on a CPU, and on
 # a GPU far longer batches are free; past 32 a burst is better served in two passes so the first
 # callers are not held back by the last.
@@ -149,6 +171,8 @@ class ServeConfig:
     # ~20 KB per 256 px JPEG thumbnail: 64 MiB holds a few thousand.
     thumbnail_cache_bytes: int = 64 * MIB
     batching: BatchConfig = field(default_factory=BatchConfig)
+    # Business boosts of every product search that gives no `boost` (search/merch.py syntax).
+    boosts: tuple[str, ...] = ()
     # Slow clients: a request head (line + headers) must arrive within header_timeout_s of the
     # connection opening or of the previous answer, a body chunk within body_idle_timeout_s of
     # the last, and the whole body within body_timeout_s. 120 s moves a 20 MiB upload at

@@ -109,6 +109,16 @@ def serve(
             envvar="MMSEARCH_CURRENCY",
         ),
     ] = None,
+    boost: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Default business boost of product searches that give none: in_stock:1.2 "
+            "(multiply when true), popularity:log[:SCALE] (add SCALE * log1p, 0.01 by "
+            "default) (repeatable)",
+            envvar="MMSEARCH_BOOSTS",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve searches over HTTP: a JSON API (docs at /docs), Prometheus /metrics, and a search
     page at /. One process: the model is loaded once and text queries are micro-batched."""
@@ -116,6 +126,9 @@ def serve(
     def body() -> None:
         from ..http.runner import is_loopback, run_server
         from ..http.storefront import check_currency
+        from ..search.merch import parse_boosts
+
+        parse_boosts(boost or [])  # a typo fails now, not at the first search
 
         embed = EmbedConfig(device=device, precision=precision, backend=backend)
         config = ServeConfig(
@@ -124,6 +137,7 @@ def serve(
             allowed_hosts=tuple(allowed_host or ()),
             forwarded_allow_ips=tuple(forwarded_allow_ip or ()),
             fetch_allow=tuple(fetch_allow or ()),
+            boosts=tuple(boost or ()),
             max_upload_bytes=int(max_upload_mb * MIB),
             max_megapixels=max_megapixels,
             decode_budget_megapixels=decode_budget_mpx,

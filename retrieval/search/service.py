@@ -4,7 +4,7 @@ SearchRequest with a SearchResult, whose JSON both front ends print as is."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import MAX_K
+from ..config import DEFAULT_FACET_MARGIN, MAX_K, MERCH_DEPTH
 from ..embedders.protocols import QueryEmbedder
 from ..errors import InvalidQueryError, ItemNotFoundError
 from ..storage import keywords
 from ..storage.catalog import Item, product_columns
 from ..storage.store import IndexStore
 from ..types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, TEXTS, Hit, Vectors
+from . import shop
 from .hits import hit_from_item
 from .hybrid import HYBRID, HYBRID_DEPTH, KEYWORD, MODES, SEMANTIC, fuse_hits
 from .products import allowed_products, score_products
@@ -52,6 +53,7 @@ class SearchService:
         self._embedder_factory = embedder_factory
         self.text_batcher = text_batcher
         self._lock = threading.Lock()
+        self._band_cache: dict[Any, Any] = {}  # facet bands per catalog version (merch.py)
 
     @cached_property
     def embedder(self) -> QueryEmbedder:
@@ -86,10 +88,22 @@ class SearchService:
         return PRODUCTS if self.has_catalog else IMAGES
 
     def search(self, request: SearchRequest) -> SearchResult:
-        """Run one SearchRequest: text or image, over images, texts or products."""
+        """Run one SearchRequest: text or image, over images, texts or products; a product
+        request without a query browses (shop.py)."""
         target = request.target or self.default_target()
+        if request.browse and target == PRODUCTS and self.has_catalog and request.mode is None:
+            listing = shop.browse(self.store.catalog, request, self._band_cache)
+            echo = request.echo(target)
+            return SearchResult(echo, listing.hits, listing.has_more, listing.total, listing.facets)
         mode = self.resolve_mode(request)
         echo = {**request.echo(target), "mode": mode}
+        if request.merchandised:
+            if target != PRODUCTS:
+                raise InvalidQueryError("facets, sort and boost apply to products only")
+            listing = shop.merchandise(
+                self.store.catalog, request, self._ranker(request, mode), self._band_cache
+            )
+            return SearchResult(echo, listing.hits, listing.has_more, listing.total, listing.facets)
         if mode == SEMANTIC:
             hits, has_more = self._search(request, target)
         else:
@@ -188,8 +202,40 @@ class SearchService:
             )
         return hits
 
-    def _search(self, request: SearchRequest, target: str) -> tuple[list[Hit], bool]:
+    def _ranker(self, request: SearchRequest, mode: str) -> shop.Ranker:
+        """How shop.merchandise ranks this query's products under some filters: the query
+        embedded once, each ranking MERCH_DEPTH deep (see shop.Ranker)."""
         check_k(request.k, request.offset)
+        if mode == KEYWORD and request.min_score is not None:
+            raise InvalidQueryError(
+                "min_score is a cosine cutoff: use it with mode semantic or hybrid"
+            )
+        vector = None if mode == KEYWORD else self._query_vector(request, PRODUCTS)
+        deep = replace(request, k=MERCH_DEPTH, offset=0, min_score=None)
+
+        def rank(
+            filters: Mapping[str, Any], cutoff: float | None, margin: bool
+        ) -> tuple[list[Hit], float | None]:
+            query = replace(deep, filters=filters)
+            semantic: list[Hit] = []
+            if vector is not None:
+                semantic = self._products_page(vector, query)
+                if cutoff is None and margin and semantic:
+                    cutoff = semantic[0].score - DEFAULT_FACET_MARGIN
+                if cutoff is not None:
+                    semantic = [hit for hit in semantic if hit.score >= cutoff]
+            if mode == SEMANTIC:
+                return semantic, cutoff
+            keyword = self._keyword_hits(query, PRODUCTS, MERCH_DEPTH)
+            if mode == KEYWORD:
+                return keyword, cutoff
+            rankings = {KEYWORD: keyword, SEMANTIC: semantic}
+            return fuse_hits(rankings, _fusion_key(PRODUCTS), k=MERCH_DEPTH, offset=0), cutoff
+
+        return rank
+
+    def _query_vector(self, request: SearchRequest, target: str) -> np.ndarray:
+        """The request's query vector, after checking that it asks one thing."""
         if request.composed:
             if request.text is not None or request.image is not None:
                 raise InvalidQueryError("give either query parts or a text/image, not both")
@@ -200,11 +246,14 @@ class SearchService:
         if request.min_score is not None and not np.isfinite(request.min_score):
             raise InvalidQueryError(f"min_score must be a finite number, got {request.min_score}")
         if request.composed:
-            vector = self.composed_vector(request.parts, like=request.like)
-        elif request.text is not None:
-            vector = self.embed_texts([request.text])[0]
-        else:
-            vector = self.embed_image(request.image)[0]
+            return self.composed_vector(request.parts, like=request.like)
+        if request.text is not None:
+            return self.embed_texts([request.text])[0]
+        return self.embed_image(request.image)[0]
+
+    def _search(self, request: SearchRequest, target: str) -> tuple[list[Hit], bool]:
+        check_k(request.k, request.offset)
+        vector = self._query_vector(request, target)
         if target == PRODUCTS:
             # `collapse` changes nothing here: a product search already gives one hit per
             # product. One more than the page: whether a next page exists.
