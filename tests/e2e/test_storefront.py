@@ -17,7 +17,7 @@ import pytest
 import test_web
 from clirun import run_ok
 from httpkit import open_app, run_server
-from test_web import WAIT_S, Site, loaded_cards, wait_for
+from test_web import WAIT_S, Site, wait_for
 from testdata import make_images
 
 from retrieval.config import ServeConfig
@@ -84,6 +84,19 @@ def open_store(driver: WebDriver, site: Site, width: int) -> None:
     wait_for_status(driver, "all products")
 
 
+# Every image above the fold has loaded (a phone's lower cards load lazily, when scrolled to).
+IMAGES_SHOWN = (
+    "[...document.querySelectorAll('#results img')].every(img => (img.complete &&"
+    " img.naturalWidth > 0) || img.getBoundingClientRect().top > innerHeight)"
+)
+
+
+def loaded_cards(driver: WebDriver) -> list[WebElement]:
+    """The result cards, once there are some and the images on screen have loaded."""
+    cards = driver.find_elements(By.CSS_SELECTOR, "#results li.card")
+    return cards if cards and driver.execute_script(f"return {IMAGES_SHOWN}") else []
+
+
 def wait_for_status(driver: WebDriver, needle: str) -> list[WebElement]:
     """The cards of the answer whose status line names `needle`, once their images loaded."""
 
@@ -106,11 +119,16 @@ def skus(cards: list[WebElement]) -> list[str]:
     return [card.get_attribute("data-sku") or "" for card in cards]
 
 
-def prices(cards: list[WebElement]) -> list[float]:
-    return [
-        float(card.find_element(By.CSS_SELECTOR, ".price").get_attribute("data-value") or "nan")
-        for card in cards
-    ]
+def shown(driver: WebDriver, field: str) -> list[Any]:
+    """The SKUs (`sku`) or prices (`price`) of the cards on the page, read in one script (cards
+    are redrawn by every answer), once their images have loaded; [] before."""
+    return driver.execute_script(
+        "const cards = [...document.querySelectorAll('#results li.card')];"
+        f"if (!({IMAGES_SHOWN})) return [];"
+        "return cards.map(card => arguments[0] === 'sku' ? card.dataset.sku"
+        " : Number(card.querySelector('.price').dataset.value));",
+        field,
+    )
 
 
 def facet_counts(driver: WebDriver, column: str) -> dict[str, int]:
@@ -136,6 +154,12 @@ def overflow(driver: WebDriver) -> dict[str, float]:
         "return {scroll: document.documentElement.scrollWidth, inner: innerWidth,"
         " button: b.right, query: q.width};"
     )
+
+
+def facet_columns(site: Site) -> list[str]:
+    """The columns the page asks facets of: all but the title, in the schema's order."""
+    columns = httpx.get(f"{site.base}/stats", timeout=WAIT_S).json()["product_columns"]
+    return [column for column in columns if column != "title"]
 
 
 def api_search(site: Site, body: dict[str, Any]) -> list[str]:
@@ -195,15 +219,16 @@ def test_debug_toggle_shows_and_hides_scores_signals_and_search_settings(
     assert all(debug_shown(cards))
     Select(browser.find_element(By.ID, "mode")).select_by_value("hybrid")
     cards = search(browser, "dogs poster")
-    answer = httpx.get(
-        f"{store.base}/search", params={"q": "dogs poster", "k": 24, "mode": "hybrid"}
-    ).json()["results"]
-    shown = [
-        " ".join(card.find_element(By.CSS_SELECTOR, ".debug-info").text.split()) for card in cards
-    ]
+    page = {"k": 24, "mode": "hybrid", "collapse": "true", "text_weight": 0.5}
+    page["facets"] = ",".join(facet_columns(store))  # as the page asks
+    answer = httpx.get(f"{store.base}/search", params={"q": "dogs poster", **page})
+    assert answer.status_code == 200, answer.text
     expected = [
         f"score {hit['score']:.3f} " + " · ".join(f"{k} #{v}" for k, v in hit["signals"].items())
-        for hit in answer
+        for hit in answer.json()["results"]
+    ]
+    shown = [
+        " ".join(card.find_element(By.CSS_SELECTOR, ".debug-info").text.split()) for card in cards
     ]
     assert shown == [text.strip() for text in expected]
     assert any("keyword #" in text for text in shown)  # hybrid: both rankings are named
@@ -250,7 +275,7 @@ def test_upload_then_more_like_this_keeps_the_image_and_adds_no_hidden_text(
     chips = browser.find_elements(By.CSS_SELECTOR, "#chips li.chip")
     assert [chip.text.replace("×", "").strip() for chip in chips] == [f"image {photo.name}"]
     image = base64.b64encode(photo.read_bytes()).decode()
-    page = {"k": 24, "collapse": True}
+    page = {"k": 24, "collapse": True, "facets": facet_columns(store)}  # as the page asks
     assert skus(cards) == api_search(store, {**page, "image_b64": image})
     liked = cards[2]
     title = liked.find_element(By.CSS_SELECTOR, ".title").text
@@ -316,11 +341,11 @@ def test_sort_by_price_orders_the_cards(browser: WebDriver, store: Site, width: 
     menu = Select(browser.find_element(By.ID, "sort"))
     all_prices = sorted(row["price"] for row in ROWS)
     menu.select_by_value("price:asc")
-    wait_for(browser, lambda d: prices(loaded_cards(d)) == all_prices[:24])
+    wait_for(browser, lambda d: shown(d, "price") == all_prices[:24])
     menu.select_by_value("price:desc")
-    wait_for(browser, lambda d: prices(loaded_cards(d)) == all_prices[::-1][:24])
-    cards = search(browser, "dogs poster")  # a query keeps the chosen order
-    assert prices(cards) == sorted(prices(cards), reverse=True)
+    wait_for(browser, lambda d: shown(d, "price") == all_prices[::-1][:24])
+    search(browser, "dogs poster")  # a query keeps the chosen order
+    assert shown(browser, "price") == sorted(shown(browser, "price"), reverse=True)
     menu.select_by_value("")
     browser.find_element(By.ID, "query").clear()
 
@@ -332,20 +357,20 @@ def test_next_and_previous_pages_with_a_total(browser: WebDriver, store: Site) -
     k.send_keys("8")
     Select(browser.find_element(By.ID, "sort")).select_by_value("price:asc")
     by_price = [row["id"] for row in sorted(ROWS, key=lambda row: row["price"])]
-    wait_for(browser, lambda d: skus(loaded_cards(d)) == by_price[:8])
+    wait_for(browser, lambda d: shown(d, "sku") == by_price[:8])
     info = browser.find_element(By.ID, "page-info")
     assert info.text == "1–8 of 30 · page 1 of 4"
     assert not browser.find_element(By.ID, "prev-page").is_enabled()
     browser.find_element(By.ID, "next-page").click()
-    wait_for(browser, lambda d: skus(loaded_cards(d)) == by_price[8:16])
+    wait_for(browser, lambda d: shown(d, "sku") == by_price[8:16])
     assert info.text == "9–16 of 30 · page 2 of 4"
     for _ in range(2):
         browser.find_element(By.ID, "next-page").click()
-    wait_for(browser, lambda d: skus(loaded_cards(d)) == by_price[24:])
+    wait_for(browser, lambda d: shown(d, "sku") == by_price[24:])
     assert info.text == "25–30 of 30 · page 4 of 4"
     assert not browser.find_element(By.ID, "next-page").is_enabled()
     browser.find_element(By.ID, "prev-page").click()
-    wait_for(browser, lambda d: skus(loaded_cards(d)) == by_price[16:24])
+    wait_for(browser, lambda d: shown(d, "sku") == by_price[16:24])
     k.clear()
     k.send_keys("24")
     Select(browser.find_element(By.ID, "sort")).select_by_value("")
