@@ -75,6 +75,13 @@ def store(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield Site(base, root)
 
 
+@pytest.fixture(autouse=True)
+def desktop_after(browser: WebDriver) -> Iterator[None]:
+    """Each test leaves the browser at test_web's window size (its tests may share it)."""
+    yield
+    browser.set_window_size(1280, 1000)
+
+
 # -- helpers -------------------------------------------------------------------------------------
 def open_store(driver: WebDriver, site: Site, width: int) -> None:
     """The page at `width` px, once it has listed the catalog (a browse with no query)."""

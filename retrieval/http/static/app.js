@@ -90,6 +90,7 @@ async function loadStats() {
   // Photo folders are searched by people tuning the index: scores on. Shoppers: off.
   setDebug(!stats.has_catalog);
   if (stats.has_catalog) {
+    $("query").placeholder = `Search ${stats.products} products…`;
     setUpCatalog(stats.product_columns || {});
     run();
   }
@@ -112,7 +113,7 @@ function setUpCatalog(columns) {
 
 function renderSortMenu() {
   const menu = $("sort");
-  menu.replaceChildren(new Option("Relevance", ""));
+  menu.replaceChildren(new Option("Best match", ""));
   for (const [column, kind] of Object.entries(shop.columns)) {
     const name = label(column);
     if (kind === "number") {
@@ -215,6 +216,9 @@ function browseLabel() {
 function run({ keepPage = false } = {}) {
   if (!keepPage) state.page = 0;
   const text = $("query").value.trim();
+  // Without a query there is no relevance: a browse lists products by SKU unless sorted.
+  const first = $("sort").options[0]; // none over a photo folder
+  if (first) first.text = text || state.image || state.chips.length ? "Best match" : "SKU";
   if (state.image || state.chips.length) {
     const options = {
       method: "POST",
