@@ -138,7 +138,8 @@ def result_table(result: SearchResult) -> str:
             shown = f"{shown}  ({hit.caption})"
         if hit.signals:
             shown = f"{shown}  [{', '.join(f'{k} #{v}' for k, v in hit.signals.items())}]"
-        lines.append(f"{hit.rank:>4}  {hit.score:>7.4f}  {shown}")
+        score = f"{hit.score:>7.4f}" if "mode" in result.query else f"{'-':>7}"  # browsing
+        lines.append(f"{hit.rank:>4}  {score}  {shown}")
     if result.total is not None:
         lines.append(f"{result.total} products in all")
     for column, counts in (result.facets or {}).items():

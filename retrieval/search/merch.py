@@ -311,9 +311,10 @@ def facet_counts(
     columns: Mapping[str, str],
     ids: Sequence[str] | None,
     band_cache: dict[Any, Any],
+    rowids: Sequence[int] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Each facet's counts over the products passing every condition but its own column's
-    (and among `ids`, the products matching a query, when given)."""
+    (and among `ids`, the products matching a query, or `rowids`, when given)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for facet in facets:
         kind = columns.get(facet.column)
@@ -322,7 +323,9 @@ def facet_counts(
                                     + ", ".join(sorted(columns)))  # fmt: skip
         if facet.bands is not None and kind != "number":
             raise InvalidQueryError(f"facet {facet.column!r} is a {kind} column: no bands")
-        where, params = product_sql.where_sql(db, conditions, skip=facet.column, ids=ids)
+        where, params = product_sql.where_sql(
+            db, conditions, skip=facet.column, ids=ids, rowids=rowids
+        )
         if kind == "number":
             bands = facet.bands or quantile_bands(db, facet.column, band_cache)
             counts = product_sql.count_bands(db, facet.column, bands, where, params)

@@ -23,6 +23,14 @@ def allowed_products(catalog: Catalog, filters: Mapping[str, Any]) -> list[str] 
     return product_sql.select_ids(catalog.db, conditions)
 
 
+def allowed_items(catalog: Catalog, filters: Mapping[str, Any]) -> np.ndarray | None:
+    """Ids of the items of the products that pass `filters`, ascending; None for no filters."""
+    if not filters:
+        return None
+    conditions = parse_conditions(filters, product_columns(catalog.db))
+    return np.asarray(product_sql.select_item_ids(catalog.db, conditions), dtype=np.int64)
+
+
 def score_products(
     catalog: Catalog, dim: int, vector: np.ndarray, product_ids: list[str], weight: float
 ) -> list[tuple[float, Item]]:
@@ -63,4 +71,4 @@ def score_products(
     return scored
 
 
-__all__ = ["allowed_products", "score_products"]
+__all__ = ["allowed_items", "allowed_products", "score_products"]

@@ -5,8 +5,10 @@ in how to rank products for a query (service.py); everything here is about the m
 What a merchandised query search answers (README "Shop integration"):
 - the matched set is the query's best products (at most MERCH_DEPTH) that pass the filters and
   score at or above the cutoff: `min_score` when given; else, when facets or sort are asked
-  for, the best product's score minus DEFAULT_FACET_MARGIN (cosine; in hybrid mode it cuts the
-  semantic ranking, and every keyword match stays);
+  for, the score of the best product passing the filters on columns without a facet, minus
+  DEFAULT_FACET_MARGIN (a cosine; so ticking a facet value does not move the cutoff; in hybrid
+  mode it cuts the semantic ranking, and every keyword match stays); with boosts alone and no
+  min_score, the best MERCH_START_DEPTH products;
 - boosts rescore that set (merch.boosted), then sort keys (if any) order it, SKU breaking ties;
 - `total` is its size, `results` one page of it, and facet counts are over it, each facet
   counted with its own column's filters left out."""
@@ -34,8 +36,9 @@ from .requests import SearchRequest, check_k
 
 # Rank a query's products under these filters (best first, at most MERCH_DEPTH), cutting the
 # semantic ranking at this cosine, or when None and the flag is set at the best score minus
-# DEFAULT_FACET_MARGIN; answers the hits and the cutoff used.
-Ranker = Callable[[Mapping[str, Any], float | None, bool], tuple[list[Hit], float | None]]
+# DEFAULT_FACET_MARGIN; answers the hits, the cutoff used, and whether the ranking holds every
+# product at or above it (False: stopped at MERCH_DEPTH).
+Ranker = Callable[[Mapping[str, Any], float | None, bool], tuple[list[Hit], float | None, bool]]
 
 
 @dataclass(frozen=True)
@@ -58,13 +61,20 @@ def browse(catalog: Catalog, request: SearchRequest, band_cache: dict[Any, Any])
     columns = product_columns(db)
     conditions = parse_conditions(request.filters, columns)
     keys = sort_keys(request.sort, columns)
+    # One scan for the filters on columns without a facet; the rest (and the sort, the count,
+    # the facets) work on those rows only. A category page reads its 2% of the table once.
+    faceted = {facet.column for facet in request.facets}
+    outer = [cond for cond in conditions if cond.column not in faceted]
+    inner = [cond for cond in conditions if cond.column in faceted]
+    base = product_sql.select_rowids(db, outer) if outer else None
+    passing = product_sql.select_rowids(db, inner, base) if inner or base is None else base
     ids = product_sql.select_ids(
-        db, conditions, order=keys, limit=request.k + 1, offset=request.offset
+        db, [], order=keys, rowids=passing, limit=request.k + 1, offset=request.offset
     )
-    total = product_sql.count(db, conditions)
+    total = len(passing)
     facets = None
     if request.facets:
-        facets = facet_counts(db, request.facets, conditions, columns, None, band_cache)
+        facets = facet_counts(db, request.facets, inner, columns, None, band_cache, base)
     shown = _main_items(catalog, ids[: request.k])
     records = catalog.get_product_records(ids[: request.k])
     hits = []
@@ -100,8 +110,24 @@ def merchandise(
     columns = product_columns(db)
     keys = sort_keys(request.sort, columns)
     check_boosts(request.boosts, columns)
+    # One ranking serves the results and the facets: under the filters on columns no facet
+    # counts, then narrowed by SQL to the rest; ranked alone only when the narrowed set is
+    # short of the page and the first ranking stopped at MERCH_DEPTH.
+    faceted = {facet.column for facet in request.facets}
+    relaxed = {
+        name: value
+        for name, value in request.filters.items()
+        if filter_column(name, columns)[0] not in faceted
+    }
     margin = bool(request.facets or request.sort)
-    hits, cutoff = rank(request.filters, request.min_score, margin)
+    base, cutoff, complete = rank(relaxed, request.min_score, margin)
+    conditions = parse_conditions(request.filters, columns)
+    hits = base
+    if len(relaxed) < len(request.filters):
+        passing = set(product_sql.select_ids(db, conditions, ids=[_sku(hit) for hit in base]))
+        hits = [hit for hit in base if _sku(hit) in passing]
+        if not complete and len(hits) <= request.offset + request.k:
+            hits = rank(request.filters, cutoff, False)[0]
     if request.boosts:
         hits = [
             replace(hit, score=boosted(hit.score, hit.metadata, request.boosts)) for hit in hits
@@ -112,20 +138,10 @@ def merchandise(
         position = {pid: n for n, pid in enumerate(order)}
         hits.sort(key=lambda hit: position.get(_sku(hit), len(position)))
     end = request.offset + request.k
-    page = [
-        replace(hit, rank=request.offset + n + 1)
-        for n, hit in enumerate(hits[request.offset : end])
-    ]
+    page = hits[request.offset : end]
+    page = [replace(hit, rank=request.offset + n + 1) for n, hit in enumerate(page)]
     facets = None
     if request.facets:
-        faceted = {facet.column for facet in request.facets}
-        relaxed = {
-            name: value
-            for name, value in request.filters.items()
-            if filter_column(name, columns)[0] not in faceted
-        }
-        base = hits if len(relaxed) == len(request.filters) else rank(relaxed, cutoff, False)[0]
-        conditions = parse_conditions(request.filters, columns)
         ids = [_sku(hit) for hit in base]
         facets = facet_counts(db, request.facets, conditions, columns, ids, band_cache)
     return Listing(page, len(hits) > end, len(hits), facets)

@@ -258,3 +258,26 @@ def test_cli_browse_prints_a_table_with_total_and_facets_and_errors_cleanly(
     bad = invoke("query", "--target", "products", "--sort", "nope", "--index", shop_index)
     assert bad.exit_code == 2 and "cannot sort by 'nope'" in bad.output
     assert "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"in_stock": True},  # most products pass: checked after an unrestricted search
+        {"brand": {"not": "rarebrand"}},
+        {"brand": "RAREBRAND"},  # one product: restricted inside faiss
+        {"category": ["dogs", "birds"], "price_max": 25},
+    ],
+)
+def test_filtered_searches_return_the_best_passing_products_exactly(
+    shop: TestClient, filters: dict
+) -> None:
+    base = {"text": "cats toy", "mode": "semantic", "k": 50}
+    every = shop.post("/search", json=base).json()["results"]
+    for k in (1, 3, 6):
+        got = shop.post("/search", json={**base, "k": k, "filters": filters}).json()
+        passing = shop.post("/search", json={"filters": filters, "k": 50}).json()
+        allowed = set(skus(passing))
+        want = [hit for hit in every if hit["product_id"] in allowed][:k]
+        assert skus(got) == [hit["product_id"] for hit in want]
+        assert [hit["score"] for hit in got["results"]] == [hit["score"] for hit in want]
