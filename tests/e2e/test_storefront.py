@@ -244,6 +244,23 @@ def test_debug_toggle_shows_and_hides_scores_signals_and_search_settings(
     assert not any(debug_shown(cards)) and not browser.find_element(By.ID, "mode").is_displayed()
 
 
+def test_searching_a_catalogs_images_asks_no_facets_or_sort(
+    browser: WebDriver, store: Site
+) -> None:
+    open_store(browser, store, DESKTOP)
+    Select(browser.find_element(By.ID, "sort")).select_by_value("price:asc")
+    browser.find_element(By.ID, "debug").click()
+    Select(browser.find_element(By.ID, "target")).select_by_value("images")
+    assert not browser.find_element(By.ID, "sort").is_displayed()
+    cards = search(browser, "dogs poster")  # facets and sort are for products: not sent
+    assert len(cards) == 24 and all(sku in BY_SKU for sku in skus(cards))
+    answer = httpx.get(f"{store.base}/search", params={"q": "dogs poster", "k": 24,
+                       "target": "images", "collapse": "true"}).json()["results"]  # fmt: skip
+    assert [int(card.get_attribute("data-id") or -1) for card in cards] == [h["id"] for h in answer]
+    Select(browser.find_element(By.ID, "target")).select_by_value("")
+    wait_for_status(browser, "“dogs poster”")
+
+
 def debug_shown(cards: list[WebElement]) -> list[bool]:
     return [card.find_element(By.CSS_SELECTOR, ".debug-info").is_displayed() for card in cards]
 

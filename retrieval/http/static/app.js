@@ -63,6 +63,8 @@ function setStatus(text, isError = false) {
 }
 
 const isCatalog = () => Boolean(stats && stats.has_catalog);
+// Facets and sort are product searches' (the server refuses them for images and texts).
+const isShopping = () => isCatalog() && ["", "products"].includes($("target").value);
 const pageSize = () => Math.max(1, Number($("k").value) || 24);
 
 // -- start: index summary, shop settings, catalog columns -----------------------------------
@@ -171,6 +173,7 @@ function commonParams(params) {
   if ($("target").value) params.set("target", $("target").value);
   if (!isCatalog()) return params;
   for (const [name, value] of filterEntries()) params.append(name, value);
+  if (!isShopping()) return params;
   if ($("sort").value) params.set("sort", $("sort").value);
   if (shop.facets.length) params.set("facets", shop.facets.join(","));
   return params;
@@ -198,8 +201,8 @@ function composedBody(text) {
   if (isCatalog()) {
     const filters = filterObject();
     if (Object.keys(filters).length) body.filters = filters;
-    if ($("sort").value) body.sort = [$("sort").value];
-    if (shop.facets.length) body.facets = shop.facets;
+    if ($("sort").value && isShopping()) body.sort = [$("sort").value];
+    if (shop.facets.length && isShopping()) body.facets = shop.facets;
     if (text) body.text_weight = Number($("text-weight").value);
   }
   return body;
@@ -217,6 +220,7 @@ function run({ keepPage = false } = {}) {
   if (!keepPage) state.page = 0;
   const text = $("query").value.trim();
   // Without a query there is no relevance: a browse lists products by SKU unless sorted.
+  $("sort-box").hidden = !isShopping() || $("sort").options.length <= 1;
   const first = $("sort").options[0]; // none over a photo folder
   if (first) first.text = text || state.image || state.chips.length ? "Best match" : "SKU";
   if (state.image || state.chips.length) {
@@ -235,7 +239,9 @@ function run({ keepPage = false } = {}) {
   }
   if (isCatalog()) {
     // No query: browse the catalog, filtered, sorted and paged.
-    return runSearch(browseLabel(), () => api(`/products?${commonParams(new URLSearchParams())}`));
+    const params = commonParams(new URLSearchParams());
+    params.delete("target"); // a browse lists products
+    return runSearch(browseLabel(), () => api(`/products?${params}`));
   }
   return Promise.resolve();
 }
@@ -661,6 +667,7 @@ function init() {
   });
   $("collapse").addEventListener("change", () => run());
   $("sort").addEventListener("change", () => run());
+  $("target").addEventListener("change", () => run());
   $("k").addEventListener("change", () => run());
   $("debug").addEventListener("change", (event) => setDebug(event.target.checked));
   $("clear-filters").addEventListener("click", clearFilters);
