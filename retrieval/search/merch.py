@@ -350,7 +350,8 @@ def quantile_bands(
     two significant digits), cached until the catalog changes."""
     version = db.execute("PRAGMA data_version").fetchone()[0], db.total_changes
     key = (column, version)
-    if key not in cache:
+    bands = cache.get(key)
+    if bands is None:
         values = product_sql.number_values(db, column)
         edges: list[float] = []
         if values:
@@ -361,10 +362,11 @@ def quantile_bands(
                 if edge > values[0] and (not edges or edge > edges[-1]):
                     edges.append(edge)
         bounds: list[float | None] = [None, *edges, None]
-        for stale in [k for k in cache if k[1] != version]:  # one catalog version at a time
-            del cache[stale]
-        cache[key] = tuple(zip(bounds[:-1], bounds[1:], strict=True))
-    return cache[key]  # type: ignore[no-any-return]
+        for stale in [k for k in list(cache) if k[1] != version]:  # one catalog version at a time
+            cache.pop(stale, None)  # another thread may have dropped it
+        bands = tuple(zip(bounds[:-1], bounds[1:], strict=True))
+        cache[key] = bands
+    return bands  # type: ignore[no-any-return]
 
 
 def _round2(value: float) -> float:

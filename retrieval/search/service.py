@@ -15,15 +15,15 @@ import numpy as np
 from ..config import DEFAULT_FACET_MARGIN, MAX_K, MERCH_DEPTH, MERCH_START_DEPTH
 from ..embedders.protocols import QueryEmbedder
 from ..errors import InvalidQueryError, ItemNotFoundError
-from ..storage import keywords, product_sql
+from ..storage import keywords
 from ..storage.catalog import Item, product_columns
 from ..storage.store import IndexStore
-from ..types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, TEXTS, Hit, Vectors
+from ..types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, Hit, Vectors
 from . import shop
+from .candidates import ProductCandidates
 from .hits import hit_from_item
 from .hybrid import HYBRID, HYBRID_DEPTH, KEYWORD, MODES, SEMANTIC, fuse_hits
-from .merch import parse_conditions
-from .products import allowed_items, allowed_products, score_products
+from .products import allowed_products, score_products
 from .queries import (
     MAX_COLLAPSE_DEPTH,
     MAX_PARTS,
@@ -55,6 +55,7 @@ class SearchService:
         self.text_batcher = text_batcher
         self._lock = threading.Lock()
         self._band_cache: dict[Any, Any] = {}  # facet bands per catalog version (merch.py)
+        self._candidates = ProductCandidates(store, self._lock)
 
     @cached_property
     def embedder(self) -> QueryEmbedder:
@@ -428,9 +429,9 @@ class SearchService:
         wanted = request.k + request.offset
         candidates = None
         if request.filters:
-            candidates = self._post_filtered(vector, request.filters, wanted, weight)
+            candidates = self._candidates.post_filtered(vector, request.filters, wanted, weight)
         if candidates is None:
-            candidates = self._pre_filtered(vector, request.filters, wanted, weight)
+            candidates = self._candidates.pre_filtered(vector, request.filters, wanted, weight)
             if candidates is None:
                 return []
         scored = score_products(
@@ -445,73 +446,6 @@ class SearchService:
             for n, (score, item) in enumerate(page)
             if item.product_id in metadata
         ]
-
-    def _candidates(
-        self, vector: np.ndarray, weight: float, depth: int, allowed: np.ndarray | None
-    ) -> tuple[dict[str, int], bool]:
-        """Products of the top `depth` items of each index the weight uses (among `allowed`),
-        with how many of those items each has; and whether an index ran out of items."""
-        found: dict[str, int] = {}
-        found_all = True
-        for collection, used in ((IMAGES, weight < 1.0), (TEXTS, weight > 0.0)):
-            if not used:
-                continue
-            with self._lock:
-                index = self.store.get_index(collection)
-            if index is None:
-                continue
-            _, ids = index.search(vector.reshape(1, -1), depth, allowed_ids=allowed)
-            hits = [int(i) for i in ids[0] if i >= 0]
-            found_all = found_all and len(hits) < depth
-            for pid in self.store.catalog.get_item_products(hits).values():
-                if pid:
-                    found[pid] = found.get(pid, 0) + 1
-        return found, found_all
-
-    def _pre_filtered(
-        self, vector: np.ndarray, filters: Mapping[str, Any], wanted: int, weight: float
-    ) -> set[str] | None:
-        """Candidate products from searches restricted inside faiss to the allowed products'
-        items, deepened until `wanted` products are found or the indexes run out; None when no
-        product passes."""
-        catalog = self.store.catalog
-        allowed = allowed_items(catalog, filters)
-        if allowed is None:
-            allowed = self._product_items()
-        elif not len(allowed):
-            return None
-        depth = wanted * 4
-        while True:
-            found, found_all = self._candidates(vector, weight, depth, allowed)
-            if len(found) >= wanted or found_all:
-                return set(found)
-            depth *= 4
-
-    def _post_filtered(
-        self, vector: np.ndarray, filters: Mapping[str, Any], wanted: int, weight: float
-    ) -> set[str] | None:
-        """Candidate products from an unrestricted search twice as deep as a restricted one
-        starts, checked against the filters in SQL; None when fewer than the restricted
-        search's first pool pass (narrow filters: `_pre_filtered` then runs). Filters that pass
-        most products (`in_stock=true`) cost a table scan and an IDSelector over most of the
-        index otherwise: 0.49 s at 100k products on a loaded 2-core machine."""
-        columns = product_columns(self.store.catalog.db)
-        conditions = parse_conditions(filters, columns)
-        found, _ = self._candidates(vector, weight, wanted * 8, self._product_items())
-        passing = set(product_sql.select_ids(self.store.catalog.db, conditions, ids=list(found)))
-        if sum(found[pid] for pid in passing) < wanted * 4 or len(passing) < wanted:
-            return None
-        return passing
-
-    def _product_items(self) -> np.ndarray | None:
-        """The item ids a product search may return: every product's, or None (no
-        restriction) when every item belongs to a product, the usual shop index."""
-        catalog = self.store.catalog
-        if catalog.db.execute(
-            "SELECT NOT EXISTS(SELECT 1 FROM items WHERE product_id IS NULL)"
-        ).fetchone()[0]:
-            return None
-        return catalog.product_item_ids()
 
     def get_item(self, item_id: int) -> Item | None:
         """A catalog item with its product's metadata merged in (None if unknown)."""

@@ -301,3 +301,21 @@ def test_boosts_multiply_when_true_and_add_a_scaled_log() -> None:
 def test_fold_ignores_case_and_accents() -> None:
     assert folding.fold("Zoë ÉCOLE Straße") == "zoe ecole strasse"
     assert folding.fold_value(["Äb", 3, True]) == ["ab", "3", "true"]
+
+
+def test_range_objects_and_suffixes_select_the_same_products() -> None:
+    products = [{**NO_BRAND, "price": price} for price in (5, 10, 15.5, 20, None)]
+    with catalog_of(products) as catalog:
+        columns = product_columns(catalog.db)
+
+        def select(filters: dict) -> list[str]:
+            return sorted(product_sql.select_ids(catalog.db, parse_conditions(filters, columns)))
+
+        by_suffix = select({"price_min": 10, "price_max": "20"})
+        assert (
+            by_suffix
+            == select({"price": {"min": 10, "max": 20}})
+            == ["SKU-001", "SKU-002", "SKU-003"]
+        )
+        assert select({"price": {"min": 16}}) == ["SKU-003"]
+        assert select({"price": [5, "20"]}) == ["SKU-000", "SKU-003"]
