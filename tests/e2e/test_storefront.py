@@ -51,6 +51,7 @@ ROWS: list[dict[str, Any]] = [
         "brand": BRANDS[(n // 2) % 3],
         "price": (n * 37) % 100 + 0.5,
         "in_stock": n % 4 != 0,
+        "code": f"M{n:02d}",  # 30 values: a facet of the top 20 and `other`
     }
     for n in range(30)
 ]
@@ -324,6 +325,19 @@ def test_a_facet_checkbox_narrows_the_results_and_the_counts(
 ) -> None:
     open_store(browser, store, width)
     assert facet_counts(browser, "category") == dict(Counter(row["category"] for row in ROWS))
+    codes = facet_counts(browser, "code")
+    assert len(codes) == 20 and set(codes.values()) == {1}
+    other = browser.find_element(By.CSS_SELECTOR, ".facet[data-column=code] .facet-other")
+    assert other.get_attribute("textContent") == "10 in other values"
+    if width == PHONE:
+        browser.find_element(By.CSS_SELECTOR, "#filter-box summary").click()  # unfold filters
+    rows = browser.find_elements(By.CSS_SELECTOR, ".facet[data-column=code] .facet-value")
+    assert [row.is_displayed() for row in rows] == [True] * 8 + [False] * 12
+    fold = browser.find_element(By.CSS_SELECTOR, ".facet[data-column=code] .fold")
+    assert fold.text == "Show 12 more"
+    fold.click()
+    assert all(row.is_displayed() for row in rows) and fold.text == "Show fewer"
+    fold.click()
     tick(browser, "category", "dogs")
     cards = wait_for_status(browser, "category: dogs")
     dogs = [row for row in ROWS if row["category"] == "dogs"]

@@ -14,6 +14,8 @@ const $ = (id) => document.getElementById(id);
 const LESS_WEIGHT = -0.5;
 // Column types (GET /schema, /stats) that get a facet panel: value counts or number bands.
 const VALUE_FACETS = new Set(["keyword", "boolean"]);
+// The server answers at most this many facets per search (config.MAX_FACETS).
+const MAX_FACETS = 16;
 // Columns a card shows in its own places, found by name among the catalog's columns.
 const BRAND_NAMES = /^(brand|vendor|manufacturer|maker)$/i;
 const STOCK_NAMES = /(^|_)(in_stock|instock|available|availability|stock|inventory|quantity|qty)$/i;
@@ -92,7 +94,7 @@ async function loadStats() {
   // Photo folders are searched by people tuning the index: scores on. Shoppers: off.
   setDebug(!stats.has_catalog);
   if (stats.has_catalog) {
-    $("query").placeholder = `Search ${stats.products} products…`;
+    $("query").placeholder = "Search products"; // short: a phone shows some 15 letters
     setUpCatalog(stats.product_columns || {});
     run();
   }
@@ -105,7 +107,9 @@ function setUpCatalog(columns) {
   shop.price = find(/price/i, ["number"]);
   shop.brand = find(BRAND_NAMES, ["keyword", "text"]);
   shop.stock = find(STOCK_NAMES, ["boolean", "number"]);
-  shop.facets = names.filter((c) => c !== "title" && (VALUE_FACETS.has(columns[c]) || columns[c] === "number"));
+  shop.facets = names
+    .filter((c) => c !== "title" && (VALUE_FACETS.has(columns[c]) || columns[c] === "number"))
+    .slice(0, MAX_FACETS);
   renderSortMenu();
   $("filters").hidden = shop.facets.length === 0;
   // On a phone the filters start folded above the results, which come first.

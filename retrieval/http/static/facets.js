@@ -21,29 +21,54 @@ function renderFacets(facets) {
   $("clear-filters").hidden = !filtered;
 }
 
+// Values a panel lists before "Show N more" (Algolia's and Typesense's widgets show 5-10).
+const FACET_SHOWN = 8;
+// Columns whose panel the user expanded.
+const expanded = new Set();
+
 function renderValues(set, column, buckets) {
   const chosen = state.filters.get(column) || new Set();
-  const shown = new Set();
+  const rows = [];
+  let other = 0;
   for (const bucket of buckets) {
-    if (bucket.other || bucket.value === null || bucket.value === undefined) {
-      const other = document.createElement("div");
-      other.className = "facet-other";
-      other.textContent = `${bucket.count} more in other values`;
-      set.append(other);
-      continue;
-    }
-    const value = String(bucket.value);
-    shown.add(value);
-    set.append(valueBox(column, value, bucket.count, chosen.has(value)));
+    if (bucket.other || bucket.value === null || bucket.value === undefined) other += bucket.count;
+    else rows.push([String(bucket.value), bucket.count]);
   }
   // A chosen value stays visible (and can be unticked) even when nothing matches it now.
-  for (const value of chosen) if (!shown.has(value)) set.append(valueBox(column, value, 0, true));
-  if (!set.querySelector("input")) {
-    const none = document.createElement("div");
-    none.className = "facet-other";
-    none.textContent = "no values";
-    set.append(none);
-  }
+  const listed = new Set(rows.map(([value]) => value));
+  for (const value of chosen) if (!listed.has(value)) rows.push([value, 0]);
+  const folded = rows.length - FACET_SHOWN;
+  rows.forEach(([value, count], n) => {
+    const row = valueBox(column, value, count, chosen.has(value));
+    row.hidden = folded > 0 && n >= FACET_SHOWN && !expanded.has(column) && !chosen.has(value);
+    set.append(row);
+  });
+  if (folded > 0) set.append(foldButton(column, folded));
+  if (other) set.append(note(`${other} in other values`));
+  if (!rows.length) set.append(note("no values"));
+}
+
+function foldButton(column, folded) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "link fold";
+  button.textContent = expanded.has(column) ? "Show fewer" : `Show ${folded} more`;
+  button.addEventListener("click", () => {
+    if (expanded.has(column)) expanded.delete(column);
+    else expanded.add(column);
+    const set = button.closest(".facet");
+    const rows = [...set.querySelectorAll(".facet-value")];
+    rows.forEach((row, n) => { row.hidden = !expanded.has(column) && n >= FACET_SHOWN && !row.querySelector("input").checked; });
+    button.textContent = expanded.has(column) ? "Show fewer" : `Show ${folded} more`;
+  });
+  return button;
+}
+
+function note(text) {
+  const box = document.createElement("div");
+  box.className = "facet-other";
+  box.textContent = text;
+  return box;
 }
 
 function valueBox(column, value, count, checked) {
