@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 import httpx
 import pytest
@@ -412,3 +413,25 @@ def test_next_and_previous_pages_with_a_total(browser: WebDriver, store: Site) -
     k.clear()
     k.send_keys("24")
     Select(browser.find_element(By.ID, "sort")).select_by_value("")
+
+
+def test_the_address_holds_the_search_and_opens_it_again(browser: WebDriver, store: Site) -> None:
+    shared = "?q=poster&f.category=dogs&f.category=cats&f.price_max=80&sort=price:asc&k=8&page=2"
+    browser.set_window_size(DESKTOP, 900)
+    browser.get(store.base + "/" + shared)
+    cards = wait_for_status(browser, "“poster”")
+    params = [("q", "poster"), ("category", "dogs"), ("category", "cats"), ("price_max", "80"),
+              ("sort", "price:asc"), ("k", "8"), ("offset", "8"), ("collapse", "true"),
+              ("text_weight", "0.5"), ("facets", ",".join(facet_columns(store)))]  # fmt: skip
+    answer = httpx.get(f"{store.base}/search", params=params, timeout=WAIT_S).json()
+    assert skus(cards) == [hit["product_id"] for hit in answer["results"]]
+    assert {row["category"] for row in map(BY_SKU.get, skus(cards))} <= {"dogs", "cats"}
+    assert browser.find_element(By.ID, "page-info").text.startswith("9–")
+    ticked = browser.find_elements(By.CSS_SELECTOR, ".facet[data-column=category] input:checked")
+    assert sorted(box.get_attribute("value") or "" for box in ticked) == ["cats", "dogs"]
+    written = browser.execute_script("return location.search")
+    assert sorted(parse_qsl(written[1:])) == sorted(parse_qsl(shared[1:]))  # as it was read
+    tick(browser, "brand", "acme")
+    wait_for_status(browser, "“poster”")
+    assert "f.brand=acme" in browser.execute_script("return location.search")
+    assert "page=" not in browser.execute_script("return location.search")  # a new search

@@ -96,7 +96,45 @@ async function loadStats() {
   if (stats.has_catalog) {
     $("query").placeholder = "Search products"; // short: a phone shows some 15 letters
     setUpCatalog(stats.product_columns || {});
-    run();
+  }
+  loadFromUrl();
+  if (stats.has_catalog || $("query").value.trim()) run({ keepPage: true });
+}
+
+// -- the page's address holds the search (text, filters, sort, page), so it can be shared ----
+// Filters are `f.COLUMN=VALUE` (repeated: OR) and `f.COLUMN_min`/`_max`, apart from the page's
+// own names. An uploaded image and like-this chips cannot travel in an address.
+function saveToUrl() {
+  const params = new URLSearchParams();
+  const text = $("query").value.trim();
+  if (text) params.set("q", text);
+  if (isCatalog() && $("sort").value) params.set("sort", $("sort").value);
+  if (state.page) params.set("page", String(state.page + 1));
+  if (pageSize() !== 24) params.set("k", String(pageSize()));
+  for (const [name, value] of filterEntries()) params.append(`f.${name}`, value);
+  const search = params.toString();
+  history.replaceState(null, "", search ? `?${search}` : location.pathname);
+}
+
+function loadFromUrl() {
+  const params = new URLSearchParams(location.search);
+  $("query").value = params.get("q") || "";
+  if (Number(params.get("k")) > 0) $("k").value = String(Math.min(100, Number(params.get("k"))));
+  const sort = params.get("sort");
+  if (sort && [...$("sort").options].some((option) => option.value === sort)) $("sort").value = sort;
+  state.page = Math.max(0, Math.floor(Number(params.get("page")) || 1) - 1);
+  for (const [key, value] of params) {
+    if (!key.startsWith("f.")) continue;
+    const name = key.slice(2);
+    const bound = name.match(/^(.*)_(min|max)$/);
+    if (bound && shop.columns[bound[1]] === "number") {
+      const range = state.ranges.get(bound[1]) || { min: "", max: "" };
+      range[bound[2]] = value;
+      state.ranges.set(bound[1], range);
+    } else if (shop.facets.includes(name)) {
+      if (!state.filters.has(name)) state.filters.set(name, new Set());
+      state.filters.get(name).add(value);
+    }
   }
 }
 
@@ -222,6 +260,7 @@ function browseLabel() {
 
 function run({ keepPage = false } = {}) {
   if (!keepPage) state.page = 0;
+  saveToUrl();
   const text = $("query").value.trim();
   // Without a query there is no relevance: a browse lists products by SKU unless sorted.
   $("sort-box").hidden = !isShopping() || $("sort").options.length <= 1;
