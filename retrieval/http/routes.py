@@ -136,14 +136,23 @@ class _Server:
     not_ready_reason: str = "starting: the model is loading"
 
     def merch(
-        self, facets: list[str] | None, sort: list[str] | None, boost: list[str] | None
+        self,
+        facets: list[str] | None,
+        sort: list[str] | None,
+        boost: list[str] | None,
+        target: str | None,
     ) -> dict[str, Any]:
         """SearchRequest fields of the merchandising parameters; without `boost`, the
-        server's default boosts (`serve --boost`)."""
+        server's default boosts (`serve --boost`) when the search is over products."""
+        boosts: tuple[Boost, ...] = ()
+        if boost is not None:
+            boosts = parse_boosts(boost)
+        elif target == "products" or (target is None and self.service.has_catalog):
+            boosts = self.default_boosts
         return {
             "facets": parse_facets(facets or []),
             "sort": parse_sort(sort or []),
-            "boosts": self.default_boosts if boost is None else parse_boosts(boost),
+            "boosts": boosts,
         }
 
     def search(self, request: SearchRequest) -> Response:
@@ -305,7 +314,7 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
             min_score=min_score,
             collapse=collapse,
             mode=mode,
-            **server.merch(facets, sort, boost),
+            **server.merch(facets, sort, boost, target),
         )
         return await server.admission.run(lambda: server.search(query))
 
@@ -325,7 +334,7 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
             k=k,
             offset=offset,
             filters=filters,
-            **server.merch(facets, sort, []),
+            **server.merch(facets, sort, [], "products"),
         )
         return await server.admission.run(lambda: server.search(query))
 
@@ -341,7 +350,9 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
                 image = decode_base64(body.image_b64, config.max_upload_bytes)
             parts = tuple(_query_part(part, config.max_upload_bytes) for part in body.parts or ())
             fields = body.model_dump(exclude={"image_b64", "parts", "facets", "sort", "boost"})
-            merch = server.merch(_listed(body.facets), _listed(body.sort), _listed(body.boost))
+            merch = server.merch(
+                _listed(body.facets), _listed(body.sort), _listed(body.boost), body.target
+            )
             return server.search(
                 SearchRequest(image=image, image_name="base64", parts=parts, **fields, **merch)
             )
@@ -375,7 +386,7 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
             filters=filters,
             min_score=min_score,
             collapse=collapse,
-            **server.merch(facets, sort, boost),
+            **server.merch(facets, sort, boost, target),
         )
         return await server.admission.run(lambda: server.search(query))
 
@@ -394,11 +405,15 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
         target: TargetParam = None,
         min_score: MinScoreParam = None,
         collapse: CollapseParam = False,
+        facets: FacetsParam = None,
+        sort: SortParam = None,
+        boost: BoostParam = None,
     ) -> Response:
         filters = query_filters(request, UPLOAD_PARAMS)
 
         def work() -> Response:
             item = server.service.require_item(item_id)
+            merch = server.merch(facets, sort, boost, target or item.collection)
             query = SearchRequest(
                 like=item_id,
                 target=target or item.collection,
@@ -407,6 +422,7 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
                 offset=offset,
                 min_score=min_score,
                 collapse=collapse,
+                **merch,
             )
             return server.search(query)
 

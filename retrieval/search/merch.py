@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,7 @@ import numpy as np
 from ..config import (
     DEFAULT_BOOST_LOG_SCALE,
     FACET_BANDS,
+    FACET_CACHE_SIZE,
     FACET_VALUES,
     MAX_FACETS,
     MAX_FILTER_VALUES,
@@ -310,11 +313,14 @@ def facet_counts(
     conditions: Sequence[Condition],
     columns: Mapping[str, str],
     ids: Sequence[str] | None,
-    band_cache: dict[Any, Any],
+    cache: CatalogCache,
     rowids: Sequence[int] | None = None,
+    cache_key: Any = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Each facet's counts over the products passing every condition but its own column's
-    (and among `ids`, the products matching a query, or `rowids`, when given)."""
+    (and among `ids`, the products matching a query, or `rowids`, when given). With a
+    `cache_key` (what the counts depend on besides the catalog: browsing's filters), they are
+    cached until the catalog changes."""
     out: dict[str, list[dict[str, Any]]] = {}
     for facet in facets:
         kind = columns.get(facet.column)
@@ -326,32 +332,75 @@ def facet_counts(
         where, params = product_sql.where_sql(
             db, conditions, skip=facet.column, ids=ids, rowids=rowids
         )
-        if kind == "number":
-            bands = facet.bands or quantile_bands(db, facet.column, band_cache)
-            counts = product_sql.count_bands(db, facet.column, bands, where, params)
-            out[facet.column] = [
-                {"from": low, "to": high, "count": n}
-                for (low, high), n in zip(bands, counts, strict=True)
-            ]
-            continue
-        top, total = product_sql.count_values(db, facet.column, kind, where, params, FACET_VALUES)
-        entries: list[dict[str, Any]] = [{"value": v, "count": n} for v, n in top]
-        other = total - sum(n for _, n in top)
-        if other > 0:
-            entries.append({"other": True, "count": other})
-        out[facet.column] = entries
+
+        def count(
+            facet: Facet = facet, kind: str = kind, where: str = where, params: list[Any] = params
+        ) -> Any:
+            return _count(db, facet, kind, where, params, cache)
+
+        if cache_key is None:
+            out[facet.column] = count()
+        else:
+            out[facet.column] = cache.get(db, ("facet", facet, cache_key), count)
     return out
 
 
+def _count(
+    db: Any, facet: Facet, kind: str, where: str, params: list[Any], cache: CatalogCache
+) -> list[dict[str, Any]]:
+    """One facet's entries over the products passing `where`."""
+    if kind == "number":
+        bands = facet.bands or quantile_bands(db, facet.column, cache)
+        counts = product_sql.count_bands(db, facet.column, bands, where, params)
+        return [
+            {"from": low, "to": high, "count": n}
+            for (low, high), n in zip(bands, counts, strict=True)
+        ]
+    top, total = product_sql.count_values(db, facet.column, kind, where, params, FACET_VALUES)
+    entries: list[dict[str, Any]] = [{"value": v, "count": n} for v, n in top]
+    other = total - sum(n for _, n in top)
+    if other > 0:
+        entries.append({"other": True, "count": other})
+    return entries
+
+
+class CatalogCache:
+    """Values computed from the catalog (facet counts of browsing, quantile bands), kept until
+    the catalog changes: SQLite's `data_version` (commits of other connections) and this
+    connection's own changes. Least recently used entries go past `size`."""
+
+    def __init__(self, size: int = FACET_CACHE_SIZE) -> None:
+        self._size = size
+        self._data: OrderedDict[Any, Any] = OrderedDict()
+        self._version: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+
+    def get(self, db: Any, key: Any, compute: Callable[[], Any]) -> Any:
+        """The cached value of `key`, or compute() stored under it."""
+        version = (db.execute("PRAGMA data_version").fetchone()[0], db.total_changes)
+        with self._lock:
+            if version != self._version:
+                self._data.clear()
+                self._version = version
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+        value = compute()
+        with self._lock:
+            if self._version == version:
+                self._data[key] = value
+                while len(self._data) > self._size:
+                    self._data.popitem(last=False)
+        return value
+
+
 def quantile_bands(
-    db: Any, column: str, cache: dict[Any, Any]
+    db: Any, column: str, cache: CatalogCache
 ) -> tuple[tuple[float | None, float | None], ...]:
     """FACET_BANDS bands of a number column cut at the catalog's quantiles (edges rounded to
     two significant digits), cached until the catalog changes."""
-    version = db.execute("PRAGMA data_version").fetchone()[0], db.total_changes
-    key = (column, version)
-    bands = cache.get(key)
-    if bands is None:
+
+    def compute() -> tuple[tuple[float | None, float | None], ...]:
         values = product_sql.number_values(db, column)
         edges: list[float] = []
         if values:
@@ -362,11 +411,9 @@ def quantile_bands(
                 if edge > values[0] and (not edges or edge > edges[-1]):
                     edges.append(edge)
         bounds: list[float | None] = [None, *edges, None]
-        for stale in [k for k in list(cache) if k[1] != version]:  # one catalog version at a time
-            cache.pop(stale, None)  # another thread may have dropped it
-        bands = tuple(zip(bounds[:-1], bounds[1:], strict=True))
-        cache[key] = bands
-    return bands  # type: ignore[no-any-return]
+        return tuple(zip(bounds[:-1], bounds[1:], strict=True))
+
+    return cache.get(db, ("bands", column), compute)  # type: ignore[no-any-return]
 
 
 def _round2(value: float) -> float:
@@ -380,6 +427,7 @@ def _round2(value: float) -> float:
 
 __all__ = [
     "Boost",
+    "CatalogCache",
     "Facet",
     "Sort",
     "boosted",

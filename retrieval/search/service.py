@@ -23,6 +23,7 @@ from . import shop
 from .candidates import ProductCandidates
 from .hits import hit_from_item
 from .hybrid import HYBRID, HYBRID_DEPTH, KEYWORD, MODES, SEMANTIC, fuse_hits
+from .merch import CatalogCache
 from .products import allowed_products, score_products
 from .queries import (
     MAX_COLLAPSE_DEPTH,
@@ -54,7 +55,7 @@ class SearchService:
         self._embedder_factory = embedder_factory
         self.text_batcher = text_batcher
         self._lock = threading.Lock()
-        self._band_cache: dict[Any, Any] = {}  # facet bands per catalog version (merch.py)
+        self._catalog_cache = CatalogCache()  # facet bands and browsing's counts (merch.py)
         self._candidates = ProductCandidates(store, self._lock)
 
     @cached_property
@@ -99,7 +100,7 @@ class SearchService:
         request without a query browses (shop.py)."""
         target = request.target or self.default_target()
         if request.browse and target == PRODUCTS and self.has_catalog and request.mode is None:
-            listing = shop.browse(self.store.catalog, request, self._band_cache)
+            listing = shop.browse(self.store.catalog, request, self._catalog_cache)
             echo = request.echo(target)
             return SearchResult(echo, listing.hits, listing.has_more, listing.total, listing.facets)
         mode = self.resolve_mode(request)
@@ -108,7 +109,7 @@ class SearchService:
             if target != PRODUCTS:
                 raise InvalidQueryError("facets, sort and boost apply to products only")
             listing = shop.merchandise(
-                self.store.catalog, request, self._ranker(request, mode), self._band_cache
+                self.store.catalog, request, self._ranker(request, mode), self._catalog_cache
             )
             return SearchResult(echo, listing.hits, listing.has_more, listing.total, listing.facets)
         if mode == SEMANTIC:

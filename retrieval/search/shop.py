@@ -25,6 +25,7 @@ from ..storage.catalog import Catalog, Item, product_columns
 from ..types import IMAGES, Hit
 from .hits import hit_from_item
 from .merch import (
+    CatalogCache,
     boosted,
     check_boosts,
     facet_counts,
@@ -51,7 +52,7 @@ class Listing:
     facets: dict[str, list[dict[str, Any]]] | None
 
 
-def browse(catalog: Catalog, request: SearchRequest, band_cache: dict[Any, Any]) -> Listing:
+def browse(catalog: Catalog, request: SearchRequest, cache: CatalogCache) -> Listing:
     """The products passing the filters, in sort order (SKU when none), one page of them,
     with their count and facets. Each shows its main image (the first listed) or its title."""
     check_k(request.k, request.offset)
@@ -74,7 +75,9 @@ def browse(catalog: Catalog, request: SearchRequest, band_cache: dict[Any, Any])
     total = len(passing)
     facets = None
     if request.facets:
-        facets = facet_counts(db, request.facets, inner, columns, None, band_cache, base)
+        facets = facet_counts(
+            db, request.facets, inner, columns, None, cache, base, cache_key=repr(conditions)
+        )
     shown = _main_items(catalog, ids[: request.k])
     records = catalog.get_product_records(ids[: request.k])
     hits = []
@@ -102,7 +105,7 @@ def merchandise(
     catalog: Catalog,
     request: SearchRequest,
     rank: Ranker,
-    band_cache: dict[Any, Any],
+    cache: CatalogCache,
 ) -> Listing:
     """A query search's matched set (module docstring) boosted, sorted, paged and faceted;
     `rank` runs the query under given filters and cutoff."""
@@ -143,7 +146,7 @@ def merchandise(
     facets = None
     if request.facets:
         ids = [_sku(hit) for hit in base]
-        facets = facet_counts(db, request.facets, conditions, columns, ids, band_cache)
+        facets = facet_counts(db, request.facets, conditions, columns, ids, cache)
     return Listing(page, len(hits) > end, len(hits), facets)
 
 

@@ -219,6 +219,10 @@ def test_server_default_boosts_apply_unless_a_request_says_none(shop_index: Path
         params = {"q": "cats toy", "mode": "semantic", "k": 50, "min_score": -1}
         boosted = client.get("/search", params=params).json()
         plain = client.get("/search", params={**params, "boost": "none"}).json()
+        images = client.get("/search", params={"q": "toy", "target": "images"})
+        similar = client.get(f"/items/{plain['results'][0]['id']}/similar")
+    for answer in (images, similar):  # the defaults are for product searches only
+        assert answer.status_code == 200 and "boosts" not in answer.json()["query"]
     assert boosted["query"]["boosts"] == ["in_stock:3"] and "boosts" not in plain["query"]
     want = sorted(
         plain["results"],

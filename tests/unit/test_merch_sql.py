@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from retrieval.errors import InvalidQueryError
 from retrieval.search.merch import (
+    CatalogCache,
     Facet,
     boosted,
     facet_counts,
@@ -159,7 +160,9 @@ def test_filters_and_facets_match_a_brute_force_count(
         assert product_sql.count(db, conditions) == len(oracle_ids(products, filters))
         facets = (Facet("category"), Facet("brand"), Facet("in_stock"), Facet("tags"))
         bands = ((None, 50.0), (50.0, 100.0), (100.0, None), (20.0, 30.0))
-        got = facet_counts(db, (*facets, Facet("price", bands)), conditions, columns, None, {})
+        got = facet_counts(
+            db, (*facets, Facet("price", bands)), conditions, columns, None, CatalogCache()
+        )
         rows = dict(enumerate(products))
         for facet in facets:
             passing = [rows[int(i[4:])] for i in oracle_ids(products, filters, facet.column)]
@@ -221,7 +224,9 @@ def test_value_facets_keep_the_top_twenty_and_count_the_rest_as_other() -> None:
                  "tags": []} for n in range(25) for _ in range(1 + (n < 3))]  # fmt: skip
     with catalog_of(products) as catalog:
         columns = product_columns(catalog.db)
-        got = facet_counts(catalog.db, (Facet("category"),), [], columns, None, {})["category"]
+        got = facet_counts(catalog.db, (Facet("category"),), [], columns, None, CatalogCache())[
+            "category"
+        ]
     assert got[:3] == [{"value": f"c0{n}", "count": 2} for n in range(3)]
     assert len(got) == 21 and got[-1] == {"other": True, "count": 5}
 
@@ -232,7 +237,9 @@ def test_quantile_bands_cover_every_priced_product_once() -> None:
                 for p in prices]  # fmt: skip
     with catalog_of(products) as catalog:
         columns = product_columns(catalog.db)
-        got = facet_counts(catalog.db, (Facet("price"),), [], columns, None, {})["price"]
+        got = facet_counts(catalog.db, (Facet("price"),), [], columns, None, CatalogCache())[
+            "price"
+        ]
     assert got[0]["from"] is None and got[-1]["to"] is None
     assert [a["to"] for a in got[:-1]] == [b["from"] for b in got[1:]]  # contiguous
     assert sum(band["count"] for band in got) == len(prices)
@@ -319,3 +326,25 @@ def test_range_objects_and_suffixes_select_the_same_products() -> None:
         )
         assert select({"price": {"min": 16}}) == ["SKU-003"]
         assert select({"price": [5, "20"]}) == ["SKU-000", "SKU-003"]
+
+
+def test_cached_browse_counts_follow_writes_from_any_connection() -> None:
+    products = [{**NO_BRAND, "category": "dogs"}]
+    with catalog_of(products) as catalog:
+        columns = product_columns(catalog.db)
+        cache = CatalogCache()
+
+        def counts() -> list[dict]:
+            facets = (Facet("category"),)
+            got = facet_counts(catalog.db, facets, [], columns, None, cache, cache_key="all")
+            return got["category"]
+
+        assert counts() == [{"value": "dogs", "count": 1}]
+        other = Catalog(catalog.path)  # a second connection, as the HTTP writer has
+        with other.transaction():
+            other.put_product("SKU-900", "x", "h", {"title": "x", "category": "cats"})
+        other.close()
+        assert counts() == [{"value": "cats", "count": 1}, {"value": "dogs", "count": 1}]
+        with catalog.transaction():  # this connection's own write
+            catalog.put_product("SKU-901", "y", "h", {"title": "y", "category": "cats"})
+        assert counts() == [{"value": "cats", "count": 2}, {"value": "dogs", "count": 1}]
