@@ -37,7 +37,9 @@ def load_embedder(
         num_workers=config.num_workers,
         backend=config.backend,
         threads=config.threads,
+        cache_dir=config.export_cache,
         decode=config.decode,
+        hash_cache=config.hash_cache,
     )
     if expected is not None and not expected.same_model(embedder.identity):
         raise IndexMismatchError(
@@ -80,7 +82,7 @@ def open_for_indexing(
         if spec is not None:
             from .embedders.spec import spec_matches
 
-            if not spec_matches(spec, store.identity):
+            if not spec_matches(spec, store.identity, config.hash_cache):
                 store.close()
                 raise IndexMismatchError(
                     f"index {directory} was built with {store.identity.describe()}, not "
@@ -147,6 +149,10 @@ def open_writer(service: SearchService, fetch_allow: tuple[str, ...] = ()) -> Pr
         # `inner`), loaded once for both.
         query_embedder = service.embedder
         inner = getattr(query_embedder, "inner", query_embedder)
+        from .embedders.cold import ColdEmbedder  # torch-free
+
+        if isinstance(inner, ColdEmbedder):  # a cold text embedder: the model it loads for images
+            inner = inner.full()
         if not hasattr(inner, "embed_image_files"):
             identity = service.store.identity
             own = ModelSpec(identity.name, identity.pretrained)

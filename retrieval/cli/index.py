@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ..config import DECODE_ENV, DEFAULT_MODEL, EmbedConfig, default_index_dir
+from ..config import DEFAULT_INDEX_DIR, DEFAULT_MODEL
 from ..errors import InputFileError, InvalidQueryError
 from ..types import IMAGES, TEXTS
 from .common import (
@@ -25,6 +25,7 @@ from .common import (
     progress,
     run_guarded,
 )
+from .environment import DECODE_ENV, read_settings
 from .render import caption_summary, catalog_summary, report_dict, report_summary
 
 
@@ -102,7 +103,9 @@ def index(
         bool,
         typer.Option(
             "--refetch",
-            help="With --catalog: fetch image URLs again even when the index holds a copy",
+            help="With --catalog: fetch image URLs again in full (by default a URL fetched "
+            "before is only downloaded again when its server says it changed, or after a day "
+            "when the server gives no ETag/Last-Modified)",
         ),
     ] = False,
     index_dir: IndexOption = None,
@@ -215,7 +218,7 @@ def index(
         from ..storage.store import StoreOptions
 
         # Every option is checked before any file is read or the model loads.
-        config = EmbedConfig(
+        config = read_settings().embed_config(
             device=device,
             precision=precision,
             backend=backend,
@@ -251,7 +254,7 @@ def index(
                 fetch=FetchPolicy.from_allow(fetch_allow or ()),
                 refetch=refetch,
             )
-        directory = index_dir or default_index_dir()
+        directory = index_dir or DEFAULT_INDEX_DIR
         only_captions = captions and not roots and catalog is None and texts is None
         if only_captions and not (directory / "manifest.json").is_file():
             raise InputFileError(

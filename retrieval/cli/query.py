@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..config import EmbedConfig, default_index_dir
+from ..config import DEFAULT_INDEX_DIR
 from ..errors import InputFileError, InvalidQueryError
 from ..search.hybrid import MODES
 from ..search.merch import filters_from_pairs, parse_boosts, parse_facets, parse_sort
@@ -15,6 +15,7 @@ from ..search.queries import DEFAULT_DUPLICATE_THRESHOLD, QueryPart, parse_weigh
 from ..search.requests import DEFAULT_TEXT_WEIGHT, SearchRequest, check_k
 from ..types import PRODUCTS, TARGETS
 from .common import BackendOption, DeviceOption, IndexOption, PrecisionOption, run_guarded
+from .environment import read_settings
 from .render import result_table
 
 
@@ -222,8 +223,8 @@ def query(
             sort=parse_sort(sort or []),
             boosts=parse_boosts(boost or []),
         )
-        config = EmbedConfig(device=device, precision=precision, backend=backend)
-        with open_for_search(index_dir or default_index_dir(), config) as service:
+        config = read_settings().embed_config(device=device, precision=precision, backend=backend)
+        with open_for_search(index_dir or DEFAULT_INDEX_DIR, config) as service:
             result = service.search(request)
         typer.echo(result.to_json() if as_json else result_table(result))
         if result.has_more and not as_json:  # a hint, so on stderr: stdout stays the table

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..config import MIB, BatchConfig, EmbedConfig, ServeConfig, default_index_dir
+from ..config import DEFAULT_INDEX_DIR, MIB, BatchConfig, ServeConfig
 from .common import (
     BackendOption,
     DeviceOption,
@@ -16,6 +16,7 @@ from .common import (
     PrecisionOption,
     run_guarded,
 )
+from .environment import read_settings
 
 _SERVE = ServeConfig()
 _BATCH = BatchConfig()
@@ -130,7 +131,7 @@ def serve(
 
         parse_boosts(boost or [])  # a typo fails now, not at the first search
 
-        embed = EmbedConfig(device=device, precision=precision, backend=backend)
+        embed = read_settings().embed_config(device=device, precision=precision, backend=backend)
         config = ServeConfig(
             api_key=api_key or None,
             cors_origins=tuple(cors_origin or ()),
@@ -155,7 +156,7 @@ def serve(
                 "name given with --allowed-host)",
                 err=True,
             )
-        directory = index_dir or default_index_dir()
+        directory = index_dir or DEFAULT_INDEX_DIR
         run_server(directory, embed, config, host=host, port=port, access_log=access_log)
 
     run_guarded(body)

@@ -31,13 +31,8 @@ K = 10
 DEFAULT_TARGET_RECALL = 0.95
 # 1,000 queries x 10 neighbours: the recall estimate's standard error is ~0.002 at 0.95.
 TUNE_QUERIES = 1000
-# Text (cross-modal) queries are the harder group and decide the setting. Their per-query
-# recalls spread widely (most at 1.0, a long tail of hard queries), so 500 of them leave a
-# standard error of ~0.005: at 1M x 512-d HNSW16 a 500-text tuning measured 0.960 at efSearch
-# 45, which held 0.948 on 10,000 other queries. Replayed over 1,000 random samples of that
-# query distribution (benchmarks/tuning_coverage.py), the lower-bound rule lands below the
-# target 5.9% of the time with 500 texts and 2.4% with 2,000 (the plain mean: ~45%). The cost
-# is build-time only: the whole 1M HNSW tuning, exact truth included, took 34 s on 2 cores.
+# Text queries decide the setting; 2,000 keep the tail of hard ones from hiding a miss
+# (docs/design.md, "How many queries tune recall").
 TUNE_TEXT_QUERIES = 2000
 HNSW_MAX_EF = 4096
 REFINE_K_FACTORS = (1, 2, 4, 8)
@@ -47,9 +42,7 @@ SEED = 4321
 # on-disk build shard (ondisk.DEFAULT_SHARD_SIZE).
 STREAM_CHUNK = 262_144
 # A setting "reaches" the target when the one-sided 95% lower confidence bound of its measured
-# recall does (mean - 1.645 standard errors of the per-query recalls): tuned on ~1,000 sampled
-# queries, a setting that only just reaches the target on them lands below it on other queries
-# about half the time (0.943-0.952 held-out in benchmarks/HISTORY.md before this margin).
+# recall does (mean - 1.645 standard errors); why: docs/design.md, same section.
 CONFIDENCE_Z = 1.645
 
 

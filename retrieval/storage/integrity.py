@@ -28,12 +28,16 @@ from ..files import canonical_root, file_sha256, is_within_any
 from ..index import FaissIndex
 from ..sqlite_errors import classify_sqlite_error
 from ..types import COLLECTIONS, IMAGES
+from .blobs import BLOBS, URL_RECORDS
 from .catalog import Catalog
 from .collections import read_state
 from .store import CATALOG, LOCK, MANIFEST, MANIFEST_META, IndexStore
 
 # SQLite's own companions of catalog.sqlite in WAL mode.
-_KNOWN_FILES = frozenset({MANIFEST, CATALOG, CATALOG + "-wal", CATALOG + "-shm", LOCK})
+# blobs/ and fetched/: image bytes that came as URLs or data: URLs, and what each URL gave.
+_KNOWN_FILES = frozenset(
+    {MANIFEST, CATALOG, CATALOG + "-wal", CATALOG + "-shm", LOCK, BLOBS, URL_RECORDS}
+)
 # Items of a collection listed per problem before the rest are only counted.
 _EXAMPLES = 5
 
