@@ -190,3 +190,5 @@ class ServeConfig:
     header_timeout_s: float = 10.0
     body_idle_timeout_s: float = 15.0
     body_timeout_s: float = 120.0
+    # --currency: the ISO 4217 code the catalog's prices are in, for the search page (GET /config).
+    currency: str | None = None

@@ -103,6 +103,13 @@ def serve(
         float, typer.Option(min=0.0, help="How long a text query waits for others to batch with")
     ] = _BATCH.max_wait_s * 1000,
     access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn)")] = True,
+    currency: Annotated[
+        str | None,
+        typer.Option(
+            help="ISO 4217 code of the catalog's prices (EUR, USD), shown by the search page",
+            envvar="MMSEARCH_CURRENCY",
+        ),
+    ] = None,
     boost: Annotated[
         list[str] | None,
         typer.Option(
@@ -128,6 +135,7 @@ def serve(
 
     def body() -> None:
         from ..http.runner import is_loopback, run_server
+        from ..http.storefront import check_currency
         from ..search.merch import parse_boosts
 
         parse_boosts(boost or [])  # a typo fails now, not at the first search
@@ -145,6 +153,7 @@ def serve(
             decode_budget_megapixels=decode_budget_mpx,
             max_concurrency=max_concurrency,
             max_queue=max_queue,
+            currency=check_currency(currency),
             batching=BatchConfig(
                 max_batch=max_batch, max_wait_s=batch_wait_ms / 1000, cache_size=cache_size
             ),

@@ -101,6 +101,7 @@ from .params import (
 )
 from .products import product_routes
 from .security import HostCheckMiddleware, document_key_schemes
+from .storefront import storefront_routes
 
 logger = logging.getLogger(__name__)
 
@@ -271,6 +272,7 @@ def create_app(
     _add_search_routes(api, server)
     _add_item_routes(api, server)
     _add_status_routes(api, server, metrics)
+    api.include_router(storefront_routes(service, admission, config.currency))
     if writer is not None:
         api.include_router(product_routes(writer, admission))
     app.include_router(_public_routes())
