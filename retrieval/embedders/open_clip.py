@@ -37,7 +37,7 @@ from .loader import (
     default_num_workers,
     usable_cores,
 )
-from .runtime import IMAGE_FILE, ExportedEncoder, default_threads
+from .runtime import ExportedEncoder, default_threads
 from .spec import HF_HUB, LOCAL_DIR, LOCAL_WEIGHT_NAMES, local_dir_weights, weights_path
 from .tensor_decode import PIL_PATH, PIL_SCALED_PATH, JpegBatchDecoder, create_decoder
 
@@ -412,7 +412,7 @@ class OpenClipEmbedder:
         logger.info("quantising the image tower to int8 on a sample of these images (once)")
         graph, meta = quantize.quantize_image_tower(encoder, paths, decode)
         encoder.image_graph, self.quantization = graph, meta
-        encoder.drop_session(IMAGE_FILE)
+        encoder.drop_session("image")
         if self.on_quantized is not None:
             self.on_quantized()
 

@@ -123,7 +123,7 @@ def quantize_image_tower(
     check = pixels[::k][:held_out] if len(pixels) >= 2 * held_out else pixels
     check_ids = {id(p) for p in check}
     calibrate = [p for p in pixels if id(p) not in check_ids] or pixels
-    source = encoder.folder / runtime.IMAGE_FILE
+    source = encoder.folder / encoder.meta["graphs"]["image"]  # the fp32 graph, not image_graph
     model = openvino.Core().read_model(str(source))
     dataset = nncf.Dataset([p[np.newaxis] for p in calibrate])
     quantized = nncf.quantize(
@@ -160,7 +160,6 @@ def quantize_image_tower(
             },
         }
         (staging / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        shutil.rmtree(staging / runtime.OPENVINO_BLOBS, ignore_errors=True)
         if final.exists():  # stale or damaged: the caller chose to rebuild it
             shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)
