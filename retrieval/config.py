@@ -92,6 +92,15 @@ def default_batch_size(use: str, on_gpu: bool) -> int:
     return BATCH_SIZES[use]["cuda" if on_gpu else "cpu"]
 
 
+# The change log of small writes (storage/delta.py): a write that would take it past this many
+# rows compacts it into a new generation instead. Readers search the logged vectors exactly, so
+# the log costs every query a (rows x dim) product: 4096 x 512 floats is ~1 ms on one core,
+# while a product write logs 2-4 rows, so a compaction (a full faiss write, ~1 s at 100k
+# products) comes once per ~1,000+ writes. `serve` compacts in the background from
+# DELTA_COMPACT_ROWS on, so writes seldom reach the limit themselves.
+DELTA_MAX_ROWS = 4096
+DELTA_COMPACT_ROWS = 2048
+
 # Results a search returns at most per page; a page may start up to 10x deeper (offset).
 MAX_K = 1000
 
