@@ -92,6 +92,11 @@ def default_batch_size(use: str, on_gpu: bool) -> int:
     return BATCH_SIZES[use]["cuda" if on_gpu else "cpu"]
 
 
+# A write with at most this many images to embed (a product PUT) decodes them in its own
+# process: starting decode worker processes costs ~200 ms on two loaded cores, decoding a few
+# product photos in-process a few ms each.
+SMALL_WRITE_IMAGES = 4
+
 # The change log of small writes (storage/delta.py): a write that would take it past this many
 # rows compacts it into a new generation instead. Readers search the logged vectors exactly, so
 # the log costs every query a (rows x dim) product: 4096 x 512 floats is ~1 ms on one core,
