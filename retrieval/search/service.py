@@ -359,7 +359,7 @@ class SearchService:
             allowed = catalog.item_ids_for_products(passing)
             if not len(allowed):
                 return []
-        else:
+        elif catalog.has_loose_items():
             allowed = catalog.product_item_ids()
         wanted = request.k + request.offset
         candidates: set[str] = set()

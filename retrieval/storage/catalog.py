@@ -516,6 +516,12 @@ class Catalog:
     def product_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM products").fetchone()[0])
 
+    def has_loose_items(self) -> bool:
+        """Whether any item belongs to no product (folder images, a text list): an index
+        lookup, so product search lists every product item only when it must."""
+        query = "SELECT EXISTS(SELECT 1 FROM items WHERE product_id IS NULL)"
+        return bool(self.db.execute(query).fetchone()[0])
+
     def product_item_ids(self) -> Ids:
         """Ids of every item that belongs to a product."""
         rows = self.db.execute("SELECT id FROM items WHERE product_id IS NOT NULL ORDER BY id")
