@@ -143,6 +143,8 @@ class ServeConfig:
     forwarded_allow_ips: tuple[str, ...] = ()
     # --fetch-allow: hosts/CIDRs whose private addresses product image URLs may come from.
     fetch_allow: tuple[str, ...] = ()
+    # --compact-rows: change-log rows (storage/delta.py) past which a background compaction runs.
+    compact_rows: int = DELTA_COMPACT_ROWS
     # Phone photos are 2-8 MB; 20 MiB leaves room for large PNGs without inviting abuse.
     max_upload_bytes: int = 20 * MIB
     # Full-resolution modes of current phone cameras reach 48-50 Mpx. Per image, and per request

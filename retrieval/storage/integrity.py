@@ -29,12 +29,14 @@ from ..files import canonical_root, file_sha256, is_within_any
 from ..index import FaissIndex
 from ..sqlite_errors import classify_sqlite_error
 from ..types import COLLECTIONS, IMAGES
+from .blobs import BLOBS
 from .catalog import Catalog
 from .collections import read_state
 from .store import CATALOG, LOCK, MANIFEST, MANIFEST_META, IndexStore
 
-# SQLite's own companions of catalog.sqlite in WAL mode.
-_KNOWN_FILES = frozenset({MANIFEST, CATALOG, CATALOG + "-wal", CATALOG + "-shm", LOCK})
+# SQLite's own companions of catalog.sqlite in WAL mode, and the content-addressed store of
+# fetched and data: URL product images (blobs.py).
+_KNOWN_FILES = frozenset({MANIFEST, CATALOG, CATALOG + "-wal", CATALOG + "-shm", LOCK, BLOBS})
 # Items of a collection listed per problem before the rest are only counted.
 _EXAMPLES = 5
 
