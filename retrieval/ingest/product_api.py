@@ -66,6 +66,16 @@ def product_view(catalog: Catalog, sku: str) -> dict[str, Any] | None:
     return {"id": sku, **record.metadata, "images": images}
 
 
+def _open_durable(directory: Path) -> IndexStore:
+    """The store product writes commit through: synchronous=FULL, so the WAL is fsynced at
+    every COMMIT and an acknowledged write survives a power cut, not only `kill -9` (index
+    runs keep NORMAL: a lost run is redone by running it again; a lost acknowledged write
+    is not). One fsync per write: ~1 ms on the benchmark VM."""
+    store = IndexStore.open(directory)
+    store.catalog.db.execute("PRAGMA synchronous=FULL")
+    return store
+
+
 class ProductWriter:
     """Product reads and writes on the index at `directory` (see the module docstring)."""
 
@@ -82,7 +92,7 @@ class ProductWriter:
         # None: image URLs are refused (data: URLs still work)
         self.fetch_policy = fetch_policy
         self.directory = Path(directory)
-        self._store: IndexStore | None = IndexStore.open(self.directory)
+        self._store: IndexStore | None = _open_durable(self.directory)
         self._embedder_factory = embedder_factory
         self.lock_wait_s = lock_wait_s
         self.max_image_bytes = max_image_bytes
@@ -95,7 +105,7 @@ class ProductWriter:
         """The read-write store, reopened if the writer was closed (an app's lifespan may end
         and start again, as test clients do)."""
         if self._store is None:
-            self._store = IndexStore.open(self.directory)
+            self._store = _open_durable(self.directory)
         return self._store
 
     def close(self) -> None:
@@ -251,7 +261,7 @@ class ProductWriter:
         the writer lock (product writes meanwhile wait for it, up to lock_wait_s); whether
         there was a log to fold. A busy index is left for the next write to try again."""
         try:
-            with IndexStore.open(self.directory) as store, Indexer(store) as indexer:
+            with _open_durable(self.directory) as store, Indexer(store) as indexer:
                 return indexer.compact()
         except IndexBusyError:
             return False

@@ -298,6 +298,8 @@ class IndexStore(CommitPath):
             "products": self.catalog.product_count(),
             "product_columns": self.catalog.get_schema() or None,
             "generation": self.catalog.generation,
+            # writes logged since the generation was written (storage/delta.py)
+            "change_log_rows": self.catalog.delta_size(),
             "size_bytes": size,
             "created": self.manifest.get("created"),
             "updated": float(updated) if updated else None,

@@ -146,7 +146,7 @@ def test_base_plus_delta_matches_brute_force_with_compaction_at_a_small_threshol
     run_state_machine_as_test(
         DeltaMachine,
         settings=settings(
-            max_examples=25,
+            max_examples=15,
             stateful_step_count=20,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
