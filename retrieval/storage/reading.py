@@ -115,7 +115,7 @@ class ReadPath:
         path = self._faiss_path(collection, generation)
         if path.is_file():
             return self._load_verified(collection, path)
-        if generation == 0 or not self.catalog.count(collection):
+        if generation == 0 or not self._had_items(collection):
             return None
         if self.catalog.generation != generation:
             raise FileNotFoundError(path)  # deleted by the commit that moved the generation
@@ -123,6 +123,14 @@ class ReadPath:
         logger.warning("%s is missing; rebuilding it in memory from stored vectors", path)
         ids, vectors = self.catalog.get_vectors(collection, self.identity.dim)
         return FaissIndex.build(vectors, ids, self.index_type(collection))
+
+    def _had_items(self, collection: str) -> bool:
+        """Whether the collection has items the current generation's files must hold: those
+        up to base_max_id. Items added since come from the change log (delta.py), so a
+        collection empty at the generation has no file and no base index."""
+        query = "SELECT EXISTS(SELECT 1 FROM items WHERE collection=? AND id<=?)"
+        row = self.catalog.db.execute(query, (collection, self.catalog.base_max_id)).fetchone()
+        return bool(row[0])
 
     def _load_verified(self, collection: str, path: Path) -> FaissIndex:
         """Load a faiss file, refusing one that differs from what the commit recorded: a

@@ -114,7 +114,10 @@ class DeltaMachine(RuleBasedStateMachine):
         ids = np.asarray(sorted(self.model), dtype=np.int64)
         vectors = np.stack([self.model[i] for i in ids]) if len(ids) else np.zeros((0, DIM))
         allowed = ids[self.rng.random(len(ids)) < 0.5]
-        for store in (self.writer, self.reader):
+        # the writer's store, a long-lived reader (another `serve`), and a fresh one (a CLI
+        # query: nothing cached, the base and the whole log read cold)
+        fresh = IndexStore.open(self.directory, readonly=True)
+        for store in (self.writer, self.reader, fresh):
             live = store.get_index(IMAGES)
             if not self.model:
                 assert live is None or live.ntotal == 0
@@ -128,6 +131,7 @@ class DeltaMachine(RuleBasedStateMachine):
                 assert (found >= 0).sum() == (want_ids >= 0).sum()
                 np.testing.assert_array_equal(found, want_ids)
                 np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-5)
+        fresh.close()
 
     def teardown(self) -> None:
         report = check_index(self.directory)
@@ -207,3 +211,19 @@ def test_log_only_collection_has_no_base_file() -> None:
     assert live.ntotal == 2
     _, found = live.search(np.eye(1, DIM, dtype=np.float32), 3, allowed_ids=np.array([6]))
     assert found.tolist() == [[6, -1, -1]]
+
+
+def test_a_collection_empty_at_its_generation_is_served_from_the_log(tmp_path: Path) -> None:
+    store = IndexStore.create(tmp_path / "idx", ModelIdentity("tiny", None, DIM, None))
+    with Indexer(store) as indexer, indexer.change():
+        pass  # generation 1, no images: no faiss file
+    vectors = np.eye(2, DIM, dtype=np.float32)
+    with store.catalog.transaction():
+        store.catalog.put_vectors(["a", "b"], vectors)
+    with Indexer(store, delta=True) as indexer, indexer.change() as changes:
+        ids = [changes.add(IMAGES, key, path=f"/{key}") for key in ("a", "b")]
+    live = store.get_index(IMAGES)
+    assert live is not None and live.base is None and live.ntotal == 2
+    _, found = live.search(vectors, 3)
+    assert found.tolist() == [[ids[0], ids[1], -1], [ids[1], ids[0], -1]]
+    assert check_index(tmp_path / "idx").ok
