@@ -119,6 +119,7 @@ def measure(
 
     from retrieval.compose import load_embedder
     from retrieval.config import EmbedConfig
+    from retrieval.errors import IndexBusyError
     from retrieval.ingest.product_api import ProductWriter
     from retrieval.ingest.sync import text_key
     from retrieval.types import ModelSpec
@@ -159,14 +160,20 @@ def measure(
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     with writer.store.catalog.transaction():
         writer.store.catalog.put_vectors([text_key(t) for t in titles], vectors)
-    replaced = 0
+    replaced = busy = 0
     started = time.perf_counter()
     for first in range(0, bulk_rows, bulk_batch):
         lines = [
             (n + 1, {"id": f"SKU-{n:06d}", "title": titles[n], "price": 5})
             for n in range(first, min(first + bulk_batch, bulk_rows))
         ]
-        replaced += writer.bulk(lines, sync=False).count("replaced")
+        while True:
+            try:
+                replaced += writer.bulk(lines, sync=False).count("replaced")
+                break
+            except IndexBusyError:  # HTTP's 503 + Retry-After: a compaction holds the lock
+                busy += 1
+                time.sleep(1)
     bulk_s = time.perf_counter() - started
     generation = writer.store.catalog.generation
     writer.close()
@@ -178,6 +185,7 @@ def measure(
         "replica_sees_ms": percentiles(seen_s),
         "bulk_rows_per_s": bulk_rows / bulk_s,
         "bulk_replaced": replaced,
+        "bulk_busy_retries": busy,
         "generation": generation,
     }
 
@@ -278,7 +286,7 @@ def main() -> None:
             f"{r['put_image_ms'][0]:.1f} / {r['put_image_ms'][1]:.1f} | "
             f"{r['delete_ms'][0]:.1f} | "
             f"{r['replica_sees_ms'][0]:.1f} / {r['replica_sees_ms'][1]:.1f} | "
-            f"{r['bulk_rows_per_s']:.0f} |"
+            f"{r['bulk_rows_per_s']:.0f} ({r['bulk_busy_retries']} busy retries) |"
         )
     if len(rows) > 1:
         (small, _, a), (large, _, b) = rows[0], rows[-1]

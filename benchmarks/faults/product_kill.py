@@ -115,6 +115,7 @@ class Client:
         self.serial = serial
         self.acked: dict[str, State] = {}
         self.pending: dict[str, State] = {}
+        self.pending_images: dict[str, list[str]] = {}
         self.images: dict[str, list[str]] = {}  # acknowledged image data URLs per SKU
         self.requests = 0
 
@@ -153,7 +154,7 @@ class Client:
             rows.append({"id": sku, "title": title, "price": self.serial, "images": urls})
             pending[sku] = (title, self.serial, len(urls))
             images[sku] = urls
-        self.pending = pending
+        self.pending, self.pending_images = pending, images
         body = "\n".join(json.dumps(row) for row in rows)
         answer = client.post(  # type: ignore[attr-defined]
             f"{self.base}/products/bulk", content=body.encode(), headers={"Content-Type":
@@ -176,6 +177,7 @@ def verify(directory: Path, client: Client, results: Results, trial: int) -> Non
 
     def fail(message: str) -> None:
         results.errors.append(f"trial {trial}: {message}")
+        print(f"  error: {message}", file=sys.stderr, flush=True)
 
     report = check_index(directory)
     leftovers = [p for p in report.problems if p.kind == "stray-file"]
@@ -199,6 +201,13 @@ def verify(directory: Path, client: Client, results: Results, trial: int) -> Non
                     allowed.add(client.pending[sku])
                 if state not in allowed:
                     fail(f"{sku} is {state}, acknowledged {client.acked[sku]}")
+            if sku in client.pending and state == client.pending[sku]:
+                # the write the kill cut off had committed: later trials build on it
+                client.acked[sku] = state
+                if state is None:
+                    client.images.pop(sku, None)
+                else:
+                    client.images[sku] = client.pending_images.get(sku, [])
             mine = items.get(sku, [])
             if record is None:
                 if mine:
