@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clirun import run_ok
 from httpkit import index_shop
 from PIL import Image
 
@@ -183,3 +184,18 @@ def test_a_write_past_the_threshold_compacts_in_the_background(shop_index: Path)
     finally:
         writer.close()
         service.close()
+
+
+def test_an_index_run_compacts_the_log_and_keeps_http_writes(
+    replicas: tuple[ProductWriter, SearchService, SearchService], shop_index: Path
+) -> None:
+    writer, one, _ = replicas
+    _, view = writer.put("H-1", {"title": "http only", "images": [data_url(90)]})
+    generation = writer.store.catalog.generation
+    assert writer.store.catalog.delta_size() > 0
+    catalog = shop_index.parent / "shop" / "products.csv"
+    run_ok("index", "--catalog", catalog, "--index", shop_index, "--quiet")  # an upsert
+    assert writer.store.catalog.delta_size() == 0
+    assert writer.store.catalog.generation == generation + 1
+    assert top_image(one, png(90)) == view["images"][0]["item_id"]
+    assert check_index(shop_index).ok
