@@ -291,7 +291,8 @@ def cold_open(n: int, dim: int, k: int) -> None:
 
 
 def dataset_args(parser: argparse.ArgumentParser) -> None:
-    """The vector set and target shared by ann.py, ann_matched.py and tuning_coverage.py."""
+    """The vector set and target of ann.py (ann_matched.py and tuning_coverage.py shared it
+    until they were retired once answered: `git show 69f615e:benchmarks/ann_matched.py`)."""
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--dim", type=int, default=512)

@@ -6,8 +6,18 @@ the same vectors. Both run as fresh processes, one after the other, `--repeat` t
 shows the median wall time and peak RSS of each. A second table times an unchanged re-index with
 and without `--model` passed again (the weights must not be re-hashed).
 
+With `--multilingual KIND` it answers the multilingual question instead: a fresh
+`mmsearch query "猫在沙发上"` with the exported text tower and tokenizer (no torch, no
+transformers) against the same query loading the model with torch (what every multilingual query
+did before), on the tiny XLM-R / NLLB / SigLIP-i18n model of tests/multilingual.py (random
+weights) with a few images and texts indexed with the default backend. The model is tiny, so the
+times are what a cold query costs beyond the model's own forward pass: imports, loading and
+tokenizing.
+
     python -m benchmarks.cold_query                 # ViT-B-32 random weights, 64 sample JPEGs
     python -m benchmarks.cold_query --repeat 7 --limit 200
+    python -m benchmarks.cold_query --multilingual xlmr
+    python -m benchmarks.cold_query --multilingual nllb --repeat 7
 """
 
 from __future__ import annotations
@@ -24,8 +34,17 @@ import time
 from pathlib import Path
 
 from benchmarks.embed import DEFAULT_IMAGES, MODEL_CACHE, environment
+from benchmarks.harness import cpu_model
 
 QUERY = "a photo of a goldfish"
+REPO = Path(__file__).resolve().parents[1]
+MULTILINGUAL_QUERY = "猫在沙发上"
+MULTILINGUAL_TEXTS = [
+    "一只猫在沙发上睡觉",
+    "a cat sleeping on a sofa",
+    "红色真丝连衣裙",
+    "東京タワーの夜景",
+]
 
 REFERENCE = r"""
 import sys
@@ -84,7 +103,15 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=64)
     parser.add_argument("--arch", default="ViT-B-32")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--multilingual",
+        choices=["xlmr", "nllb", "siglip"],
+        help="time a cold Chinese query on this tiny multilingual model instead (see above)",
+    )
     args = parser.parse_args()
+    if args.multilingual:
+        multilingual(args.multilingual, args.repeat)
+        return
     if not args.images.is_dir():
         raise SystemExit(f"{args.images} is not a folder; pass --images DIR (any folder of JPEGs)")
     paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in {".jpg", ".jpeg"})
@@ -158,6 +185,69 @@ def main() -> None:
         "reproduce: python -m benchmarks.cold_query "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
     )
+
+
+def write_multilingual_model(kind: str, folder: Path) -> Path:
+    sys.path.insert(0, str(REPO / "tests"))
+    import multilingual
+
+    writers = {
+        "xlmr": multilingual.write_tiny_xlmr_model,
+        "nllb": multilingual.write_tiny_nllb_model,
+        "siglip": multilingual.write_tiny_siglip_i18n_model,
+    }
+    return writers[kind](folder)
+
+
+def run_mmsearch(*args: str, env: dict[str, str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "retrieval", *args],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    return time.perf_counter() - start, done.stdout
+
+
+def multilingual(kind: str, repeat: int) -> None:
+    """Cold Chinese text query: exported tower + tokenizer vs torch + transformers, one run."""
+    with tempfile.TemporaryDirectory() as work:
+        root = Path(work)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "MMSEARCH_EXPORT_CACHE": str(root / "x")}
+        env.pop("MMSEARCH_BACKEND", None)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+        model = f"local-dir:{write_multilingual_model(kind, root / 'model')}"
+        sys.path.insert(0, str(REPO / "tests"))
+        from testdata import make_images
+
+        make_images(root / "photos", 8)
+        (root / "texts.txt").write_text("\n".join(MULTILINGUAL_TEXTS) + "\n", encoding="utf-8")
+        index = ("--index", str(root / "index"))
+        run_mmsearch("index", str(root / "photos"), "--texts", str(root / "texts.txt"),
+                     "--model", model, "-q", *index, env=env)  # fmt: skip
+        info = json.loads(run_mmsearch("info", "--json", *index, env=env)[1])
+        variants = {
+            "cold: exported tower + tokenizer (no torch)": ("--backend", "auto"),
+            "torch + transformers (before)": ("--backend", "torch"),
+        }
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        answers = {}
+        for _ in range(repeat):
+            for name, backend in variants.items():
+                query = ("query", MULTILINGUAL_QUERY, "--target", "texts", "-k", "3", "--json")
+                seconds, out = run_mmsearch(*query, *backend, *index, env=env)
+                times[name].append(seconds)
+                answers[name] = [hit["id"] for hit in json.loads(out)["results"]]
+    base = statistics.median(times["torch + transformers (before)"])
+    print(f"\n{kind} (tiny, random weights), index backend {info['embedder']['backend']}")
+    print("\n| fresh `mmsearch query` | median s | speed-up |\n|---|---:|---:|")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"| {name} | {median:.2f} | {base / median:.1f}x |")
+    print(f"\nsame top 3: {len({tuple(ids) for ids in answers.values()}) == 1}")
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
+    print(f"cpu={cpu_model()}, load={os.getloadavg()[0]:.1f}, git={sha}")
+    print(f"python -m benchmarks.cold_query --multilingual {kind} --repeat {repeat}")
 
 
 if __name__ == "__main__":

@@ -92,11 +92,25 @@ def eager_reference(model: Path, paths: list[Path], captions: list[str]) -> tupl
     return torch.cat(images).numpy(), torch.cat(texts).numpy()
 
 
+def _cpu_settings() -> dict:
+    """OpenClipEmbedder.load arguments on the CPU from MMSEARCH_* as the CLI reads them."""
+    from retrieval.cli.environment import read_settings
+
+    settings = read_settings()
+    return {
+        "device": "cpu",
+        "backend": settings.backend or "auto",
+        "threads": settings.threads,
+        "cache_dir": settings.export_cache,
+        "hash_cache": settings.hash_cache,
+    }
+
+
 def default_text_vectors(model: Path, captions: list[str]) -> np.ndarray:
     from retrieval.embedders.open_clip import OpenClipEmbedder
     from retrieval.types import ModelSpec
 
-    embedder = OpenClipEmbedder.load(ModelSpec(f"local-dir:{model}", None), device="cpu")
+    embedder = OpenClipEmbedder.load(ModelSpec(f"local-dir:{model}", None), **_cpu_settings())
     return np.asarray(embedder.encode_texts(captions), dtype=np.float32)
 
 
@@ -112,7 +126,7 @@ def model_only_ceiling(model: Path, precision: str = "fp32") -> float:
     from retrieval.types import ModelSpec
 
     embedder = OpenClipEmbedder.load(
-        ModelSpec(f"local-dir:{model}", None), device="cpu", precision=precision
+        ModelSpec(f"local-dir:{model}", None), precision=precision, **_cpu_settings()
     )
     return model_only_images_per_s(embedder)
 

@@ -79,8 +79,8 @@ def mmsearch(
     returns (seconds, re-run seconds, vectors, settings, model-only images/s, CPU seconds of
     the first run, decode workers included)."""
 
+    from retrieval.cli.environment import read_settings
     from retrieval.compose import open_for_indexing
-    from retrieval.config import EmbedConfig
     from retrieval.embedders.open_clip import OpenClipEmbedder
     from retrieval.ingest.sync import sync_images_and_texts
     from retrieval.types import ModelSpec
@@ -91,7 +91,8 @@ def mmsearch(
         images.mkdir()
         for path in paths:
             (images / path.name).symlink_to(path.absolute())
-        config = EmbedConfig(
+        settings = read_settings()  # MMSEARCH_EXPORT_CACHE etc., as the CLI reads them
+        config = settings.embed_config(
             device=device,
             precision=precision,
             batch_size=batch_size,
@@ -110,6 +111,8 @@ def mmsearch(
             backend=backend,
             threads=threads,
             decode=decode,
+            cache_dir=settings.export_cache,
+            hash_cache=settings.hash_cache,
         )
 
         def factory() -> OpenClipEmbedder:

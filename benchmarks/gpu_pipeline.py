@@ -235,7 +235,6 @@ def run_index(folder: Path, model_dir: Path, args: argparse.Namespace, decode: s
     from retrieval.types import ModelSpec
 
     work = Path(tempfile.mkdtemp(prefix="mmsearch-gpu-"))
-    os.environ["MMSEARCH_HASH_CACHE"] = str(work / "hashes.json")  # every run hashes afresh
     try:
         config = EmbedConfig(
             device=args.device,
@@ -245,6 +244,7 @@ def run_index(folder: Path, model_dir: Path, args: argparse.Namespace, decode: s
             backend="torch",
             threads=args.threads,
             decode=decode,
+            hash_cache=work / "hashes.json",  # every run hashes afresh
         )
         store, factory = open_for_indexing(
             work / "index", ModelSpec(f"local-dir:{model_dir}", None), config

@@ -111,13 +111,14 @@ def write_model(folder: Path, arch: str) -> str:
 
 def build_index(directory: Path, model: str, count: int, index_type: str) -> None:
     """`count` random unit vectors as image items of a new index built for `model`."""
+    from retrieval.cli.environment import read_settings
     from retrieval.compose import load_embedder
-    from retrieval.config import EmbedConfig
     from retrieval.ingest.indexer import Indexer
     from retrieval.storage.store import IndexStore
     from retrieval.types import IMAGES, ModelSpec
 
-    identity = load_embedder(ModelSpec(model, None), EmbedConfig(device="cpu")).identity
+    config = read_settings().embed_config(device="cpu")
+    identity = load_embedder(ModelSpec(model, None), config).identity
     store = IndexStore.create(directory, identity)
     rng = np.random.default_rng(0)
     try:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .config import DEFAULT_MODEL, BatchConfig, EmbedConfig
 from .errors import IndexMismatchError, MmsearchError
 from .search.service import SearchService
+from .storage.probes import QueryRecorder
 from .storage.store import IndexStore, StoreOptions
 from .types import ModelIdentity, ModelSpec
 
@@ -37,7 +38,9 @@ def load_embedder(
         num_workers=config.num_workers,
         backend=config.backend,
         threads=config.threads,
+        cache_dir=config.export_cache,
         decode=config.decode,
+        hash_cache=config.hash_cache,
     )
     if expected is not None and not expected.same_model(embedder.identity):
         raise IndexMismatchError(
@@ -80,7 +83,7 @@ def open_for_indexing(
         if spec is not None:
             from .embedders.spec import spec_matches
 
-            if not spec_matches(spec, store.identity):
+            if not spec_matches(spec, store.identity, config.hash_cache):
                 store.close()
                 raise IndexMismatchError(
                     f"index {directory} was built with {store.identity.describe()}, not "
@@ -109,10 +112,16 @@ def open_for_indexing(
 
 
 def open_for_search(
-    directory: Path, config: EmbedConfig, *, batching: BatchConfig | None = None
+    directory: Path,
+    config: EmbedConfig,
+    *,
+    batching: BatchConfig | None = None,
+    record_queries: bool = False,
 ) -> SearchService:
     """A SearchService over an existing index, with the index's own model (loaded lazily);
-    with `batching`, concurrent text queries share forward passes and an LRU cache."""
+    with `batching`, concurrent text queries share forward passes and an LRU cache; with
+    `record_queries`, a sample of the query vectors is kept in the index directory for the
+    next re-tuning (storage/probes.py)."""
     options = StoreOptions(use_gpu=_search_on_gpu(config.device))
     store = IndexStore.open(directory, readonly=True, options=options)
     identity = store.identity
@@ -132,7 +141,8 @@ def open_for_search(
     from .search.batching import BatchingEmbedder
 
     embedder = BatchingEmbedder(load, batching)  # loads the model on first use
-    return SearchService(store, lambda: embedder, text_batcher=embedder.texts)
+    recorder = QueryRecorder(directory, identity.dim) if record_queries else None
+    return SearchService(store, lambda: embedder, text_batcher=embedder.texts, recorder=recorder)
 
 
 def open_writer(
@@ -149,6 +159,10 @@ def open_writer(
         # `inner`), loaded once for both.
         query_embedder = service.embedder
         inner = getattr(query_embedder, "inner", query_embedder)
+        from .embedders.cold import ColdEmbedder  # torch-free
+
+        if isinstance(inner, ColdEmbedder):  # a cold text embedder: the model it loads for images
+            inner = inner.full()
         if not hasattr(inner, "embed_image_files"):
             identity = service.store.identity
             own = ModelSpec(identity.name, identity.pretrained)

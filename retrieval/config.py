@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,16 +12,10 @@ from .types import ModelSpec
 DEFAULT_MODEL = ModelSpec("ViT-B-32", "laion2b_s34b_b79k")
 # Relative to the current directory, like git's .git: indexes live beside the work that made them.
 DEFAULT_INDEX_DIR = Path("indexes") / "default"
-INDEX_DIR_ENV = "MMSEARCH_INDEX"
 # What --device and --precision accept; checked here, without torch, so a typo fails before any
 # work starts (embedders/open_clip.py resolves `auto` and checks that CUDA is really there).
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-
-
-def default_index_dir() -> Path:
-    """The index directory used when none is given: $MMSEARCH_INDEX or ./indexes/default."""
-    return Path(os.environ.get(INDEX_DIR_ENV) or DEFAULT_INDEX_DIR)
 
 
 # embedders/tensor_decode.py: auto = batched torchvision JPEG decoding on CUDA, Pillow workers
@@ -31,7 +24,6 @@ def default_index_dir() -> Path:
 # in the Pillow workers, the reference that scaled decoding is measured against.
 FULL_DECODE = "full"
 DECODE_MODES = ("auto", "cpu", "gpu", FULL_DECODE)
-DECODE_ENV = "MMSEARCH_DECODE"
 
 
 @dataclass(frozen=True)
@@ -49,6 +41,10 @@ class EmbedConfig:
     backend: str = "auto"
     threads: int | None = None
     decode: str = "auto"  # auto|cpu|gpu|full, see DECODE_MODES
+    # None: ~/.cache/mmsearch/exports (embedders/runtime.py) and ~/.cache/mmsearch/hashes.json
+    # (files.py); the front ends fill them from MMSEARCH_EXPORT_CACHE / MMSEARCH_HASH_CACHE
+    export_cache: Path | None = None
+    hash_cache: Path | None = None
 
     def __post_init__(self) -> None:
         if not DEVICE_PATTERN.fullmatch(self.device):
@@ -72,14 +68,8 @@ class EmbedConfig:
 MIB = 1024 * 1024
 
 # -- Defaults and limits: one place -------------------------------------------------------------
-# Images (or captions) per forward pass when --batch-size is not given, by use and device.
-# embed, cpu: batch 8 ran ~2x faster per image than 32 on 2-core EPYC and Xeon with ViT-B-32 (the
-#   activations of larger batches fall out of cache); the peers' runs found the same.
-# embed, cuda: 256 keeps the tensor cores busy; 256 ViT-B-32 images in fp16 need < 2 GB.
-# caption: the text decoder runs once per token for the whole batch; 8 on a CPU for the same
-#   cache reason, 64 on a GPU (CoCa's decoder holds a key/value cache per caption).
-# ray: 32 keeps a CPU actor's batch (and its memory) small while amortising the remote call;
-#   256 fills a datacenter GPU with a ViT-B model.
+# Images (or captions) per forward pass when --batch-size is not given, by use and device; the
+# measurements behind each: docs/design.md, "Batch sizes per device and use".
 BATCH_SIZES: dict[str, dict[str, int]] = {
     "embed": {"cpu": 8, "cuda": 256},
     "caption": {"cpu": 8, "cuda": 64},
@@ -106,15 +96,18 @@ SMALL_WRITE_IMAGES = 4
 DELTA_MAX_ROWS = 4096
 DELTA_COMPACT_ROWS = 2048
 
+# Keyword search (storage/keywords.py): query words of this many letters or more also match
+# the words they begin (`gold` -> goldfish), ranked below exact matches. Two letters is the
+# shortest prefix the keyword table indexes; a one-letter prefix would match a 26th of the
+# vocabulary and only add noise below the real matches.
+PREFIX_MIN_LENGTH = 2
+
 # Results a search returns at most per page; a page may start up to 10x deeper (offset).
 MAX_K = 1000
 
-# One pass over 32 short queries still takes about as long as a few single ones on a CPU, and on
-# a GPU far longer batches are free; past 32 a burst is better served in two passes so the first
-# callers are not held back by the last.
+# Text queries per shared forward pass, and how long one waits for companions (2 ms: 5% of a
+# ~36 ms CPU pass); docs/design.md, "Query micro-batching in serve".
 DEFAULT_MAX_BATCH = 32
-# A text forward pass takes ~36 ms on 2 CPU cores (benchmarks/peers); 2 ms of waiting for
-# companions costs a lone query 5% and lets a burst share one pass.
 DEFAULT_MAX_WAIT_S = 0.002
 # A query vector is dim * 4 bytes (2 KiB for ViT-B-32); 4096 of them are 8 MiB.
 DEFAULT_CACHE_SIZE = 4096
@@ -127,6 +120,19 @@ class BatchConfig:
     max_batch: int = DEFAULT_MAX_BATCH
     max_wait_s: float = DEFAULT_MAX_WAIT_S
     cache_size: int = DEFAULT_CACHE_SIZE
+
+
+# Image URLs whose server sent no validator (no ETag, no Last-Modified) cannot be asked "has this
+# changed?", only fetched again. A re-import reuses the stored copy of such a URL for a day, then
+# fetches it again: a shop that syncs its catalog every few minutes (PUT/bulk) does not download
+# every photo each time, and a photo replaced in place at the same URL shows within a day, the
+# cadence at which catalogs are republished (at once with --refetch / ?refetch=true). URLs with
+# a validator are asked every time (If-None-Match / If-Modified-Since), and 304 costs no body.
+REMOTE_MAX_AGE_S = 24 * 3600.0
+# Image URLs fetched or revalidated at once by one import: a re-import of 10,000 URLs is 10,000
+# round trips (mostly 304s), which one at a time take minutes; 8 connections is what a browser
+# opens per host, which CDNs expect and do not throttle.
+FETCH_CONCURRENCY = 8
 
 
 @dataclass(frozen=True)
@@ -151,10 +157,7 @@ class ServeConfig:
     # over all of a composed query's images together.
     max_megapixels: float = 50.0
     # Megapixels decoded at once over all requests (http/limits.PixelBudget); more wait (429
-    # after queue_timeout_s). A decode and its preprocessing peak at 8.0 MiB per Mpx for RGB,
-    # 12.6 for 16-bit and 16.4 for RGBA PNGs (benchmarks/decode_memory.py), so 64 Mpx bounds
-    # decode memory at ~0.5 GiB for RGB and ~1.05 GiB at worst, while still admitting one
-    # maximum-size image, or many phone photos (JPEGs decode at reduced scale), at once.
+    # after queue_timeout_s). ~0.5-1.05 GiB of decode memory: docs/design.md, "Serving limits".
     decode_budget_megapixels: float = 64.0
     # Threads that may embed or search at once; text queries among them share forward passes.
     max_concurrency: int = 16
@@ -165,10 +168,11 @@ class ServeConfig:
     # ~20 KB per 256 px JPEG thumbnail: 64 MiB holds a few thousand.
     thumbnail_cache_bytes: int = 64 * MIB
     batching: BatchConfig = field(default_factory=BatchConfig)
-    # Slow clients: a request head (line + headers) must arrive within header_timeout_s of the
-    # connection opening or of the previous answer, a body chunk within body_idle_timeout_s of
-    # the last, and the whole body within body_timeout_s. 120 s moves a 20 MiB upload at
-    # 1.4 Mbit/s; a slowloris client holds a connection for at most that long.
+    # Keep a bounded sample of the query vectors received in the index directory, so the next
+    # re-tune measures recall with real queries (storage/probes.py). Off: queries are private.
+    record_queries: bool = False
+    # Slow clients: a request head within header_timeout_s, a body chunk within
+    # body_idle_timeout_s of the last, the whole body within body_timeout_s (docs/design.md).
     header_timeout_s: float = 10.0
     body_idle_timeout_s: float = 15.0
     body_timeout_s: float = 120.0

@@ -69,19 +69,19 @@ def write_atomic(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-HASH_CACHE_ENV = "MMSEARCH_HASH_CACHE"
 DEFAULT_HASH_CACHE = Path("~/.cache/mmsearch/hashes.json")
 
 
-def cached_sha256(path: str | Path) -> str:
+def cached_sha256(path: str | Path, cache_file: Path | None = None) -> str:
     """file_sha256 of a large file (model weights), remembered by (real path, size, mtime_ns,
-    inode) in $MMSEARCH_HASH_CACHE (default ~/.cache/mmsearch/hashes.json), so a re-run that
-    names the same weights again does not re-read hundreds of MB. The same size+mtime trust the
-    index gives image files; a file rewritten in place with another mtime is hashed again."""
+    inode) in `cache_file` (default ~/.cache/mmsearch/hashes.json; the CLI passes
+    $MMSEARCH_HASH_CACHE), so a re-run that names the same weights again does not re-read
+    hundreds of MB. The same size+mtime trust the index gives image files; a file rewritten in
+    place with another mtime is hashed again."""
     real = os.path.realpath(path)
     stat = os.stat(real)
     stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
-    cache_file = Path(os.environ.get(HASH_CACHE_ENV) or DEFAULT_HASH_CACHE).expanduser()
+    cache_file = (cache_file or DEFAULT_HASH_CACHE).expanduser()
     try:
         entries = json.loads(cache_file.read_text())
     except (OSError, ValueError):

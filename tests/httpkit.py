@@ -14,10 +14,10 @@ from pathlib import Path
 
 from clirun import run_ok
 from fastapi import FastAPI
-from testdata import make_images, write_catalog
+from testdata import cpu_config, make_images, write_catalog
 
 from retrieval.compose import open_for_search
-from retrieval.config import EmbedConfig, ServeConfig
+from retrieval.config import ServeConfig
 from retrieval.http import create_app
 from retrieval.search.service import SearchService
 
@@ -57,7 +57,7 @@ def open_app(
     answers its --host name (HostCheckMiddleware refuses other names)."""
     config = config or ServeConfig()
     config = replace(config, allowed_hosts=(*config.allowed_hosts, "testserver"))
-    with open_for_search(directory, EmbedConfig(device="cpu"), batching=config.batching) as service:
+    with open_for_search(directory, cpu_config(), batching=config.batching) as service:
         yield create_app(service, config), service
 
 

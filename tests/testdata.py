@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.make_model import write_random_model
+from retrieval.config import EmbedConfig
 
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "imagenet-sample"
 
@@ -139,3 +140,12 @@ def write_catalog(folder: Path, count: int = 9, *, extra: list[dict] | None = No
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def cpu_config(**fields: object) -> EmbedConfig:
+    """The EmbedConfig the CLI builds on the CPU from this test's environment (conftest pins
+    the backend to torch and points the export and hash caches at temporary folders): for the
+    tests that call the library directly, which reads no environment variables itself."""
+    from retrieval.cli.environment import read_settings
+
+    return read_settings().embed_config(device="cpu", **fields)

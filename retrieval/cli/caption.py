@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from ..config import EmbedConfig
 from ..errors import InputFileError
 from .common import DeviceOption, caption_spec, run_guarded
+from .environment import read_settings
 
 
 def caption(
@@ -52,7 +52,7 @@ def caption(
             if not image.is_file():
                 raise InputFileError(f"{image} does not exist or is not a file")
         spec = caption_spec(model, pretrained)
-        config = EmbedConfig(device=device, batch_size=batch_size, num_workers=0)
+        config = read_settings().embed_config(device=device, batch_size=batch_size, num_workers=0)
         captioner = load_captioner(spec, config)
         found: dict[int, str] = {}
         skipped = []

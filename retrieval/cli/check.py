@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..config import default_index_dir
+from ..config import DEFAULT_INDEX_DIR
 from .common import EXIT_PROBLEMS, IndexOption, run_guarded
 
 
@@ -30,7 +30,7 @@ def check(
         from ..ingest.repair import repair_index
         from ..storage.integrity import check_index
 
-        directory = index_dir or default_index_dir()
+        directory = index_dir or DEFAULT_INDEX_DIR
         report = repair_index(directory) if repair else check_index(directory)
         if as_json:
             typer.echo(json.dumps(report.to_dict()))

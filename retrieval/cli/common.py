@@ -1,6 +1,6 @@
 """What every command shares, and nothing else: `run_guarded` with the exit-code table, and the
-Typer option types (one definition of each flag's name, help and environment variable). A leaf:
-it imports no other CLI module."""
+Typer option types (one definition of each flag's name, help and environment variable). It
+imports no other CLI module but environment.py (the variables' names)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from ..config import DEFAULT_MODEL, INDEX_DIR_ENV
+from ..config import DEFAULT_MODEL
 from ..errors import (
     MmsearchError,
     StorageIOError,
 )
 from ..sqlite_errors import classify_sqlite_error
 from ..types import ModelSpec
+from .environment import BACKEND_ENV, DEVICE_ENV, INDEX_DIR_ENV
 
 EXIT_PROBLEMS = 1  # `check` found problems it did not (or could not) repair
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -61,7 +62,7 @@ IndexOption = Annotated[
 ]
 DeviceOption = Annotated[
     str,
-    typer.Option(help="auto (CUDA when available), cpu, or cuda[:N]", envvar="MMSEARCH_DEVICE"),
+    typer.Option(help="auto (CUDA when available), cpu, or cuda[:N]", envvar=DEVICE_ENV),
 ]
 
 
@@ -89,7 +90,7 @@ BackendOption = Annotated[
     typer.Option(
         help="auto (OpenVINO on a CPU when the model exports, else torch; torch on CUDA), "
         "torch, openvino or onnxruntime",
-        envvar="MMSEARCH_BACKEND",
+        envvar=BACKEND_ENV,
         callback=_check_backend,
     ),
 ]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..config import default_index_dir
+from ..config import DEFAULT_INDEX_DIR
 from ..search.queries import DEFAULT_DUPLICATE_THRESHOLD
 from .common import IndexOption, run_guarded
 
@@ -30,7 +30,7 @@ def duplicates(
         from ..search.duplicates import find_duplicates
         from ..storage.store import IndexStore
 
-        with IndexStore.open(index_dir or default_index_dir(), readonly=True) as store:
+        with IndexStore.open(index_dir or DEFAULT_INDEX_DIR, readonly=True) as store:
             report = find_duplicates(store, threshold)
         if as_json:
             typer.echo(json.dumps(report.to_dict(), ensure_ascii=False))

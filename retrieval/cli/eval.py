@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..config import DEFAULT_MODEL, EmbedConfig, default_index_dir
+from ..config import DEFAULT_INDEX_DIR, DEFAULT_MODEL
 from ..types import ModelSpec
 from .common import (
     BackendOption,
@@ -20,6 +20,7 @@ from .common import (
     progress,
     run_guarded,
 )
+from .environment import read_settings
 
 
 def eval_command(
@@ -87,10 +88,10 @@ def eval_command(
             from ..eval.report import check_report_dependencies
 
             check_report_dependencies()
-        directory = index_dir or default_index_dir()
+        directory = index_dir or DEFAULT_INDEX_DIR
         store = IndexStore.open(directory, readonly=True) if IndexStore.exists(directory) else None
-        embed = EmbedConfig(device=device, precision=precision, backend=backend)
-        spec = _evalmodel_spec(store, model_spec(model, pretrained))
+        embed = read_settings().embed_config(device=device, precision=precision, backend=backend)
+        spec = _evalmodel_spec(store, model_spec(model, pretrained), embed.hash_cache)
         loaded: list[Any] = []
 
         def embedder() -> Any:
@@ -126,7 +127,7 @@ def eval_command(
     run_guarded(body)
 
 
-def _evalmodel_spec(store: Any, asked: ModelSpec | None) -> ModelSpec:
+def _evalmodel_spec(store: Any, asked: ModelSpec | None, hash_cache: Path | None) -> ModelSpec:
     """The index's own model; --model only when there is no index (or it names the same)."""
     if store is None:
         return asked or DEFAULT_MODEL
@@ -135,7 +136,7 @@ def _evalmodel_spec(store: Any, asked: ModelSpec | None) -> ModelSpec:
         from ..embedders.spec import spec_matches
         from ..errors import IndexMismatchError
 
-        if not spec_matches(asked, identity):
+        if not spec_matches(asked, identity, hash_cache):
             raise IndexMismatchError(
                 f"index {store.directory} was built with {identity.describe()}, not "
                 f"{asked.name}; drop --model to evaluate with the index's own model, or pass "

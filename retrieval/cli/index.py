@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ..config import DECODE_ENV, DEFAULT_MODEL, EmbedConfig, default_index_dir
+from ..config import DEFAULT_INDEX_DIR, DEFAULT_MODEL
 from ..errors import InputFileError, InvalidQueryError
 from ..types import IMAGES, TEXTS
 from .common import (
@@ -25,6 +25,7 @@ from .common import (
     progress,
     run_guarded,
 )
+from .environment import DECODE_ENV, read_settings
 from .render import caption_summary, catalog_summary, report_dict, report_summary
 
 
@@ -102,7 +103,9 @@ def index(
         bool,
         typer.Option(
             "--refetch",
-            help="With --catalog: fetch image URLs again even when the index holds a copy",
+            help="With --catalog: fetch image URLs again in full (by default a URL fetched "
+            "before is only downloaded again when its server says it changed, or after a day "
+            "when the server gives no ETag/Last-Modified)",
         ),
     ] = False,
     index_dir: IndexOption = None,
@@ -199,6 +202,15 @@ def index(
     ] = False,
     caption_model: CaptionModelOption = None,
     caption_pretrained: CaptionPretrainedOption = None,
+    synonyms: Annotated[
+        Path | None,
+        typer.Option(
+            help="Synonyms for keyword and hybrid search: one group per line, comma-separated "
+            "(sofa, couch, settee); stored in the index (replacing earlier ones) and used by "
+            "query and serve. May be given alone to update an existing index's synonyms",
+            envvar="MMSEARCH_SYNONYMS",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run's report as JSON")] = False,
 ) -> None:
@@ -213,9 +225,10 @@ def index(
         from ..ingest.texts import load_texts
         from ..storage.audit import Actor
         from ..storage.store import StoreOptions
+        from ..storage.synonyms import install_synonyms, read_synonyms_file
 
         # Every option is checked before any file is read or the model loads.
-        config = EmbedConfig(
+        config = read_settings().embed_config(
             device=device,
             precision=precision,
             backend=backend,
@@ -224,7 +237,20 @@ def index(
             decode=decode,
         )
         roots = paths or []
-        if not roots and catalog is None and texts is None and not captions:
+        if synonyms is not None:
+            read_synonyms_file(synonyms)  # checked now, stored once the run succeeds
+        nothing = not roots and catalog is None and texts is None and not captions
+        if nothing and synonyms is not None:
+            directory = index_dir or DEFAULT_INDEX_DIR
+            if not (directory / "manifest.json").is_file():
+                raise InputFileError(
+                    f"no index at {directory} for --synonyms; index something first or pass "
+                    "--index DIR"
+                )
+            install_synonyms(directory, synonyms)
+            typer.echo(f"synonyms of {directory} replaced by {synonyms}")
+            return
+        if nothing:
             raise InvalidQueryError("give image folders or files to index, or --catalog FILE")
         for path in roots:
             if not path.exists():
@@ -251,7 +277,7 @@ def index(
                 fetch=FetchPolicy.from_allow(fetch_allow or ()),
                 refetch=refetch,
             )
-        directory = index_dir or default_index_dir()
+        directory = index_dir or DEFAULT_INDEX_DIR
         only_captions = captions and not roots and catalog is None and texts is None
         if only_captions and not (directory / "manifest.json").is_file():
             raise InputFileError(
@@ -278,6 +304,8 @@ def index(
         )
         with store, progress(quiet) as on_progress:
             reports = run_index(store, factory, request, config, on_progress)
+        if synonyms is not None:
+            install_synonyms(directory, synonyms)
         for _, report in reports:
             for skip in report.skipped:
                 detail = f" ({skip.detail})" if skip.detail else ""

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..config import default_index_dir
+from ..config import DEFAULT_INDEX_DIR
 from .common import IndexOption, run_guarded
 from .render import info_text
 
@@ -21,7 +21,7 @@ def info(
     def body() -> None:
         from ..storage.store import IndexStore
 
-        with IndexStore.open(index_dir or default_index_dir(), readonly=True) as store:
+        with IndexStore.open(index_dir or DEFAULT_INDEX_DIR, readonly=True) as store:
             details = store.info()
         typer.echo(json.dumps(details) if as_json else info_text(details))
 

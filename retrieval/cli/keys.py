@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ..config import default_index_dir
+from ..config import DEFAULT_INDEX_DIR
 from ..errors import InvalidQueryError
 from .common import IndexOption, run_guarded
 
@@ -24,7 +24,7 @@ keys_app = typer.Typer(
 def _open(index_dir: Path | None):  # type: ignore[no-untyped-def]
     from ..storage.store import IndexStore
 
-    return IndexStore.open(index_dir or default_index_dir())
+    return IndexStore.open(index_dir or DEFAULT_INDEX_DIR)
 
 
 @keys_app.command("create")

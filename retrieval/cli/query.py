@@ -7,13 +7,14 @@ from typing import Annotated
 
 import typer
 
-from ..config import EmbedConfig, default_index_dir
+from ..config import DEFAULT_INDEX_DIR
 from ..errors import InputFileError, InvalidQueryError
 from ..search.hybrid import MODES
 from ..search.queries import DEFAULT_DUPLICATE_THRESHOLD, QueryPart, parse_weight
 from ..search.requests import DEFAULT_TEXT_WEIGHT, SearchRequest, check_k
 from ..types import TARGETS
 from .common import BackendOption, DeviceOption, IndexOption, PrecisionOption, run_guarded
+from .environment import read_settings
 from .render import result_table
 
 
@@ -189,8 +190,8 @@ def query(
             text_weight=text_weight,
             mode=mode,
         )
-        config = EmbedConfig(device=device, precision=precision, backend=backend)
-        with open_for_search(index_dir or default_index_dir(), config) as service:
+        config = read_settings().embed_config(device=device, precision=precision, backend=backend)
+        with open_for_search(index_dir or DEFAULT_INDEX_DIR, config) as service:
             result = service.search(request)
         typer.echo(result.to_json() if as_json else result_table(result))
         if result.has_more and not as_json:  # a hint, so on stderr: stdout stays the table

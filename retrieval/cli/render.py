@@ -169,6 +169,9 @@ def info_text(details: dict[str, Any]) -> str:
                 f"{'':<10} recall@10 {stats['recall_at_10']:.3f} vs exact search "
                 f"(target {stats['target_recall']:.2f}; {params or 'default search parameters'})"
             )
+            if stats.get("recall"):
+                kinds = ", ".join(f"{kind} {value:.3f}" for kind, value in stats["recall"].items())
+                lines.append(f"{'':<10} recall@10 by probe kind: {kinds}")
     if details["products"]:
         lines.append(f"products:  {details['products']}")
     if details.get("product_columns"):

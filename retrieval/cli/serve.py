@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..config import MIB, BatchConfig, EmbedConfig, ServeConfig, default_index_dir
+from ..config import DEFAULT_INDEX_DIR, MIB, BatchConfig, ServeConfig
 from .common import (
     BackendOption,
     DeviceOption,
@@ -16,6 +16,7 @@ from .common import (
     PrecisionOption,
     run_guarded,
 )
+from .environment import read_settings
 
 _SERVE = ServeConfig()
 _BATCH = BatchConfig()
@@ -111,6 +112,15 @@ def serve(
         float, typer.Option(min=0.0, help="How long a text query waits for others to batch with")
     ] = _BATCH.max_wait_s * 1000,
     access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn)")] = True,
+    record_queries: Annotated[
+        bool,
+        typer.Option(
+            help="Keep a sample (1,000) of the query vectors received in the index directory "
+            "(recorded_queries.npy); the next re-tune of an approximate index measures recall "
+            "with them (see `mmsearch info`)",
+            envvar="MMSEARCH_RECORD_QUERIES",
+        ),
+    ] = False,
 ) -> None:
     """Serve searches over HTTP: a JSON API (docs at /docs), Prometheus /metrics, and a search
     page at /. One process: the model is loaded once and text queries are micro-batched."""
@@ -118,7 +128,7 @@ def serve(
     def body() -> None:
         from ..http.runner import is_loopback, run_server
 
-        embed = EmbedConfig(device=device, precision=precision, backend=backend)
+        embed = read_settings().embed_config(device=device, precision=precision, backend=backend)
         config = ServeConfig(
             api_key=api_key or None,
             cors_origins=tuple(cors_origin or ()),
@@ -134,6 +144,7 @@ def serve(
             batching=BatchConfig(
                 max_batch=max_batch, max_wait_s=batch_wait_ms / 1000, cache_size=cache_size
             ),
+            record_queries=record_queries,
         )
         if config.api_key is None and not is_loopback(host):
             typer.echo(
@@ -142,7 +153,7 @@ def serve(
                 "name given with --allowed-host)",
                 err=True,
             )
-        directory = index_dir or default_index_dir()
+        directory = index_dir or DEFAULT_INDEX_DIR
         run_server(directory, embed, config, host=host, port=port, access_log=access_log)
 
     run_guarded(body)

@@ -8,7 +8,6 @@ An architecture that does not export falls back to torch with one log line sayin
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -19,7 +18,6 @@ from . import export, hf_tokenizer, runtime
 
 logger = logging.getLogger(__name__)
 
-BACKEND_ENV = "MMSEARCH_BACKEND"
 BACKENDS = runtime.BACKENDS
 
 
@@ -30,10 +28,6 @@ def resolve_backend(backend: str, device: str, precision: str) -> str:
         ModelUnavailableError: unknown backend, an exported runtime asked for on CUDA, or a
             precision the runtime cannot run.
     """
-    if backend == "auto" and os.environ.get(BACKEND_ENV):
-        # The CLI reads MMSEARCH_BACKEND into --backend; library callers that say `auto` get
-        # the same override, so one variable pins the backend everywhere (the tests pin torch).
-        backend = os.environ[BACKEND_ENV]
     if backend not in BACKENDS:
         raise ModelUnavailableError(
             f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}"
@@ -124,7 +118,7 @@ def open_exported(
     if encoder is None:
         raise ModelUnavailableError(
             f"the export cache at {runtime.entry_path(key, cache_dir)} did not keep what was "
-            f"just written; check the disk, or set {runtime.CACHE_ENV} to another folder"
+            f"just written; check the disk, or set MMSEARCH_EXPORT_CACHE to another folder"
         )
     encoder.origin = origin
     return encoder

@@ -21,7 +21,6 @@ from open_clip import coca_model
 
 from ..config import default_batch_size
 from ..errors import ModelUnavailableError
-from ..images import load_image
 from ..types import ModelSpec, Skipped
 from .loader import create_image_loader, default_num_workers
 from .open_clip import _check_weights_available, _offline_help, resolve_device
@@ -145,10 +144,6 @@ class CocaCaptioner:
         for batch in loader:
             captions = [] if batch.pixels is None else self.caption_pixels(batch.pixels)
             on_batch(batch.positions, captions, batch.skipped)
-
-    def caption_sources(self, sources: Sequence[Path | bytes]) -> list[str]:
-        """Captions for image files or bytes; decode errors propagate."""
-        return self.caption_pixels(torch.stack([self.preprocess(load_image(s)) for s in sources]))
 
 
 def decode(tokens: list[int]) -> str:

@@ -46,7 +46,11 @@ class ColdEmbedder:
         return np.concatenate(chunks) if chunks else np.zeros((0, self.encoder.dim), np.float32)
 
     def encode_image_sources(self, sources: Sequence[Path | bytes]) -> Vectors:
-        return self._load_full().encode_image_sources(sources)
+        return self.full().encode_image_sources(sources)
+
+    def full(self) -> QueryEmbedder:
+        """The full embedder (loaded on first use), e.g. for writes that embed image files."""
+        return self._load_full()
 
 
 def open_cold_embedder(
@@ -71,7 +75,12 @@ def open_cold_embedder(
         return None
     key = runtime.export_key(export["weights"], export["architecture"], engine)
     encoder = runtime.open_cached(
-        key, threads=runtime.default_threads(), precision=precision, engine=engine, towers=("text",)
+        key,
+        threads=config.threads or runtime.default_threads(),
+        precision=precision,
+        engine=engine,
+        cache_dir=config.export_cache,
+        towers=("text",),
     )
     if encoder is None:
         logger.info("no usable exported text tower for %s; loading the model", identity.name)

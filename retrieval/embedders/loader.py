@@ -175,7 +175,7 @@ def default_num_workers(*, for_accelerator: bool = False) -> int:
     return min(MAX_WORKERS_CPU_MODEL, max(1, cores // 4))
 
 
-def _die_with_parent(parent: int, worker_id: int) -> None:
+def _die_with_parent(parent: int, _worker_id: int) -> None:
     """DataLoader `worker_init_fn`: have the kernel SIGKILL this worker when its parent dies.
 
     Torch's own watchdog only notices a dead parent at its next 5 s poll, so after a `kill -9`

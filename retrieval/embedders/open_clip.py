@@ -77,6 +77,8 @@ def resolve_precision(precision: str, device: str) -> torch.dtype:
 
 
 def _hub_reachable() -> bool:
+    # Hugging Face's own variables, read only to word the offline error (mmsearch's settings
+    # are read at the front ends: cli/environment.py).
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
         return False
@@ -253,6 +255,7 @@ class OpenClipEmbedder:
         threads: int | None = None,
         cache_dir: Path | None = None,
         decode: str = "auto",
+        hash_cache: Path | None = None,
     ) -> OpenClipEmbedder:
         """Load an open_clip model by name/tag, hf-hub id, local-dir folder or checkpoint file.
 
@@ -264,7 +267,8 @@ class OpenClipEmbedder:
         `backend` is `auto` (an exported CPU runtime when the model exports, else torch),
         `torch`, or a runtime name (runtime.ENGINES); `threads` are the model's CPU threads
         (default: runtime.default_threads()); exported graphs are cached under `cache_dir`
-        (default: runtime.default_cache_dir()). `decode` is `auto` (batched torchvision JPEG
+        (default: runtime.default_cache_dir()) and weight hashes remembered in `hash_cache`
+        (default: files.DEFAULT_HASH_CACHE). `decode` is `auto` (batched torchvision JPEG
         decoding on CUDA, Pillow workers elsewhere), `gpu` (the torchvision path on any device)
         or `cpu` (always the Pillow workers); Pillow decodes large images scaled down to what
         the preprocessing needs, except with `full`; see tensor_decode.py and images.py.
@@ -298,7 +302,7 @@ class OpenClipEmbedder:
             name=spec.name,
             pretrained=spec.pretrained if pretrained else None,
             dim=_output_dim(model),
-            weights_sha256=cached_sha256(weights) if weights else None,
+            weights_sha256=cached_sha256(weights, hash_cache) if weights else None,
             preprocess=_preprocess_dict(model),
         )
         encoder = None

@@ -32,11 +32,12 @@ from ..types import Vectors
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "MMSEARCH_EXPORT_CACHE"
 DEFAULT_CACHE_DIR = Path("~/.cache/mmsearch/exports")
 IMAGE_FILE = "image.onnx"
 TEXT_FILE = "text.onnx"
 META_FILE = "meta.json"
+# Stat-keyed checksums of the cache's own files (files.cached_sha256), kept in the cache's root.
+HASHES_FILE = "hashes.json"
 # Bump when the entry layout or the exported wrappers change: old entries then read as stale.
 FORMAT = 1
 # The promise of the exported backend: within this of open_clip fp32 eager, per component of a
@@ -49,28 +50,19 @@ class RuntimeUnavailableError(ModelUnavailableError):
     """The chosen runtime is not installed or cannot run the requested precision."""
 
 
-THREADS_ENV = "MMSEARCH_THREADS"
-
-
 def default_threads() -> int:
-    """Model threads when none are asked for: $MMSEARCH_THREADS, else every usable core
-    (decode workers mostly wait on the model; see benchmarks/HISTORY.md, threads table)."""
-    raw = os.environ.get(THREADS_ENV, "").strip()
-    if raw:
-        if not raw.isdigit() or int(raw) < 1:
-            raise InvalidOptionError(
-                f"{THREADS_ENV}={raw!r} is not a thread count; set it to a whole number >= 1, "
-                "or unset it to use every core"
-            )
-        return int(raw)
+    """Model threads when none are asked for: every usable core (the CLI passes
+    $MMSEARCH_THREADS; decode workers mostly wait on the model; see benchmarks/HISTORY.md,
+    threads table)."""
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
 
 
 def default_cache_dir() -> Path:
-    """Where exported graphs live: $MMSEARCH_EXPORT_CACHE or ~/.cache/mmsearch/exports."""
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
+    """Where exported graphs live when no cache_dir is given: ~/.cache/mmsearch/exports (the
+    CLI passes $MMSEARCH_EXPORT_CACHE)."""
+    return DEFAULT_CACHE_DIR.expanduser()
 
 
 def _version(package: str) -> str:
@@ -141,7 +133,9 @@ def read_meta(folder: Path, key: str | None = None, files: tuple[str, ...] = ())
             problem = f"{name} is missing or truncated"
         # Stat-keyed (size, mtime, inode) like the weights: a cold query must not re-read a
         # 250 MB graph each time, and any rewrite of the file is hashed again.
-        elif (not files or name in files) and cached_sha256(path) != recorded["sha256"]:
+        elif (not files or name in files) and _cached_sha256(path, folder.parent) != recorded[
+            "sha256"
+        ]:
             problem = f"{name} fails its checksum"
     if not problem and not {IMAGE_FILE, TEXT_FILE} <= set(meta.get("files", {})):
         problem = "it lacks a tower"
@@ -219,6 +213,11 @@ OPENVINO_BLOBS = "openvino-blobs"
 BLOBS_FILE = "blobs.json"
 
 
+def _cached_sha256(path: Path, cache_root: Path) -> str:
+    """cached_sha256 of a file of the export cache at `cache_root`, remembered in its root."""
+    return cached_sha256(path, cache_root / HASHES_FILE)
+
+
 def _blob_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name != BLOBS_FILE)
 
@@ -234,13 +233,15 @@ def _check_blobs(folder: Path) -> None:
     except (OSError, ValueError):
         recorded = {}
     for blob in _blob_files(folder):
-        if blob.name not in recorded or recorded[blob.name] != cached_sha256(blob):
+        if blob.name not in recorded or recorded[blob.name] != _cached_sha256(
+            blob, folder.parent.parent
+        ):
             logger.warning("discarding unverified OpenVINO compiled blob %s", blob)
             blob.unlink(missing_ok=True)
 
 
 def _record_blobs(folder: Path) -> None:
-    sums = {blob.name: cached_sha256(blob) for blob in _blob_files(folder)}
+    sums = {blob.name: _cached_sha256(blob, folder.parent.parent) for blob in _blob_files(folder)}
     try:
         write_atomic(folder / BLOBS_FILE, json.dumps(sums, sort_keys=True).encode())
     except OSError as err:  # a read-only cache only costs the next run a compile

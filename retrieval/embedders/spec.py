@@ -42,11 +42,12 @@ def normalise_spec(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-def spec_matches(spec: ModelSpec, identity: ModelIdentity) -> bool:
+def spec_matches(spec: ModelSpec, identity: ModelIdentity, hash_cache: Path | None = None) -> bool:
     """Whether `spec` names the model recorded in `identity`, without loading it: by weights
-    hash for local files, by name and tag otherwise."""
+    hash for local files (remembered in `hash_cache`, see files.cached_sha256), by name and tag
+    otherwise."""
     spec = normalise_spec(spec)
     weights = weights_path(spec)
     if weights is not None and identity.weights_sha256:
-        return cached_sha256(weights) == identity.weights_sha256
+        return cached_sha256(weights, hash_cache) == identity.weights_sha256
     return (spec.name, spec.pretrained) == (identity.name, identity.pretrained)

@@ -3,7 +3,7 @@ every route but /health needs one. `read` keys search and read, `write` keys als
 products and the schema, `admin` keys (and the single `--api-key`) also read /audit. No key or
 a wrong one: 401 (with the challenges of security.py); too small a scope: 403.
 
-The check runs before any body is read, like ApiKeyMiddleware, and leaves the key's name in
+The check runs before any body is read or any parameter validated, and leaves the key's name in
 `request.state.key_name` for the audit log."""
 
 from __future__ import annotations
@@ -19,13 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..storage import keys
-from .security import (
-    BASIC_CHALLENGE,
-    PUBLIC_PATHS,
-    key_problem,
-    presented_key,
-    wants_browser_challenge,
-)
+from .security import PUBLIC_PATHS, key_problem, presented_key, wants_browser_challenge
 
 # Whether the index has keys is re-read at most this often: a key created or revoked with
 # `mmsearch keys` takes effect within a second, without a query per request.
@@ -98,15 +92,14 @@ class ScopedKeyMiddleware:
         given = presented_key(headers)
         browser = wants_browser_challenge(path, headers)
         if given is not None and self.admin_key is not None:
+            # Constant-time, so response timing does not reveal how much of a guess was right.
+            # Bytes: compare_digest refuses non-ASCII str (a header may hold any latin-1 text).
             encoded = given.encode("utf-8", "surrogateescape")
             if hmac.compare_digest(encoded, self.admin_key):
                 return None, ADMIN_KEY_NAME
         found = self.book.find(given) if given else None
         if found is None:  # the same 401s (and challenges) as a single key
-            if given is None:
-                return key_problem(None, b"", browser=browser), ""
-            challenge = {"WWW-Authenticate": BASIC_CHALLENGE if browser else "Bearer"}
-            return HTTPException(401, "the API key is not valid", challenge), ""
+            return key_problem(given, browser=browser), ""
         needed = needed_scope(scope.get("method", "GET"), path)
         if not keys.allows(found.scope, needed):
             message = f"this key ({found.name}) has scope {found.scope}; this needs {needed}"

@@ -28,6 +28,14 @@ SkuParam = Annotated[
         description="the product's SKU, one percent-encoded path segment",
     ),
 ]
+RefetchParam = Annotated[
+    bool,
+    Query(
+        description="fetch image URLs again in full, even when a stored copy is current "
+        "(by default the server is asked whether they changed: If-None-Match / "
+        "If-Modified-Since)"
+    ),
+]
 ROW_EXAMPLE = {
     "title": "Trail shoe",
     "images": ["data:image/png;base64,iVBORw0..."],
@@ -46,7 +54,9 @@ def product_routes(writer: ProductWriter, admission: AdmissionLimiter) -> APIRou
 
     @api.post("/products/bulk")
     async def bulk(
-        request: Request, mode: Annotated[Literal["upsert", "sync"], Query()] = "upsert"
+        request: Request,
+        mode: Annotated[Literal["upsert", "sync"], Query()] = "upsert",
+        refetch: RefetchParam = False,
     ) -> dict[str, Any]:
         """NDJSON, one catalog row (with `id`) per line. `mode=sync` deletes products not in
         the body. Every line's outcome (created, replaced, unchanged, failed with a reason) and
@@ -55,7 +65,7 @@ def product_routes(writer: ProductWriter, admission: AdmissionLimiter) -> APIRou
         lines = list(_ndjson(raw))
 
         def work() -> dict[str, Any]:
-            report = writer.bulk(lines, sync=mode == "sync", actor=actor(request))
+            report = writer.bulk(lines, sync=mode == "sync", actor=actor(request), refetch=refetch)
             outcomes = sorted(report.outcomes, key=lambda o: (o.line is None, o.line or 0))
             counts = {
                 action: report.count(action)
@@ -71,9 +81,15 @@ def product_routes(writer: ProductWriter, admission: AdmissionLimiter) -> APIRou
         return await admission.run(lambda: writer.get(sku))
 
     @api.put(SKU_ROUTE)
-    async def put_product(request: Request, sku: SkuParam, body: RowBody) -> JSONResponse:
-        """Create (201) or replace (200) one product; the answer is the product as stored."""
-        created, view = await admission.run(lambda: writer.put(sku, body, actor(request)))
+    async def put_product(
+        request: Request, sku: SkuParam, body: RowBody, refetch: RefetchParam = False
+    ) -> JSONResponse:
+        """Create (201) or replace (200) one product; the answer is the product as stored.
+        Image URLs fetched before are only downloaded again when they changed (a conditional
+        GET), or always with `refetch=true`."""
+        created, view = await admission.run(
+            lambda: writer.put(sku, body, actor(request), refetch=refetch)
+        )
         return JSONResponse(view, status_code=201 if created else 200)
 
     @api.patch(SKU_ROUTE)

@@ -82,7 +82,9 @@ def run_server(
     from .routes import create_app
 
     return_freed_images_to_the_os()
-    with open_for_search(directory, embed, batching=config.batching) as service:
+    with open_for_search(
+        directory, embed, batching=config.batching, record_queries=config.record_queries
+    ) as service:
         service.warm()
         # The name the server was told to listen on is one it answers to (HostCheckMiddleware).
         config = replace(config, allowed_hosts=(*config.allowed_hosts, host))

@@ -8,9 +8,10 @@ to, or a request that accepts HTML) carries `WWW-Authenticate: Basic realm="mmse
 browser prompts once, and then sends the credentials on every same-origin request, fetch() and
 <img> included. API clients get a `Bearer` challenge, which no browser turns into a prompt.
 
-The key is checked twice over: by ApiKeyMiddleware, before any request body is read or any
-parameter is validated (so a client without the key learns nothing and costs nothing), and by
-the router dependency, which is what puts the security schemes into the OpenAPI schema.
+http/keys.py's ScopedKeyMiddleware checks the key (the single --api-key or a scoped one) before
+any request body is read or any parameter is validated, so a client without the key learns
+nothing and costs nothing; the router dependency here only puts the security schemes into the
+OpenAPI schema.
 
 Without a key, HostCheckMiddleware answers only requests addressed to this machine by a name it
 trusts, against DNS rebinding: a web page on attacker.example whose name is re-pointed at
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Annotated
@@ -100,62 +100,18 @@ def wants_browser_challenge(path: str, headers: Mapping[bytes, bytes]) -> bool:
     return b"text/html" in headers.get(b"accept", b"")
 
 
-def key_problem(given: str | None, expected: bytes, *, browser: bool) -> HTTPException | None:
-    """The 401 for a missing or wrong key, or None when `given` is the key. The message never
-    repeats what was sent: a mistyped key in an answer would end up in someone's logs."""
+def key_problem(given: str | None, *, browser: bool) -> HTTPException:
+    """The 401 for a missing key (`given` None) or a wrong one. The message never repeats what
+    was sent: a mistyped key in an answer would end up in someone's logs."""
     challenge = {"WWW-Authenticate": BASIC_CHALLENGE if browser else "Bearer"}
     if given is None:
         return HTTPException(401, f"this server needs an API key: {HOW_TO_SEND}", challenge)
-    # Constant-time, so response timing does not reveal how much of a guess was right. Bytes,
-    # because compare_digest refuses non-ASCII str (a header may hold any latin-1 text).
-    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
-        return HTTPException(401, "the API key is not valid", challenge)
-    return None
-
-
-def api_key_dependency(api_key: str) -> Callable[..., None]:
-    """A dependency requiring the key in any of the three forms, else 401; its parameters
-    declare the three security schemes in the OpenAPI schema (so /docs offers all three)."""
-    expected = api_key.encode()
-
-    def require_key(
-        request: Request, _key: ApiKey, _token: BearerToken, _basic: BasicCredentials
-    ) -> None:
-        headers = dict(request.scope["headers"])
-        browser = wants_browser_challenge(request.url.path, headers)
-        problem = key_problem(presented_key(headers), expected, browser=browser)
-        if problem is not None:
-            raise problem
-
-    return require_key
+    return HTTPException(401, "the API key is not valid", challenge)
 
 
 def document_key_schemes(_key: ApiKey, _token: BearerToken, _basic: BasicCredentials) -> None:
     """A dependency that only declares the three schemes in the OpenAPI schema, for apps whose
     keys a middleware checks (http/keys.py: scoped keys)."""
-
-
-class ApiKeyMiddleware:
-    """401 for any request without the key to any route but /health, before the app reads its
-    body or validates its parameters."""
-
-    def __init__(
-        self, app: ASGIApp, api_key: str, reject: Callable[[HTTPException], ASGIApp]
-    ) -> None:
-        self.app = app
-        self.expected = api_key.encode()
-        self.reject = reject
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] == "http" and path not in PUBLIC_PATHS:
-            headers = dict(scope["headers"])
-            browser = wants_browser_challenge(path, headers)
-            problem = key_problem(presented_key(headers), self.expected, browser=browser)
-            if problem is not None:
-                await self.reject(problem)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 # Names a keyless server answers to beyond --allowed-host: `localhost` and any IP address. A

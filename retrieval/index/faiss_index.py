@@ -99,7 +99,8 @@ def _factory_of(index: Any, default: str) -> str:
 
 def _default_nprobe(nlist: int) -> int:
     # sqrt(nlist) probes scan ~n/sqrt(nlist) vectors: measured recall@10 0.94 (n=10k, 16/256)
-    # and 0.977 (n=100k, 36/1265) on structured 512-d data (benchmarks/index_recall.py).
+    # and 0.977 (n=100k, 36/1265) on structured 512-d data (benchmarks/index_recall.py, retired:
+    # `git show 69f615e:benchmarks/index_recall.py`).
     return min(nlist, max(8, round(math.sqrt(nlist))))
 
 

@@ -22,13 +22,9 @@ logger = logging.getLogger(__name__)
 
 INDEX_TYPES = ("auto", "flat", "ivf", "hnsw", "ivfpq")
 FACTORY_HELP = "https://github.com/facebookresearch/faiss/wiki/The-index-factory"
-# A single Flat query costs ~0.15 us per 512-d vector on one EPYC core (15 ms at 100k, see
-# benchmarks/index_recall.py): up to 50k it stays under ~8 ms while exact, untrained and
-# removable; at 100k IVF answers 22x faster at 0.977 recall@10.
-AUTO_FLAT_MAX = 50_000
-# Past 4 GiB of float32 vectors (2M x 512-d), or a quarter of this machine's RAM if less,
-# memory dominates: auto picks 64-byte PQ codes refined with 8-bit scalar codes (576 bytes/vector
-# vs 2048), which the recall tuning brings to the target (benchmarks/ann.py).
+# Why these values, with the measurements: docs/design.md, "Which faiss index for n vectors".
+AUTO_FLAT_MAX = 50_000  # exact Flat while a query stays under ~8 ms
+# Refined PQ past 4 GiB of float32 vectors (or a quarter of this machine's RAM if less).
 AUTO_PQ_MIN_BYTES = 4 << 30
 
 
@@ -42,23 +38,14 @@ def _auto_pq_min_bytes() -> int:
 
 MIN_POINTS_PER_CENTROID = 39  # faiss k-means warns below this: centroids become unstable.
 NLIST_PER_SQRT_N = 4  # faiss guideline is 4..16 * sqrt(n) lists; 4 keeps training cheap.
-# k-means costs ~ sample x nlist = TRAIN_POINTS_PER_CENTROID x nlist^2: on 2 idle cores, 512-d,
-# 25 iterations, 1024 lists train in 14 s, 2048 in 46 s, 4000 (4 sqrt(1M)) in ~3 minutes. So
-# the named types stop growing nlist at 2048 (from ~262k vectors): past that, tuning raises
-# nprobe instead, trading a little search speed for a build that takes no minutes of k-means.
-MAX_NLIST = 2048
+MAX_NLIST = 2048  # k-means grows as nlist^2: past 2048 lists tuning raises nprobe instead
 MIN_NLIST = 16  # coarser partitions do not beat Flat, so IVF falls back to Flat below this.
 TRAIN_POINTS_PER_CENTROID = 64  # within faiss's 39..256 guidance, 4x less data than 256.
 PQ_NBITS = 8
 PQ_MIN_TRAIN = MIN_POINTS_PER_CENTROID * (1 << PQ_NBITS)  # 256 centroids per sub-quantizer
-# ~8 dims per sub-quantizer is the usual recall/size sweet spot; capping at 64 keeps codes at
-# 64 bytes/vector for 512..1280-d models and within what faiss GPU IVFPQ supports.
-PQ_DIMS_PER_SUBQUANTIZER = 8
-PQ_MAX_SUBQUANTIZERS = 64
-# PQ64x8 alone tops out near 0.75 recall@10 on 512-d CLIP-like data; re-scoring its top
-# k * k_factor candidates with 8-bit scalar-quantized vectors (1 byte/dim, ~0.999 of exact
-# scores) lifts it past 0.95 at 64 + 512 bytes/vector, still 3.5x less than Flat's 2048.
-PQ_REFINE = "Refine(SQ8)"
+PQ_DIMS_PER_SUBQUANTIZER = 8  # the usual recall/size sweet spot
+PQ_MAX_SUBQUANTIZERS = 64  # 64-byte codes for 512..1280-d models, within faiss GPU IVFPQ
+PQ_REFINE = "Refine(SQ8)"  # re-scores PQ's candidates: ~0.75 recall@10 becomes > 0.95
 MAX_TRAIN_POINTS_PER_CENTROID = 256  # faiss k-means subsamples to this anyway
 HNSW_M = 32  # links per node, the usual faiss choice: ~270 bytes/vector of graph.
 

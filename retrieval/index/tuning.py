@@ -1,6 +1,8 @@
 """Recall tuning: pick the search parameters of an approximate index (IVF nprobe, HNSW
 efSearch, refine k_factor) that reach a target recall@10 against exact search at the lowest
-measured latency, using a sample of the collection's own vectors as queries.
+measured latency, using a sample of the collection's own vectors as queries plus, when the
+write path gives them, probes that look like what users search with (short text spans embedded
+by the text tower, recorded server queries: storage/probes.py), each kind measured on its own.
 
 Recall grows monotonically with nprobe / efSearch / k_factor, and so does cost, so for each
 k_factor the cheapest setting that reaches the target is the smallest one: we double until the
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import faiss
@@ -31,13 +33,8 @@ K = 10
 DEFAULT_TARGET_RECALL = 0.95
 # 1,000 queries x 10 neighbours: the recall estimate's standard error is ~0.002 at 0.95.
 TUNE_QUERIES = 1000
-# Text (cross-modal) queries are the harder group and decide the setting. Their per-query
-# recalls spread widely (most at 1.0, a long tail of hard queries), so 500 of them leave a
-# standard error of ~0.005: at 1M x 512-d HNSW16 a 500-text tuning measured 0.960 at efSearch
-# 45, which held 0.948 on 10,000 other queries. Replayed over 1,000 random samples of that
-# query distribution (benchmarks/tuning_coverage.py), the lower-bound rule lands below the
-# target 5.9% of the time with 500 texts and 2.4% with 2,000 (the plain mean: ~45%). The cost
-# is build-time only: the whole 1M HNSW tuning, exact truth included, took 34 s on 2 cores.
+# Text queries decide the setting; 2,000 keep the tail of hard ones from hiding a miss
+# (docs/design.md, "How many queries tune recall").
 TUNE_TEXT_QUERIES = 2000
 HNSW_MAX_EF = 4096
 REFINE_K_FACTORS = (1, 2, 4, 8)
@@ -47,10 +44,16 @@ SEED = 4321
 # on-disk build shard (ondisk.DEFAULT_SHARD_SIZE).
 STREAM_CHUNK = 262_144
 # A setting "reaches" the target when the one-sided 95% lower confidence bound of its measured
-# recall does (mean - 1.645 standard errors of the per-query recalls): tuned on ~1,000 sampled
-# queries, a setting that only just reaches the target on them lands below it on other queries
-# about half the time (0.943-0.952 held-out in benchmarks/HISTORY.md before this margin).
+# recall does (mean - 1.645 standard errors); why: docs/design.md, same section.
 CONFIDENCE_Z = 1.645
+# Probe kinds: the collection's own vectors (STORED), stored text vectors searched against an
+# image index (TEXTS), and any the caller adds (storage/probes.py: text_spans, recorded).
+STORED = "stored"
+TEXTS_KIND = "texts"
+# The recall an index claims (Tuning.recall_at_10) is that of the most user-like probe kind it
+# was tuned with: real recorded queries first, then short text spans, then stored texts, then
+# stored vectors (the easiest queries, so the least honest claim).
+CLAIM_ORDER = ("recorded", "text_spans", TEXTS_KIND, STORED)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class Tuning:
     latency_ms: float  # mean per query, in a batch of the tuning queries, this machine
     queries: int
     tuned_n: int  # index size when tuned: re-tune once it grows past RETUNE_GROWTH x this
+    # recall@10 per probe kind under `params` (tunings recorded before kinds existed: empty)
+    recall: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -98,6 +103,7 @@ def tune(
     text_queries: Vectors | None = None,
     n_queries: int = TUNE_QUERIES,
     n_text_queries: int = TUNE_TEXT_QUERIES,
+    probes: dict[str, Vectors] | None = None,
 ) -> Tuning:
     """Tune `index` (a FaissIndex holding exactly `vectors` under `ids`) and apply the result.
 
@@ -105,13 +111,17 @@ def tune(
     exact and the approximate answer, so it does not inflate recall) plus, when given, a sample
     of `text_queries` (e.g. caption vectors searched against an image index), at most
     `n_text_queries` of them: more queries narrow the confidence bound (benchmarks/ann.py).
+    `probes` adds other kinds of queries (kind -> vectors, at most `n_text_queries` each).
+    Every kind must reach the target; the recall of each is reported (Tuning.recall).
     """
     xb = np.ascontiguousarray(vectors, dtype=np.float32)
     ids = np.asarray(ids, dtype=np.int64)
     rows = sample_rows(len(xb), n_queries)
-    xq, self_ids = _with_texts(xb[rows], ids[rows], text_queries, n_text_queries)
+    xq, self_ids, kinds = _with_probes(
+        xb[rows], ids[rows], _kinds(text_queries, probes), n_text_queries
+    )
     truth = _exact_knn(xb, ids, xq, self_ids)
-    return _choose(index, xq, self_ids, truth, target_recall)
+    return _choose(index, xq, self_ids, truth, target_recall, kinds)
 
 
 def tune_streamed(
@@ -123,6 +133,7 @@ def tune_streamed(
     text_queries: Vectors | None = None,
     n_queries: int = TUNE_QUERIES,
     chunk_size: int = STREAM_CHUNK,
+    probes: dict[str, Vectors] | None = None,
 ) -> Tuning:
     """`tune`, reading the collection through `read_vectors(ids)` one chunk at a time, so peak
     memory follows `chunk_size`, not n: for indexes built shard by shard (ondisk.py), whose
@@ -130,7 +141,9 @@ def tune_streamed(
     ids = np.asarray(ids, dtype=np.int64)
     rows = sample_rows(len(ids), n_queries)
     sampled = np.ascontiguousarray(read_vectors(ids[rows]), dtype=np.float32)
-    xq, self_ids = _with_texts(sampled, ids[rows], text_queries, TUNE_TEXT_QUERIES)
+    xq, self_ids, kinds = _with_probes(
+        sampled, ids[rows], _kinds(text_queries, probes), TUNE_TEXT_QUERIES
+    )
     # faiss's ResultHeap merges each chunk's exact top-k into a running one.
     heap = faiss.ResultHeap(len(xq), K + 1, keep_max=True)
     for start in range(0, len(ids), chunk_size):
@@ -146,24 +159,42 @@ def tune_streamed(
         heap.add_result(D, I)
     heap.finalize()
     truth = _drop_self(heap.I, self_ids)
-    return _choose(index, xq, self_ids, truth, target_recall)
+    return _choose(index, xq, self_ids, truth, target_recall, kinds)
 
 
-def _with_texts(
-    xq: Any, self_ids: Any, text_queries: Vectors | None, n_text_queries: int
-) -> tuple[Any, Any]:
-    """The sampled stored-vector queries plus a sample of `text_queries`, which have no own id
-    to drop (-2)."""
-    if text_queries is None or not len(text_queries):
-        return xq, self_ids
-    texts = np.asarray(text_queries, dtype=np.float32)
-    texts = texts[sample_rows(len(texts), n_text_queries)]
-    return np.vstack([xq, texts]), np.concatenate([self_ids, np.full(len(texts), -2, np.int64)])
+def _kinds(text_queries: Vectors | None, probes: dict[str, Vectors] | None) -> dict[str, Vectors]:
+    """Every non-stored probe kind: `text_queries` as TEXTS_KIND, then `probes`."""
+    kinds = {} if text_queries is None else {TEXTS_KIND: text_queries}
+    kinds.update(probes or {})
+    return {kind: vectors for kind, vectors in kinds.items() if len(vectors)}
 
 
-def _choose(index: Any, xq: Any, self_ids: Any, truth: Any, target_recall: float) -> Tuning:
+def _with_probes(
+    xq: Any, self_ids: Any, probes: dict[str, Vectors], n_per_kind: int
+) -> tuple[Any, Any, Any]:
+    """The sampled stored-vector queries plus a sample of each probe kind's vectors, which
+    have no own id to drop (-2); and each query's kind."""
+    parts, own, kinds = [xq], [self_ids], [np.full(len(xq), STORED, dtype=object)]
+    for kind, vectors in probes.items():
+        vectors = np.asarray(vectors, dtype=np.float32)
+        vectors = vectors[sample_rows(len(vectors), n_per_kind)]
+        parts.append(vectors)
+        own.append(np.full(len(vectors), -2, np.int64))
+        kinds.append(np.full(len(vectors), kind, dtype=object))
+    return np.vstack(parts), np.concatenate(own), np.concatenate(kinds)
+
+
+def claimed_recall(recall: dict[str, float]) -> float:
+    """The recall an index claims: that of its most user-like probe kind (CLAIM_ORDER)."""
+    kind = next((k for k in CLAIM_ORDER if k in recall), None)
+    return recall[kind] if kind is not None else min(recall.values())
+
+
+def _choose(
+    index: Any, xq: Any, self_ids: Any, truth: Any, target_recall: float, kinds: Any
+) -> Tuning:
     """Search the candidate parameters against `truth`, apply and return the cheapest."""
-    probe = _Probe(index, xq, self_ids, truth)
+    probe = _Probe(index, xq, self_ids, truth, kinds)
     # Confidently first (the lower bound reaches the target); when no setting can (a small or
     # hard query sample, or a compressed index near its ceiling), the plain mean decides.
     for confident in (True, False):
@@ -181,14 +212,16 @@ def _choose(index: Any, xq: Any, self_ids: Any, truth: Any, target_recall: float
         params, recall = max(candidates, key=lambda c: c[1])
         latency = probe.latency(params)
     index.set_search_params(params)
+    by_kind = {kind: round(value, 4) for kind, value in probe.recall_by_kind(params).items()}
     return Tuning(
         params=params,
-        recall_at_10=round(recall, 4),
+        recall_at_10=round(claimed_recall(by_kind), 4),
         target_recall=target_recall,
         reached=bool(reached),
         latency_ms=round(latency * 1e3, 4),
         queries=len(xq),
         tuned_n=int(index.ntotal),
+        recall=by_kind,
     )
 
 
@@ -233,13 +266,14 @@ def lower_bound(hits: np.ndarray) -> float:
 class _Probe:
     """Runs the tuning queries against the index under candidate parameters."""
 
-    def __init__(self, index: Any, xq: Any, self_ids: Any, truth: Any) -> None:
-
+    def __init__(self, index: Any, xq: Any, self_ids: Any, truth: Any, kinds: Any) -> None:
         self.index, self.xq, self.self_ids, self.truth = index, xq, self_ids, truth
+        self.groups = {kind: kinds == kind for kind in dict.fromkeys(kinds)}
         core = _core(index.faiss_index)
         self.ivf = core if isinstance(core, faiss.IndexIVF) else None
         self.refine = _refine(index.faiss_index) is not None
-        self._cache: dict[SearchParams, tuple[float, float]] = {}  # (recall, lower bound)
+        # params -> kind -> (recall, lower bound)
+        self._cache: dict[SearchParams, dict[str, tuple[float, float]]] = {}
 
     def k_factors(self) -> tuple[int | None, ...]:
         return REFINE_K_FACTORS if self.refine else (None,)
@@ -249,21 +283,28 @@ class _Probe:
             return SearchParams(nprobe=value, k_factor=k_factor)
         return SearchParams(ef_search=value, k_factor=k_factor)
 
-    def measure(self, params: SearchParams) -> tuple[float, float]:
-        """(recall@10, its lower confidence bound) under `params`, the worse kind of query's."""
+    def recall_by_kind(self, params: SearchParams) -> dict[str, float]:
+        return {kind: values[0] for kind, values in self._measure_kinds(params).items()}
+
+    def _measure_kinds(self, params: SearchParams) -> dict[str, tuple[float, float]]:
         if params not in self._cache:
             self.index.set_search_params(params)
             _, I = self.index.search(self.xq, K + 1)
             found = _drop_self(I, self.self_ids)
-            # Each kind of query (stored vectors, texts) must reach the target on its own:
-            # cross-modal queries are harder, and a mean would hide them behind easy ones.
-            groups = [self.self_ids == -2, self.self_ids != -2]
-            hits = [per_query_recall(found[g], self.truth[g]) for g in groups if g.any()]
-            self._cache[params] = (
-                min(float(h.mean()) for h in hits),
-                min(lower_bound(h) for h in hits),
-            )
+            hits = {
+                kind: per_query_recall(found[g], self.truth[g]) for kind, g in self.groups.items()
+            }
+            self._cache[params] = {
+                kind: (float(h.mean()), lower_bound(h)) for kind, h in hits.items()
+            }
         return self._cache[params]
+
+    def measure(self, params: SearchParams) -> tuple[float, float]:
+        """(recall@10, its lower confidence bound) under `params`, the worst kind of query's:
+        each kind (stored vectors, texts, spans, recorded) must reach the target on its own;
+        user queries are harder, and a mean would hide them behind easy ones."""
+        kinds = self._measure_kinds(params).values()
+        return min(v[0] for v in kinds), min(v[1] for v in kinds)
 
     def recall(self, params: SearchParams) -> float:
         return self.measure(params)[0]

@@ -7,7 +7,13 @@ was checked (the URL's host rewritten to it, with Host and TLS SNI/certificate c
 the name), so DNS cannot answer differently in between. Redirects are followed by hand, at most
 MAX_REDIRECTS, each target checked the same way. Bytes are capped, every read has a timeout
 and the whole fetch a deadline (a server that drips bytes forever is dropped), and the bytes
-must decode as an image (blobs.image_format)."""
+must decode as an image (blobs.image_format).
+
+`fetch_if_changed` sends the validators of a stored copy (If-None-Match / If-Modified-Since,
+RFC 9110 13.1) through the same checks, and a 304 answer means the stored copy is current. The
+headers are written here rather than through an HTTP cache library (hishel): such a cache keys
+on the URL it requests, which is the pinned address here, and keeps a second copy of every body
+beside the content-addressed blobs."""
 
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
+from ..config import REMOTE_MAX_AGE_S
 from ..errors import ImageDecodeError, ImageTooLargeError, MmsearchError
 from ..storage.blobs import image_format
 
@@ -36,23 +43,34 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 class FetchError(MmsearchError):
     """A URL that may not or could not be fetched; `reason` is a short label."""
 
-    def __init__(self, url: str, reason: str, detail: str = "") -> None:
+    def __init__(self, url: str, reason: str, detail: str = "", status: int | None = None) -> None:
         self.url = url
         self.reason = reason
         self.detail = detail
+        self.status = status  # the HTTP status, for "http-status"
         super().__init__(f"{url[:200]}: {reason}" + (f" ({detail})" if detail else ""))
+
+    @property
+    def transient(self) -> bool:
+        """The server could not be reached or failed (5xx): the URL may well work later,
+        unlike a refusal, a 4xx answer or bytes that are not an image."""
+        if self.reason == "http-status":
+            return self.status is not None and self.status >= 500
+        return self.reason in TRANSIENT_REASONS
 
 
 @dataclass(frozen=True)
 class FetchPolicy:
     """What may be fetched: `allow_hosts` and `allow_networks` (from --fetch-allow) permit
-    private addresses; the limits bound each fetch."""
+    private addresses; the limits bound each fetch; `max_age_s` is how long a stored copy of a
+    URL without validators is reused (config.REMOTE_MAX_AGE_S)."""
 
     allow_hosts: frozenset[str] = frozenset()
     allow_networks: tuple[IpNetwork, ...] = ()
     max_bytes: int = MAX_FETCH_BYTES
     read_timeout_s: float = READ_TIMEOUT_S
     total_timeout_s: float = TOTAL_TIMEOUT_S
+    max_age_s: float = REMOTE_MAX_AGE_S
 
     @classmethod
     def from_allow(cls, allow: list[str] | tuple[str, ...], **limits: float) -> FetchPolicy:
@@ -125,6 +143,20 @@ def check_url(url: str, policy: FetchPolicy) -> tuple[str, str, int, IpAddress]:
     return scheme, host, port, addresses[0]
 
 
+# A name that does not resolve is most often a DNS hiccup; the others are the network's.
+TRANSIENT_REASONS = frozenset({"unresolvable", "fetch-failed", "too-slow"})
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A fetch's answer: the bytes (None: 304, the caller's copy is current) and the
+    validators the server gave for them (None when it gave none)."""
+
+    data: bytes | None
+    etag: str | None = None
+    last_modified: str | None = None
+
+
 def fetch(url: str, policy: FetchPolicy) -> bytes:
     """The image bytes at `url` (following at most MAX_REDIRECTS checked redirects).
 
@@ -132,6 +164,21 @@ def fetch(url: str, policy: FetchPolicy) -> bytes:
         FetchError: refused or failed (see module docstring).
         ImageTooLargeError: more than policy.max_bytes.
         ImageDecodeError: the bytes are not an image.
+    """
+    data = fetch_if_changed(url, policy).data
+    if data is None:  # only a conditional request may be answered 304
+        raise FetchError(url, "http-status", "HTTP 304 to a plain GET", 304)
+    return data
+
+
+def fetch_if_changed(
+    url: str, policy: FetchPolicy, etag: str | None = None, last_modified: str | None = None
+) -> Fetched:
+    """`url`'s bytes and validators, or `Fetched(None, ...)` when the server answers 304 to
+    the validators of a stored copy (`etag`, `last_modified`); every hop checked as `fetch`.
+
+    Raises:
+        as fetch.
     """
     import httpx
 
@@ -145,22 +192,41 @@ def fetch(url: str, policy: FetchPolicy) -> bytes:
             netloc = f"[{address}]" if address.version == 6 else str(address)
             pinned = urlunsplit((scheme, f"{netloc}:{port}", parts.path or "/", parts.query, ""))
             headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "Accept": "image/*"}
+            if etag:
+                headers["If-None-Match"] = etag
+            if last_modified:
+                headers["If-Modified-Since"] = last_modified
             try:
                 with client.stream(
                     "GET", pinned, headers=headers, extensions={"sni_hostname": host}
                 ) as answer:
-                    if answer.is_redirect:
+                    if answer.has_redirect_location:  # not 304, nor a 3xx without one
                         location = answer.headers.get("location", "")
                         current = urljoin(current, location)
                         continue
-                    if answer.status_code != 200:
-                        raise FetchError(url, "http-status", f"HTTP {answer.status_code}")
+                    status = answer.status_code
+                    if status == 304 and (etag or last_modified):
+                        return _validated(answer, None, etag, last_modified)
+                    if status != 200:
+                        raise FetchError(url, "http-status", f"HTTP {status}", status)
                     data = _read_capped(answer, url, policy, deadline)
             except httpx.HTTPError as err:
                 raise FetchError(url, "fetch-failed", f"{type(err).__name__}: {err}") from err
             image_format(data, url[:200])
-            return data
+            return _validated(answer, data)
     raise FetchError(url, "too-many-redirects", f"more than {MAX_REDIRECTS}")
+
+
+def _validated(
+    answer: object, data: bytes | None, etag: str | None = None, last_modified: str | None = None
+) -> Fetched:
+    """The answer's validators (a 304 may repeat them or not: then the ones sent stay)."""
+    headers = answer.headers  # type: ignore[attr-defined]
+    return Fetched(
+        data,
+        headers.get("etag") or etag,
+        headers.get("last-modified") or last_modified,
+    )
 
 
 def _read_capped(answer: object, url: str, policy: FetchPolicy, deadline: float) -> bytes:
@@ -182,8 +248,10 @@ __all__ = [
     "MAX_REDIRECTS",
     "FetchError",
     "FetchPolicy",
+    "Fetched",
     "ImageDecodeError",
     "check_url",
     "fetch",
+    "fetch_if_changed",
     "is_url",
 ]

@@ -114,6 +114,10 @@ class Indexer:
         # those the commit released, so a small write does not scan the whole vector table.
         self.sweep_vectors = sweep_vectors
         self._embedder_factory = embedder_factory
+        if embedder_factory is not None:
+            # Tuning probes with short texts embedded by the text tower (storage/probes.py);
+            # the model loads only if a commit re-tunes an approximate index.
+            store.probe_embedder = lambda texts: self.embedder().encode_texts(texts)
         self.index_types = index_types
         self.on_progress = on_progress
         self._exit: ExitStack | None = None

@@ -137,15 +137,24 @@ class ProductWriter:
 
     # -- writes ---------------------------------------------------------------------------------
     def put(
-        self, sku: str, body: Mapping[str, Any], actor: Actor | None = None, action: str = "put"
+        self,
+        sku: str,
+        body: Mapping[str, Any],
+        actor: Actor | None = None,
+        action: str = "put",
+        *,
+        refetch: bool = False,
+        revalidate: bool = True,
     ) -> tuple[bool, dict[str, Any]]:
         """Create or replace one product from a catalog row without `id`; (created, view).
+        Image URLs fetched before are revalidated (or, with `refetch`, fetched in full;
+        without `revalidate`, reused as stored): remote.py.
 
         Raises:
             InvalidQueryError: a bad SKU, field, value or image (nothing is written).
         """
         row = self._row(sku, body)
-        resolved = self._resolve([row])
+        resolved = self._resolve([row], refetch=refetch, revalidate=revalidate)
         with self._lock:
             report = self._write(resolved.rows, [], actor=actor, action=action, resolved=resolved)
             outcome = report.outcomes[0]
@@ -175,7 +184,9 @@ class ProductWriter:
                 merged.pop(name, None)
             else:
                 merged[name] = value
-        return self.put(sku, merged, actor, "patch")[1]
+        # a field-only patch contacts no image server (its stored copies are kept as they are)
+        revalidate = "images" in body or "image" in body
+        return self.put(sku, merged, actor, "patch", revalidate=revalidate)[1]
 
     def delete(self, sku: str, actor: Actor | None = None) -> None:
         """Delete one product.
@@ -190,10 +201,15 @@ class ProductWriter:
             self._after_write()
 
     def bulk(
-        self, lines: Iterable[tuple[int, Any]], *, sync: bool, actor: Actor | None = None
+        self,
+        lines: Iterable[tuple[int, Any]],
+        *,
+        sync: bool,
+        actor: Actor | None = None,
+        refetch: bool = False,
     ) -> CatalogReport:
         """Upsert NDJSON rows ((line number, parsed object or ValueError) pairs); with `sync`,
-        products not named are deleted. A bad line fails alone."""
+        products not named are deleted. A bad line fails alone. Image URLs as in `put`."""
         parsed: list[tuple[int, Any]] = []
         for line, raw in lines:
             if isinstance(raw, Mapping):
@@ -203,7 +219,7 @@ class ProductWriter:
                     raw = ValueError(str(err))
             parsed.append((line, raw))
         rows, errors = parse_rows(parsed, None)
-        resolved = self._resolve(rows)
+        resolved = self._resolve(rows, refetch=refetch)
         with self._lock:
             return self._write(
                 resolved.rows, errors, sync=sync, actor=actor, action="bulk", resolved=resolved
@@ -261,7 +277,10 @@ class ProductWriter:
         the writer lock (product writes meanwhile wait for it, up to lock_wait_s); whether
         there was a log to fold. A busy index is left for the next write to try again."""
         try:
-            with _open_durable(self.directory) as store, Indexer(store) as indexer:
+            with (
+                _open_durable(self.directory) as store,
+                Indexer(store, self._embedder_factory) as indexer,
+            ):
                 return indexer.compact()
         except IndexBusyError:
             return False
@@ -298,12 +317,21 @@ class ProductWriter:
         with self._lock:
             return audit.read(self.store.catalog.db, since, limit)
 
-    def _resolve(self, rows: list[ProductRow]) -> Resolved:
+    def _resolve(
+        self, rows: list[ProductRow], *, refetch: bool = False, revalidate: bool = True
+    ) -> Resolved:
         """Fetch image URLs before taking any lock (a slow server holds up no other write),
         reading known URLs on a connection of its own."""
         reader = Catalog(self.directory / CATALOG, readonly=True)
         try:
-            return resolve_remote(rows, self.directory, reader, self.fetch_policy)
+            return resolve_remote(
+                rows,
+                self.directory,
+                reader,
+                self.fetch_policy,
+                refetch=refetch,
+                revalidate=revalidate,
+            )
         finally:
             reader.close()
 

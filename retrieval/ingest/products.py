@@ -23,7 +23,6 @@ from ..storage.schema import RESERVED, CellError, coerce, extend_schema
 
 # In CSV one cell holds several image paths separated by this; JSONL may use an `images` list.
 IMAGE_SEPARATOR = "|"
-REQUIRED = ("id", "title")
 # SKUs are what shops already use as ids: any text up to this long, without control
 # characters (they would break logs, CSV and URLs); one percent-encoded path segment over HTTP.
 MAX_SKU_CHARS = 256

@@ -18,6 +18,7 @@ from ..errors import InvalidQueryError, ItemNotFoundError
 from ..storage import keywords
 from ..storage.catalog import Item, product_columns
 from ..storage.store import IndexStore
+from ..storage.synonyms import load_synonyms
 from ..types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, TEXTS, Hit, Vectors
 from .hits import hit_from_item
 from .hybrid import HYBRID, HYBRID_DEPTH, KEYWORD, MODES, SEMANTIC, fuse_hits
@@ -32,6 +33,7 @@ from .queries import (
 from .requests import SearchRequest, SearchResult, check_k
 
 if TYPE_CHECKING:
+    from ..storage.probes import QueryRecorder
     from .batching import BatchingTextEncoder
 
 
@@ -45,12 +47,16 @@ class SearchService:
         embedder_factory: Callable[[], QueryEmbedder],
         *,
         text_batcher: BatchingTextEncoder | None = None,
+        recorder: QueryRecorder | None = None,
     ) -> None:
         """`text_batcher`: the micro-batcher behind the embedder's text queries, if any; the
-        service reports its counters (/stats, /metrics) and stops it on close."""
+        service reports its counters (/stats, /metrics) and stops it on close. `recorder`:
+        keeps a sample of the query vectors searched with, for re-tuning (serve
+        --record-queries, storage/probes.py); saved on close."""
         self.store = store
         self._embedder_factory = embedder_factory
         self.text_batcher = text_batcher
+        self.recorder = recorder
         self._lock = threading.Lock()
 
     @cached_property
@@ -156,13 +162,16 @@ class SearchService:
                 "built it and it is read-only here); run `mmsearch index` on it once to add one"
             )
         text = request.text or ""
+        synonyms = load_synonyms(self.store.directory)  # see storage/synonyms.py
         if target != PRODUCTS:
-            matches = keywords.search(catalog.db, text, target, limit=depth)
+            matches = keywords.search(catalog.db, text, target, limit=depth, synonyms=synonyms)
         else:
             if not self.has_catalog:
                 raise InvalidQueryError("target products needs a product catalog")
             allowed = allowed_products(self.store.catalog, request.filters)
-            found = keywords.search(catalog.db, text, None, limit=None, product_ids=allowed)
+            found = keywords.search(
+                catalog.db, text, None, limit=None, product_ids=allowed, synonyms=synonyms
+            )
             best: dict[str, keywords.KeywordMatch] = {}
             shown: dict[str, keywords.KeywordMatch] = {}
             for match in found:  # best first, so the first match of a product is its score
@@ -205,6 +214,8 @@ class SearchService:
             vector = self.embed_texts([request.text])[0]
         else:
             vector = self.embed_image(request.image)[0]
+        if self.recorder is not None:
+            self.recorder.add(vector)
         if target == PRODUCTS:
             # `collapse` changes nothing here: a product search already gives one hit per
             # product. One more than the page: whether a next page exists.
@@ -428,6 +439,8 @@ class SearchService:
         try:
             if self.text_batcher is not None:
                 self.text_batcher.close()
+            if self.recorder is not None:
+                self.recorder.flush()
         finally:
             self.store.close()
 

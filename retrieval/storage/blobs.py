@@ -1,6 +1,12 @@
 """Image bytes that arrive with a product (a `data:` URL over HTTP) are stored content-addressed
 in the index directory (`blobs/ab/abcdef....png`), so thumbnails, re-embedding and `check` read
-them like any indexed file and identical bytes are stored once."""
+them like any indexed file and identical bytes are stored once.
+
+A fetched URL also leaves a small record (`fetched/ab/<sha256 of the URL>.json`: the blob it gave,
+its ETag and Last-Modified, when it was fetched), so a re-import can ask the server whether the
+URL changed instead of downloading it again (ingest/remote.py). One file per URL, replaced
+atomically, so concurrent writers never see half a record and need no lock; a lost or unreadable
+record only costs one full fetch."""
 
 from __future__ import annotations
 
@@ -8,12 +14,15 @@ import base64
 import binascii
 import hashlib
 import io
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import ImageDecodeError, ImageTooLargeError
 from ..files import write_atomic
 
 BLOBS = "blobs"
+URL_RECORDS = "fetched"
 DATA_PREFIX = "data:"
 
 
@@ -60,11 +69,66 @@ def image_format(data: bytes, where: str) -> str:
 def store_blob(directory: Path, data: bytes, extension: str) -> Path:
     """Write `data` under its sha256 in `directory/blobs` (once); its path."""
     digest = hashlib.sha256(data).hexdigest()
-    path = directory / BLOBS / digest[:2] / f"{digest}.{extension}"
+    path = blob_path(directory, f"{digest}.{extension}")
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, data)
     return path
 
 
-__all__ = ["BLOBS", "decode_data_url", "image_format", "is_data_url", "store_blob"]
+def blob_path(directory: Path, name: str) -> Path:
+    """Where the blob file `name` (`<sha256>.<ext>`) lives, as store_blob writes it."""
+    return directory / BLOBS / name[:2] / name
+
+
+@dataclass(frozen=True)
+class UrlRecord:
+    """What a URL gave when last fetched: the blob's file name and the server's validators."""
+
+    url: str
+    blob: str
+    etag: str | None
+    last_modified: str | None
+    fetched_at: float
+
+    @property
+    def has_validators(self) -> bool:
+        return bool(self.etag or self.last_modified)
+
+
+def _record_path(directory: Path, url: str) -> Path:
+    digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+    return directory / URL_RECORDS / digest[:2] / f"{digest}.json"
+
+
+def read_url_record(directory: Path, url: str) -> UrlRecord | None:
+    """The record of `url` whose blob is still there, else None."""
+    try:
+        fields = json.loads(_record_path(directory, url).read_bytes())
+        record = UrlRecord(**fields)
+    except (OSError, ValueError, TypeError):
+        return None
+    if record.url != url or not blob_path(directory, record.blob).is_file():
+        return None
+    return record
+
+
+def write_url_record(directory: Path, record: UrlRecord) -> None:
+    """Store `record` (replacing the URL's previous one)."""
+    path = _record_path(directory, record.url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(asdict(record)).encode())
+
+
+__all__ = [
+    "BLOBS",
+    "URL_RECORDS",
+    "UrlRecord",
+    "blob_path",
+    "decode_data_url",
+    "image_format",
+    "is_data_url",
+    "read_url_record",
+    "store_blob",
+    "write_url_record",
+]

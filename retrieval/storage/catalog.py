@@ -356,14 +356,6 @@ class Catalog:
         )
         return [row[0] for row in rows]
 
-    def add_orphans(self, collection: str, ids: Iterable[int]) -> None:
-        """Record ids of deleted items whose vectors a faiss file still holds (committed by the
-        caller, with the deletion)."""
-        self.db.executemany(
-            "INSERT OR IGNORE INTO orphans(id, collection) VALUES (?, ?)",
-            ((int(i), collection) for i in ids),
-        )
-
     def clear_orphans(self, collection: str) -> None:
         if self._has_table("orphans"):
             self.db.execute("DELETE FROM orphans WHERE collection=?", (collection,))

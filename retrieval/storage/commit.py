@@ -30,6 +30,7 @@ from ..index.tuning import (
 from ..types import COLLECTIONS, IMAGES, TEXTS
 from .collections import read_state, write_state
 from .delta import ADDED, REMOVED
+from .probes import TextEmbedder, tuning_probes
 from .reading import ReadPath
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,9 @@ class CommitPath(ReadPath):
 
     _saved: dict[str, FaissIndex | None]
     _rebuilt: bool
+    # The model's text tower, set by the write path (ingest's Indexer) so tuning can probe
+    # with short texts as users type them (storage/probes.py); None: stored vectors only.
+    probe_embedder: TextEmbedder | None = None
 
     # -- writing ------------------------------------------------------------------------------
     def commit(
@@ -308,6 +312,7 @@ class CommitPath(ReadPath):
             text_ids = self.catalog.get_ids(TEXTS)
             sampled = text_ids[sample_rows(len(text_ids), TUNE_TEXT_QUERIES)]
             texts = self.catalog.get_vectors_by_id(sampled, dim)
+        probes = tuning_probes(self.catalog, self.directory, collection, dim, self.probe_embedder)
         if self._wants_ondisk(collection) and index.on_disk:
             # Built shard by shard: read the catalog in chunks so peak RSS follows the
             # chunk, not n (the same sample and exact truth as `tune`).
@@ -317,10 +322,13 @@ class CommitPath(ReadPath):
                 lambda chunk: self.catalog.get_vectors_by_id(chunk, dim),
                 target_recall=target,
                 text_queries=texts,
+                probes=probes,
             )
         else:
             ids, vectors = self.catalog.get_vectors(collection, dim)
-            result = tune(index, vectors, ids, target_recall=target, text_queries=texts)
+            result = tune(
+                index, vectors, ids, target_recall=target, text_queries=texts, probes=probes
+            )
         write_state(self.catalog, collection, tuning=result)
         if not result.reached:
             logger.warning(

@@ -29,14 +29,29 @@ from ..files import canonical_root, file_sha256, is_within_any
 from ..index import FaissIndex
 from ..sqlite_errors import classify_sqlite_error
 from ..types import COLLECTIONS, IMAGES
-from .blobs import BLOBS
+from .blobs import BLOBS, URL_RECORDS
 from .catalog import Catalog
 from .collections import read_state
+from .probes import RECORDED_FILE
 from .store import CATALOG, LOCK, MANIFEST, MANIFEST_META, IndexStore
+from .synonyms import FILE_NAME as SYNONYMS_FILE
 
-# SQLite's own companions of catalog.sqlite in WAL mode, and the content-addressed store of
-# fetched and data: URL product images (blobs.py).
-_KNOWN_FILES = frozenset({MANIFEST, CATALOG, CATALOG + "-wal", CATALOG + "-shm", LOCK, BLOBS})
+# SQLite's own companions of catalog.sqlite in WAL mode.
+# blobs/ and fetched/: image bytes that came as URLs or data: URLs, and what each URL gave.
+# synonyms.txt (`index --synonyms`) and recorded_queries.npy (`serve --record-queries`).
+_KNOWN_FILES = frozenset(
+    {
+        MANIFEST,
+        CATALOG,
+        CATALOG + "-wal",
+        CATALOG + "-shm",
+        LOCK,
+        BLOBS,
+        URL_RECORDS,
+        SYNONYMS_FILE,
+        RECORDED_FILE,
+    }
+)
 # Items of a collection listed per problem before the rest are only counted.
 _EXAMPLES = 5
 

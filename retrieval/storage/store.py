@@ -276,8 +276,11 @@ class IndexStore(CommitPath):
                 "count": count,
                 "index_type": self.index_type(collection),
                 "faiss": factory,
-                # recall@10 vs exact search on the collection's own vectors; None when exact
+                # recall@10 vs exact search, claimed for the most user-like probe kind tuned
+                # with (index/tuning.py CLAIM_ORDER); None when exact
                 "recall_at_10": tuning.recall_at_10 if tuning else None,
+                # recall@10 per probe kind: stored, texts, text_spans, recorded (probes.py)
+                "recall": (tuning.recall or None) if tuning else None,
                 "search_params": tuning.params.to_dict() if tuning else None,
                 "target_recall": tuning.target_recall if tuning else None,
             }

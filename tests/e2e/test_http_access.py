@@ -24,7 +24,7 @@ from httpkit import free_port, index_photos, open_app
 from starlette.routing import Mount
 
 from retrieval.config import ServeConfig
-from retrieval.http import security
+from retrieval.http import keys
 
 KEY = "k3y-7f0c1e9a-never-shown"
 
@@ -249,13 +249,13 @@ def test_the_key_is_compared_in_constant_time(
     keyed: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[tuple[bytes, bytes]] = []
-    real = security.hmac.compare_digest
+    real = keys.hmac.compare_digest
 
     def recording(given: bytes, expected: bytes) -> bool:
         calls.append((given, expected))
         return real(given, expected)
 
-    monkeypatch.setattr(security.hmac, "compare_digest", recording)
+    monkeypatch.setattr(keys.hmac, "compare_digest", recording)
     assert keyed.get("/stats", headers={"X-API-Key": "guess"}).status_code == 401
     assert calls == [(b"guess", KEY.encode())]
     calls.clear()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clirun import run_ok
-from testdata import SHARED_IMAGES
+from testdata import SHARED_IMAGES, cpu_config
 
 ray = pytest.importorskip(
     "ray", reason="ray is not installed: pip install -e '.[ray]' (the dev extra includes it)"
@@ -24,7 +24,6 @@ pytest.importorskip("ray.data", reason="Ray Data is missing: pip install 'ray[da
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from retrieval.config import EmbedConfig  # noqa: E402
 from retrieval.distributed.ingest import RayOptions, index_with_ray  # noqa: E402
 from retrieval.distributed.ray_embed import connect  # noqa: E402
 from retrieval.ingest.indexer import Indexer  # noqa: E402
@@ -50,7 +49,7 @@ def cluster() -> Iterator[str]:
         head_node_args={"num_cpus": 1, "object_store_memory": 80 << 20, "include_dashboard": False},
     )
     nodes.add_node(num_cpus=1, object_store_memory=80 << 20)
-    os.environ["MMSEARCH_BACKEND"] = "torch"  # what conftest pins; forwarded to the workers
+    os.environ["MMSEARCH_BACKEND"] = "torch"  # what conftest pins; the CLI passes it to workers
     connect(nodes.address)  # one driver connection for the module: workers are reused
     try:
         yield nodes.address
@@ -165,7 +164,7 @@ def test_a_killed_worker_costs_no_image_and_duplicates_none(
     directory = tmp_path / "ray"
     with IndexStore.create(directory, store.identity) as target, Indexer(target) as indexer:
         report = index_with_ray(
-            indexer, [shard], EmbedConfig(device="cpu", batch_size=int(BATCH)),
+            indexer, [shard], cpu_config(batch_size=int(BATCH)),
             RayOptions(address=cluster, shard_size=8), on_batch=kill_a_worker,
         )  # fmt: skip
     assert killed, "a worker was killed mid-job"

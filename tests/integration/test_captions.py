@@ -13,10 +13,9 @@ from clirun import invoke, json_lines, run_ok
 from fastapi.testclient import TestClient
 from httpkit import open_app
 from PIL import Image
-from testdata import make_images, write_tiny_coca
+from testdata import cpu_config, make_images, write_tiny_coca
 
 from retrieval.compose import open_for_search
-from retrieval.config import EmbedConfig
 from retrieval.search.service import SearchRequest
 from retrieval.storage import keywords
 from retrieval.storage.catalog import Catalog
@@ -39,7 +38,7 @@ def captioned(tiny_model: str, coca: str, tmp_path_factory: pytest.TempPathFacto
 
 
 def stored_captions(directory: Path) -> dict[str, str | None]:
-    with open_for_search(directory, EmbedConfig(device="cpu")) as service:
+    with open_for_search(directory, cpu_config()) as service:
         return {
             Path(item.path or "").name: item.text
             for item in service.store.catalog.iter_items("images")
@@ -79,7 +78,7 @@ def test_captions_are_searchable_by_keyword_and_shown_in_hits(captioned: dict) -
     target = "img_002.png"
     others = " ".join(c or "" for name, c in captions.items() if name != target).lower().split()
     word = next(w for w in keywords.split_words(captions[target] or "") if w.lower() not in others)
-    with open_for_search(captioned["index"], EmbedConfig(device="cpu")) as service:
+    with open_for_search(captioned["index"], cpu_config()) as service:
         hits = service.search(SearchRequest(text=word, mode="keyword", k=5)).hits
         assert [Path(h.path or "").name for h in hits] == [target]
         assert hits[0].caption == captions[target] and hits[0].text is None

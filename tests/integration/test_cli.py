@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clirun import invoke, json_lines, run_ok
-from testdata import make_images, shared_images_or_skip, write_tiny_model
+from testdata import cpu_config, make_images, shared_images_or_skip, write_tiny_model
 
 from retrieval.index import exact_search
 from retrieval.storage.store import IndexStore
@@ -45,11 +45,10 @@ def test_text_query_equals_brute_force_over_stored_vectors(
 ) -> None:
     index_ok(image_folder, "--model", tiny_model)
     from retrieval.compose import load_embedder
-    from retrieval.config import EmbedConfig
     from retrieval.types import ModelSpec
 
     ids, vectors, store = stored(tmp_path / "indexes" / "default")
-    embedder = load_embedder(ModelSpec(tiny_model, None), EmbedConfig(device="cpu"))
+    embedder = load_embedder(ModelSpec(tiny_model, None), cpu_config())
     for text in ["a cat on a sofa", "red shoes", "x"]:
         result = query_json(text, "-k", "5")
         query = embedder.encode_texts([text])

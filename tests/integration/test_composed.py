@@ -12,9 +12,9 @@ import pytest
 from clirun import invoke
 from fastapi.testclient import TestClient
 from httpkit import cli_query, index_photos, open_app
+from testdata import cpu_config
 
 from retrieval.compose import open_for_search
-from retrieval.config import EmbedConfig
 from retrieval.errors import InvalidQueryError, ItemNotFoundError
 from retrieval.index import exact_search
 from retrieval.search.queries import QueryPart, collapse, combine, parse_weight
@@ -29,7 +29,7 @@ def photo_index(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture(scope="module")
 def service(photo_index: Path) -> Iterator[SearchService]:
-    with open_for_search(photo_index, EmbedConfig(device="cpu")) as opened:
+    with open_for_search(photo_index, cpu_config()) as opened:
         yield opened
 
 
@@ -157,7 +157,7 @@ def test_like_runs_no_model(photo_index: Path) -> None:
     def no_model() -> object:
         raise AssertionError("a like query must not load the model")
 
-    with open_for_search(photo_index, EmbedConfig(device="cpu")) as opened:
+    with open_for_search(photo_index, cpu_config()) as opened:
         plain = SearchService(opened.store, no_model)
         ids, _ = stored(plain)
         assert len(plain.search(SearchRequest(like=int(ids[0]), k=3)).hits) == 3

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import open_clip
 import torch
+from testdata import cpu_config
 
 from retrieval.compose import load_embedder
-from retrieval.config import EmbedConfig
 from retrieval.embedders.open_clip import encode_text_trimmed
 from retrieval.types import ModelSpec
 
@@ -32,7 +32,7 @@ def test_trimmed_text_encoding_equals_full_context(tiny_model: str) -> None:
 
 
 def test_encode_texts_matches_open_clip_normalised(tiny_model: str) -> None:
-    embedder = load_embedder(ModelSpec(tiny_model, None), EmbedConfig(device="cpu"))
+    embedder = load_embedder(ModelSpec(tiny_model, None), cpu_config())
     model, _, _ = open_clip.create_model_and_transforms(tiny_model)
     model.eval()
     with torch.no_grad():

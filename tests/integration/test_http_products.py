@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from httpkit import index_shop, open_app
 from PIL import Image
+from testdata import cpu_config
 
 from retrieval.config import ServeConfig
 from retrieval.ingest.product_api import ProductWriter
@@ -194,13 +195,12 @@ def test_writes_reuse_the_index_they_saved_and_show_on_another_replica_at_once(
     shop_index: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from retrieval.compose import open_for_search, open_writer
-    from retrieval.config import EmbedConfig
     from retrieval.index import FaissIndex
     from retrieval.search.service import SearchRequest
 
     with (
-        open_for_search(shop_index, EmbedConfig(device="cpu")) as primary,
-        open_for_search(shop_index, EmbedConfig(device="cpu")) as replica,
+        open_for_search(shop_index, cpu_config()) as primary,
+        open_for_search(shop_index, cpu_config()) as replica,
     ):
         writer = open_writer(primary)
         assert writer is not None

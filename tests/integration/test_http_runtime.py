@@ -13,9 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 from httpkit import CAPTIONS, index_photos
 from PIL import Image
+from testdata import cpu_config
 
 from retrieval.compose import open_for_search
-from retrieval.config import EmbedConfig, ServeConfig
+from retrieval.config import ServeConfig
 from retrieval.http import create_app
 
 pytestmark = pytest.mark.runtime
@@ -29,7 +30,7 @@ def photo_index(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 def app_client(directory: Path, backend: str) -> Iterator[TestClient]:
     config = ServeConfig(allowed_hosts=("testserver",))  # TestClient's Host, as in httpkit
-    embed = EmbedConfig(device="cpu", backend=backend)
+    embed = cpu_config(backend=backend)
     with (
         open_for_search(directory, embed, batching=config.batching) as service,
         TestClient(create_app(service, config)) as client,

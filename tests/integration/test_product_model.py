@@ -19,9 +19,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from PIL import Image
+from testdata import cpu_config
 
 from retrieval.compose import load_embedder
-from retrieval.config import EmbedConfig
 from retrieval.ingest.product_api import ProductWriter
 from retrieval.storage.store import IndexStore
 from retrieval.types import IMAGES, TEXTS, ModelSpec
@@ -42,7 +42,7 @@ IMAGES_BY_SEED = {seed: data_url(seed) for seed in range(4)}
 
 
 def machine_for(template: Path, model: str) -> type[RuleBasedStateMachine]:
-    embedder = load_embedder(ModelSpec(model, None), EmbedConfig(device="cpu", num_workers=0))
+    embedder = load_embedder(ModelSpec(model, None), cpu_config(num_workers=0))
 
     class ProductWrites(RuleBasedStateMachine):
         def __init__(self) -> None:

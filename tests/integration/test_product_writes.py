@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 from clirun import invoke, json_lines, run_ok
-from testdata import write_catalog
+from testdata import cpu_config, write_catalog
 
 from retrieval.compose import open_for_search
-from retrieval.config import EmbedConfig
 from retrieval.search.service import SearchRequest
 from retrieval.storage.schema import infer_type
 from retrieval.storage.store import IndexStore
@@ -58,7 +57,7 @@ def test_price_edit_keeps_every_item_id(shop: Path, tmp_path: Path) -> None:
     report = index("--catalog", shop)
     assert (report["replaced"], report["unchanged"], report["embedded"]) == (2, 7, 0)
     assert ids_by_product(directory) == before  # a new title keeps its item id too
-    service = open_for_search(directory, EmbedConfig(device="cpu"))
+    service = open_for_search(directory, cpu_config())
     hits = service.search(SearchRequest(text="x", k=9, filters={"price_min": 99})).hits
     assert [h.metadata["product_id"] for h in hits] == ["SKU-004"]
     assert index("--catalog", shop)["unchanged"] == 9
@@ -181,7 +180,7 @@ def test_booleans_are_true_false_in_jsonl_csv_filters_and_cli(
     )
     report = index("--catalog", path, "--model", tiny_model)
     assert report["schema"] == {"in_stock": "boolean", "tags": "list"}
-    service = open_for_search(tmp_path / "indexes" / "default", EmbedConfig(device="cpu"))
+    service = open_for_search(tmp_path / "indexes" / "default", cpu_config())
 
     def skus(filters: dict) -> set[str]:
         hits = service.search(SearchRequest(text="x", k=5, filters=filters)).hits

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clirun import invoke, json_lines
-from testdata import write_catalog
+from testdata import cpu_config, write_catalog
 
 from retrieval.compose import load_embedder, open_for_search
-from retrieval.config import EmbedConfig
 from retrieval.search.service import SearchRequest
 from retrieval.types import ModelSpec
 
@@ -32,8 +31,8 @@ def catalog_index(tiny_model: str, tmp_path: Path) -> Path:
 def test_text_search_fuses_title_and_best_image_exactly(
     catalog_index: Path, tiny_model: str
 ) -> None:
-    service = open_for_search(catalog_index, EmbedConfig(device="cpu"))
-    embedder = load_embedder(ModelSpec(tiny_model, None), EmbedConfig(device="cpu"))
+    service = open_for_search(catalog_index, cpu_config())
+    embedder = load_embedder(ModelSpec(tiny_model, None), cpu_config())
     query = embedder.encode_texts(["shoes model 3"])[0]
     catalog = service.store.catalog
     for weight in (0.0, 0.3, 1.0):
@@ -59,7 +58,7 @@ def test_text_search_fuses_title_and_best_image_exactly(
 
 
 def test_product_hits_carry_catalog_fields(catalog_index: Path) -> None:
-    service = open_for_search(catalog_index, EmbedConfig(device="cpu"))
+    service = open_for_search(catalog_index, cpu_config())
     hit = service.search(SearchRequest(text="a hat", k=1)).hits[0]
     assert hit.metadata["product_id"].startswith("SKU-")
     assert {"title", "category", "price", "brand"} <= set(hit.metadata)
@@ -70,7 +69,7 @@ def test_product_hits_carry_catalog_fields(catalog_index: Path) -> None:
 
 
 def test_image_query_finds_its_product_first(catalog_index: Path, tmp_path: Path) -> None:
-    service = open_for_search(catalog_index, EmbedConfig(device="cpu"))
+    service = open_for_search(catalog_index, cpu_config())
     image = tmp_path / "shop" / "img" / "img_009.png"  # second image of SKU-004
     hits = service.search(SearchRequest(image=image, k=3)).hits
     assert hits[0].metadata["product_id"] == "SKU-004"
@@ -91,7 +90,7 @@ def test_image_query_finds_its_product_first(catalog_index: Path, tmp_path: Path
 def test_filters_return_every_match_up_to_k(
     catalog_index: Path, filters: dict, expected: set
 ) -> None:
-    service = open_for_search(catalog_index, EmbedConfig(device="cpu"))
+    service = open_for_search(catalog_index, cpu_config())
     for text_weight in (0.0, 0.5):
         hits = service.search(
             SearchRequest(text="anything", k=5, filters=filters, text_weight=text_weight)
@@ -104,7 +103,7 @@ def test_filters_return_every_match_up_to_k(
 def test_selective_filter_on_a_large_catalog_still_fills_k(tiny_model: str, tmp_path: Path) -> None:
     path = write_catalog(tmp_path / "shop", count=60)
     index("--catalog", path, "--model", tiny_model)
-    service = open_for_search(tmp_path / "indexes" / "default", EmbedConfig(device="cpu"))
+    service = open_for_search(tmp_path / "indexes" / "default", cpu_config())
     hits = service.search(
         SearchRequest(text="x", k=4, filters={"category": "hats", "price_min": 200})
     ).hits
@@ -113,7 +112,7 @@ def test_selective_filter_on_a_large_catalog_still_fills_k(tiny_model: str, tmp_
 
 
 def test_paging_with_offset_continues_the_ranking(catalog_index: Path) -> None:
-    service = open_for_search(catalog_index, EmbedConfig(device="cpu"))
+    service = open_for_search(catalog_index, cpu_config())
     full = service.search(SearchRequest(text="shirt", k=6)).hits
     page = service.search(SearchRequest(text="shirt", k=3, offset=3)).hits
     assert [h.metadata["product_id"] for h in page] == [h.metadata["product_id"] for h in full[3:]]
@@ -135,7 +134,7 @@ def test_reindexing_an_edited_catalog_updates_only_what_changed(
     report = index("--catalog", path, "--sync")[0]
     assert (report["indexed"], report["removed"], report["unchanged"]) == (2, 1, 7)
     assert report["embedded"] == 0  # every image was already embedded
-    service = open_for_search(catalog_index, EmbedConfig(device="cpu"))
+    service = open_for_search(catalog_index, cpu_config())
     ids = {h.metadata["product_id"] for h in service.search(SearchRequest(text="x", k=20)).hits}
     assert "SKU-002" not in ids and "SKU-NEW" in ids and len(ids) == 9
     hits = service.search(SearchRequest(text="golden shirt deluxe", k=1, text_weight=1.0)).hits
@@ -160,7 +159,7 @@ def test_catalog_missing_image_is_reported_and_product_kept(
     result = invoke("index", "--catalog", path, "--model", tiny_model, "-q")
     assert result.exit_code == 0, result.output
     assert "missing.png: missing" in result.stderr
-    service = open_for_search(tmp_path / "indexes" / "default", EmbedConfig(device="cpu"))
+    service = open_for_search(tmp_path / "indexes" / "default", cpu_config())
     hits = service.search(SearchRequest(text="ghost", k=4, text_weight=1.0)).hits
     assert hits[0].metadata["product_id"] == "SKU-X" and hits[0].text == "ghost"
 
@@ -209,7 +208,7 @@ def test_a_non_finite_number_is_that_rows_error_and_filters_still_work(
     path = write_catalog(tmp_path / "shop", count=3, extra=extra)
     report = index("--catalog", path, "--model", tiny_model)[0]
     assert [o["sku"] for o in report["outcomes"] if o["outcome"] == "failed"] == ["SKU-NAN"]
-    service = open_for_search(tmp_path / "indexes" / "default", EmbedConfig(device="cpu"))
+    service = open_for_search(tmp_path / "indexes" / "default", cpu_config())
     hits = service.search(SearchRequest(text="odd", k=10, filters={"price_min": 0})).hits
     assert {h.metadata["product_id"] for h in hits} == {"SKU-000", "SKU-001", "SKU-002"}
     jsonl = tmp_path / "shop" / "p.jsonl"

@@ -30,6 +30,9 @@ def default_backend(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 REPO = Path(__file__).resolve().parents[2]
+# Weight hashes of the function-level loads, relative to the test's own folder (conftest's
+# isolated_state changes into tmp_path), so nothing lands in the user's ~/.cache.
+HASHES = Path("hashes.json")
 TOLERANCE = 1e-4
 
 # A tiny ModifiedResNet image tower (open_clip builds one when vision_cfg.layers is a list):
@@ -102,14 +105,14 @@ def test_second_load_reuses_the_cache(embedders, model_dir: Path, cache_dir: Pat
     entry = exported.encoder.folder
     before = (entry / runtime.IMAGE_FILE).stat().st_mtime_ns
     spec = ModelSpec(f"local-dir:{model_dir}", None)
-    again = OpenClipEmbedder.load(spec, device="cpu", cache_dir=cache_dir)
+    again = OpenClipEmbedder.load(spec, device="cpu", cache_dir=cache_dir, hash_cache=HASHES)
     assert again.encoder.folder == entry
     assert (entry / runtime.IMAGE_FILE).stat().st_mtime_ns == before
 
 
 def _entry(tiny_model: str, cache: Path) -> Path:
     return OpenClipEmbedder.load(
-        ModelSpec(tiny_model, None), device="cpu", cache_dir=cache
+        ModelSpec(tiny_model, None), device="cpu", cache_dir=cache, hash_cache=HASHES
     ).encoder.folder
 
 
@@ -131,9 +134,10 @@ def test_flipped_byte_is_detected_and_rebuilt(tiny_model: str, tmp_path: Path) -
     graph.write_bytes(bytes(data))
     meta = json.loads((entry / runtime.META_FILE).read_text())
     assert runtime.read_meta(entry, meta["key"]) is None
-    embedder = OpenClipEmbedder.load(ModelSpec(tiny_model, None), device="cpu", cache_dir=tmp_path)
+    spec = ModelSpec(tiny_model, None)
+    embedder = OpenClipEmbedder.load(spec, device="cpu", cache_dir=tmp_path, hash_cache=HASHES)
     assert runtime.read_meta(entry, meta["key"]) is not None
-    eager = OpenClipEmbedder.load(ModelSpec(tiny_model, None), device="cpu", backend="torch")
+    eager = OpenClipEmbedder.load(spec, device="cpu", backend="torch", hash_cache=HASHES)
     pixels = torch.randn(2, 3, 32, 32)
     np.testing.assert_allclose(
         embedder.encode_images(pixels), eager.encode_images(pixels), atol=TOLERANCE, rtol=0
@@ -164,7 +168,9 @@ def test_architecture_that_does_not_export_falls_back_to_torch(
     monkeypatch.setattr(export.torch.onnx, "export", reject)
     cache = tmp_path / "cache"
     with caplog.at_level("WARNING"):
-        embedder = OpenClipEmbedder.load(ModelSpec(tiny_model, None), device="cpu", cache_dir=cache)
+        embedder = OpenClipEmbedder.load(
+            ModelSpec(tiny_model, None), device="cpu", cache_dir=cache, hash_cache=HASHES
+        )
     assert embedder.backend == "torch"
     assert "does not export (Unsupported: data-dependent control flow" in caplog.text
     assert "running it with torch" in caplog.text
@@ -172,7 +178,11 @@ def test_architecture_that_does_not_export_falls_back_to_torch(
     assert list(cache.iterdir()) == []  # the half-built entry was removed
     with pytest.raises(ModelUnavailableError, match="--backend torch"):
         OpenClipEmbedder.load(
-            ModelSpec(tiny_model, None), device="cpu", backend="openvino", cache_dir=cache
+            ModelSpec(tiny_model, None),
+            device="cpu",
+            backend="openvino",
+            cache_dir=cache,
+            hash_cache=HASHES,
         )
 
 

@@ -33,7 +33,8 @@ N = 10_000  # the smallest size at which ivfpq trains instead of falling back to
 K = 10
 TYPES = ("flat", "ivf", "hnsw", "ivfpq")
 # Recall@10 vs exact on SyntheticDataset at 32-d, measured: ivf 0.78, hnsw 0.99, ivfpq 0.38.
-# The same recipe at 512-d gives ivf 0.94-0.977 and ivfpq 0.745 (benchmarks/index_recall.py);
+# The same recipe at 512-d gives ivf 0.94-0.977 and ivfpq 0.745 (`git show
+# 69f615e:benchmarks/index_recall.py`, a retired benchmark);
 # 32-d keeps this file fast, and its 4-byte PQ codes are far coarser than 64-byte ones.
 MIN_RECALL = {"ivf": 0.70, "hnsw": 0.95, "ivfpq": 0.30}
 EXACT_TYPES = ("flat", "ivf", "hnsw")  # exhaustive filtered search on these is exact

@@ -16,9 +16,9 @@ from clirun import invoke, json_lines, run_ok
 from fastapi.testclient import TestClient
 from httpkit import cli_query, index_shop, open_app
 from PIL import Image
+from testdata import cpu_config
 
 from retrieval.compose import open_for_search
-from retrieval.config import EmbedConfig
 from retrieval.search.hybrid import fuse
 from retrieval.search.service import SearchRequest, SearchService
 from retrieval.storage import keywords
@@ -55,7 +55,7 @@ def named_index(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture
 def service(named_index: Path) -> Iterator[SearchService]:
-    with open_for_search(named_index, EmbedConfig(device="cpu")) as opened:
+    with open_for_search(named_index, cpu_config()) as opened:
         yield opened
 
 
@@ -184,7 +184,7 @@ def test_keywords_follow_deletes_renames_and_reindex(tiny_model: str, tmp_path: 
     (photos / "cat.png").unlink()
     Image.new("RGB", (40, 32), "purple").save(photos / "blueDress.png")  # new bytes, same name
     run_ok("index", photos, *args)
-    with open_for_search(index_dir, EmbedConfig(device="cpu")) as service:
+    with open_for_search(index_dir, cpu_config()) as service:
         assert_keywords_in_step(service.store.catalog)
 
         def names(query: str) -> set[str]:
@@ -195,7 +195,7 @@ def test_keywords_follow_deletes_renames_and_reindex(tiny_model: str, tmp_path: 
         assert names("cat") == set()
         assert names("dress") == {"blueDress.png"}
     run_ok("index", photos, tmp_path / "photos", *args)  # unchanged re-run
-    with open_for_search(index_dir, EmbedConfig(device="cpu")) as service:
+    with open_for_search(index_dir, cpu_config()) as service:
         assert_keywords_in_step(service.store.catalog)
 
 
@@ -232,7 +232,7 @@ def shop_index(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.mark.parametrize("mode", ["semantic", "keyword", "hybrid"])
 def test_filters_apply_in_every_mode(shop_index: Path, mode: str) -> None:
-    with open_for_search(shop_index, EmbedConfig(device="cpu")) as service:
+    with open_for_search(shop_index, cpu_config()) as service:
         assert_keywords_in_step(service.store.catalog)
         request = SearchRequest(
             text="hats model 4", k=9, mode=mode, filters={"category": "shoes", "price_max": 40}
@@ -244,7 +244,7 @@ def test_filters_apply_in_every_mode(shop_index: Path, mode: str) -> None:
 
 
 def test_catalogs_default_to_hybrid_and_keyword_finds_the_title(shop_index: Path) -> None:
-    with open_for_search(shop_index, EmbedConfig(device="cpu")) as service:
+    with open_for_search(shop_index, cpu_config()) as service:
         result = service.search(SearchRequest(text="model 7", k=3))
         assert result.query["mode"] == "hybrid"
         assert result.hits[0].metadata["product_id"] == "SKU-007"

@@ -15,9 +15,9 @@ from clirun import run_ok
 from fastapi.testclient import TestClient
 from httpkit import cli_query, open_app
 from PIL import Image
+from testdata import cpu_config
 
 from retrieval.compose import open_for_search
-from retrieval.config import EmbedConfig
 from retrieval.search.service import SearchRequest, SearchService
 from retrieval.storage import keywords
 from retrieval.storage.catalog import Catalog
@@ -105,7 +105,7 @@ def cjk_index(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.fixture
 def service(cjk_index: Path) -> Iterator[SearchService]:
-    with open_for_search(cjk_index, EmbedConfig(device="cpu")) as opened:
+    with open_for_search(cjk_index, cpu_config()) as opened:
         yield opened
 
 
@@ -165,7 +165,7 @@ def test_hybrid_ranks_the_cjk_keyword_match_and_http_and_cli_agree(cjk_index: Pa
 
 
 def test_product_titles_are_found_by_words_inside_them(cjk_index: Path) -> None:
-    with open_for_search(cjk_index.parent / "shop_index", EmbedConfig(device="cpu")) as service:
+    with open_for_search(cjk_index.parent / "shop_index", cpu_config()) as service:
 
         def products(query: str, mode: str = "keyword") -> list[str]:
             hits = service.search(SearchRequest(text=query, k=4, mode=mode)).hits

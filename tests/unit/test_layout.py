@@ -169,3 +169,38 @@ def test_every_public_name_resolves() -> None:
 
     for name in retrieval.__all__:
         assert getattr(retrieval, name) is not None, name
+
+
+# Modules that may read the process environment, and why; everything else gets its settings as
+# parameters from the front ends, which read MMSEARCH_* in one place (cli/environment.py).
+ENVIRONMENT_READERS = {
+    "retrieval.cli.environment": "the front ends' one reader of MMSEARCH_* settings",
+    "retrieval.faults": "MMSEARCH_FAULT, the fault harnesses' crash hook in a child process",
+    "retrieval.embedders.open_clip": "Hugging Face's own HF_* variables, to word offline errors",
+    "retrieval.distributed.ray_embed": "forwards the environment to Ray worker processes",
+}
+
+
+def reads_environment(path: Path) -> bool:
+    """True when `path` touches os.environ, os.getenv or os.environb (however imported)."""
+    names = {"environ", "environb", "getenv", "getenvb"}
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr in names
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "os"
+        ):
+            return True
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module == "os"
+            and any(alias.name in names for alias in node.names)
+        ):
+            return True
+    return False
+
+
+def test_environment_variables_are_read_at_the_edges_only() -> None:
+    readers = sorted(name for name, path in MODULES.items() if reads_environment(path))
+    assert readers == sorted(ENVIRONMENT_READERS)

@@ -62,7 +62,12 @@ def test_an_unsized_run_measures_its_first_batch_and_embeds_like_a_fixed_one(
     (tmp_path / "empty.png").write_bytes(b"")  # in a worker's batch
     paths = [paths[0], tmp_path / "broken.png", *paths[1:9], tmp_path / "empty.png", *paths[9:]]
     spec = ModelSpec(tiny_model, None)
-    common = {"device": "cpu", "backend": "torch", "batch_size": 4}
+    common = {
+        "device": "cpu",
+        "backend": "torch",
+        "batch_size": 4,
+        "hash_cache": tmp_path / "hashes.json",
+    }
     sized = OpenClipEmbedder.load(spec, **common)
     fixed = OpenClipEmbedder.load(spec, num_workers=0, **common)
     assert sized.size_workers and not fixed.size_workers
