@@ -131,16 +131,18 @@ def open_for_search(
     def load() -> OpenClipEmbedder:
         return load_embedder(own, config, expected=identity)
 
-    if batching is None:
-        from .embedders.cold import open_cold_embedder
+    from .embedders.cold import open_cold_embedder
 
-        # A one-off CLI query: texts through the cached exported text tower and the torch-free
-        # tokenizer when the index has them (no torch import); images load the whole model.
-        cold = open_cold_embedder(identity, store.recorded_embedder(), config, load)
-        return SearchService(store, (lambda: cold) if cold else load)
+    # Texts and images through the cached exported towers, the torch-free tokenizer and the
+    # Pillow/numpy preprocessing when the index has them: a query or a server that never
+    # imports torch. Anything missing loads the whole model on first use.
+    cold = open_cold_embedder(identity, store.recorded_embedder(), config, load)
+    first = (lambda: cold) if cold else load
+    if batching is None:
+        return SearchService(store, first)
     from .search.batching import BatchingEmbedder
 
-    embedder = BatchingEmbedder(load, batching)  # loads the model on first use
+    embedder = BatchingEmbedder(first, batching)  # loads the model on first use
     recorder = QueryRecorder(directory, identity.dim) if record_queries else None
     return SearchService(store, lambda: embedder, text_batcher=embedder.texts, recorder=recorder)
 

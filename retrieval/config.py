@@ -18,6 +18,15 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
+# Progress lines the library logs for the user to see whatever the log level (the CLI shows them
+# on stderr without a level prefix): one-off waits such as the first use of a model.
+PROGRESS_LOGGER = "retrieval.progress"
+# The first-use export's seconds per million model parameters on an idle machine, for the
+# estimate in its progress line: ~9 s for ViT-B-32's 151 M (10.2 CPU s under load;
+# docs/design.md, "The exported runtime's cache"); backend.export_estimate scales it by the load.
+EXPORT_SECONDS_PER_MILLION_PARAMETERS = 0.06
+
+
 # embedders/tensor_decode.py: auto = batched torchvision JPEG decoding on CUDA, Pillow workers
 # elsewhere; gpu forces the torchvision path (on the CPU too); cpu never takes it. Pillow decodes
 # large images scaled to the model's input size (images.DecodeTarget); full decodes every pixel
@@ -105,6 +114,25 @@ PREFIX_MIN_LENGTH = 2
 # Results a search returns at most per page; a page may start up to 10x deeper (offset).
 MAX_K = 1000
 
+# -- Product merchandising (search/merch.py, shop.py); docs/design.md, "Product merchandising"
+# Value facets: the 20 most frequent values, then one `other` count (Algolia/Typesense show
+# 10-20); number facets without bands: 5 bands cut at the catalog's quantiles.
+FACET_VALUES = 20
+FACET_BANDS = 5
+MAX_FACETS = 16
+# Browsing's facet counts and the quantile bands, kept until the catalog changes.
+FACET_CACHE_SIZE = 1024
+MAX_SORT_KEYS = 4
+MAX_FILTER_VALUES = 100  # values one filter may OR together
+# A merchandised query works on at most its best MERCH_DEPTH products at or above the cutoff,
+# ranked MERCH_START_DEPTH deep first and 4x deeper while still above it.
+MERCH_DEPTH = MAX_K
+MERCH_START_DEPTH = 100
+# Without min_score, facets and sort count the products within this cosine of the best.
+DEFAULT_FACET_MARGIN = 0.1
+# `boost=popularity:log` adds DEFAULT_BOOST_LOG_SCALE * log1p(popularity).
+DEFAULT_BOOST_LOG_SCALE = 0.01
+
 # Text queries per shared forward pass, and how long one waits for companions (2 ms: 5% of a
 # ~36 ms CPU pass); docs/design.md, "Query micro-batching in serve".
 DEFAULT_MAX_BATCH = 32
@@ -168,6 +196,8 @@ class ServeConfig:
     # ~20 KB per 256 px JPEG thumbnail: 64 MiB holds a few thousand.
     thumbnail_cache_bytes: int = 64 * MIB
     batching: BatchConfig = field(default_factory=BatchConfig)
+    # Business boosts of every product search that gives no `boost` (search/merch.py syntax).
+    boosts: tuple[str, ...] = ()
     # Keep a bounded sample of the query vectors received in the index directory, so the next
     # re-tune measures recall with real queries (storage/probes.py). Off: queries are private.
     record_queries: bool = False
@@ -176,3 +206,5 @@ class ServeConfig:
     header_timeout_s: float = 10.0
     body_idle_timeout_s: float = 15.0
     body_timeout_s: float = 120.0
+    # --currency: the ISO 4217 code the catalog's prices are in, for the search page (GET /config).
+    currency: str | None = None

@@ -79,23 +79,38 @@ def cached_sha256(path: str | Path, cache_file: Path | None = None) -> str:
     hundreds of MB. The same size+mtime trust the index gives image files; a file rewritten in
     place with another mtime is hashed again."""
     real = os.path.realpath(path)
-    stat = os.stat(real)
-    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
-    cache_file = (cache_file or DEFAULT_HASH_CACHE).expanduser()
-    try:
-        entries = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        entries = {}
-    entry = entries.get(real) if isinstance(entries, dict) else None
+    stamp = _stamp(real)
+    entry = _read_hash_cache(cache_file).get(real)
     if isinstance(entry, dict) and entry.get("stamp") == stamp:
         return str(entry["sha256"])
     digest = file_sha256(real)
-    entries = entries if isinstance(entries, dict) else {}
-    entries[real] = {"stamp": stamp, "sha256": digest}
+    remember_sha256(real, digest, cache_file)
+    return digest
+
+
+def remember_sha256(path: str | Path, digest: str, cache_file: Path | None = None) -> None:
+    """Record `digest` as the sha256 of `path` as it is now, for cached_sha256: for a file just
+    hashed while it was written, or renamed since (a rename keeps the stamp but not the path)."""
+    real = os.path.realpath(path)
+    cache_file = (cache_file or DEFAULT_HASH_CACHE).expanduser()
+    entries = _read_hash_cache(cache_file)
+    entries[real] = {"stamp": _stamp(real), "sha256": digest}
     with contextlib.suppress(OSError):  # a read-only home only costs the next run a re-hash
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(cache_file, json.dumps(entries).encode())
-    return digest
+
+
+def _stamp(real: str) -> list[int]:
+    stat = os.stat(real)
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+
+
+def _read_hash_cache(cache_file: Path | None) -> dict:
+    try:
+        entries = json.loads((cache_file or DEFAULT_HASH_CACHE).expanduser().read_text())
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
 
 
 # -- file identity ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from ..config import PROGRESS_LOGGER
 from .caption import caption
 from .check import check
 from .duplicates import duplicates
@@ -39,6 +40,22 @@ def main(
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # The library's progress lines (a first-use export's wait), shown as plain lines.
+    progress = logging.getLogger(PROGRESS_LOGGER)
+    if not any(isinstance(handler, _StderrHandler) for handler in progress.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        progress.addHandler(handler)
+        progress.setLevel(logging.INFO)
+        progress.propagate = False
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (a test runner swaps it per command)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
 
 
 for command in (index, query, info, serve):

@@ -3,30 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ..config import DEFAULT_INDEX_DIR
 from ..errors import InputFileError, InvalidQueryError
 from ..search.hybrid import MODES
+from ..search.merch import filters_from_pairs, parse_boosts, parse_facets, parse_sort
 from ..search.queries import DEFAULT_DUPLICATE_THRESHOLD, QueryPart, parse_weight
 from ..search.requests import DEFAULT_TEXT_WEIGHT, SearchRequest, check_k
-from ..types import TARGETS
+from ..types import PRODUCTS, TARGETS
 from .common import BackendOption, DeviceOption, IndexOption, PrecisionOption, run_guarded
 from .environment import read_settings
 from .render import result_table
 
 
-def parse_filters(raw: list[str]) -> dict[str, str]:
-    """`--filter COLUMN=VALUE` options as a filters mapping."""
-    parsed = {}
+def parse_filters(raw: list[str]) -> dict[str, Any]:
+    """`--filter COLUMN=VALUE` options as a filters mapping: a repeated column is any of its
+    values, `COLUMN!=VALUE` none of them (merch.filters_from_pairs)."""
+    pairs = []
     for item in raw:
         name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise InvalidQueryError(f"--filter takes COLUMN=VALUE, got {item!r}")
-        parsed[name.strip()] = value.strip()
-    return parsed
+        if not sep or not name.strip() or name.strip() == "!":
+            raise InvalidQueryError(f"--filter takes COLUMN=VALUE or COLUMN!=VALUE, got {item!r}")
+        pairs.append((name, value))
+    return filters_from_pairs(pairs)
 
 
 def composed_parts(
@@ -124,7 +126,31 @@ def query(
         list[str] | None,
         typer.Option(
             "--filter",
-            help="Product filter COLUMN=VALUE, or COLUMN_min=N / COLUMN_max=N (repeatable)",
+            help="Product filter (repeatable): COLUMN=VALUE (text ignores case and accents; "
+            "repeat a column for any of several values), COLUMN!=VALUE, COLUMN_exists=true|false, "
+            "COLUMN_min=N / COLUMN_max=N. With no query: browse the products that pass",
+            show_default=False,
+        ),
+    ] = None,
+    sort: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Products: sort keys, e.g. price:asc or price:desc,title:asc", show_default=False
+        ),
+    ] = None,
+    facets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--facets",
+            help="Products: facet counts, e.g. category,brand,price or price:0-50,50-100,100-",
+            show_default=False,
+        ),
+    ] = None,
+    boost: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Products: in_stock:1.2 (multiply when true), popularity:log[:SCALE] (add "
+            "SCALE * log1p(value), 0.01 by default) (repeatable)",
             show_default=False,
         ),
     ] = None,
@@ -161,9 +187,11 @@ def query(
             text, Path(image) if image is not None else None, minus or [],
             minus_image or [], item or [], minus_item or [],
         )  # fmt: skip
-        if not parts and like is None:
+        browse = not parts and like is None
+        if browse and not (filters or sort or facets or target == PRODUCTS):
             raise InvalidQueryError(
-                "give either a query TEXT, --image PATH, --item ID or --like ID"
+                "give either a query TEXT, --image PATH, --item ID or --like ID (or, for "
+                "products, --filter/--sort to browse)"
             )
         if text is not None and not text.strip():
             raise InvalidQueryError("the query text is empty; pass some words to search for")
@@ -175,10 +203,12 @@ def query(
         # One unweighted text or image keeps the plain query (and its echo); anything else
         # is a composed query.
         single = len(parts) == 1 and like is None and parts[0].item is None
-        plain = single and parts[0].weight == 1.0 and (text is None or parts[0].text == text)
+        plain = (
+            browse or single and parts[0].weight == 1.0 and (text is None or parts[0].text == text)
+        )
         request = SearchRequest(
-            text=parts[0].text if plain else None,
-            image=parts[0].image if plain else None,
+            text=parts[0].text if plain and parts else None,
+            image=parts[0].image if plain and parts else None,
             parts=() if plain else parts,
             like=like,
             min_score=min_score,
@@ -189,6 +219,9 @@ def query(
             filters=parse_filters(filters or []),
             text_weight=text_weight,
             mode=mode,
+            facets=parse_facets(facets or []),
+            sort=parse_sort(sort or []),
+            boosts=parse_boosts(boost or []),
         )
         config = read_settings().embed_config(device=device, precision=precision, backend=backend)
         with open_for_search(index_dir or DEFAULT_INDEX_DIR, config) as service:

@@ -121,6 +121,8 @@ def result_table(result: SearchResult) -> str:
     if not result.hits:
         if "min_score" in result.query or result.query.get("offset"):
             return "no results: none above --min-score / past --offset"
+        if result.query.get("filters"):
+            return "no results: no product passes the filters"
         return f"no results: the {target} index is empty"
     column = {IMAGES: "path", TEXTS: "text", PRODUCTS: "product"}[target]
     lines = [f"{'rank':>4}  {'score':>7}  {column}"]
@@ -136,8 +138,21 @@ def result_table(result: SearchResult) -> str:
             shown = f"{shown}  ({hit.caption})"
         if hit.signals:
             shown = f"{shown}  [{', '.join(f'{k} #{v}' for k, v in hit.signals.items())}]"
-        lines.append(f"{hit.rank:>4}  {hit.score:>7.4f}  {shown}")
+        score = f"{hit.score:>7.4f}" if "mode" in result.query else f"{'-':>7}"  # browsing
+        lines.append(f"{hit.rank:>4}  {score}  {shown}")
+    if result.total is not None:
+        lines.append(f"{result.total} products in all")
+    for column, counts in (result.facets or {}).items():
+        lines.append(f"{column}: " + ", ".join(_facet_entry(entry) for entry in counts))
     return "\n".join(lines)
+
+
+def _facet_entry(entry: dict[str, Any]) -> str:
+    """`dogs 12`, `other 5`, `0-50 3` (an open end left blank)."""
+    if "from" in entry:
+        low, high = (f"{v:g}" if v is not None else "" for v in (entry["from"], entry["to"]))
+        return f"{low}-{high} {entry['count']}"
+    return f"{'other' if entry.get('other') else entry['value']} {entry['count']}"
 
 
 def info_text(details: dict[str, Any]) -> str:

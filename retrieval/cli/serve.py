@@ -112,6 +112,23 @@ def serve(
         float, typer.Option(min=0.0, help="How long a text query waits for others to batch with")
     ] = _BATCH.max_wait_s * 1000,
     access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn)")] = True,
+    currency: Annotated[
+        str | None,
+        typer.Option(
+            help="ISO 4217 code of the catalog's prices (EUR, USD), shown by the search page",
+            envvar="MMSEARCH_CURRENCY",
+        ),
+    ] = None,
+    boost: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Default business boost of product searches that give none: in_stock:1.2 "
+            "(multiply when true), popularity:log[:SCALE] (add SCALE * log1p, 0.01 by "
+            "default) (repeatable)",
+            envvar="MMSEARCH_BOOSTS",
+            show_default=False,
+        ),
+    ] = None,
     record_queries: Annotated[
         bool,
         typer.Option(
@@ -127,6 +144,10 @@ def serve(
 
     def body() -> None:
         from ..http.runner import is_loopback, run_server
+        from ..http.storefront import check_currency
+        from ..search.merch import parse_boosts
+
+        parse_boosts(boost or [])  # a typo fails now, not at the first search
 
         embed = read_settings().embed_config(device=device, precision=precision, backend=backend)
         config = ServeConfig(
@@ -136,11 +157,13 @@ def serve(
             forwarded_allow_ips=tuple(forwarded_allow_ip or ()),
             fetch_allow=tuple(fetch_allow or ()),
             compact_rows=compact_rows,
+            boosts=tuple(boost or ()),
             max_upload_bytes=int(max_upload_mb * MIB),
             max_megapixels=max_megapixels,
             decode_budget_megapixels=decode_budget_mpx,
             max_concurrency=max_concurrency,
             max_queue=max_queue,
+            currency=check_currency(currency),
             batching=BatchConfig(
                 max_batch=max_batch, max_wait_s=batch_wait_ms / 1000, cache_size=cache_size
             ),

@@ -1,20 +1,26 @@
-"""Cold text queries without torch: the index's cached exported text tower plus the torch-free
-tokenizer. A fresh `mmsearch query TEXT` otherwise spends seconds importing torch and open_clip
-and loading the whole model for one short forward pass (benchmarks/cold_query.py).
+"""Queries without torch: the index's cached exported towers, the torch-free tokenizer and
+open_clip's preprocessing redone with Pillow/numpy (pixels.py). A fresh `mmsearch query TEXT`
+otherwise spends seconds importing torch and open_clip and loading the whole model for one short
+forward pass (benchmarks/cold_query.py), and `mmsearch serve` holds torch's ~0.5 GB and a second
+copy of the weights for nothing (benchmarks/first_run.py, serve RSS).
 
-This module imports neither torch nor open_clip; image queries, and any model whose tokenizer
-or exported graphs are not at hand, go to the full embedder loaded on demand."""
+This module imports neither torch nor open_clip; any model whose tokenizer, preprocessing or
+exported graphs are not at hand goes to the full embedder loaded on demand."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import EmbedConfig
+from ..config import FULL_DECODE, EmbedConfig
+from ..images import load_image
+from ..scaling import DecodeTarget
 from ..types import ModelIdentity, Vectors
 from . import hf_tokenizer, runtime
+from .pixels import PixelPreprocess
 from .protocols import QueryEmbedder
 from .tokenizer import TextTokenizer, load_tokenizer
 
@@ -22,18 +28,25 @@ logger = logging.getLogger(__name__)
 
 
 class ColdEmbedder:
-    """Texts through the exported text tower; images through the full embedder, loaded once
-    on first use."""
+    """Texts through the exported text tower; images through the exported image tower after
+    Pillow/numpy preprocessing, or through the full embedder (loaded once, on first use) when
+    the preprocessing cannot be redone or the image graph fails its checksum."""
 
     def __init__(
         self,
         encoder: runtime.ExportedEncoder,
         tokenizer: TextTokenizer,
         load_full: Callable[[], QueryEmbedder],
+        preprocess: PixelPreprocess | None = None,
+        target: DecodeTarget | None = None,
     ) -> None:
         self.encoder = encoder
         self.tokenizer = tokenizer
         self._load_full = load_full
+        self.preprocess = preprocess
+        self.target = target
+        self._image_graph: bool | None = None  # checked on first image query
+        self._checking = threading.Lock()
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> Vectors:
         """Normalised float32 (n, dim), equal to the full embedder's within the export check."""
@@ -46,7 +59,23 @@ class ColdEmbedder:
         return np.concatenate(chunks) if chunks else np.zeros((0, self.encoder.dim), np.float32)
 
     def encode_image_sources(self, sources: Sequence[Path | bytes]) -> Vectors:
-        return self.full().encode_image_sources(sources)
+        """Normalised float32 (n, dim) of images given as files or bytes (decode errors
+        propagate, as from the full embedder)."""
+        if self.preprocess is None or not self._image_graph_usable():
+            return self.full().encode_image_sources(sources)
+        images = [load_image(source, target=self.target) for source in sources]
+        return self.encoder.encode_images(self.preprocess.stack(images))
+
+    def _image_graph_usable(self) -> bool:
+        """Whether the entry's image graph passes its checksum (read once: a text-only process
+        never reads the image tower's few hundred MB)."""
+        with self._checking:
+            if self._image_graph is None:
+                meta = runtime.read_meta(self.encoder.folder, towers=("image",))
+                self._image_graph = meta is not None and meta.get("key") == self.encoder.meta["key"]
+                if not self._image_graph:
+                    logger.info("the exported image tower is not usable; loading the model")
+            return self._image_graph
 
     def full(self) -> QueryEmbedder:
         """The full embedder (loaded on first use), e.g. for writes that embed image files."""
@@ -90,4 +119,9 @@ def open_cold_embedder(
     if tokenizer is None:
         logger.info("no torch-free tokenizer for %s; loading the model", identity.name)
         return None
-    return ColdEmbedder(encoder, tokenizer, load_full)
+    preprocess = PixelPreprocess.from_recorded(identity.preprocess)
+    if preprocess is None:
+        logger.info("image queries for %s need the model's own preprocessing", identity.name)
+    # --decode full decodes every pixel, as the full embedder then does
+    target = preprocess.target if preprocess and config.decode != FULL_DECODE else None
+    return ColdEmbedder(encoder, tokenizer, load_full, preprocess, target)

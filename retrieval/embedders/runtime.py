@@ -1,20 +1,22 @@
 """Run exported open_clip towers on the CPU without torch: the export cache and its encoder.
 
 An entry of the cache is one folder per model, named by `export_key` (weights, architecture,
-exporter and runtime versions), holding `image.onnx`, `text.onnx` and `meta.json` with each
-file's size and sha256. An entry is only used after its meta and checksums match; anything else
-(a truncated file, a flipped byte, an entry from other versions) reads as missing, and the torch
-side exports again. This module imports neither torch nor open_clip, so a cold text query can
-load it with the torch-free tokenizer in a fraction of a second.
+exporter and runtime versions), holding one graph per tower in the engine's own form (OpenVINO
+IR `image.xml` + `image.bin`, or `image.onnx`; see export.py) and `meta.json`, which names the
+graphs and records each file's size and sha256. An entry is only used after its meta and
+checksums match; anything else (a truncated file, a flipped byte, an entry from other versions)
+reads as missing, and the torch side exports again. This module imports neither torch nor
+open_clip, so a cold query can load it with the torch-free tokenizer and image preprocessing.
 """
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
 import hashlib
 import json
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,20 +28,20 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidOptionError, ModelUnavailableError
-from ..files import cached_sha256, write_atomic
+from ..files import cached_sha256
 from ..files import file_sha256 as _file_sha256
 from ..types import Vectors
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = Path("~/.cache/mmsearch/exports")
-IMAGE_FILE = "image.onnx"
-TEXT_FILE = "text.onnx"
 META_FILE = "meta.json"
+TOWERS = ("image", "text")
 # Stat-keyed checksums of the cache's own files (files.cached_sha256), kept in the cache's root.
 HASHES_FILE = "hashes.json"
 # Bump when the entry layout or the exported wrappers change: old entries then read as stale.
-FORMAT = 1
+# 2: one form per engine (OpenVINO IR), graphs named in meta.json, no compiled blobs.
+FORMAT = 2
 # The promise of the exported backend: within this of open_clip fp32 eager, per component of a
 # normalised vector (measured: ~1e-6 for ViT-B-32).
 EXACT_TOLERANCE = 1e-4
@@ -108,10 +110,20 @@ def write_meta(folder: Path, *, key: str, **fields: Any) -> None:
     os.replace(temporary, folder / META_FILE)
 
 
-def read_meta(folder: Path, key: str | None = None, files: tuple[str, ...] = ()) -> dict | None:
+def graph_files(meta: dict, tower: str) -> list[str]:
+    """The files of one tower's graph in an entry: the graph meta.json names for it, and the
+    files sharing its stem (an OpenVINO IR's .bin of weights)."""
+    graph = meta.get("graphs", {}).get(tower)
+    if not graph:
+        return []
+    stem = Path(graph).stem
+    return sorted(name for name in meta.get("files", {}) if Path(name).stem == stem)
+
+
+def read_meta(folder: Path, key: str | None = None, towers: tuple[str, ...] = ()) -> dict | None:
     """The entry's meta when it is complete and intact, else None (with a log line saying why).
 
-    `files` limits the checksum pass to the graphs about to be loaded (a text query need not
+    `towers` limits the checksum pass to the graphs about to be loaded (a text query need not
     read the image tower); sizes of all files are always checked."""
     try:
         meta = json.loads((folder / META_FILE).read_text())
@@ -123,6 +135,7 @@ def read_meta(folder: Path, key: str | None = None, files: tuple[str, ...] = ())
         )
         return None
     problem = None
+    files = {name for tower in towers for name in graph_files(meta, tower)}
     if meta.get("format") != FORMAT or (key is not None and meta.get("key") != key):
         problem = "it was made by other versions"
     for name, recorded in meta.get("files", {}).items():
@@ -137,7 +150,7 @@ def read_meta(folder: Path, key: str | None = None, files: tuple[str, ...] = ())
             "sha256"
         ]:
             problem = f"{name} fails its checksum"
-    if not problem and not {IMAGE_FILE, TEXT_FILE} <= set(meta.get("files", {})):
+    if not problem and not all(graph_files(meta, tower) for tower in TOWERS):
         problem = "it lacks a tower"
     if problem:
         logger.warning("export cache entry %s is not usable: %s; rebuilding", folder, problem)
@@ -176,41 +189,39 @@ def _openvino_session(path: Path, threads: int, precision: str) -> Session:
         raise RuntimeUnavailableError(
             "the openvino backend needs openvino: pip install openvino, or use --backend torch"
         ) from err
-    core = openvino.Core()
-    blobs = path.parent / OPENVINO_BLOBS
-    with contextlib.suppress(OSError):
-        blobs.mkdir(exist_ok=True)
-    if os.access(blobs, os.W_OK):  # a read-only cache entry just compiles every time
-        _check_blobs(blobs)
-        # OpenVINO's own model cache: compiling from the path with CACHE_DIR set imports the
-        # compiled blob and skips both the ONNX read and the compile; its key covers the file's
-        # path, size and mtime and this config.
-        core.set_property({"CACHE_DIR": str(blobs)})
     config = {
         "INFERENCE_NUM_THREADS": threads,
         "PERFORMANCE_HINT": "LATENCY",  # one stream: each batch uses every thread
         # Explicit: OpenVINO picks bf16 on its own on some bf16-capable CPUs.
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
     }
-    compiled = core.compile_model(str(path), "CPU", config)
-    if os.access(blobs, os.W_OK):
-        _record_blobs(blobs)
+    # Compiled from the IR each time (its .bin memory-mapped): ~0.4 s a ViT-B-32 tower, while
+    # OpenVINO's compiled-blob cache (CACHE_DIR) would store every weight a second time
+    # (benchmarks/first_run.py).
+    compiled = openvino.Core().compile_model(str(path), "CPU", config)
     request = compiled.create_infer_request()
     # An InferRequest runs one inference at a time ("Infer Request is busy" otherwise), and
     # `serve` embeds uploads from many worker threads at once. One request behind a lock, not
     # one per thread: with the LATENCY hint each inference already uses every thread.
     busy = threading.Lock()
+    weights = {os.path.realpath(path.with_suffix(".bin"))}
+    shapes: set[tuple[int, ...]] = set()
 
     def run(array: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         with busy:
             # infer() returns views of the request's buffers; copy before the next call
-            return np.array(request.infer([array])[0], dtype=np.float32)
+            features = np.array(request.infer([array])[0], dtype=np.float32)
+            if array.shape not in shapes:  # a new shape may have packed the weights again
+                shapes.add(array.shape)
+                drop_mapped_pages(weights)
+            return features
 
     return run
 
 
-OPENVINO_BLOBS = "openvino-blobs"
-BLOBS_FILE = "blobs.json"
+# Linux's madvise advice that drops a mapping's resident pages (a later read faults them back in
+# from the file).
+MADV_DONTNEED = 4
 
 
 def _cached_sha256(path: Path, cache_root: Path) -> str:
@@ -218,34 +229,34 @@ def _cached_sha256(path: Path, cache_root: Path) -> str:
     return cached_sha256(path, cache_root / HASHES_FILE)
 
 
-def _blob_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name != BLOBS_FILE)
+def drop_mapped_pages(files: set[str]) -> int:
+    """Release the resident pages of this process's read-only mappings of `files`; returns
+    how many mappings were advised.
 
-
-def _check_blobs(folder: Path) -> None:
-    """Delete compiled blobs that were not recorded after a finished compile, or whose
-    checksum no longer matches: OpenVINO then compiles again. A blob is never trusted unchecked,
-    like the graphs it was compiled from (a killed compile can leave half a blob)."""
-    if not folder.is_dir():
-        return
+    OpenVINO maps an IR's .bin, repacks the weights it computes with into its own memory on the
+    first inference at a shape, and keeps the mapping: the file's pages then count in the RSS
+    a second time (~580 MiB for ViT-B-32) while nothing reads them. Dropping them is safe for a
+    read-only file mapping (a read faults the page back in from the file) and took a ViT-B-32
+    server from 1.2 to 0.6 GiB of OpenVINO RSS (benchmarks/first_run.py). Hand-written with
+    ctypes: neither the standard library (mmap.madvise needs our own mmap object) nor OpenVINO
+    offers it for someone else's mapping. A no-op off Linux or on any error."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    advised = 0
     try:
-        recorded = json.loads((folder / BLOBS_FILE).read_text())
-    except (OSError, ValueError):
-        recorded = {}
-    for blob in _blob_files(folder):
-        if blob.name not in recorded or recorded[blob.name] != _cached_sha256(
-            blob, folder.parent.parent
-        ):
-            logger.warning("discarding unverified OpenVINO compiled blob %s", blob)
-            blob.unlink(missing_ok=True)
-
-
-def _record_blobs(folder: Path) -> None:
-    sums = {blob.name: _cached_sha256(blob, folder.parent.parent) for blob in _blob_files(folder)}
-    try:
-        write_atomic(folder / BLOBS_FILE, json.dumps(sums, sort_keys=True).encode())
-    except OSError as err:  # a read-only cache only costs the next run a compile
-        logger.warning("could not record OpenVINO blobs in %s: %s", folder, err)
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) < 6 or "w" in fields[1] or fields[5].strip() not in files:
+                    continue
+                start, end = (int(value, 16) for value in fields[0].split("-"))
+                advised += madvise(start, end - start, MADV_DONTNEED) == 0
+    except (OSError, AttributeError, ValueError) as err:
+        logger.debug("could not release mapped weights: %s", err)
+    return advised
 
 
 @dataclass(frozen=True)
@@ -310,19 +321,23 @@ class ExportedEncoder:
     def image_size(self) -> int:
         return int(self.meta["image_size"])
 
-    def _session(self, file: str) -> Session:
+    def graph_path(self, tower: str) -> Path:
+        """The graph file of `tower` ("image" or "text") in this entry (IR .xml or .onnx)."""
+        return self.folder / self.meta["graphs"][tower]
+
+    def _session(self, tower: str) -> Session:
         with self._loading:  # two threads' first queries compile one graph, not two
-            if file not in self._sessions:
+            if tower not in self._sessions:
                 create = ENGINES[self.engine].create_session
-                self._sessions[file] = create(self.folder / file, self.threads, self.precision)
-            return self._sessions[file]
+                self._sessions[tower] = create(self.graph_path(tower), self.threads, self.precision)
+            return self._sessions[tower]
 
     def encode_images(self, pixels: npt.NDArray[np.float32]) -> Vectors:
         """(n, 3, H, W) float32 preprocessed pixels -> (n, dim) normalised float32."""
         if len(pixels) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-        return _normalise(self._session(IMAGE_FILE)(pixels))
+        return _normalise(self._session("image")(pixels))
 
     def encode_tokens(self, tokens: npt.NDArray[np.int64]) -> Vectors:
         """(n, context_length) token ids as open_clip's tokenizer returns them -> (n, dim)
@@ -337,7 +352,7 @@ class ExportedEncoder:
             else:
                 ends = (tokens == pooling["eos_id"]).argmax(axis=-1)
             tokens = np.ascontiguousarray(tokens[:, : int(ends.max()) + 1])
-        return _normalise(self._session(TEXT_FILE)(tokens))
+        return _normalise(self._session("text")(tokens))
 
 
 def _check_choice(engine: str, precision: str) -> None:
@@ -381,8 +396,7 @@ def open_cached(
     engine = engine or DEFAULT_ENGINE
     _check_choice(engine, precision)
     folder = entry_path(key, cache_dir)
-    names = {"image": IMAGE_FILE, "text": TEXT_FILE}
-    meta = read_meta(folder, key, files=tuple(names[tower] for tower in towers))
+    meta = read_meta(folder, key, towers=towers)
     if meta is None:
         return None
     return ExportedEncoder(folder, meta, threads, precision, engine)

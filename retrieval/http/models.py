@@ -44,6 +44,10 @@ NOT_BLANK = r"\S"
 # Strict, so that `true` stays a boolean (for boolean columns) rather than read as 1, and 2020
 # stays an int (it compares as the text "2020" against a keyword column, not "2020.0").
 FilterValue = StrictBool | StrictStr | StrictInt | StrictFloat
+# A value, any of several (OR), or an operator object: {"not": V or [V, ...]}, {"exists": true},
+# {"min": N, "max": N} (search/merch.py checks the operators, 422 when unknown).
+FilterSpec = FilterValue | list[FilterValue] | dict[str, FilterValue | list[FilterValue]]
+Specs = str | list[str]
 
 
 def not_a_bool(value: Any) -> Any:
@@ -96,19 +100,10 @@ class PartIn(BaseModel):
 
 
 class SearchBody(BaseModel):
-    """POST /search: search by `text`, by `image_b64`, or by weighted `parts` (exactly one)."""
+    """POST /search: search by `text`, by `image_b64`, or by weighted `parts` (at most one;
+    none browses the products passing `filters`)."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        # Documents "exactly one of text, image_b64 and parts"; the service enforces it (422).
-        json_schema_extra={
-            "oneOf": [
-                {"required": ["text"], "properties": {"text": {"type": "string"}}},
-                {"required": ["image_b64"], "properties": {"image_b64": {"type": "string"}}},
-                {"required": ["parts"], "properties": {"parts": {"type": "array"}}},
-            ]
-        },
-    )
+    model_config = ConfigDict(extra="forbid")
 
     parts: list[PartIn] | None = Field(
         None,
@@ -133,11 +128,28 @@ class SearchBody(BaseModel):
     target: Target | None = Field(
         None, description="default: products when the index has a catalog, else images"
     )
-    filters: dict[str, FilterValue] = Field(
+    filters: dict[str, FilterSpec] = Field(
         default_factory=dict,
         max_length=MAX_FILTERS,
-        description="products only: COLUMN equals a value, COLUMN_min / COLUMN_max bound a "
-        'number, e.g. {"category": "shoes", "price_max": 50}',
+        description="products only: COLUMN equals a value (text ignores case and accents) or "
+        'any of a list; {"not": V} none of them; {"exists": true|false}; COLUMN_min / '
+        'COLUMN_max bound a number, e.g. {"category": ["shoes", "boots"], "price_max": 50, '
+        '"brand": {"not": "acme"}}',
+    )
+    facets: Specs | None = Field(
+        None,
+        description="products: facet counts per column, bands for numbers given or from the "
+        "quantiles",
+        examples=[["category", "brand", "price:0-50,50-100,100-"]],
+    )
+    sort: Specs | None = Field(
+        None, description="products: sort keys (default relevance)", examples=[["price:asc"]]
+    )
+    boost: Specs | None = Field(
+        None,
+        description="products: `in_stock:1.2` multiplies when true, `popularity:log[:SCALE]` "
+        "adds SCALE * log1p(value) (SCALE 0.01 by default); none: the server's default boosts",
+        examples=[["in_stock:1.2", "popularity:log"]],
     )
     text_weight: float = Field(
         DEFAULT_TEXT_WEIGHT,
@@ -168,13 +180,18 @@ class QueryOut(BaseModel):
     target: Target
     k: int
     offset: int
-    filters: dict[str, FilterValue] | None = None
+    filters: dict[str, Any] | None = None
     text_weight: float | None = None
     parts: list[PartEcho] | None = Field(None, description="composed queries: the parts")
     like: int | None = Field(None, description="more like this item (left out of the results)")
     min_score: float | None = None
     collapse: bool | None = None
-    mode: Mode = Field(description="the search mode used (the default resolved)")
+    facets: list[str] | None = None
+    sort: list[str] | None = None
+    boosts: list[str] | None = None
+    mode: Mode | None = Field(
+        None, description="the search mode used (the default resolved); none when browsing"
+    )
 
 
 class HitOut(BaseModel):
@@ -208,6 +225,17 @@ class SearchOut(BaseModel):
     query: QueryOut
     results: list[HitOut]
     has_more: bool = Field(description="true when a next page (offset + k) has results")
+    total: int | None = Field(
+        None,
+        description="browsing and product searches with facets, sort or boost: how many "
+        "products match in all (query searches: at most 1000, at or above the cutoff)",
+    )
+    facets: dict[str, list[dict[str, Any]]] | None = Field(
+        None,
+        description='per column: [{"value": v, "count": n}, ..., {"other": true, "count": n}] '
+        'or, for numbers, [{"from": a, "to": b, "count": n}] (from inclusive, to exclusive, '
+        "null an open end); each facet ignores its own column's filters",
+    )
     took_ms: float = Field(description="server time for the search, milliseconds")
 
 

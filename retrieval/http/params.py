@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Path as PathParam
 from fastapi import Query, Request
@@ -15,16 +15,40 @@ from starlette.exceptions import HTTPException
 from ..config import MAX_K
 from ..errors import ImageDecodeError, ImageTooLargeError, InvalidQueryError
 from ..images import header_size
+from ..search.merch import filters_from_pairs
 from .models import MAX_FILTERS, MAX_OFFSET, MODE_HELP, Mode, Target
 
-SEARCH_PARAMS = frozenset(
-    {"q", "k", "offset", "target", "text_weight", "min_score", "collapse", "mode"}
+MERCH_PARAMS = frozenset({"facets", "sort", "boost"})
+SEARCH_PARAMS = (
+    frozenset({"q", "k", "offset", "target", "text_weight", "min_score", "collapse", "mode"})
+    | MERCH_PARAMS
 )
-UPLOAD_PARAMS = frozenset({"k", "offset", "target", "min_score", "collapse"})
+UPLOAD_PARAMS = frozenset({"k", "offset", "target", "min_score", "collapse"}) | MERCH_PARAMS
+BROWSE_PARAMS = frozenset({"k", "offset"}) | MERCH_PARAMS
 FILTER_HELP = (
-    "Any other query parameter is a product filter: COLUMN=VALUE for equality, COLUMN_min=N / "
-    "COLUMN_max=N for numeric ranges (see /stats for the columns)."
+    "Any other query parameter is a product filter (see /stats for the columns): COLUMN=VALUE "
+    "for equality (text ignores case and accents; repeat it for any of several values), "
+    "COLUMN!=VALUE for none of them, COLUMN_exists=true|false, COLUMN_min=N / COLUMN_max=N "
+    "for numeric ranges."
 )
+FacetsParam = Annotated[
+    list[str] | None,
+    Query(
+        description="products: facet counts, e.g. `category,brand,price` or bands "
+        "`price:0-50,50-100,100-` (repeatable)"
+    ),
+]
+SortParam = Annotated[
+    list[str] | None,
+    Query(description="products: `price:asc`, `price:desc,title:asc` (default: relevance)"),
+]
+BoostParam = Annotated[
+    list[str] | None,
+    Query(
+        description="products: `in_stock:1.2` (multiply when true), `popularity:log[:SCALE]` "
+        "(add SCALE * log1p(value), SCALE 0.01 by default); `none`: not even the server's"
+    ),
+]
 KParam = Annotated[int, Query(ge=1, le=MAX_K, description="results per page")]
 OffsetParam = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="results to skip")]
 TargetParam = Annotated[
@@ -53,16 +77,10 @@ SizeParam = Annotated[
 ]
 
 
-def query_filters(request: Request, known: frozenset[str]) -> dict[str, str]:
-    """Query parameters other than `known`, as product filters."""
-    filters: dict[str, str] = {}
-    for name in request.query_params:
-        if name in known:
-            continue
-        values = request.query_params.getlist(name)
-        if len(values) > 1:
-            raise InvalidQueryError(f"filter {name!r} is given {len(values)} times; give it once")
-        filters[name] = values[0]
+def query_filters(request: Request, known: frozenset[str]) -> dict[str, Any]:
+    """Query parameters other than `known`, as product filters (merch.filters_from_pairs)."""
+    pairs = [(name, value) for name, value in request.query_params.multi_items()]
+    filters = filters_from_pairs((name, value) for name, value in pairs if name not in known)
     if len(filters) > MAX_FILTERS:
         raise InvalidQueryError(f"at most {MAX_FILTERS} filters per query, got {len(filters)}")
     return filters

@@ -30,6 +30,7 @@ from ..errors import ImageDecodeError, MmsearchError
 from ..ingest.product_api import ProductWriter
 from ..search.batching import LruCache
 from ..search.duplicates import find_duplicates
+from ..search.merch import Boost, parse_boosts, parse_facets, parse_sort
 from ..search.queries import DEFAULT_DUPLICATE_THRESHOLD, QueryPart
 from ..search.requests import DEFAULT_TEXT_WEIGHT, SearchRequest
 from ..search.service import SearchService
@@ -76,16 +77,20 @@ from .models import (
     StatsOut,
 )
 from .params import (
+    BROWSE_PARAMS,
     FILTER_HELP,
     SEARCH_PARAMS,
     UPLOAD_PARAMS,
+    BoostParam,
     CollapseParam,
+    FacetsParam,
     ItemId,
     KParam,
     MinScoreParam,
     ModeParam,
     OffsetParam,
     SizeParam,
+    SortParam,
     TargetParam,
     ThresholdParam,
     WeightParam,
@@ -96,6 +101,7 @@ from .params import (
 )
 from .products import product_routes
 from .security import HostCheckMiddleware, document_key_schemes
+from .storefront import storefront_routes
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +131,29 @@ class _Server:
     admission: AdmissionLimiter
     decoding: PixelBudget
     thumbnails: LruCache[ThumbnailKey, bytes]
+    default_boosts: tuple[Boost, ...] = ()
     ready: bool = False
     not_ready_reason: str = "starting: the model is loading"
+
+    def merch(
+        self,
+        facets: list[str] | None,
+        sort: list[str] | None,
+        boost: list[str] | None,
+        target: str | None,
+    ) -> dict[str, Any]:
+        """SearchRequest fields of the merchandising parameters; without `boost`, the
+        server's default boosts (`serve --boost`) when the search is over products."""
+        boosts: tuple[Boost, ...] = ()
+        if boost is not None:
+            boosts = parse_boosts(boost)
+        elif target == "products" or (target is None and self.service.has_catalog):
+            boosts = self.default_boosts
+        return {
+            "facets": parse_facets(facets or []),
+            "sort": parse_sort(sort or []),
+            "boosts": boosts,
+        }
 
     def search(self, request: SearchRequest) -> Response:
         """Run one search (in a worker thread): the service's JSON plus the time it took. A
@@ -165,7 +192,7 @@ def create_app(
         config.decode_budget_megapixels, config.queue_timeout_s, config.retry_after_s
     )
     thumbnails: LruCache[ThumbnailKey, bytes] = LruCache(config.thumbnail_cache_bytes, weigh=len)
-    server = _Server(service, config, admission, decoding, thumbnails)
+    server = _Server(service, config, admission, decoding, thumbnails, parse_boosts(config.boosts))
     metrics = Metrics(service, admission, decoding)
 
     own_writer = writer is None
@@ -245,6 +272,7 @@ def create_app(
     _add_search_routes(api, server)
     _add_item_routes(api, server)
     _add_status_routes(api, server, metrics)
+    api.include_router(storefront_routes(service, admission, config.currency))
     if writer is not None:
         api.include_router(product_routes(writer, admission))
     app.include_router(_public_routes())
@@ -271,6 +299,9 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
         min_score: MinScoreParam = None,
         collapse: CollapseParam = False,
         mode: ModeParam = None,
+        facets: FacetsParam = None,
+        sort: SortParam = None,
+        boost: BoostParam = None,
     ) -> Response:
         filters = query_filters(request, SEARCH_PARAMS)
         query = SearchRequest(
@@ -283,22 +314,47 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
             min_score=min_score,
             collapse=collapse,
             mode=mode,
+            **server.merch(facets, sort, boost, target),
+        )
+        return await server.admission.run(lambda: server.search(query))
+
+    @api.get("/products", **SEARCH_OPTIONS, description="Browse products. " + FILTER_HELP)
+    async def browse(
+        request: Request,
+        k: KParam = 10,
+        offset: OffsetParam = 0,
+        facets: FacetsParam = None,
+        sort: SortParam = None,
+    ) -> Response:
+        """The products passing the filters (no query), in `sort` order (SKU when none), one
+        page with `total` and `facets`: the answer shape of a product search."""
+        filters = query_filters(request, BROWSE_PARAMS)
+        query = SearchRequest(
+            target="products",
+            k=k,
+            offset=offset,
+            filters=filters,
+            **server.merch(facets, sort, [], "products"),
         )
         return await server.admission.run(lambda: server.search(query))
 
     @api.post("/search", **SEARCH_OPTIONS)
     async def search_post(body: SearchBody) -> Response:
         """Search by `text`, by a base64 `image_b64`, or by weighted `parts` (texts, images,
-        indexed items; negative weights subtract), with optional product `filters`."""
+        indexed items; negative weights subtract), with optional product `filters`, `facets`,
+        `sort` and `boost`; with none of text, image_b64 and parts, browse the products."""
 
         def work() -> Response:
             image = None
             if body.image_b64 is not None:
                 image = decode_base64(body.image_b64, config.max_upload_bytes)
             parts = tuple(_query_part(part, config.max_upload_bytes) for part in body.parts or ())
-            fields = body.model_dump(exclude={"image_b64", "parts"})
+            fields = body.model_dump(exclude={"image_b64", "parts", "facets", "sort", "boost"})
+            merch = server.merch(
+                _listed(body.facets), _listed(body.sort), _listed(body.boost), body.target
+            )
             return server.search(
-                SearchRequest(image=image, image_name="base64", parts=parts, **fields)
+                SearchRequest(image=image, image_name="base64", parts=parts, **fields, **merch)
             )
 
         return await server.admission.run(work)
@@ -314,6 +370,9 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
         target: TargetParam = None,
         min_score: MinScoreParam = None,
         collapse: CollapseParam = False,
+        facets: FacetsParam = None,
+        sort: SortParam = None,
+        boost: BoostParam = None,
     ) -> Response:
         data = await file.read(config.max_upload_bytes + 1)
         check_upload_size(data, config.max_upload_bytes)
@@ -327,6 +386,7 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
             filters=filters,
             min_score=min_score,
             collapse=collapse,
+            **server.merch(facets, sort, boost, target),
         )
         return await server.admission.run(lambda: server.search(query))
 
@@ -345,11 +405,15 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
         target: TargetParam = None,
         min_score: MinScoreParam = None,
         collapse: CollapseParam = False,
+        facets: FacetsParam = None,
+        sort: SortParam = None,
+        boost: BoostParam = None,
     ) -> Response:
         filters = query_filters(request, UPLOAD_PARAMS)
 
         def work() -> Response:
             item = server.service.require_item(item_id)
+            merch = server.merch(facets, sort, boost, target or item.collection)
             query = SearchRequest(
                 like=item_id,
                 target=target or item.collection,
@@ -358,10 +422,15 @@ def _add_search_routes(api: APIRouter, server: _Server) -> None:
                 offset=offset,
                 min_score=min_score,
                 collapse=collapse,
+                **merch,
             )
             return server.search(query)
 
         return await server.admission.run(work)
+
+
+def _listed(value: str | list[str] | None) -> list[str] | None:
+    return [value] if isinstance(value, str) else value
 
 
 def _query_part(part: PartIn, max_upload_bytes: int) -> QueryPart:

@@ -1,5 +1,5 @@
-"""Product search's own rules: which products pass the filters (typed columns: booleans and
-numbers compare as such), and each product's score from its title and its best image."""
+"""Product search's own rules: which products pass the filters (merch.py), and each product's
+score from its title and its best image."""
 
 from __future__ import annotations
 
@@ -8,38 +8,26 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidQueryError
-from ..storage.catalog import Catalog, Item, filter_products, product_columns
-from ..storage.schema import parse_boolean, parse_number
+from ..storage import product_sql
+from ..storage.catalog import Catalog, Item, product_columns
 from ..types import IMAGES
+from .merch import parse_conditions
 
 
-def allowed_products(catalog: Catalog, filters: Mapping[str, Any]) -> list[str] | None:
-    """Ids of the products that pass `filters` (column=value, column_min/_max), or None for
-    no filters."""
+def passing_products(
+    catalog: Catalog, filters: Mapping[str, Any], product_ids: list[str]
+) -> set[str]:
+    """Which of `product_ids` pass `filters` (their rows looked up by SKU, no table scan)."""
+    conditions = parse_conditions(filters, product_columns(catalog.db))
+    return set(product_sql.select_ids(catalog.db, conditions, ids=product_ids))
+
+
+def allowed_items(catalog: Catalog, filters: Mapping[str, Any]) -> np.ndarray | None:
+    """Ids of the items of the products that pass `filters`, ascending; None for no filters."""
     if not filters:
         return None
-    columns = product_columns(catalog.db)
-    equals: dict[str, Any] = {}
-    ranges: dict[str, tuple[float | None, float | None]] = {}
-    for name, value in filters.items():
-        column, bound = name, None
-        for suffix in ("_min", "_max"):
-            if name.endswith(suffix) and name.removesuffix(suffix) in columns:
-                column, bound = name.removesuffix(suffix), suffix
-        if column not in columns:
-            known = ", ".join(sorted(columns)) or "none"
-            raise InvalidQueryError(f"unknown filter {name!r}; product columns: {known}")
-        if bound is None:
-            equals[column] = _typed_filter(name, columns[column], value)
-            continue
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise InvalidQueryError(f"filter {name} needs a number, got {value!r}") from None
-        low, high = ranges.get(column, (None, None))
-        ranges[column] = (number, high) if bound == "_min" else (low, number)
-    return filter_products(catalog.db, equals, ranges, columns)
+    conditions = parse_conditions(filters, product_columns(catalog.db))
+    return np.asarray(product_sql.select_item_ids(catalog.db, conditions), dtype=np.int64)
 
 
 def score_products(
@@ -82,20 +70,4 @@ def score_products(
     return scored
 
 
-def _typed_filter(name: str, kind: str, value: Any) -> Any:
-    """An equality filter's value as its column's type: `true`/`false` (query strings, CLI) and
-    JSON booleans both mean a boolean; numbers compare as numbers."""
-    if kind == "boolean":
-        parsed = parse_boolean(value)
-        if parsed is None:
-            raise InvalidQueryError(f"filter {name} needs true or false, got {value!r}")
-        return parsed
-    if kind == "number":
-        number = parse_number(value)
-        return number if number is not None else str(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return value
-
-
-__all__ = ["allowed_products", "score_products"]
+__all__ = ["allowed_items", "passing_products", "score_products"]

@@ -13,6 +13,7 @@ from typing import Any
 from ..config import MAX_K
 from ..errors import InvalidQueryError
 from ..types import PRODUCTS, Hit
+from .merch import Boost, Facet, Sort
 from .queries import DEFAULT_DUPLICATE_THRESHOLD, QueryPart
 
 # Product search scores each product by w * title similarity + (1 - w) * best image similarity.
@@ -46,10 +47,24 @@ class SearchRequest:
     # semantic (CLIP), keyword (BM25) or hybrid (both, fused); None: hybrid for text queries
     # of an index with a product catalog, else semantic.
     mode: str | None = None
+    # Products (merch.py): facet counts beside the results, sort keys (relevance when none),
+    # business boosts. A product request with none of text, image, parts and like browses.
+    facets: tuple[Facet, ...] = ()
+    sort: tuple[Sort, ...] = ()
+    boosts: tuple[Boost, ...] = ()
 
     @property
     def composed(self) -> bool:
         return bool(self.parts) or self.like is not None
+
+    @property
+    def browse(self) -> bool:
+        """No query at all: list the products passing the filters."""
+        return self.text is None and self.image is None and not self.composed
+
+    @property
+    def merchandised(self) -> bool:
+        return bool(self.facets or self.sort or self.boosts)
 
     def echo(self, target: str) -> dict[str, Any]:
         """The `query` part of a result: what was searched, with the target resolved."""
@@ -58,6 +73,8 @@ class SearchRequest:
             echo.update(self._composed_echo())
         elif self.text is not None:
             echo["text"] = self.text
+        elif self.image is None:
+            pass  # browsing
         elif isinstance(self.image, Path):
             echo["image"] = str(self.image.absolute())
         else:
@@ -70,6 +87,12 @@ class SearchRequest:
             echo["min_score"] = self.min_score
         if self.collapse:
             echo["collapse"] = True
+        if self.facets:
+            echo["facets"] = [facet.echo() for facet in self.facets]
+        if self.sort:
+            echo["sort"] = [key.echo() for key in self.sort]
+        if self.boosts:
+            echo["boosts"] = [boost.echo() for boost in self.boosts]
         return echo
 
     def _composed_echo(self) -> dict[str, Any]:
@@ -89,12 +112,21 @@ class SearchResult:
     query: dict[str, Any]
     hits: list[Hit]
     has_more: bool = False  # a next page (offset + k) has at least one hit
+    # Browsing and merchandised product searches: how many products match in all, and the
+    # requested facets' counts (merch.facet_counts).
+    total: int | None = None
+    facets: dict[str, list[dict[str, Any]]] | None = None
 
     def to_dict(self, **extra: Any) -> dict[str, Any]:
-        """`{"query": {...}, "results": [...], "has_more": bool}`, then `extra` (e.g. the HTTP
-        `took_ms`)."""
+        """`{"query": {...}, "results": [...], "has_more": bool}`, with `total` and `facets`
+        when known, then `extra` (e.g. the HTTP `took_ms`)."""
         results = [hit.to_dict() for hit in self.hits]
-        return {"query": self.query, "results": results, "has_more": self.has_more, **extra}
+        out = {"query": self.query, "results": results, "has_more": self.has_more}
+        if self.total is not None:
+            out["total"] = self.total
+        if self.facets is not None:
+            out["facets"] = self.facets
+        return {**out, **extra}
 
     def to_json(self, **extra: Any) -> str:
         """Compact JSON of to_dict(): the exact bytes both front ends send."""

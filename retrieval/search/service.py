@@ -4,7 +4,7 @@ SearchRequest with a SearchResult, whose JSON both front ends print as is."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
@@ -12,17 +12,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import MAX_K
+from ..config import DEFAULT_FACET_MARGIN, MAX_K, MERCH_DEPTH, MERCH_START_DEPTH
 from ..embedders.protocols import QueryEmbedder
 from ..errors import InvalidQueryError, ItemNotFoundError
 from ..storage import keywords
 from ..storage.catalog import Item, product_columns
 from ..storage.store import IndexStore
 from ..storage.synonyms import load_synonyms
-from ..types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, TEXTS, Hit, Vectors
+from ..types import COLLECTIONS, IMAGES, PRODUCTS, TARGETS, Hit, Vectors
+from . import shop
+from .candidates import ProductCandidates
 from .hits import hit_from_item
 from .hybrid import HYBRID, HYBRID_DEPTH, KEYWORD, MODES, SEMANTIC, fuse_hits
-from .products import allowed_products, score_products
+from .merch import CatalogCache
+from .products import passing_products, score_products
 from .queries import (
     MAX_COLLAPSE_DEPTH,
     MAX_PARTS,
@@ -58,6 +61,8 @@ class SearchService:
         self.text_batcher = text_batcher
         self.recorder = recorder
         self._lock = threading.Lock()
+        self._catalog_cache = CatalogCache()  # facet bands and browsing's counts (merch.py)
+        self._candidates = ProductCandidates(store, self._lock)
 
     @cached_property
     def embedder(self) -> QueryEmbedder:
@@ -82,6 +87,11 @@ class SearchService:
         product = self.store.catalog.get_product(product_id) or {}
         return {**product, **metadata, "product_id": product_id}
 
+    def _products_metadata(self, product_ids: list[str]) -> dict[str | None, dict[str, Any]]:
+        """What product hits show, for many products in one read (unknown ids left out)."""
+        records = self.store.catalog.get_product_records(product_ids)
+        return {pid: {**rec.metadata, "product_id": pid} for pid, rec in records.items()}
+
     # -- the general entry point ------------------------------------------------------------
     @property
     def has_catalog(self) -> bool:
@@ -92,10 +102,22 @@ class SearchService:
         return PRODUCTS if self.has_catalog else IMAGES
 
     def search(self, request: SearchRequest) -> SearchResult:
-        """Run one SearchRequest: text or image, over images, texts or products."""
+        """Run one SearchRequest: text or image, over images, texts or products; a product
+        request without a query browses (shop.py)."""
         target = request.target or self.default_target()
+        if request.browse and target == PRODUCTS and self.has_catalog and request.mode is None:
+            listing = shop.browse(self.store.catalog, request, self._catalog_cache)
+            echo = request.echo(target)
+            return SearchResult(echo, listing.hits, listing.has_more, listing.total, listing.facets)
         mode = self.resolve_mode(request)
         echo = {**request.echo(target), "mode": mode}
+        if request.merchandised:
+            if target != PRODUCTS:
+                raise InvalidQueryError("facets, sort and boost apply to products only")
+            listing = shop.merchandise(
+                self.store.catalog, request, self._ranker(request, mode), self._catalog_cache
+            )
+            return SearchResult(echo, listing.hits, listing.has_more, listing.total, listing.facets)
         if mode == SEMANTIC:
             hits, has_more = self._search(request, target)
         else:
@@ -152,9 +174,16 @@ class SearchService:
         page = fuse_hits(rankings, _fusion_key(target), k=request.k + 1, offset=request.offset)
         return page[: request.k], len(page) > request.k
 
-    def _keyword_hits(self, request: SearchRequest, target: str, depth: int) -> list[Hit]:
+    def _keyword_hits(
+        self,
+        request: SearchRequest,
+        target: str,
+        depth: int,
+        matched: Callable[[], list[keywords.KeywordMatch]] | None = None,
+    ) -> list[Hit]:
         """The top `depth` BM25 hits of the query's words (products: each product scored by
-        its best item, shown by its best-matching image)."""
+        its best item, shown by its best-matching image). `matched`: the query's product
+        matches, when the caller has them (a merchandised query ranks under two filter sets)."""
         catalog = self.store.catalog
         if not keywords.has_keywords(catalog.db):
             raise InvalidQueryError(
@@ -168,10 +197,19 @@ class SearchService:
         else:
             if not self.has_catalog:
                 raise InvalidQueryError("target products needs a product catalog")
-            allowed = allowed_products(self.store.catalog, request.filters)
-            found = keywords.search(
-                catalog.db, text, None, limit=None, product_ids=allowed, synonyms=synonyms
-            )
+            # The filters are checked on the matched products only (their SKUs' rows), not by
+            # listing every product that passes: a broad filter listed 66k SKUs at 100k.
+            if matched is not None:
+                found = matched()
+            else:
+                found = keywords.search(
+                    catalog.db, text, None, limit=None, products_only=bool(request.filters),
+                    synonyms=synonyms,
+                )  # fmt: skip
+            if request.filters:
+                matched = list({match.product_id or "" for match in found})
+                passing = passing_products(catalog, request.filters, matched)
+                found = [match for match in found if match.product_id in passing]
             best: dict[str, keywords.KeywordMatch] = {}
             shown: dict[str, keywords.KeywordMatch] = {}
             for match in found:  # best first, so the first match of a product is its score
@@ -182,14 +220,19 @@ class SearchService:
                     shown[pid] = match
             matches = [replace(shown[pid], score=best[pid].score) for pid in list(best)[:depth]]
         items = catalog.get_items([m.id for m in matches])
+        products = {}  # one read for all product hits (merchandised searches go 1000 deep)
+        if target == PRODUCTS:
+            products = self._products_metadata([m.product_id or "" for m in matches])
         hits = []
         for match in matches:
             item = items.get(match.id)
             if item is None:  # deleted by a commit since the keyword match was read
                 continue
-            extra = {} if target == PRODUCTS else item.metadata
             rank = len(hits) + 1
-            metadata = self._metadata(item.product_id, extra)
+            if target == PRODUCTS:
+                metadata = products.get(item.product_id) or self._metadata(item.product_id, {})
+            else:
+                metadata = self._metadata(item.product_id, item.metadata)
             hits.append(
                 hit_from_item(
                     item, rank=rank, score=match.score, metadata=metadata, signals={KEYWORD: rank}
@@ -197,8 +240,65 @@ class SearchService:
             )
         return hits
 
-    def _search(self, request: SearchRequest, target: str) -> tuple[list[Hit], bool]:
+    def _ranker(self, request: SearchRequest, mode: str) -> shop.Ranker:
+        """How shop.merchandise ranks this query's products under some filters (see
+        shop.Ranker): the query embedded once; the semantic ranking deepened (x4, from
+        MERCH_START_DEPTH up to MERCH_DEPTH) until it passes below the cutoff."""
         check_k(request.k, request.offset)
+        if mode == KEYWORD and request.min_score is not None:
+            raise InvalidQueryError(
+                "min_score is a cosine cutoff: use it with mode semantic or hybrid"
+            )
+        vector = None if mode == KEYWORD else self._query_vector(request, PRODUCTS)
+        start = min(MERCH_DEPTH, max(request.offset + request.k + 1, MERCH_START_DEPTH))
+        found: list[list[keywords.KeywordMatch]] = []
+
+        def matched() -> list[keywords.KeywordMatch]:
+            """The query's keyword matches among product items, searched once per request."""
+            if not found:
+                synonyms = load_synonyms(self.store.directory)
+                db, text = self.store.catalog.db, request.text or ""
+                found.append(
+                    keywords.search(
+                        db, text, None, limit=None, products_only=True, synonyms=synonyms
+                    )
+                )
+            return found[0]
+
+        def rank(
+            filters: Mapping[str, Any], cutoff: float | None, margin: bool
+        ) -> tuple[list[Hit], float | None, bool]:
+            query = replace(request, filters=filters, offset=0, min_score=None)
+            semantic: list[Hit] = []
+            complete = True
+            if vector is not None:
+                depth = start
+                while True:
+                    semantic = self._products_page(vector, replace(query, k=depth))
+                    if cutoff is None and margin and semantic:
+                        cutoff = semantic[0].score - DEFAULT_FACET_MARGIN
+                    complete = len(semantic) < depth or (
+                        cutoff is not None and semantic[-1].score < cutoff
+                    )
+                    if complete or cutoff is None or depth >= MERCH_DEPTH:
+                        break
+                    depth = min(depth * 4, MERCH_DEPTH)
+                if cutoff is not None:
+                    semantic = [hit for hit in semantic if hit.score >= cutoff]
+            if mode == SEMANTIC:
+                return semantic, cutoff, complete
+            keyword = self._keyword_hits(query, PRODUCTS, MERCH_DEPTH, matched)
+            complete = complete and len(keyword) < MERCH_DEPTH
+            if mode == KEYWORD:
+                return keyword, cutoff, complete
+            rankings = {KEYWORD: keyword, SEMANTIC: semantic}
+            fused = fuse_hits(rankings, _fusion_key(PRODUCTS), k=MERCH_DEPTH, offset=0)
+            return fused, cutoff, complete
+
+        return rank
+
+    def _query_vector(self, request: SearchRequest, target: str) -> np.ndarray:
+        """The request's query vector, after checking that it asks one thing."""
         if request.composed:
             if request.text is not None or request.image is not None:
                 raise InvalidQueryError("give either query parts or a text/image, not both")
@@ -216,6 +316,11 @@ class SearchService:
             vector = self.embed_image(request.image)[0]
         if self.recorder is not None:
             self.recorder.add(vector)
+        return vector
+
+    def _search(self, request: SearchRequest, target: str) -> tuple[list[Hit], bool]:
+        check_k(request.k, request.offset)
+        vector = self._query_vector(request, target)
         if target == PRODUCTS:
             # `collapse` changes nothing here: a product search already gives one hit per
             # product. One more than the page: whether a next page exists.
@@ -358,52 +463,31 @@ class SearchService:
     ) -> list[Hit]:
         """Score products by weight * title similarity + (1 - weight) * best image similarity.
 
-        Candidates come from both faiss indexes (filtered inside faiss to the allowed
-        products); each candidate is then scored exactly from its stored vectors, so the
-        fusion never misses half of a product's score because one list was cut short."""
+        Candidates come from both faiss indexes (filtered after the search when the filters
+        pass most products, else inside faiss to the allowed products); each candidate is then
+        scored exactly from its stored vectors, so the fusion never misses half of a product's
+        score because one list was cut short."""
         if not 0.0 <= weight <= 1.0:
             raise InvalidQueryError(f"text_weight must be between 0 and 1, got {weight}")
-        catalog = self.store.catalog
-        passing = allowed_products(catalog, request.filters)
-        allowed = None
-        if passing is not None:
-            allowed = catalog.item_ids_for_products(passing)
-            if not len(allowed):
-                return []
-        elif catalog.has_loose_items():
-            allowed = catalog.product_item_ids()
         wanted = request.k + request.offset
-        candidates: set[str] = set()
-        depth = wanted * 4
-        while True:
-            found_all = True
-            for collection, used in ((IMAGES, weight < 1.0), (TEXTS, weight > 0.0)):
-                if not used:
-                    continue
-                with self._lock:
-                    index = self.store.get_index(collection)
-                if index is None:
-                    continue
-                _, ids = index.search(vector.reshape(1, -1), depth, allowed_ids=allowed)
-                hits = [int(i) for i in ids[0] if i >= 0]
-                found_all = found_all and len(hits) < depth
-                items = catalog.get_items(hits)
-                candidates.update(item.product_id for item in items.values() if item.product_id)
-            if len(candidates) >= wanted or found_all:
-                break
-            depth *= 4
+        candidates = None
+        if request.filters:
+            candidates = self._candidates.post_filtered(vector, request.filters, wanted, weight)
+        if candidates is None:
+            candidates = self._candidates.pre_filtered(vector, request.filters, wanted, weight)
+            if candidates is None:
+                return []
         scored = score_products(
             self.store.catalog, self.store.identity.dim, vector, sorted(candidates), weight
         )
         page = scored[request.offset : wanted]
+        metadata = self._products_metadata([item.product_id or "" for _, item in page])
         return [
             hit_from_item(
-                item,
-                rank=request.offset + n + 1,
-                score=score,
-                metadata=self._metadata(item.product_id, {}),
+                item, rank=request.offset + n + 1, score=score, metadata=metadata[item.product_id]
             )
             for n, (score, item) in enumerate(page)
+            if item.product_id in metadata
         ]
 
     def get_item(self, item_id: int) -> Item | None:

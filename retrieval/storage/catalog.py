@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..types import Ids
-from . import keywords
+from . import folding, keywords
 
 SQL_CHUNK = 500
 
@@ -172,6 +172,7 @@ class Catalog:
         self._delta_log = False
         self.db.row_factory = sqlite3.Row
         keywords.register(self.db)
+        folding.register(self.db)
         if readonly:
             _migrate_if_writable(path)
         else:
@@ -179,6 +180,7 @@ class Catalog:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
             keywords.upgrade(self.db)
+            folding.upgrade(self.db)
 
     def close(self) -> None:
         self.db.close()
@@ -488,14 +490,15 @@ class Catalog:
         images: list[dict[str, Any]] | None = None,
     ) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO products(id, title, row_hash, metadata, images) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO products(id, title, row_hash, metadata, images, folded) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
             (
                 product_id,
                 title,
                 row_hash,
                 json.dumps(metadata, allow_nan=False),
                 json.dumps(images or []),
+                folding.folded_json(metadata),
             ),
         )
 
@@ -508,16 +511,16 @@ class Catalog:
     def product_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM products").fetchone()[0])
 
-    def has_loose_items(self) -> bool:
-        """Whether any item belongs to no product (folder images, a text list): an index
-        lookup, so product search lists every product item only when it must."""
-        query = "SELECT EXISTS(SELECT 1 FROM items WHERE product_id IS NULL)"
-        return bool(self.db.execute(query).fetchone()[0])
-
     def product_item_ids(self) -> Ids:
         """Ids of every item that belongs to a product."""
         rows = self.db.execute("SELECT id FROM items WHERE product_id IS NOT NULL ORDER BY id")
         return np.asarray([row[0] for row in rows], dtype=np.int64)
+
+    def get_item_products(self, ids: Sequence[int]) -> dict[int, str | None]:
+        """item id -> its product id (None for items of no product); unknown ids left out.
+        Cheaper than get_items when only the product is wanted (no metadata is parsed)."""
+        query = "SELECT id, product_id FROM items WHERE id IN ({})"
+        return {row[0]: row[1] for row in self._select_in(query, [int(i) for i in ids])}
 
     def item_ids_for_products(self, product_ids: Iterable[str]) -> Ids:
         rows = self._select_in("SELECT id FROM items WHERE product_id IN ({})", list(product_ids))
@@ -531,7 +534,11 @@ def _migrate_if_writable(path: Path) -> None:
         probe = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             version = probe.execute("PRAGMA user_version").fetchone()[0]
-            current = version >= len(MIGRATIONS) and keywords.is_current(probe)
+            current = (
+                version >= len(MIGRATIONS)
+                and keywords.is_current(probe)
+                and folding.is_current(probe)
+            )
         finally:
             probe.close()
         if not current:
@@ -554,10 +561,6 @@ class _Transaction:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
-def _json_path(column: str) -> str:
-    return '$."' + column.replace('"', '""') + '"'
-
-
 def product_columns(db: sqlite3.Connection) -> dict[str, str]:
     """Metadata column -> type (schema.py); catalogs indexed before typed columns are read as
     'number' or 'text' from their values."""
@@ -574,42 +577,3 @@ def product_columns(db: sqlite3.Connection) -> dict[str, str]:
             kind = "text"
         columns[key] = kind
     return columns
-
-
-def filter_products(
-    db: sqlite3.Connection,
-    equals: dict[str, Any],
-    ranges: dict[str, tuple[float | None, float | None]],
-    types: dict[str, str] | None = None,
-) -> list[str]:
-    """Ids of products whose metadata matches every equality and numeric range. `equals`
-    values are typed (service.py): booleans and numbers compare as such, a list column
-    matches when the value is one of its elements, anything else compares as text."""
-    clauses, params = [], []
-    for column, value in equals.items():
-        kind = (types or {}).get(column, "text")
-        path = _json_path(column)
-        if kind == "list":
-            clauses.append("EXISTS (SELECT 1 FROM json_each(metadata, ?) WHERE value = ?)")
-            params += [path, str(value)]
-        elif kind == "boolean":
-            clauses.append("json_extract(metadata, ?) = ?")
-            params += [path, 1 if value else 0]
-        elif kind == "number" and not isinstance(value, str):
-            clauses.append("json_extract(metadata, ?) = ?")
-            params += [path, value]
-        else:
-            clauses.append("CAST(json_extract(metadata, ?) AS TEXT) = ?")
-            params += [path, str(value)]
-    for column, (low, high) in ranges.items():
-        # SQLite orders any text after every number, so only numbers may meet a numeric bound.
-        clauses.append("json_type(metadata, ?) IN ('integer', 'real')")
-        params.append(_json_path(column))
-        if low is not None:
-            clauses.append("json_extract(metadata, ?) >= ?")
-            params += [_json_path(column), low]
-        if high is not None:
-            clauses.append("json_extract(metadata, ?) <= ?")
-            params += [_json_path(column), high]
-    where = " AND ".join(clauses) or "1"
-    return [row[0] for row in db.execute(f"SELECT id FROM products WHERE {where}", params)]

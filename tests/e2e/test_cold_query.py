@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,8 +78,17 @@ def test_cold_query_loads_the_model_when_the_export_cache_is_gone(
     assert len(result["results"]) == 3
 
 
-def test_image_query_still_loads_the_model(image_folder: Path, tiny_model: str) -> None:
+def test_image_query_loads_the_model_when_the_image_graph_is_damaged(
+    image_folder: Path, tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     index_in_subprocess(image_folder, tiny_model)
+    copy = tmp_path / "exports"  # the session's cache stays intact for the other tests
+    shutil.copytree(os.environ["MMSEARCH_EXPORT_CACHE"], copy)
+    monkeypatch.setenv("MMSEARCH_EXPORT_CACHE", str(copy))
+    for weights in copy.glob("*/image.bin"):
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # same size: only the checksum can tell
+        weights.write_bytes(bytes(data))
     image = sorted(image_folder.iterdir())[0]
     result, heavy = probe("query", "--image", str(image), "--json", "-k", "1")
     assert "torch" in heavy

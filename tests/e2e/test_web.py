@@ -158,11 +158,18 @@ def test_catalog_page_filters_and_shows_titles_and_prices(
 ) -> None:
     open_page(browser, shop_site, "9 products")
     assert browser.find_element(By.ID, "filters").is_displayed()
-    browser.find_element(By.CSS_SELECTOR, "[data-filter=category]").send_keys("hats")
-    browser.find_element(By.CSS_SELECTOR, "[data-filter=price_max]").send_keys("40")
+    # The catalog is listed at once; its facets offer the values to tick (test_storefront.py).
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[value=hats]"))
+    browser.find_element(By.CSS_SELECTOR, ".facet[data-column=category] input[value=hats]").click()
+    wait_for(browser, lambda d: "category: hats" in d.find_element(By.ID, "status").text)
+    browser.find_element(By.CSS_SELECTOR, "[data-range=price_max]").send_keys("40" + Keys.TAB)
+    wait_for(browser, lambda d: "price …–40" in d.find_element(By.ID, "status").text)
     cards = search_for(browser, "a hat")
     titles = [card.find_element(By.CSS_SELECTOR, ".title").text for card in cards]
-    prices = [float(card.find_element(By.CSS_SELECTOR, ".price").text) for card in cards]
+    prices = [
+        float(card.find_element(By.CSS_SELECTOR, ".price").get_attribute("data-value") or "nan")
+        for card in cards
+    ]
     assert sorted(titles) == ["hats model 2", "hats model 5"]  # price 20.5 and 35.5; 8 is 50.5
     assert all(price <= 40 for price in prices)
     browser.save_screenshot(str(tmp_path / "catalog.png"))

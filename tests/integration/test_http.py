@@ -207,7 +207,7 @@ def test_files_changed_or_swapped_after_indexing_are_not_served(
         ("post", "/search", {"json": {"text": "x", "image_b64": "AAAA"}}, 422, "invalid_query"),
         ("post", "/search", {"json": {"text": "x", "top_k": 3}}, 422, "validation"),
         ("post", "/search", {"json": {"text": "x", "filters": {"a": True}}}, 422, "invalid_query"),
-        ("post", "/search", {"json": {"text": "x", "filters": {"a": [1]}}}, 422, "validation"),
+        ("post", "/search", {"json": {"text": "x", "filters": {"a": [[1]]}}}, 422, "validation"),
         ("post", "/search", {"json": {"image_b64": "not base64!"}}, 400, "bad_request"),
         ("post", "/search", {"json": {"image_b64": ""}}, 422, "image_decode"),
         (

@@ -103,11 +103,12 @@ def test_runtime_texts_match_open_clip_untrimmed(embedders, model_dir: Path) -> 
 def test_second_load_reuses_the_cache(embedders, model_dir: Path, cache_dir: Path) -> None:
     exported, _ = embedders
     entry = exported.encoder.folder
-    before = (entry / runtime.IMAGE_FILE).stat().st_mtime_ns
+    image = entry / exported.encoder.meta["graphs"]["image"]
+    before = image.stat().st_mtime_ns
     spec = ModelSpec(f"local-dir:{model_dir}", None)
     again = OpenClipEmbedder.load(spec, device="cpu", cache_dir=cache_dir, hash_cache=HASHES)
     assert again.encoder.folder == entry
-    assert (entry / runtime.IMAGE_FILE).stat().st_mtime_ns == before
+    assert image.stat().st_mtime_ns == before
 
 
 def _entry(tiny_model: str, cache: Path) -> Path:
@@ -116,9 +117,15 @@ def _entry(tiny_model: str, cache: Path) -> Path:
     ).encoder.folder
 
 
+def _graph(entry: Path, tower: str, suffix: str) -> Path:
+    meta = json.loads((entry / runtime.META_FILE).read_text())
+    (name,) = [name for name in runtime.graph_files(meta, tower) if name.endswith(suffix)]
+    return entry / name
+
+
 def test_truncated_entry_is_rebuilt(tiny_model: str, tmp_path: Path) -> None:
     entry = _entry(tiny_model, tmp_path)
-    graph = entry / runtime.TEXT_FILE
+    graph = _graph(entry, "text", ".bin")  # the IR's weights
     graph.write_bytes(graph.read_bytes()[:1000])
     assert runtime.read_meta(entry) is None
     rebuilt = _entry(tiny_model, tmp_path)
@@ -128,7 +135,7 @@ def test_truncated_entry_is_rebuilt(tiny_model: str, tmp_path: Path) -> None:
 
 def test_flipped_byte_is_detected_and_rebuilt(tiny_model: str, tmp_path: Path) -> None:
     entry = _entry(tiny_model, tmp_path)
-    graph = entry / runtime.IMAGE_FILE
+    graph = _graph(entry, "image", ".xml")  # the IR's graph: the .bin is checked the same way
     data = bytearray(graph.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size: only the checksum can tell
     graph.write_bytes(bytes(data))
@@ -159,12 +166,16 @@ def test_architecture_that_does_not_export_falls_back_to_torch(
     tiny_model: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch
 ) -> None:
     # Every tiny open_clip family tried (ViT, ModifiedResNet, timm ConvNeXt, attentional pool,
-    # CoCa) exports with torch 2.14, so the exporter's rejection is injected at its call.
+    # CoCa) exports with torch 2.14, so the exporters' rejection is injected at their calls:
+    # OpenVINO's conversion first, then the ONNX export it falls back to.
+    import openvino
+
     from retrieval.embedders import export
 
     def reject(*args, **kwargs):
         raise torch._dynamo.exc.Unsupported("data-dependent control flow")
 
+    monkeypatch.setattr(openvino, "convert_model", reject)
     monkeypatch.setattr(export.torch.onnx, "export", reject)
     cache = tmp_path / "cache"
     with caplog.at_level("WARNING"):
@@ -184,6 +195,31 @@ def test_architecture_that_does_not_export_falls_back_to_torch(
             cache_dir=cache,
             hash_cache=HASHES,
         )
+
+
+def test_a_model_openvino_cannot_convert_goes_through_the_onnx_export(
+    tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import openvino
+
+    def reject(*args, **kwargs):
+        raise RuntimeError("Cannot convert aten::some_op")
+
+    monkeypatch.setattr(openvino, "convert_model", reject)
+    spec = ModelSpec(tiny_model, None)
+    embedder = OpenClipEmbedder.load(spec, device="cpu", cache_dir=tmp_path / "exports")
+    assert embedder.backend == "openvino"
+    entry = embedder.encoder.folder
+    assert embedder.encoder.meta["graphs"] == {"image": "image.onnx", "text": "text.onnx"}
+    assert sorted(path.name for path in entry.iterdir()) == ["image.onnx", "meta.json", "text.onnx"]
+    eager = OpenClipEmbedder.load(spec, device="cpu", backend="torch")
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    np.testing.assert_allclose(
+        embedder.encode_images(pixels), eager.encode_images(pixels), atol=TOLERANCE, rtol=0
+    )
+    np.testing.assert_allclose(
+        embedder.encode_texts(TEXTS), eager.encode_texts(TEXTS), atol=TOLERANCE, rtol=0
+    )
 
 
 def test_runtime_module_does_not_import_torch(embedders, cache_dir: Path) -> None:
@@ -226,34 +262,62 @@ def test_runtime_backend_refused_on_cuda_and_for_fp16() -> None:
         resolve_backend("tensorrt", "cpu", "auto")
 
 
-def _encode_in_new_session(folder: Path, tokens: np.ndarray) -> np.ndarray:
-    encoder = runtime.open_folder(folder, threads=1)
-    return encoder.encode_tokens(tokens)
-
-
-def test_compiled_blobs_are_reused_and_never_trusted_when_damaged(
+def test_entry_holds_one_form_of_the_model_about_the_size_of_its_weights(
     tiny_model: str, tmp_path: Path
 ) -> None:
     entry = _entry(tiny_model, tmp_path / "exports")
-    tokens = open_clip.get_tokenizer(tiny_model)(TEXTS).numpy()
-    first = _encode_in_new_session(entry, tokens)  # compiles and writes the blob
-    blobs = entry / runtime.OPENVINO_BLOBS
-    recorded = json.loads((blobs / runtime.BLOBS_FILE).read_text())
-    assert recorded and all((blobs / name).is_file() for name in recorded)
-    mtimes = {name: (blobs / name).stat().st_mtime_ns for name in recorded}
-    np.testing.assert_array_equal(_encode_in_new_session(entry, tokens), first)
-    assert {name: (blobs / name).stat().st_mtime_ns for name in recorded} == mtimes  # imported
+    meta = json.loads((entry / runtime.META_FILE).read_text())
+    assert meta["graphs"] == {"image": "image.xml", "text": "text.xml"}
+    assert sorted(path.name for path in entry.iterdir()) == [
+        "image.bin", "image.xml", "meta.json", "text.bin", "text.xml",
+    ]  # fmt: skip
+    weights = Path(tiny_model.removeprefix("local-dir:")) / "open_clip_model.safetensors"
+    cached = sum(path.stat().st_size for path in entry.iterdir() if path.suffix == ".bin")
+    # fp32 weights, each tower's once (the tiny model's graphs themselves are a few hundred KB)
+    assert 0.9 * weights.stat().st_size <= cached <= 1.2 * weights.stat().st_size
 
-    name = next(iter(recorded))
-    data = bytearray((blobs / name).read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (blobs / name).write_bytes(bytes(data))
-    (blobs / "half-written.blob").write_bytes(b"\0" * 100)  # as a killed compile leaves
-    np.testing.assert_array_equal(_encode_in_new_session(entry, tokens), first)
-    assert not (blobs / "half-written.blob").exists()
-    assert json.loads((blobs / runtime.BLOBS_FILE).read_text()) == {
-        blob.name: runtime.cached_sha256(blob) for blob in runtime._blob_files(blobs)
-    }
+
+def test_a_killed_export_leaves_nothing_that_is_used_and_is_cleaned_up(
+    tiny_model: str, tmp_path: Path
+) -> None:
+    from retrieval.embedders import export
+
+    cache = tmp_path / "exports"
+    script = (
+        "import os, signal\n"
+        "from pathlib import Path\n"
+        "from retrieval.embedders import runtime\n"
+        "from retrieval.embedders.open_clip import OpenClipEmbedder\n"
+        "from retrieval.types import ModelSpec\n"
+        "def die(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "runtime.write_meta = die  # killed after both towers are written, before meta.json\n"
+        f"OpenClipEmbedder.load(ModelSpec({tiny_model!r}, None), device='cpu', "
+        f"cache_dir=Path({str(cache)!r}))\n"
+    )
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    killed = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, check=False)
+    assert killed.returncode == -9
+    (abandoned,) = [path for path in cache.iterdir() if path.is_dir()]  # the staging folder
+    assert abandoned.name.startswith(".") and (abandoned / "image.bin").is_file()
+    entry = _entry(tiny_model, cache)  # exports again: nothing half-made was taken
+    assert runtime.read_meta(entry) is not None
+    assert [path.name for path in cache.iterdir() if path.is_dir()] == [entry.name]  # no staging
+    assert export.remove_abandoned(entry) == []
+
+
+def test_mapped_weights_are_released_after_a_new_shape_and_results_stay_the_same(
+    embedders,
+) -> None:
+    import os
+
+    exported, _ = embedders
+    pixels = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    first = exported.encode_images(pixels)  # a new shape: its run released the pages already
+    weights = {os.path.realpath(exported.encoder.folder / "image.bin")}
+    assert runtime.drop_mapped_pages(weights) >= 1  # OpenVINO keeps the .bin mapped
+    np.testing.assert_array_equal(exported.encode_images(pixels), first)  # read back from disk
+    assert runtime.drop_mapped_pages({"/nonexistent.bin"}) == 0
 
 
 def test_runtime_answers_many_threads_at_once(embedders) -> None:

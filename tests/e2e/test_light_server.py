@@ -1,0 +1,153 @@
+"""A light server: with the exported towers in the cache, `mmsearch serve` and `mmsearch query
+--image` answer text and image queries without torch or open_clip (an import hook refuses
+them in the child process), with the hits and scores the full torch model gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from clirun import run_ok, run_subprocess
+from httpkit import free_port
+
+pytestmark = pytest.mark.runtime
+
+HEAVY = ("torch", "open_clip", "torchvision")
+# Runs the CLI in a fresh interpreter whose imports of torch, open_clip or torchvision fail, and
+# reports on exit which of them are loaded (none can be) and which imports were refused.
+# importlib.util.find_spec, which locates a package's files without importing it (the
+# tokenizer finds open_clip's vocabulary that way), is let through.
+REFUSE_TORCH = f"""
+import importlib.abc, importlib.util, json, sys
+HEAVY = {HEAVY!r}
+refused = []
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code is importlib.util.find_spec.__code__:
+                return None
+            frame = frame.f_back
+        if name.split(".")[0] in HEAVY:
+            refused.append(name)
+            raise ImportError(f"{{name}} is refused in this light process")
+        return None
+sys.meta_path.insert(0, Refuse())
+from retrieval.cli import app
+try:
+    app(sys.argv[1:], standalone_mode=False)
+finally:
+    heavy = sorted(m for m in HEAVY if m in sys.modules)
+    print(json.dumps({{"heavy": heavy, "refused": refused}}), file=sys.stderr)
+"""
+
+
+@pytest.fixture(autouse=True)
+def default_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--backend auto`, the default users get (the suite pins torch for in-process tests)."""
+    monkeypatch.delenv("MMSEARCH_BACKEND")
+
+
+@pytest.fixture
+def index_dir(image_folder: Path, tiny_model: str, tmp_path: Path) -> Path:
+    """The photos indexed in a child process with the exported runtime (OpenVINO stays out of
+    the pytest process, see conftest.py), which fills the export cache."""
+    directory = tmp_path / "index"
+    done = run_subprocess("index", image_folder, "--model", tiny_model, "--index", directory,
+                          "-q", env=os.environ.copy())  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return directory
+
+
+def light(*args: str) -> tuple[str, dict]:
+    """(stdout, {"heavy", "refused"}) of one torch-refusing CLI run."""
+    done = subprocess.run(
+        [sys.executable, "-c", REFUSE_TORCH, *args],
+        capture_output=True, text=True, env=os.environ.copy(), timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout, json.loads(done.stderr.strip().splitlines()[-1])
+
+
+def torch_query(index_dir: Path, *args: str) -> list[dict]:
+    out = run_ok("query", *args, "--json", "--index", index_dir, "--backend", "torch")
+    return json.loads(out)["results"]
+
+
+def assert_same_hits(got: list[dict], want: list[dict]) -> None:
+    assert [hit["id"] for hit in got] == [hit["id"] for hit in want]
+    for ours, theirs in zip(got, want, strict=True):
+        assert abs(ours["score"] - theirs["score"]) < 1e-4
+
+
+def test_image_query_runs_without_torch_and_matches_the_full_model(
+    index_dir: Path, image_folder: Path
+) -> None:
+    image = sorted(image_folder.iterdir())[3]
+    out, modules = light("query", "--image", str(image), "--json", "-k", "5",
+                         "--index", str(index_dir))  # fmt: skip
+    assert modules == {"heavy": [], "refused": []}
+    got = json.loads(out)["results"]
+    assert Path(got[0]["path"]).resolve() == image.resolve()
+    assert_same_hits(got, torch_query(index_dir, "--image", str(image), "-k", "5"))
+
+
+def test_serve_answers_text_and_image_queries_without_torch(
+    index_dir: Path, image_folder: Path
+) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", REFUSE_TORCH, "serve", "--index", str(index_dir),
+         "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.2)
+        text = httpx.get(f"{base}/search", params={"q": "a red square", "k": 5}, timeout=60)
+        image = sorted(image_folder.iterdir())[3]
+        upload = httpx.post(f"{base}/search/image", params={"k": 5}, timeout=60,
+                            files={"file": (image.name, image.read_bytes())})  # fmt: skip
+        broken = httpx.post(f"{base}/search/image", timeout=60,
+                            files={"file": ("broken.jpg", b"\xff\xd8\xff not a jpeg")})  # fmt: skip
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, stderr = server.communicate(timeout=60)
+    modules = json.loads(stderr.strip().splitlines()[-1])
+    assert modules == {"heavy": [], "refused": []}, stderr
+    assert text.status_code == 200, text.text
+    assert upload.status_code == 200, upload.text
+    assert 400 <= broken.status_code < 500, broken.text  # a clear 4xx, as with the full model
+    assert_same_hits(text.json()["results"], torch_query(index_dir, "a red square", "-k", "5"))
+    assert_same_hits(
+        upload.json()["results"], torch_query(index_dir, "--image", str(image), "-k", "5")
+    )
+
+
+def test_first_use_prints_a_progress_line_while_the_model_is_prepared(
+    image_folder: Path, tiny_model: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "MMSEARCH_EXPORT_CACHE": str(tmp_path / "fresh-exports")}
+    first = run_subprocess("index", image_folder, "--model", tiny_model, "--index",
+                           tmp_path / "a", "-q", env=env)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert "preparing the model for this CPU (first use, ~" in first.stderr
+    again = run_subprocess("index", image_folder, "--model", tiny_model, "--index",
+                           tmp_path / "b", "-q", env=env)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "preparing the model" not in again.stderr
