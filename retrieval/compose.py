@@ -163,7 +163,9 @@ def open_for_search(
     return SearchService(store, lambda: embedder, text_batcher=embedder.texts, recorder=recorder)
 
 
-def open_writer(service: SearchService, fetch_allow: tuple[str, ...] = ()) -> ProductWriter | None:
+def open_writer(
+    service: SearchService, fetch_allow: tuple[str, ...] = (), compact_rows: int | None = None
+) -> ProductWriter | None:
     """A ProductWriter on the service's index sharing the service's model, or None (with a
     warning) when the index cannot be opened for writing (a read-only directory)."""
     import sqlite3
@@ -189,7 +191,8 @@ def open_writer(service: SearchService, fetch_allow: tuple[str, ...] = ()) -> Pr
         from .ingest.fetch import FetchPolicy
 
         policy = FetchPolicy.from_allow(fetch_allow)
-        return ProductWriter(service.store.directory, embedder, fetch_policy=policy)
+        options = {} if compact_rows is None else {"compact_rows": compact_rows}
+        return ProductWriter(service.store.directory, embedder, fetch_policy=policy, **options)
     except (OSError, sqlite3.Error, MmsearchError) as err:
         logger.warning(
             "product writes disabled: %s cannot be opened for writing (%s)",

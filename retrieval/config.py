@@ -104,6 +104,20 @@ def default_batch_size(use: str, on_gpu: bool) -> int:
     return BATCH_SIZES[use]["cuda" if on_gpu else "cpu"]
 
 
+# A write with at most this many images to embed (a product PUT) decodes them in its own
+# process: starting decode worker processes costs ~200 ms on two loaded cores, decoding a few
+# product photos in-process a few ms each.
+SMALL_WRITE_IMAGES = 4
+
+# The change log of small writes (storage/delta.py): a write that would take it past this many
+# rows compacts it into a new generation instead. Readers search the logged vectors exactly, so
+# the log costs every query a (rows x dim) product: 4096 x 512 floats is ~1 ms on one core,
+# while a product write logs 2-4 rows, so a compaction (a full faiss write, ~1 s at 100k
+# products) comes once per ~1,000+ writes. `serve` compacts in the background from
+# DELTA_COMPACT_ROWS on, so writes seldom reach the limit themselves.
+DELTA_MAX_ROWS = 4096
+DELTA_COMPACT_ROWS = 2048
+
 # Keyword search (storage/keywords.py): query words of this many letters or more also match
 # the words they begin (`gold` -> goldfish), ranked below exact matches. Two letters is the
 # shortest prefix the keyword table indexes; a one-letter prefix would match a 26th of the
@@ -176,6 +190,8 @@ class ServeConfig:
     forwarded_allow_ips: tuple[str, ...] = ()
     # --fetch-allow: hosts/CIDRs whose private addresses product image URLs may come from.
     fetch_allow: tuple[str, ...] = ()
+    # --compact-rows: change-log rows (storage/delta.py) past which a background compaction runs.
+    compact_rows: int = DELTA_COMPACT_ROWS
     # Phone photos are 2-8 MB; 20 MiB leaves room for large PNGs without inviting abuse.
     max_upload_bytes: int = 20 * MIB
     # Full-resolution modes of current phone cameras reach 48-50 Mpx. Per image, and per request

@@ -38,6 +38,15 @@ def serve(
         ),
     ] = None,
     fetch_allow: FetchAllowOption = None,
+    compact_rows: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Product writes go to a change log; past this many rows it is folded into the "
+            "faiss files in the background",
+            envvar="MMSEARCH_COMPACT_ROWS",
+        ),
+    ] = _SERVE.compact_rows,
     cors_origin: Annotated[
         list[str] | None,
         typer.Option(
@@ -147,6 +156,7 @@ def serve(
             allowed_hosts=tuple(allowed_host or ()),
             forwarded_allow_ips=tuple(forwarded_allow_ip or ()),
             fetch_allow=tuple(fetch_allow or ()),
+            compact_rows=compact_rows,
             boosts=tuple(boost or ()),
             max_upload_bytes=int(max_upload_mb * MIB),
             max_megapixels=max_megapixels,

@@ -18,7 +18,7 @@ import open_clip
 import torch
 from open_clip import pretrained as oc_pretrained
 
-from ..config import FULL_DECODE, default_batch_size
+from ..config import FULL_DECODE, SMALL_WRITE_IMAGES, default_batch_size
 from ..errors import ModelUnavailableError
 from ..files import cached_sha256
 from ..images import load_image
@@ -424,6 +424,12 @@ class OpenClipEmbedder:
     ) -> None:
         """Pillow decoding in DataLoader workers; `positions[i]` is what `paths[i]` reports as.
         Unless told how many workers, the first batch is decoded here and timed to size them."""
+        if len(paths) <= SMALL_WRITE_IMAGES:
+            # A product write's few images: forking DataLoader workers costs ~200 ms (two
+            # loaded cores), decoding them here a few ms (benchmarks/product_writes.py).
+            batch, _ = decode_timed(paths, self.preprocess, self.target)
+            self._hand_over(batch, positions, on_batch)
+            return
         start = 0
         if self.size_workers and len(paths) > self.batch_size:
             start = self._embed_first_batch_measured(paths, positions, on_batch)

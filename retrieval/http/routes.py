@@ -197,7 +197,7 @@ def create_app(
 
     own_writer = writer is None
     if writer is None:
-        writer = open_writer(service, config.fetch_allow)
+        writer = open_writer(service, config.fetch_allow, config.compact_rows)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

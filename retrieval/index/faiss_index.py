@@ -319,12 +319,18 @@ class FaissIndex:
             self._changed()
 
     def search(
-        self, queries: Vectors, k: int, *, allowed_ids: Ids | None = None
+        self,
+        queries: Vectors,
+        k: int,
+        *,
+        allowed_ids: Ids | None = None,
+        excluded_ids: Ids | None = None,
     ) -> tuple[Scores, Ids]:
         """Top-k (scores, ids) per query, best first, padded with -inf / -1.
 
-        With `allowed_ids`, only those ids can be returned; the filter runs inside faiss, so
-        a query still gets k hits whenever k allowed vectors are in the index.
+        With `allowed_ids`, only those ids can be returned; `excluded_ids` are never returned
+        (the stale vectors of a delta's changed items, storage/delta.py). Both filters run
+        inside faiss, so a query still gets k hits whenever k such vectors are in the index.
         """
         xq = np.asarray(queries)
         if xq.ndim != 2 or xq.shape[1] != self.dim or not np.issubdtype(xq.dtype, np.floating):
@@ -335,8 +341,16 @@ class FaissIndex:
         if k < 1:
             raise InvalidQueryError(f"k (top-k) must be >= 1, got {k}")
         xq = np.ascontiguousarray(xq, dtype=np.float32)
+        excluded = None
+        if excluded_ids is not None and len(excluded_ids):
+            excluded = np.unique(np.asarray(excluded_ids, np.int64))
         if allowed_ids is not None:
-            D, I = self._filtered_search(xq, k, np.unique(np.asarray(allowed_ids, np.int64)))
+            allowed = np.unique(np.asarray(allowed_ids, np.int64))
+            if excluded is not None:
+                allowed = np.setdiff1d(allowed, excluded, assume_unique=True)
+            D, I = self._filtered_search(xq, k, allowed)
+        elif excluded is not None and self.ntotal > 0:
+            D, I = self._excluding_search(xq, k, excluded)
         elif self.ntotal == 0:
             D, I = np.empty((len(xq), k), np.float32), np.full((len(xq), k), -1, np.int64)
         else:
@@ -405,6 +419,18 @@ class FaissIndex:
         short = (I >= 0).sum(axis=1) < min(k, allowed.size)
         if not exhaustive and short.any():
             D[short], I[short] = self._search_with_selector(xq[short], k, sel, allowed.size, True)
+        return D, I
+
+    def _excluding_search(self, xq: Any, k: int, excluded: Any) -> tuple[Any, Any]:
+        """Every vector but `excluded`, with _filtered_search's guarantee."""
+        batch = faiss.IDSelectorBatch(excluded)
+        sel = faiss.IDSelectorNot(batch)
+        sel.referenced = batch  # type: ignore[attr-defined]  # keep the wrapped one alive
+        n_allowed = max(self.ntotal - excluded.size, 1)
+        D, I = self._search_with_selector(xq, k, sel, n_allowed, False)
+        short = (I >= 0).sum(axis=1) < min(k, n_allowed)
+        if short.any():
+            D[short], I[short] = self._search_with_selector(xq[short], k, sel, n_allowed, True)
         return D, I
 
     def _search_with_selector(

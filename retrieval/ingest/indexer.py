@@ -102,8 +102,13 @@ class Indexer:
         on_progress: Progress | None = None,
         lock_wait_s: float = 0.0,
         sweep_vectors: bool = True,
+        delta: bool = False,
     ) -> None:
         self.store = store
+        # True: item changes go to the change log (storage/delta.py) until it is full, so a
+        # small write rewrites no faiss file (serve's product writes); False: every commit
+        # compacts the log into a new generation (index runs).
+        self.delta = delta
         self.lock_wait_s = lock_wait_s
         # True: each commit drops every stored vector no item uses (an index run); False: only
         # those the commit released, so a small write does not scan the whole vector table.
@@ -150,7 +155,10 @@ class Indexer:
                 yield changes
                 if rebuild or self.must_commit(changes):
                     store.commit(
-                        changes.collections, index_types=self.index_types, force_rebuild=rebuild
+                        changes.collections,
+                        index_types=self.index_types,
+                        force_rebuild=rebuild,
+                        delta=self.delta and not rebuild,
                     )
                 store.catalog.drop_unused_vectors(None if self.sweep_vectors else changes.released)
                 faults.reached("commit")
@@ -162,9 +170,11 @@ class Indexer:
         store.cleanup()
 
     def must_commit(self, changes: ChangeSet) -> bool:
-        """The one commit rule: a new generation when items changed, when the run asks for
-        another index layout (--index-type, --ondisk/--in-memory), when ids of merged
-        duplicates wait to leave the faiss files, or when the index has no generation yet."""
+        """The one commit rule: a new generation (or, for a delta writer, a change log entry)
+        when items changed, when the run asks for another index layout (--index-type,
+        --ondisk/--in-memory), when ids of merged duplicates wait to leave the faiss files,
+        when the index has no generation yet, or when an index run finds a change log to
+        compact."""
         store = self.store
         return bool(
             changes
@@ -172,7 +182,21 @@ class Indexer:
             or store.options.ondisk is not None
             or store.catalog.generation == 0
             or any(store.catalog.orphan_ids(collection) for collection in COLLECTIONS)
+            or (not self.delta and store.catalog.delta_size() > 0)
         )
+
+    def compact(self) -> bool:
+        """Fold the change log into a new generation now (whatever its size); whether there
+        was one to fold. Readers keep answering from the old generation until the commit."""
+        if not self.store.catalog.delta_size():
+            return False
+        delta, self.delta = self.delta, False
+        try:
+            with self.change():
+                pass
+        finally:
+            self.delta = delta
+        return True
 
 
 __all__ = ["ChangeSet", "Indexer", "Progress"]

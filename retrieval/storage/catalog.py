@@ -117,6 +117,21 @@ MIGRATIONS: tuple[str, ...] = (
         detail TEXT NOT NULL
     );
     """,
+    # The change log of the current generation's faiss files (storage/delta.py): a small write
+    # appends the ids it removed (op 0) and added (op 1) instead of rewriting a whole faiss file;
+    # readers apply the log on their next query; compaction folds it into the next generation
+    # and empties it. AUTOINCREMENT: a sequence number is never reused, so `max(seq)` tells a
+    # reader whether anything changed since it last looked.
+    """
+    CREATE TABLE delta_log (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        collection TEXT NOT NULL,
+        item_id INTEGER NOT NULL,
+        op INTEGER NOT NULL
+    );
+    INSERT OR REPLACE INTO meta(key, value) SELECT 'base_max_id',
+        COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'items'), 0);
+    """,
 )
 
 
@@ -180,6 +195,7 @@ class Catalog:
         uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
         # isolation_level=None: we issue BEGIN/COMMIT ourselves so one index run is one commit.
         self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        self._delta_log = False
         self.db.row_factory = sqlite3.Row
         keywords.register(self.db)
         folding.register(self.db)
@@ -218,6 +234,77 @@ class Catalog:
     @property
     def generation(self) -> int:
         return int(self.get_meta("generation", "0") or 0)
+
+    # -- the change log of the current generation (storage/delta.py) ------------------------
+    def position(self) -> tuple[int, int]:
+        """(generation, last delta_log seq or 0) in one query: what a reader compares with
+        what it has loaded, on every query."""
+        if not self._has_delta_log():
+            return self.generation, 0
+        row = self.db.execute(
+            "SELECT (SELECT value FROM meta WHERE key='generation'), "
+            "(SELECT max(seq) FROM delta_log)"
+        ).fetchone()
+        return int(row[0] or 0), int(row[1] or 0)
+
+    @property
+    def base_max_id(self) -> int:
+        """The largest item id ever issued when the current generation's faiss files were
+        written: a logged id up to it is in those files (storage/delta.py)."""
+        return int(self.get_meta("base_max_id", "0") or 0)
+
+    def record_base_max_id(self) -> None:
+        """At a full commit (with the generation flip): every item so far is in its files."""
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='items'").fetchone()
+        self.set_meta("base_max_id", str(int(row[0]) if row else 0))
+
+    def append_delta(self, rows: Iterable[tuple[str, int, int]]) -> None:
+        """Log (collection, item id, op) rows, op 0 = removed, 1 = added (committed by the
+        caller, with the item changes they describe)."""
+        self.db.executemany(
+            "INSERT INTO delta_log(collection, item_id, op) VALUES (?, ?, ?)",
+            ((c, int(i), int(op)) for c, i, op in rows),
+        )
+
+    def read_delta(self, after: int = 0) -> list[tuple[int, str, int, int]]:
+        """Log rows (seq, collection, item id, op) after seq `after`, in order."""
+        if not self._has_delta_log():
+            return []
+        rows = self.db.execute(
+            "SELECT seq, collection, item_id, op FROM delta_log WHERE seq > ? ORDER BY seq",
+            (after,),
+        )
+        return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+    def delta_size(self) -> int:
+        if not self._has_delta_log():
+            return 0
+        return int(self.db.execute("SELECT COUNT(*) FROM delta_log").fetchone()[0])
+
+    def clear_delta(self) -> None:
+        """Empty the log (a compaction, in the transaction that flips the generation)."""
+        if self._has_delta_log():
+            self.db.execute("DELETE FROM delta_log")
+
+    def _has_delta_log(self) -> bool:
+        # A read-only catalog of an older version has no log (and so no delta) until a writer
+        # migrates it: asked again until it has one, then remembered.
+        if not self._delta_log:
+            self._delta_log = self._has_table("delta_log")
+        return self._delta_log
+
+    def get_item_vectors(self, ids: Sequence[int], dim: int) -> tuple[Ids, np.ndarray]:
+        """(ids, float32 vectors) of those of `ids` that are items with a stored vector, in
+        ascending id order (items deleted meanwhile are left out, unlike get_vectors_by_id)."""
+        query = (
+            "SELECT items.id, vectors.vector FROM items JOIN vectors USING (key) "
+            "WHERE items.id IN ({})"
+        )
+        rows = sorted(self._select_in(query, [int(i) for i in ids]), key=lambda row: row[0])
+        found = np.asarray([row[0] for row in rows], dtype=np.int64)
+        blob = b"".join(row[1] for row in rows)
+        vectors = np.frombuffer(blob, dtype=np.float16).reshape(len(rows), dim)
+        return found, vectors.astype(np.float32)
 
     # -- vectors ------------------------------------------------------------------------------
     def put_vectors(self, keys: Sequence[str], vectors: np.ndarray) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import faults
+from ..config import DELTA_MAX_ROWS
 from ..errors import InvalidQueryError
 from ..files import file_sha256
 from ..index import FaissIndex
@@ -28,6 +29,7 @@ from ..index.tuning import (
 )
 from ..types import COLLECTIONS, IMAGES, TEXTS
 from .collections import read_state, write_state
+from .delta import ADDED, REMOVED
 from .probes import TextEmbedder, tuning_probes
 from .reading import ReadPath
 
@@ -68,9 +70,25 @@ class CommitPath(ReadPath):
         *,
         index_types: dict[str, str] | None = None,
         force_rebuild: bool = False,
-    ) -> None:
-        """Inside an open catalog transaction: write the next generation's faiss files and
-        flip the generation. The caller's transaction commit makes it all visible at once."""
+        delta: bool = False,
+    ) -> bool:
+        """Inside an open catalog transaction: with `delta`, append the changes to the change
+        log (delta.py) when it stays under DELTA_MAX_ROWS; otherwise write the next
+        generation's faiss files with the log folded in (a compaction) and flip the
+        generation. The caller's transaction commit makes it all visible at once. Whether a
+        new generation was written."""
+        if (
+            delta
+            and not force_rebuild
+            and not index_types
+            and self.options.ondisk is None
+            and self.catalog.generation > 0
+            and self._append_delta(changes)
+        ):
+            return False
+        changes = self._with_logged(changes)
+        self.catalog.clear_delta()
+        self.catalog.record_base_max_id()
         old = self.catalog.generation
         new = old + 1
         dim = self.identity.dim
@@ -117,6 +135,50 @@ class CommitPath(ReadPath):
             faults.reached("faiss")
         self.catalog.set_meta("generation", str(new))
         self.catalog.set_meta("updated", str(time.time()))
+        return True
+
+    def _append_delta(self, changes: dict[str, CollectionChanges]) -> bool:
+        """Log the changes (and ids of merged duplicates) instead of rewriting faiss files;
+        False when the log would pass DELTA_MAX_ROWS (the caller compacts instead)."""
+        rows: list[tuple[str, int, int]] = []
+        for collection in COLLECTIONS:
+            change = changes.get(collection, CollectionChanges())
+            removed = change.removed + self.catalog.orphan_ids(collection)
+            rows += [(collection, item_id, REMOVED) for item_id in removed]
+            rows += [(collection, item_id, ADDED) for item_id in change.added]
+        if not rows:
+            return True
+        if self.catalog.delta_size() + len(rows) > DELTA_MAX_ROWS:
+            return False
+        self.catalog.append_delta(rows)
+        for collection in COLLECTIONS:
+            self.catalog.clear_orphans(collection)
+        self.catalog.set_meta("updated", str(time.time()))
+        faults.reached("faiss")
+        return True
+
+    def _with_logged(self, changes: dict[str, CollectionChanges]) -> dict[str, CollectionChanges]:
+        """These changes plus the change log's, for a compaction: every logged id leaves the
+        base file (unknown ids are ignored by removal), and those still items enter it with
+        their current vectors."""
+        logged: dict[str, set[int]] = {collection: set() for collection in COLLECTIONS}
+        for _, collection, item_id, _ in self.catalog.read_delta():
+            logged.setdefault(collection, set()).add(item_id)
+        if not any(logged.values()):
+            return changes
+        merged = {}
+        for collection in COLLECTIONS:
+            change = changes.get(collection, CollectionChanges())
+            touched = logged[collection]
+            if not touched:
+                merged[collection] = change
+                continue
+            base_max = self.catalog.base_max_id
+            removed = sorted(set(change.removed) | {i for i in touched if i <= base_max})
+            existing = set(self.catalog.get_items(sorted(touched | set(change.added))))
+            added = sorted(existing & (touched | set(change.added)))
+            merged[collection] = CollectionChanges(removed, added)
+        return merged
 
     def adopt_committed(self, committed: bool) -> None:
         """After the transaction around `commit` ended: keep the indexes it saved as this
@@ -143,7 +205,7 @@ class CommitPath(ReadPath):
         # the stored vectors (get_index would rebuild it from the catalog, which already holds
         # this commit's additions, and `change.added` would then add them a second time).
         had_file = self._faiss_path(collection, self.catalog.generation).is_file()
-        current = None if force_rebuild or not had_file else self.get_index(collection)
+        current = None if force_rebuild or not had_file else self.get_base_index(collection)
         if current is not None and current.read_only:  # mmapped: read it fully to update it
             current = FaissIndex.load(
                 self._faiss_path(collection, self.catalog.generation),
@@ -151,6 +213,7 @@ class CommitPath(ReadPath):
             )
         # The cached reader copy is about to be mutated; never serve it again.
         self._indexes.pop(collection, None)
+        self._live.pop(collection, None)
         built_n = read_state(self.catalog, collection).built_n
         built_for = read_state(self.catalog, collection).built_for
         # Parameters such as nlist follow n, so an index built for n stays right for n/2..2n;

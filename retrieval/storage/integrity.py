@@ -4,7 +4,8 @@ rebuilt from them is repaired by ingest/repair.py).
 What is checked: manifest.json against the copy the catalog recorded at creation; SQLite's own
 integrity check; every item has a stored vector of the right size; each collection's faiss file
 of the current generation exists, matches the sha256 recorded at commit, loads, and holds
-exactly the catalog's item ids; no stray files of other generations or interrupted writes.
+exactly the catalog's item ids once the change log (storage/delta.py) is applied; no stray
+files of other generations or interrupted writes.
 
 Each folder image is stored once, under its identity (files.py): two items whose paths name one
 file (a root indexed through a symlink or with `..` by versions before that rule), or a path
@@ -60,7 +61,7 @@ class Problem:
     """One thing wrong with an index directory, and what fixes it."""
 
     kind: str  # manifest, sqlite, vector-missing, vector-size, faiss-missing, faiss-checksum,
-    # faiss-unreadable, faiss-mismatch, stray-file, duplicate, identity, orphans
+    # faiss-unreadable, faiss-mismatch, delta-mismatch, stray-file, duplicate, identity, orphans
     where: str
     detail: str
     fix: str  # the command that repairs it
@@ -297,10 +298,21 @@ def _check_faiss(
     path = directory / f"{collection}.{report.generation}.faiss"
     if count == 0:
         return
+    base_max = catalog.base_max_id
+    logged = {i for _, name, i, _ in catalog.read_delta() if name == collection}
     if not path.is_file():
-        report.problems.append(
-            Problem("faiss-missing", str(path), f"{count} {collection} but no index", repair, True)
-        )
+        # A collection empty at this generation may have gained items through the log since.
+        newer = catalog.db.execute(
+            "SELECT id FROM items WHERE collection=? AND id<=?", (collection, base_max)
+        ).fetchall()
+        if newer or any(i <= base_max for i in logged):
+            report.problems.append(
+                Problem(
+                    "faiss-missing", str(path), f"{count} {collection} but no index", repair, True
+                )
+            )
+        else:
+            _check_logged(catalog, directory, collection, logged, report, repair)
         return
     recorded = read_state(catalog, collection).sha256
     if verify_checksums and recorded and file_sha256(path) != recorded:
@@ -323,6 +335,20 @@ def _check_faiss(
         dtype=np.int64,
     )
     found = index.ids()
+    # The change log (storage/delta.py) hides the logged ids the base holds (every logged id
+    # up to base_max_id) and serves those still items from the catalog.
+    hidden = np.asarray(sorted(i for i in logged if i <= base_max), dtype=np.int64)
+    stale = np.setdiff1d(hidden, found)
+    newer = found[found > base_max]
+    if stale.size or newer.size:
+        detail = (
+            f"the change log hides {stale.size} ids the base file does not hold and the file "
+            f"holds {newer.size} ids newer than its generation"
+        )
+        report.problems.append(Problem("delta-mismatch", str(path), detail, repair, True))
+    found = np.setdiff1d(found, hidden)
+    live = np.asarray(sorted(set(catalog.get_items(sorted(logged)))), dtype=np.int64)
+    found = np.union1d(found, live)
     # Ids of merged duplicates stay in the file until the next commit ("orphans" above).
     found = np.setdiff1d(found, np.asarray(catalog.orphan_ids(collection), dtype=np.int64))
     if not np.array_equal(found, expected):
@@ -333,6 +359,27 @@ def _check_faiss(
             f"{extra} ids not in the catalog"
         )
         report.problems.append(Problem("faiss-mismatch", str(path), detail, repair, True))
+
+
+def _check_logged(
+    catalog: Catalog,
+    directory: Path,
+    collection: str,
+    logged: set[int],
+    report: CheckReport,
+    repair: str,
+) -> None:
+    """A collection with no base file: every item must have come through the change log."""
+    ids = {
+        row[0]
+        for row in catalog.db.execute("SELECT id FROM items WHERE collection=?", (collection,))
+    }
+    unlogged = ids - logged
+    if unlogged:
+        detail = f"{len(unlogged)} {collection} are neither in a faiss file nor in the change log"
+        report.problems.append(
+            Problem("delta-mismatch", str(directory / CATALOG), detail, repair, True)
+        )
 
 
 def stray_files(directory: Path, generation: int) -> list[Path]:

@@ -38,6 +38,7 @@ from ..types import COLLECTIONS, ModelIdentity
 from .catalog import Catalog
 from .collections import read_state
 from .commit import CollectionChanges, CommitPath
+from .delta import Delta, LiveIndex
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class IndexStore(CommitPath):
         self.identity = ModelIdentity.from_dict(manifest["model"])
         self.options = options or StoreOptions()
         self._indexes: dict[str, tuple[int, FaissIndex | None]] = {}
+        self._live: dict[str, tuple[tuple[int, int], LiveIndex | None]] = {}
+        self._deltas: dict[str, tuple[int, int, Delta]] = {}
         # Indexes this writer just saved for the generation it is committing; adopted as the
         # cached copies once the transaction has committed (adopt_committed), so a long-lived
         # writer (serve) does not read back and re-verify the file it wrote on every write.
@@ -316,6 +319,8 @@ class IndexStore(CommitPath):
             "products": self.catalog.product_count(),
             "product_columns": self.catalog.get_schema() or None,
             "generation": self.catalog.generation,
+            # writes logged since the generation was written (storage/delta.py)
+            "change_log_rows": self.catalog.delta_size(),
             "size_bytes": size,
             "created": self.manifest.get("created"),
             "updated": float(updated) if updated else None,

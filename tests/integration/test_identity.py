@@ -187,7 +187,7 @@ def _old_catalog_with_duplicates(index_dir: Path) -> dict[str, int]:
         "DROP INDEX items_title; DROP TABLE orphans;"
         # the migrations after the identity one, undone too (products' image states)
         "DROP INDEX items_key; ALTER TABLE products DROP COLUMN images;"
-        "DROP TABLE api_keys; DROP TABLE audit; DROP TABLE skipped_files;"
+        "DROP TABLE api_keys; DROP TABLE audit; DROP TABLE skipped_files; DROP TABLE delta_log;"
         f"PRAGMA user_version={IDENTITY_MIGRATION}; COMMIT;"
     )
     kept, path, key = db.execute("SELECT id, path, key FROM items ORDER BY id").fetchone()
