@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if level == "e2e":
             item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.get_closest_marker("runtime") is not None)
+
+
+@pytest.fixture(autouse=True)
+def openvino_only_in_runtime_tests(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test without the `runtime` marker must not load OpenVINO into this process: the tests
+    that run after it (torch rounding, forked DataLoader workers) then fail or crash the whole
+    pytest process with a segfault and no summary. The usual cause is a library call built
+    with `EmbedConfig(...)` (backend `auto`: OpenVINO) instead of `testdata.cpu_config()`."""
+    import sys
+
+    loaded = "openvino" in sys.modules
+    yield
+    if not loaded and "openvino" in sys.modules and not request.node.get_closest_marker("runtime"):
+        pytest.fail(
+            "this test loaded OpenVINO into the pytest process without the `runtime` marker; "
+            "build its EmbedConfig with testdata.cpu_config() (backend torch) or mark it"
+        )

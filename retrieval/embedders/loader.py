@@ -9,8 +9,9 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -234,7 +235,7 @@ def create_image_loader(
         raise ValueError(
             f"num_workers must be 0 (decode in-process) or more, got {num_workers}; try --workers 0"
         )
-    return DataLoader(
+    return _OnePassLoader(
         ImageDataset(paths, preprocess, max_pixels=max_pixels, target=target),
         batch_size=batch_size,
         shuffle=False,  # batch k holds positions [k*batch_size, (k+1)*batch_size): ids follow
@@ -247,6 +248,40 @@ def create_image_loader(
         worker_init_fn=partial(_die_with_parent, os.getpid()) if num_workers > 0 else None,
         prefetch_factor=PREFETCH_FACTOR if num_workers > 0 else None,
     )
+
+
+class _OnePassLoader(DataLoader[Item]):
+    """A DataLoader that, once a pass with worker processes ends, gives SIGCHLD back to the
+    handler it had before.
+
+    torch installs a Python SIGCHLD handler with the first worker pass and never removes it.
+    Python installs its handlers with SA_ONSTACK, and once a process has run AMX kernels
+    (OpenVINO bf16/int8 on Intel Xeons with AMX) the signal frame outgrows an alternate signal
+    stack sized before: the next child that exits (a subprocess, a worker of a later pass)
+    kills the whole process with SIGSEGV. Seen as `serve` and test processes dying with exit
+    139 while waiting for a child. Workers end with each pass (persistent_workers=False), so
+    the handler has nothing left to watch."""
+
+    def __iter__(self) -> Iterator[Item]:  # type: ignore[override]
+        main = threading.current_thread() is threading.main_thread()
+        before = signal.getsignal(signal.SIGCHLD) if main and self.num_workers > 0 else None
+        batches = super().__iter__()
+        try:
+            yield from batches
+        finally:
+            if before is not None:
+                del batches  # shuts the workers down before the handler goes
+                signal.signal(signal.SIGCHLD, before)
+                _forget_torch_sigchld_handler()
+
+
+def _forget_torch_sigchld_handler() -> None:
+    """Let the next worker pass install torch's handler again (it installs it once per process,
+    remembered in a private flag; without the flag reset a later pass runs without it)."""
+    from torch.utils.data._utils import signal_handling
+
+    if hasattr(signal_handling, "_SIGCHLD_handler_set"):
+        signal_handling._SIGCHLD_handler_set = False
 
 
 def decode_target(preprocess: Preprocess) -> DecodeTarget | None:

@@ -16,9 +16,9 @@ import pytest
 from clirun import run_ok
 from httpkit import index_shop
 from PIL import Image
+from testdata import cpu_config
 
 from retrieval.compose import open_for_search, open_writer
-from retrieval.config import EmbedConfig
 from retrieval.ingest.product_api import ProductWriter
 from retrieval.search.queries import QueryPart
 from retrieval.search.service import SearchRequest, SearchService
@@ -46,8 +46,8 @@ def shop_index(tiny_model: str, tmp_path: Path) -> Path:
 def replicas(shop_index: Path) -> Iterator[tuple[ProductWriter, SearchService, SearchService]]:
     """A writer and two search services, each with its own connections (as two `serve`
     processes on one index directory have)."""
-    one = open_for_search(shop_index, EmbedConfig(device="cpu"))
-    two = open_for_search(shop_index, EmbedConfig(device="cpu"))
+    one = open_for_search(shop_index, cpu_config())
+    two = open_for_search(shop_index, cpu_config())
     writer = open_writer(one)
     assert writer is not None
     try:
@@ -168,7 +168,7 @@ def test_compaction_while_reading_changes_no_answer(
 
 
 def test_a_write_past_the_threshold_compacts_in_the_background(shop_index: Path) -> None:
-    service = open_for_search(shop_index, EmbedConfig(device="cpu"))
+    service = open_for_search(shop_index, cpu_config())
     writer = open_writer(service, compact_rows=4)
     assert writer is not None
     try:

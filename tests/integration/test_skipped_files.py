@@ -7,10 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-from testdata import make_images
+from testdata import cpu_config, make_images
 
 from retrieval.compose import open_for_indexing
-from retrieval.config import EmbedConfig
 from retrieval.ingest.sync import sync_images_and_texts
 from retrieval.types import ModelSpec
 
@@ -20,7 +19,7 @@ def no_model() -> None:
 
 
 def index(folder: Path, index_dir: Path, model: str, *, load_model: bool = True):
-    store, load = open_for_indexing(index_dir, ModelSpec(model), EmbedConfig(device="cpu"))
+    store, load = open_for_indexing(index_dir, ModelSpec(model), cpu_config())
     with store:
         return sync_images_and_texts(store, [folder], load if load_model else no_model)
 

@@ -6,6 +6,7 @@ import gc
 import multiprocessing
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import textwrap
@@ -178,6 +179,30 @@ def test_abandoned_loader_leaves_no_worker_processes(
     del batches
     gc.collect()
     assert multiprocessing.active_children() == []
+
+
+def test_a_worker_pass_gives_sigchld_back_to_the_handler_it_had(
+    zoo_paths: tuple[list[Path], list[str | None]], preprocess: Preprocess
+) -> None:
+    # torch's SIGCHLD handler, left installed, killed AMX-using processes (OpenVINO bf16/int8)
+    # with SIGSEGV at their next child exit (loader._OnePassLoader)
+    paths, _ = zoo_paths
+    before = signal.getsignal(signal.SIGCHLD)
+    for _ in range(2):  # a second pass installs torch's handler again, and gives it back again
+        seen = [
+            signal.getsignal(signal.SIGCHLD)
+            for _batch in create_image_loader(
+                paths, preprocess, batch_size=2, num_workers=1, pin_memory=False
+            )
+        ]
+        assert seen and seen[0] is not before  # torch's, while the workers ran
+        assert signal.getsignal(signal.SIGCHLD) is before
+    abandoned = iter(create_image_loader(paths, preprocess, batch_size=2, num_workers=1,
+                                         pin_memory=False))  # fmt: skip
+    next(abandoned)
+    del abandoned
+    gc.collect()
+    assert signal.getsignal(signal.SIGCHLD) is before
 
 
 def test_process_exits_promptly_after_abandoning_a_loader(tmp_path: Path) -> None:

@@ -15,9 +15,10 @@ from clirun import run_ok
 from hypothesis import given
 from hypothesis import strategies as st
 from test_tuning import clustered
+from testdata import cpu_config
 
 from retrieval.compose import open_for_search
-from retrieval.config import BatchConfig, EmbedConfig
+from retrieval.config import BatchConfig
 from retrieval.index import FaissIndex
 from retrieval.index.exact import exact_search
 from retrieval.index.tuning import K, Tuning, recall_at_k, tune
@@ -153,7 +154,7 @@ def test_the_write_path_tunes_with_spans_and_then_recorded_queries(
 
     queries = [f"{WORDS[n % 10]} {THINGS[n % 9]} {n}" for n in range(MIN_RECORDED)]
     with open_for_search(
-        directory, EmbedConfig(device="cpu"), batching=BatchConfig(), record_queries=True
+        directory, cpu_config(), batching=BatchConfig(), record_queries=True
     ) as service:
         for query in queries:
             service.search(SearchRequest(text=query, target=TEXTS, k=3))
