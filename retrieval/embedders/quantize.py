@@ -109,7 +109,7 @@ def quantize_image_tower(
         import openvino
     except ImportError as err:
         raise ModelUnavailableError(
-            "--precision int8 needs nncf and openvino: pip install nncf openvino"
+            "--precision int8 needs nncf: pip install 'mmsearch[int8]' (or pip install nncf)"
         ) from err
     pixels = [p for p in map(decode, sample_paths(paths, calibration + held_out)) if p is not None]
     if not pixels:
