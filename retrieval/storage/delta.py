@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..index import FaissIndex
-from ..types import Ids, Vectors
+from ..types import Ids, SearchParams, Vectors
 
 REMOVED, ADDED = 0, 1
 
@@ -134,6 +134,17 @@ class LiveIndex:
     @property
     def factory(self) -> str | None:
         return self.base.factory if self.base is not None else None
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the base is searched through a read-only memory map."""
+        return self.base.read_only if self.base is not None else False
+
+    @property
+    def search_params(self) -> SearchParams:
+        """The base's tuned search parameters (none without a base: the log is searched
+        exactly)."""
+        return self.base.search_params if self.base is not None else SearchParams()
 
     def search(
         self, queries: Vectors, k: int, *, allowed_ids: Ids | None = None
