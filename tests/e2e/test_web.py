@@ -94,9 +94,14 @@ def shop_site(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def wait_for(driver: WebDriver, condition: Callable[[WebDriver], T]) -> T:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, WAIT_S).until(condition)
+    # The page re-renders parts (facet panels, cards) as answers arrive: an element found a
+    # moment ago may be gone; ask again rather than fail.
+    return WebDriverWait(
+        driver, WAIT_S, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(condition)
 
 
 def loaded_cards(driver: WebDriver) -> list[WebElement]:
@@ -157,10 +162,10 @@ def test_catalog_page_filters_and_shows_titles_and_prices(
     browser: WebDriver, shop_site: Site, tmp_path: Path
 ) -> None:
     open_page(browser, shop_site, "9 products")
-    assert browser.find_element(By.ID, "filters").is_displayed()
+    wait_for(browser, lambda d: d.find_element(By.ID, "filters").is_displayed())
     # The catalog is listed at once; its facets offer the values to tick (test_storefront.py).
-    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[value=hats]"))
-    browser.find_element(By.CSS_SELECTOR, ".facet[data-column=category] input[value=hats]").click()
+    hats = ".facet[data-column=category] input[value=hats]"
+    wait_for(browser, lambda d: d.find_element(By.CSS_SELECTOR, hats).click() or True)
     wait_for(browser, lambda d: "category: hats" in d.find_element(By.ID, "status").text)
     browser.find_element(By.CSS_SELECTOR, "[data-range=price_max]").send_keys("40" + Keys.TAB)
     wait_for(browser, lambda d: "price …–40" in d.find_element(By.ID, "status").text)
