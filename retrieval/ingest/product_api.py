@@ -29,6 +29,7 @@ from ..storage import audit
 from ..storage.audit import Actor
 from ..storage.blobs import decode_data_url, image_format, is_data_url, store_blob
 from ..storage.catalog import Catalog
+from ..storage.compaction import compact_beside_writers
 from ..storage.schema import RESERVED, CellError, check_schema
 from ..storage.store import CATALOG, IndexStore
 from ..types import IMAGES
@@ -273,15 +274,18 @@ class ProductWriter:
         self._compactor.start()
 
     def compact(self) -> bool:
-        """Fold the change log into a new generation, on a connection of its own and under
-        the writer lock (product writes meanwhile wait for it, up to lock_wait_s); whether
-        there was a log to fold. A busy index is left for the next write to try again."""
+        """Fold the change log into a new generation, on a connection of its own; whether one
+        was committed. The faiss files are built while writes go on and swapped in under the
+        writer lock (storage/compaction.py); a log that needs a rebuild or a re-tune is
+        compacted under the writer lock throughout (writes meanwhile wait, up to lock_wait_s).
+        A busy index is left for the next write to try again."""
         try:
-            with (
-                _open_durable(self.directory) as store,
-                Indexer(store, self._embedder_factory) as indexer,
-            ):
-                return indexer.compact()
+            with _open_durable(self.directory) as store:
+                done = compact_beside_writers(store, self.lock_wait_s)
+                if done is not None:
+                    return done
+                with Indexer(store, self._embedder_factory) as indexer:
+                    return indexer.compact()
         except IndexBusyError:
             return False
         except MmsearchError:  # never lose a write over it: the log stays, readers use it

@@ -32,6 +32,7 @@ from ..types import COLLECTIONS, IMAGES
 from .blobs import BLOBS, URL_RECORDS
 from .catalog import Catalog
 from .collections import read_state
+from .compaction import COMPACT_DIR, COMPACT_LOCK
 from .probes import RECORDED_FILE
 from .store import CATALOG, LOCK, MANIFEST, MANIFEST_META, IndexStore
 from .synonyms import FILE_NAME as SYNONYMS_FILE
@@ -46,6 +47,10 @@ _KNOWN_FILES = frozenset(
         CATALOG + "-wal",
         CATALOG + "-shm",
         LOCK,
+        # a compaction's lock, and its work folder while it builds (a killed one's is removed
+        # by the next writer: compaction.drop_abandoned)
+        COMPACT_LOCK,
+        COMPACT_DIR,
         BLOBS,
         URL_RECORDS,
         SYNONYMS_FILE,

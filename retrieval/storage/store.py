@@ -38,6 +38,7 @@ from ..types import COLLECTIONS, ModelIdentity
 from .catalog import Catalog
 from .collections import read_state
 from .commit import CollectionChanges, CommitPath
+from .compaction import drop_abandoned
 from .delta import Delta, LiveIndex
 
 logger = logging.getLogger(__name__)
@@ -212,6 +213,7 @@ class IndexStore(CommitPath):
         """Delete faiss files of generations other than the current one (older ones, or an
         unfinished run's next one) and temp files of interrupted writes."""
         generation = self.catalog.generation
+        drop_abandoned(self.directory)
         for path in self.directory.iterdir():
             name = path.name
             if name.endswith(".tmp") and name.startswith("."):

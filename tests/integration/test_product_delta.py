@@ -22,7 +22,9 @@ from retrieval.compose import open_for_search, open_writer
 from retrieval.ingest.product_api import ProductWriter
 from retrieval.search.queries import QueryPart
 from retrieval.search.service import SearchRequest, SearchService
+from retrieval.storage.compaction import COMPACT_DIR, Compaction, compact_beside_writers
 from retrieval.storage.integrity import check_index
+from retrieval.storage.store import IndexStore
 from retrieval.types import IMAGES
 
 
@@ -198,4 +200,67 @@ def test_an_index_run_compacts_the_log_and_keeps_http_writes(
     assert writer.store.catalog.delta_size() == 0
     assert writer.store.catalog.generation == generation + 1
     assert top_image(one, png(90)) == view["images"][0]["item_id"]
+    assert check_index(shop_index).ok
+
+
+def test_writes_go_on_while_a_compaction_builds_its_files(
+    replicas: tuple[ProductWriter, SearchService, SearchService], shop_index: Path
+) -> None:
+    writer, one, two = replicas
+    writer.lock_wait_s = 0.0  # a write that had to wait for the writer lock would fail
+    _, first = writer.put("W-1", {"title": "before the snapshot", "images": [data_url(100)]})
+    doomed = sorted(product_skus(one))[0]
+    generation = writer.store.catalog.generation
+    with IndexStore.open(shop_index) as store, Compaction(store) as compaction:
+        assert compaction.build()  # the faiss files of the next generation, built unlocked
+        _, second = writer.put("W-2", {"title": "after the snapshot", "images": [data_url(101)]})
+        writer.delete(doomed)
+        writer.patch("W-1", {"price": 12.5})
+        assert compaction.swap(0.0)
+    catalog = writer.store.catalog
+    assert catalog.generation == generation + 1
+    assert catalog.delta_size() > 0  # what was written meanwhile stays in the log
+    for service in (one, two):
+        assert top_image(service, png(100)) == first["images"][0]["item_id"]
+        assert top_image(service, png(101)) == second["images"][0]["item_id"]
+        assert doomed not in product_skus(service)
+        assert "W-1" in product_skus(service, price_min=12, price_max=13)
+    assert writer.get("W-1")["price"] == 12.5
+    assert not (shop_index / COMPACT_DIR).exists()
+    assert check_index(shop_index).ok
+
+
+def test_a_compaction_the_index_run_overtook_is_discarded(
+    replicas: tuple[ProductWriter, SearchService, SearchService], shop_index: Path
+) -> None:
+    writer, one, _ = replicas
+    _, view = writer.put("R-1", {"title": "raced", "images": [data_url(110)]})
+    generation = writer.store.catalog.generation
+    with IndexStore.open(shop_index) as store, Compaction(store) as compaction:
+        assert compaction.build()
+        assert writer.compact() is False  # one compaction at a time per index directory
+        catalog = shop_index.parent / "shop" / "products.csv"
+        run_ok("index", "--catalog", catalog, "--index", shop_index, "--quiet")
+        assert not compaction.swap(0.0)  # the index run compacted first: nothing swapped
+    assert writer.store.catalog.generation == generation + 1
+    assert top_image(one, png(110)) == view["images"][0]["item_id"]
+    assert check_index(shop_index).ok
+
+
+def test_a_catalog_that_shrank_by_half_compacts_by_rebuilding(
+    replicas: tuple[ProductWriter, SearchService, SearchService], shop_index: Path
+) -> None:
+    writer, one, _ = replicas
+    skus = sorted(product_skus(one))
+    kept = skus[: len(skus) // 3]
+    for sku in skus[len(kept) :]:
+        writer.delete(sku)
+    with IndexStore.open(shop_index) as store:
+        # past RETRAIN_GROWTH the index is rebuilt, which only the full compaction does
+        assert compact_beside_writers(store, 0.0) is None
+    generation = writer.store.catalog.generation
+    assert writer.compact()
+    assert writer.store.catalog.generation == generation + 1
+    assert writer.store.catalog.delta_size() == 0
+    assert product_skus(one) == set(kept)
     assert check_index(shop_index).ok

@@ -23,7 +23,8 @@ from hypothesis.stateful import (
 
 from retrieval.index.exact import exact_search
 from retrieval.ingest.indexer import Indexer
-from retrieval.storage import commit
+from retrieval.storage import commit, compaction
+from retrieval.storage.compaction import COMPACT_DIR, Compaction
 from retrieval.storage.delta import Delta, LiveIndex, merge_hits
 from retrieval.storage.integrity import check_index
 from retrieval.storage.store import IndexStore
@@ -38,8 +39,10 @@ def stored(vector: np.ndarray) -> np.ndarray:
 
 
 class DeltaMachine(RuleBasedStateMachine):
-    """Writes (add, replace, delete) through a delta Indexer, compactions, and two readers (the
-    writer's own store and a second read-only one, as another `serve` would have)."""
+    """Writes (add, replace, delete) through a delta Indexer, compactions (under the writer lock,
+    and beside writers: built from a snapshot while writes go on, then swapped in), and two
+    readers (the writer's own store and a second read-only one, as another `serve` would
+    have)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -50,6 +53,9 @@ class DeltaMachine(RuleBasedStateMachine):
         self.rng = np.random.default_rng(0)
         self.keys = 0
         self.reader: IndexStore | None = None
+        # a compaction beside writers between its build and its swap, on its own connection
+        self.pending: tuple[IndexStore, Compaction] | None = None
+        self.swapped = 0
 
     def _vectors(self, n: int) -> tuple[list[str], np.ndarray]:
         vectors = self.rng.standard_normal((n, DIM)).astype(np.float32)
@@ -106,6 +112,40 @@ class DeltaMachine(RuleBasedStateMachine):
         assert self.writer.catalog.delta_size() == 0
         assert self.writer.catalog.generation == before + folded
 
+    @precondition(lambda self: self.pending is None)
+    @rule()
+    def build_beside_writers(self) -> None:
+        store = IndexStore.open(self.directory)
+        compaction = Compaction(store).__enter__()
+        if compaction.build():
+            self.pending = (store, compaction)
+            return
+        compaction.__exit__(None, None, None)
+        store.close()
+
+    @precondition(lambda self: self.pending is not None)
+    @rule()
+    def swap_beside_writers(self) -> None:
+        assert self.pending is not None
+        store, compaction = self.pending
+        self.pending = None
+        snapshot = compaction.snapshot
+        assert snapshot is not None
+        moved = self.writer.catalog.generation != snapshot.generation
+        try:
+            swapped = compaction.swap(0.0)
+        finally:
+            compaction.__exit__(None, None, None)
+            store.close()
+        # it swaps in exactly when nothing compacted since its snapshot
+        assert swapped is not moved
+        if swapped:
+            self.swapped += 1
+            assert self.writer.catalog.generation == snapshot.generation + 1
+            # the rows logged after the snapshot stay, for readers to apply to the new base
+            assert all(seq > snapshot.seq for seq, *_ in self.writer.catalog.read_delta())
+        assert not (self.directory / COMPACT_DIR).exists()
+
     @invariant()
     def readers_match_brute_force(self) -> None:
         if self.reader is None:
@@ -134,6 +174,11 @@ class DeltaMachine(RuleBasedStateMachine):
         fresh.close()
 
     def teardown(self) -> None:
+        if self.pending is not None:
+            store, compaction = self.pending
+            compaction.__exit__(None, None, None)
+            store.close()
+        SWAPS.append(self.swapped)
         report = check_index(self.directory)
         assert report.ok, report.problems
         if self.reader is not None:
@@ -142,11 +187,19 @@ class DeltaMachine(RuleBasedStateMachine):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+SWAPS: list[int] = []
+
+
 def test_base_plus_delta_matches_brute_force_with_compaction_at_a_small_threshold(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A small log limit, so writes also cross it and compact inline.
     monkeypatch.setattr(commit, "DELTA_MAX_ROWS", 10)
+    # Tiny collections often grow past the bounds of an incremental update (a rebuild, which
+    # only the compaction under the writer lock does): widen them, so the compaction beside
+    # writers swaps in often, between writes and inline compactions.
+    monkeypatch.setattr(compaction, "RETRAIN_GROWTH", 1000.0)
+    SWAPS.clear()
     run_state_machine_as_test(
         DeltaMachine,
         settings=settings(
@@ -156,6 +209,7 @@ def test_base_plus_delta_matches_brute_force_with_compaction_at_a_small_threshol
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+    assert sum(SWAPS) > 0  # the compaction beside writers did swap in
 
 
 def test_small_writes_leave_the_faiss_file_alone(tmp_path: Path) -> None:
