@@ -174,13 +174,10 @@ def open_writer(
 
     def embedder() -> Any:
         # Writes embed files in batches: the model behind the query embedder (a batcher's
-        # `inner`), loaded once for both.
+        # `inner`), loaded once for both. A light server's torch-free embedder embeds them
+        # through the exported towers (and loads the model itself only where it must).
         query_embedder = service.embedder
         inner = getattr(query_embedder, "inner", query_embedder)
-        from .embedders.cold import ColdEmbedder  # torch-free
-
-        if isinstance(inner, ColdEmbedder):  # a cold text embedder: the model it loads for images
-            inner = inner.full()
         if not hasattr(inner, "embed_image_files"):
             identity = service.store.identity
             own = ModelSpec(identity.name, identity.pretrained)

@@ -13,7 +13,7 @@ import stat
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, TypeVar, cast
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -29,8 +29,11 @@ from .formats import (
     open_raw,
 )
 from .scaling import DecodeTarget, draft_jpeg
+from .types import Skipped
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Pillow's own hard limit (2 x Image.MAX_IMAGE_PIXELS): ~179 Mpx is 512 MiB once decoded to RGB,
 # and still admits 100-200 Mpx camera and panorama files. A lower cap cannot be loosened past
@@ -224,6 +227,30 @@ def load_image(
         raise ImageDecodeError(label, "unreadable", _describe(err)) from err
     with stream:
         return _decode(stream, label, max_pixels, target, reduce_to)
+
+
+def decode_source(
+    source: str | Path | bytes,
+    label: str,
+    preprocess: Callable[[Image.Image], T],
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    *,
+    target: DecodeTarget | None = None,
+) -> T | Skipped:
+    """Decode (scaled to `target`, when given) and preprocess one file or byte string; a failure
+    comes back as a `Skipped` named `label` (shared by the DataLoader workers, the Ray actors of
+    retrieval/distributed and the torch-free embedder of a light server's writes)."""
+    try:
+        name = label if isinstance(source, bytes) else None
+        image = load_image(source, max_pixels=max_pixels, target=target, name=name)
+    except ImageDecodeError as err:
+        return Skipped(label, err.reason, err.detail)
+    except Exception as err:  # MemoryError included: one huge file must not end the run
+        return Skipped(label, "corrupt", f"{type(err).__name__}: {err}")
+    try:
+        return preprocess(image)
+    except Exception as err:
+        return Skipped(label, "corrupt", f"preprocess failed: {type(err).__name__}: {err}")
 
 
 def open_header(stream: BinaryIO) -> Image.Image:

@@ -16,16 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from ..config import FULL_DECODE, EmbedConfig
-from ..images import load_image
+from ..images import decode_source, load_image
 from ..scaling import DecodeTarget
-from ..types import ModelIdentity, Vectors
+from ..types import ModelIdentity, Skipped, Vectors
 from . import hf_tokenizer, runtime
 from .cpu_precision import cpu_flags, resolve_cpu_precision
 from .pixels import PixelPreprocess
-from .protocols import QueryEmbedder
+from .protocols import OnImageBatch, QueryEmbedder
 from .tokenizer import TextTokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
+
+# Image files per pass of the exported image tower in `embed_image_files` (a product write's
+# few images are one pass; a bulk upsert's many are cut so memory stays bounded).
+FILE_BATCH = 32
 
 
 class ColdEmbedder:
@@ -66,6 +70,36 @@ class ColdEmbedder:
             return self.full().encode_image_sources(sources)
         images = [load_image(source, target=self.target) for source in sources]
         return self.encoder.encode_images(self.preprocess.stack(images))
+
+    def embed_image_files(self, paths: list[Path], on_batch: OnImageBatch) -> None:
+        """Embed image files as the full embedder's `embed_image_files` reports them (a
+        `serve` product write's images): decoded in this process, FILE_BATCH at a time, through
+        the exported image tower, so a light server stays torch-free when it writes too. A
+        file that does not decode is reported skipped with its reason."""
+        if self.preprocess is None or not self._image_graph_usable():
+            full = self.full()
+            if not hasattr(full, "embed_image_files"):
+                raise TypeError(f"{type(full).__name__} cannot embed image files")
+            full.embed_image_files(paths, on_batch)
+            return
+        import numpy as np
+
+        for start in range(0, len(paths), FILE_BATCH):
+            decoded = [
+                decode_source(path, str(path), self.preprocess, target=self.target)
+                for path in paths[start : start + FILE_BATCH]
+            ]
+            good = [n for n, pixels in enumerate(decoded) if not isinstance(pixels, Skipped)]
+            skipped = [
+                (start + n, pixels)
+                for n, pixels in enumerate(decoded)
+                if isinstance(pixels, Skipped)
+            ]
+            if good:
+                vectors = self.encoder.encode_images(np.stack([decoded[n] for n in good]))
+            else:
+                vectors = np.zeros((0, self.encoder.dim), np.float32)
+            on_batch([start + n for n in good], vectors, skipped)
 
     def _image_graph_usable(self) -> bool:
         """Whether the entry's image graph passes its checksum (read once: a text-only process

@@ -21,8 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import ImageDecodeError
-from ..images import MAX_IMAGE_PIXELS, load_image
+from ..images import MAX_IMAGE_PIXELS, decode_source
 from ..scaling import DecodeTarget
 from ..types import Skipped
 
@@ -94,30 +93,6 @@ class ImageDataset(Dataset[Item]):
         return position, decode_source(
             path, path, self._preprocess, self._max_pixels, target=self._target
         )
-
-
-def decode_source(
-    source: str | Path | bytes,
-    label: str,
-    preprocess: Preprocess,
-    max_pixels: int = MAX_IMAGE_PIXELS,
-    *,
-    target: DecodeTarget | None = None,
-) -> torch.Tensor | Skipped:
-    """Decode (scaled to `target`, when given) and preprocess one file or byte string; a failure
-    comes back as a `Skipped` named `label` (shared by the DataLoader workers and the Ray actors
-    of retrieval/distributed)."""
-    try:
-        name = label if isinstance(source, bytes) else None
-        image = load_image(source, max_pixels=max_pixels, target=target, name=name)
-    except ImageDecodeError as err:
-        return Skipped(label, err.reason, err.detail)
-    except Exception as err:  # MemoryError included: one huge file must not end the run
-        return Skipped(label, "corrupt", f"{type(err).__name__}: {err}")
-    try:
-        return preprocess(image)
-    except Exception as err:
-        return Skipped(label, "corrupt", f"preprocess failed: {type(err).__name__}: {err}")
 
 
 @dataclass(frozen=True)

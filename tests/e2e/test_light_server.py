@@ -1,9 +1,11 @@
 """A light server: with the exported towers in the cache, `mmsearch serve` and `mmsearch query
---image` answer text and image queries without torch or open_clip (an import hook refuses
-them in the child process), with the hits and scores the full torch model gives."""
+--image` answer text and image queries, and `serve` writes products, without torch or
+open_clip (an import hook refuses them in the child process), with the hits, scores and
+vectors the full torch model gives."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -16,6 +18,8 @@ import httpx
 import pytest
 from clirun import run_ok, run_subprocess
 from httpkit import free_port
+from PIL import Image
+from testdata import write_catalog
 
 pytestmark = pytest.mark.runtime
 
@@ -99,9 +103,8 @@ def test_image_query_runs_without_torch_and_matches_the_full_model(
     assert_same_hits(got, torch_query(index_dir, "--image", str(image), "-k", "5"))
 
 
-def test_serve_answers_text_and_image_queries_without_torch(
-    index_dir: Path, image_folder: Path
-) -> None:
+def start_light_server(index_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    """A torch-refusing `mmsearch serve` on `index_dir`, answering /health; (process, URL)."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-c", REFUSE_TORCH, "serve", "--index", str(index_dir),
@@ -109,16 +112,31 @@ def test_serve_answers_text_and_image_queries_without_torch(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return server, base
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise AssertionError(f"serve did not start: {server.communicate()[1]}")
+        time.sleep(0.2)
+
+
+def stop(server: subprocess.Popen[str]) -> dict:
+    """Stop a light server; the modules it loaded and the imports it refused."""
+    server.send_signal(signal.SIGINT)
+    _, stderr = server.communicate(timeout=60)
+    return json.loads(stderr.strip().splitlines()[-1])
+
+
+def test_serve_answers_text_and_image_queries_without_torch(
+    index_dir: Path, image_folder: Path
+) -> None:
+    server, base = start_light_server(index_dir)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.2)
         text = httpx.get(f"{base}/search", params={"q": "a red square", "k": 5}, timeout=60)
         image = sorted(image_folder.iterdir())[3]
         upload = httpx.post(f"{base}/search/image", params={"k": 5}, timeout=60,
@@ -126,10 +144,8 @@ def test_serve_answers_text_and_image_queries_without_torch(
         broken = httpx.post(f"{base}/search/image", timeout=60,
                             files={"file": ("broken.jpg", b"\xff\xd8\xff not a jpeg")})  # fmt: skip
     finally:
-        server.send_signal(signal.SIGINT)
-        _, stderr = server.communicate(timeout=60)
-    modules = json.loads(stderr.strip().splitlines()[-1])
-    assert modules == {"heavy": [], "refused": []}, stderr
+        modules = stop(server)
+    assert modules == {"heavy": [], "refused": []}
     assert text.status_code == 200, text.text
     assert upload.status_code == 200, upload.text
     assert 400 <= broken.status_code < 500, broken.text  # a clear 4xx, as with the full model
@@ -137,6 +153,39 @@ def test_serve_answers_text_and_image_queries_without_torch(
     assert_same_hits(
         upload.json()["results"], torch_query(index_dir, "--image", str(image), "-k", "5")
     )
+
+
+def test_serve_writes_products_without_torch_with_the_full_models_vectors(
+    tiny_model: str, tmp_path: Path
+) -> None:
+    catalog = write_catalog(tmp_path / "shop")
+    index_dir = tmp_path / "index"
+    done = run_subprocess("index", "--catalog", catalog, "--model", tiny_model, "--index",
+                          index_dir, "-q", env=os.environ.copy())  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    photo = tmp_path / "new.png"
+    Image.effect_mandelbrot((96, 80), (-2.0, -1.2, 0.8, 1.2), 60).convert("RGB").save(photo)
+    data_url = "data:image/png;base64," + base64.b64encode(photo.read_bytes()).decode()
+    server, base = start_light_server(index_dir)
+    try:
+        row = {"title": "a light shoe", "images": [data_url], "price": 12.5}
+        created = httpx.put(f"{base}/products/LIGHT-1", json=row, timeout=60)
+        found = httpx.post(f"{base}/search/image", params={"k": 5}, timeout=60,
+                           files={"file": (photo.name, photo.read_bytes())})  # fmt: skip
+    finally:
+        modules = stop(server)
+    assert modules == {"heavy": [], "refused": []}
+    assert created.status_code == 201, created.text
+    [embedded] = created.json()["images"]
+    assert embedded["status"] == "embedded"
+    assert found.status_code == 200, found.text
+    hits = found.json()["results"]
+    assert hits[0]["id"] == embedded["item_id"]
+    # the stored vector is the full model's: torch's query vector of the photo finds it with
+    # cosine ~1 and ranks the catalog as the light server did
+    want = torch_query(index_dir, "--image", str(photo), "-k", "5")
+    assert want[0]["id"] == embedded["item_id"] and want[0]["score"] > 0.999
+    assert_same_hits(hits, want)
 
 
 def test_first_use_prints_a_progress_line_while_the_model_is_prepared(
