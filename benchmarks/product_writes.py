@@ -190,6 +190,50 @@ def measure(
     }
 
 
+def compaction_lock(directory: Path, changes: int) -> dict:
+    """How long a compaction of `changes` title changes holds the writer lock, which every
+    product write then waits for: built beside writers (the lock only for the swap, the path
+    now) against the whole compaction under the lock (the path before), same catalog and log."""
+    from retrieval.ingest.indexer import Indexer
+    from retrieval.ingest.product_api import ProductWriter
+    from retrieval.ingest.sync import text_key
+    from retrieval.storage.compaction import Compaction
+    from retrieval.storage.store import IndexStore
+
+    def no_model() -> None:
+        raise RuntimeError("title vectors are pre-made: no model should load")
+
+    result: dict[str, float] = {}
+    rng = np.random.default_rng(2)
+    with IndexStore.open(directory) as store, Indexer(store) as indexer:
+        indexer.compact()  # start from an empty log
+    for mode in ("beside", "locked"):
+        writer = ProductWriter(directory, no_model)
+        titles = [f"product {n} {mode}" for n in range(changes)]
+        vectors = rng.standard_normal((changes, writer.store.identity.dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        with writer.store.catalog.transaction():
+            writer.store.catalog.put_vectors([text_key(t) for t in titles], vectors)
+        lines = [(n + 1, {"id": f"SKU-{n:06d}", "title": titles[n]}) for n in range(changes)]
+        writer.bulk(lines, sync=False)
+        writer.close()
+        with IndexStore.open(directory) as store:
+            started = time.perf_counter()
+            if mode == "beside":
+                with Compaction(store) as compaction:
+                    if not compaction.build():
+                        raise RuntimeError("the compaction beside writers did not build")
+                    built = time.perf_counter()
+                    compaction.swap(10.0)
+                result["beside_build_s"] = built - started
+                result["beside_lock_s"] = time.perf_counter() - built
+            else:
+                with Indexer(store) as indexer:
+                    indexer.compact()
+                result["locked_lock_s"] = time.perf_counter() - started
+    return result
+
+
 def search_load(directory: Path, model: str, seconds: float, writes_per_s: float) -> dict:
     """Search p50/p99 from 8 threads for `seconds`, with a writer doing `writes_per_s` PUTs of a
     new product (a title to embed: a texts faiss commit each) in the same process."""
@@ -247,6 +291,12 @@ def main() -> None:
     parser.add_argument("--bulk-batch", type=int, default=500, help="rows per bulk request")
     parser.add_argument("--dim", type=int, default=512, help="embedding size (ViT-B-32's: 512)")
     parser.add_argument("--load-seconds", type=float, default=20, help="search under writes")
+    parser.add_argument(
+        "--compaction-changes",
+        type=int,
+        default=500,
+        help="title changes in the compaction whose writer-lock time is measured",
+    )
     args = parser.parse_args()
     # The environment first, before torch and faiss load (forking git after them crashed).
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
@@ -275,6 +325,8 @@ def main() -> None:
                     quiet["search_ms"],
                     loaded["search_ms"],
                 )
+            if args.compaction_changes:
+                result.update(compaction_lock(directory, args.compaction_changes))
             rows.append((count, built, result))
             print(f"measured {count}: {result}", file=sys.stderr, flush=True)
     print("| products | build s | PATCH p50/p99 ms | PUT+image p50/p99 ms | DELETE p50 ms | "
@@ -305,6 +357,15 @@ def main() -> None:
                 f"search at {count:,}, concurrency 8: p50/p99 {idle[0]:.1f}/{idle[1]:.1f} ms "
                 f"idle, {busy[0]:.1f}/{busy[1]:.1f} ms under 10 writes/s "
                 f"(p99 ratio {busy[1] / idle[1]:.2f}x)"
+            )
+    for count, _, r in rows:
+        if "beside_lock_s" in r:
+            print(
+                f"compaction at {count:,} ({args.compaction_changes} title changes): writer "
+                f"lock held {r['beside_lock_s'] * 1e3:.0f} ms (built beside writers in "
+                f"{r['beside_build_s']:.2f} s) vs {r['locked_lock_s'] * 1e3:.0f} ms for the "
+                f"whole compaction under the lock "
+                f"({r['beside_lock_s'] / r['locked_lock_s']:.3f}x)"
             )
     print(f"\ncpu: {cpu} ({os.cpu_count()} cores), python {platform.python_version()}, "
           f"git {sha.stdout.strip()}, dim {args.dim}")  # fmt: skip
