@@ -355,4 +355,10 @@ def export_model(
     for name, recorded in json.loads((final / runtime.META_FILE).read_text())["files"].items():
         with contextlib.suppress(OSError):
             remember_sha256(final / name, recorded["sha256"], root / runtime.HASHES_FILE)
+    removed, freed = runtime.prune_older_formats(root)
+    if removed:
+        logger.info(
+            "removed %d export cache entr%s of an older layout from %s (%.0f MiB)",
+            removed, "y" if removed == 1 else "ies", root, freed / 2**20,
+        )  # fmt: skip
     return final

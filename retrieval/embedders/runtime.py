@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import threading
 from collections.abc import Callable
@@ -110,6 +111,34 @@ def write_meta(folder: Path, *, key: str, **fields: Any) -> None:
     temporary = folder / f".{META_FILE}.tmp"
     temporary.write_text(json.dumps(meta, indent=2, sort_keys=True))
     os.replace(temporary, folder / META_FILE)
+
+
+def prune_older_formats(root: Path) -> tuple[int, int]:
+    """Delete the entries under `root` that an older layout wrote (meta.json's `format` below
+    FORMAT): this version and every later one read them as stale and never open them again,
+    and a FORMAT 1 entry of ViT-B-32 holds ~1.8 GB. Entries of this format made by other
+    library versions are kept (another environment sharing the cache may use them), as are
+    folders without a readable meta.json (an export in progress, or not ours). Returns
+    (entries removed, bytes freed)."""
+    removed = freed = 0
+    try:
+        folders = [
+            path for path in root.iterdir() if path.is_dir() and not path.name.startswith(".")
+        ]
+    except OSError:
+        return 0, 0
+    for folder in folders:
+        try:
+            version = json.loads((folder / META_FILE).read_text()).get("format")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if not isinstance(version, int) or version >= FORMAT:
+            continue
+        size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            removed, freed = removed + 1, freed + size
+    return removed, freed
 
 
 def graph_files(meta: dict, tower: str) -> list[str]:

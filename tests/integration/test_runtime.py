@@ -336,3 +336,26 @@ def test_runtime_answers_many_threads_at_once(embedders) -> None:
         np.testing.assert_array_equal(got, want)
     for n, got in enumerate(texts):
         np.testing.assert_array_equal(got, exported.encode_texts([TEXTS[n % 4]]))
+
+
+def test_an_export_removes_entries_of_older_layouts_and_keeps_the_rest(
+    tiny_model: str, tmp_path: Path
+) -> None:
+    root = tmp_path / "exports"
+
+    def entry(name: str, meta: dict | None) -> Path:
+        folder = root / name
+        folder.mkdir(parents=True)
+        (folder / "image.onnx").write_bytes(b"x" * 4096)
+        if meta is not None:
+            (folder / runtime.META_FILE).write_text(json.dumps(meta))
+        return folder
+
+    older = entry("a" * 32, {"format": runtime.FORMAT - 1, "key": "old"})
+    other_versions = entry("b" * 32, {"format": runtime.FORMAT, "key": "other torch"})
+    exporting = entry("c" * 32, None)  # no meta.json yet: an export in progress, or not ours
+    staging = entry(".d-123-x", {"format": runtime.FORMAT - 1})
+    made = _entry(tiny_model, root)
+    assert not older.exists()
+    assert other_versions.is_dir() and exporting.is_dir() and staging.is_dir()
+    assert runtime.read_meta(made) is not None
