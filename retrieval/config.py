@@ -109,14 +109,16 @@ def default_batch_size(use: str, on_gpu: bool) -> int:
 # product photos in-process a few ms each.
 SMALL_WRITE_IMAGES = 4
 
-# The change log of small writes (storage/delta.py): a write that would take it past this many
-# rows compacts it into a new generation instead. Readers search the logged vectors exactly, so
-# the log costs every query a (rows x dim) product: 4096 x 512 floats is ~1 ms on one core,
-# while a product write logs 2-4 rows, so a compaction (a full faiss write, ~1 s at 100k
-# products) comes once per ~1,000+ writes. `serve` compacts in the background from
-# DELTA_COMPACT_ROWS on, so writes seldom reach the limit themselves.
-DELTA_MAX_ROWS = 4096
-DELTA_COMPACT_ROWS = 2048
+# The change log of small writes (storage/delta.py), sized by the catalog (delta.compact_rows_for):
+# `serve` compacts it in the background from n/DELTA_COMPACT_FRACTION rows (n: the vectors of
+# the faiss files), at least DELTA_COMPACT_MIN and at most DELTA_COMPACT_MAX, and a write that
+# would take it past twice that compacts inline. A compaction costs O(n) (~1 s at 100k products
+# on two cores), so a threshold that grows with n keeps its cost per logged row constant up to
+# 131k vectors (benchmarks/product_writes.py, bulk rows/s at 10k and 100k), while readers search
+# the logged vectors exactly: at most 16,384 x 512 floats, ~3 ms a query on one core.
+DELTA_COMPACT_MIN = 2048
+DELTA_COMPACT_MAX = 8192
+DELTA_COMPACT_FRACTION = 16
 
 # Keyword search (storage/keywords.py): query words of this many letters or more also match
 # the words they begin (`gold` -> goldfish), ranked below exact matches. Two letters is the
@@ -190,8 +192,9 @@ class ServeConfig:
     forwarded_allow_ips: tuple[str, ...] = ()
     # --fetch-allow: hosts/CIDRs whose private addresses product image URLs may come from.
     fetch_allow: tuple[str, ...] = ()
-    # --compact-rows: change-log rows (storage/delta.py) past which a background compaction runs.
-    compact_rows: int = DELTA_COMPACT_ROWS
+    # --compact-rows: change-log rows (storage/delta.py) past which a background compaction runs;
+    # None: sized by the catalog (delta.compact_rows_for).
+    compact_rows: int | None = None
     # Phone photos are 2-8 MB; 20 MiB leaves room for large PNGs without inviting abuse.
     max_upload_bytes: int = 20 * MIB
     # Full-resolution modes of current phone cameras reach 48-50 Mpx. Per image, and per request

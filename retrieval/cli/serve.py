@@ -39,12 +39,14 @@ def serve(
     ] = None,
     fetch_allow: FetchAllowOption = None,
     compact_rows: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
             help="Product writes go to a change log; past this many rows it is folded into the "
-            "faiss files in the background",
+            "faiss files in the background [default: 1/16 of the catalog's vectors, 2048 to "
+            "8192; a write that would take the log past twice that folds it itself]",
             envvar="MMSEARCH_COMPACT_ROWS",
+            show_default=False,
         ),
     ] = _SERVE.compact_rows,
     cors_origin: Annotated[

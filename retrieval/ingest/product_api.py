@@ -6,7 +6,8 @@ writes, and takes the writer lock per write, waiting at most `lock_wait_s` for a
 another server's write (then `IndexBusyError`, which HTTP answers 503 + Retry-After). A write
 returns once its SQLite transaction has committed, so an acknowledged write survives kill -9.
 Writes append to the change log instead of rewriting faiss files (storage/delta.py); a
-background thread compacts the log once it passes DELTA_COMPACT_ROWS."""
+background thread compacts the log once it passes a threshold sized by the catalog
+(storage/delta.compact_rows_for)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import DELTA_COMPACT_ROWS
 from ..errors import (
     ImageDecodeError,
     IndexBusyError,
@@ -30,6 +30,7 @@ from ..storage.audit import Actor
 from ..storage.blobs import decode_data_url, image_format, is_data_url, store_blob
 from ..storage.catalog import Catalog
 from ..storage.compaction import compact_beside_writers
+from ..storage.delta import compact_rows_for
 from ..storage.schema import RESERVED, CellError, check_schema
 from ..storage.store import CATALOG, IndexStore
 from ..types import IMAGES
@@ -88,7 +89,7 @@ class ProductWriter:
         lock_wait_s: float = LOCK_WAIT_S,
         max_image_bytes: int = MAX_IMAGE_BYTES,
         fetch_policy: FetchPolicy | None = None,
-        compact_rows: int = DELTA_COMPACT_ROWS,
+        compact_rows: int | None = None,
     ) -> None:
         # None: image URLs are refused (data: URLs still work)
         self.fetch_policy = fetch_policy
@@ -264,9 +265,11 @@ class ProductWriter:
         )
 
     def _after_write(self) -> None:
-        """Past DELTA_COMPACT_ROWS, compact the change log in a background thread (one at a
-        time), so writes seldom meet a full log and readers keep their queries cheap."""
-        if self.store.catalog.delta_size() < self.compact_rows:
+        """Past `compact_rows` (default: sized by the catalog), compact the change log in a
+        background thread (one at a time), so writes seldom meet a full log and readers keep
+        their queries cheap."""
+        threshold = self.compact_rows or compact_rows_for(self.store.base_vectors())
+        if self.store.catalog.delta_size() < threshold:
             return
         if self._compactor is not None and self._compactor.is_alive():
             return

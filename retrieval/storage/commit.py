@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from .. import faults
-from ..config import DELTA_MAX_ROWS
 from ..errors import InvalidQueryError
 from ..files import file_sha256
 from ..index import FaissIndex
@@ -29,7 +28,7 @@ from ..index.tuning import (
 )
 from ..types import COLLECTIONS, IMAGES, TEXTS
 from .collections import read_state, write_state
-from .delta import ADDED, REMOVED
+from .delta import ADDED, REMOVED, max_rows_for
 from .probes import TextEmbedder, tuning_probes
 from .reading import ReadPath
 
@@ -73,7 +72,7 @@ class CommitPath(ReadPath):
         delta: bool = False,
     ) -> bool:
         """Inside an open catalog transaction: with `delta`, append the changes to the change
-        log (delta.py) when it stays under DELTA_MAX_ROWS; otherwise write the next
+        log (delta.py) when it stays under its limit (`max_rows_for`); otherwise write the next
         generation's faiss files with the log folded in (a compaction) and flip the
         generation. The caller's transaction commit makes it all visible at once. Whether a
         new generation was written."""
@@ -139,7 +138,7 @@ class CommitPath(ReadPath):
 
     def _append_delta(self, changes: dict[str, CollectionChanges]) -> bool:
         """Log the changes (and ids of merged duplicates) instead of rewriting faiss files;
-        False when the log would pass DELTA_MAX_ROWS (the caller compacts instead)."""
+        False when the log would pass its limit (the caller compacts instead)."""
         rows: list[tuple[str, int, int]] = []
         for collection in COLLECTIONS:
             change = changes.get(collection, CollectionChanges())
@@ -148,7 +147,7 @@ class CommitPath(ReadPath):
             rows += [(collection, item_id, ADDED) for item_id in change.added]
         if not rows:
             return True
-        if self.catalog.delta_size() + len(rows) > DELTA_MAX_ROWS:
+        if self.catalog.delta_size() + len(rows) > max_rows_for(self.base_vectors()):
             return False
         self.catalog.append_delta(rows)
         for collection in COLLECTIONS:
@@ -156,6 +155,12 @@ class CommitPath(ReadPath):
         self.catalog.set_meta("updated", str(time.time()))
         faults.reached("faiss")
         return True
+
+    def base_vectors(self) -> int:
+        """About how many vectors the faiss files hold: what each collection was last built
+        with (within RETRAIN_GROWTH of its size), read from the catalog's records, not
+        counted."""
+        return sum(read_state(self.catalog, collection).built_n for collection in COLLECTIONS)
 
     def _with_logged(self, changes: dict[str, CollectionChanges]) -> dict[str, CollectionChanges]:
         """These changes plus the change log's, for a compaction: every logged id leaves the

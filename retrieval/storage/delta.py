@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..config import DELTA_COMPACT_FRACTION, DELTA_COMPACT_MAX, DELTA_COMPACT_MIN
 from ..index import FaissIndex
 from ..types import Ids, SearchParams, Vectors
 
@@ -167,6 +168,19 @@ class LiveIndex:
         return merge_hits(base_hits, self.delta.search(queries, k, allowed_ids), k)
 
 
+def compact_rows_for(vectors: int) -> int:
+    """Log rows past which `serve` compacts in the background, for faiss files of `vectors`
+    vectors (config.DELTA_COMPACT_FRACTION: a compaction's O(n) cost per logged row stays
+    constant while readers' exact search of the log stays small)."""
+    return min(DELTA_COMPACT_MAX, max(DELTA_COMPACT_MIN, vectors // DELTA_COMPACT_FRACTION))
+
+
+def max_rows_for(vectors: int) -> int:
+    """Log rows a write may not take the log past (it compacts inline instead): twice the
+    background threshold, so a background compaction has room to finish first."""
+    return 2 * compact_rows_for(vectors)
+
+
 def base_count(catalog_count: int, orphans: int, delta: Delta) -> int:
     """How many vectors the base faiss file must hold for a catalog of `catalog_count` items
     of a collection (with `orphans` merged-away ids still in the file) and this delta (its
@@ -174,4 +188,13 @@ def base_count(catalog_count: int, orphans: int, delta: Delta) -> int:
     return catalog_count + orphans + len(delta.hidden) - delta.added
 
 
-__all__ = ["ADDED", "REMOVED", "Delta", "LiveIndex", "base_count", "merge_hits"]
+__all__ = [
+    "ADDED",
+    "REMOVED",
+    "Delta",
+    "LiveIndex",
+    "base_count",
+    "compact_rows_for",
+    "max_rows_for",
+    "merge_hits",
+]

@@ -23,7 +23,7 @@ from hypothesis.stateful import (
 
 from retrieval.index.exact import exact_search
 from retrieval.ingest.indexer import Indexer
-from retrieval.storage import commit, compaction
+from retrieval.storage import commit, compaction, delta
 from retrieval.storage.compaction import COMPACT_DIR, Compaction
 from retrieval.storage.delta import Delta, LiveIndex, merge_hits
 from retrieval.storage.integrity import check_index
@@ -194,7 +194,7 @@ def test_base_plus_delta_matches_brute_force_with_compaction_at_a_small_threshol
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A small log limit, so writes also cross it and compact inline.
-    monkeypatch.setattr(commit, "DELTA_MAX_ROWS", 10)
+    monkeypatch.setattr(commit, "max_rows_for", lambda vectors: 10)
     # Tiny collections often grow past the bounds of an incremental update (a rebuild, which
     # only the compaction under the writer lock does): widen them, so the compaction beside
     # writers swaps in often, between writes and inline compactions.
@@ -281,3 +281,48 @@ def test_a_collection_empty_at_its_generation_is_served_from_the_log(tmp_path: P
     _, found = live.search(vectors, 3)
     assert found.tolist() == [[ids[0], ids[1], -1], [ids[1], ids[0], -1]]
     assert check_index(tmp_path / "idx").ok
+
+
+def test_the_log_limits_grow_with_the_catalog_within_bounds() -> None:
+    from retrieval.config import DELTA_COMPACT_MAX, DELTA_COMPACT_MIN
+    from retrieval.storage.delta import compact_rows_for, max_rows_for
+
+    assert compact_rows_for(0) == compact_rows_for(10_000) == DELTA_COMPACT_MIN
+    # past the floor, a compaction (O(n)) comes once per a fixed fraction of n logged rows
+    assert compact_rows_for(100_000) == 100_000 // 16
+    assert compact_rows_for(120_000) == 120_000 // 16
+    assert compact_rows_for(10_000_000) == DELTA_COMPACT_MAX  # readers search the log exactly
+    for vectors in (0, 50_000, 100_000, 10**7):
+        assert max_rows_for(vectors) == 2 * compact_rows_for(vectors)
+
+
+@pytest.mark.parametrize("base", [32, 320])
+def test_a_write_compacts_inline_past_the_limit_the_catalog_size_sets(
+    base: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delta, "DELTA_COMPACT_MIN", 1)  # the catalog's share, not the floor
+    store = IndexStore.create(tmp_path / "idx", ModelIdentity("tiny", None, DIM, None))
+    keys = [f"k{n}" for n in range(base + 100)]
+    vectors = np.random.default_rng(3).standard_normal((len(keys), DIM)).astype(np.float32)
+    with store.catalog.transaction():
+        store.catalog.put_vectors(keys, vectors)
+    with Indexer(store) as indexer, indexer.change() as changes:
+        for key in keys[:base]:
+            changes.add(IMAGES, key, path=f"/{key}")
+    assert store.base_vectors() == base
+    generation = store.catalog.generation
+    logged = 0
+    while store.catalog.generation == generation:  # one logged row per write
+        with store.catalog.transaction():  # the index run dropped the vectors no item used
+            store.catalog.put_vectors(
+                [keys[base + logged]], vectors[base + logged : base + logged + 1]
+            )
+        with Indexer(store, delta=True) as indexer, indexer.change() as changes:
+            changes.add(IMAGES, keys[base + logged], path=f"/new{logged}")
+        logged += 1
+        assert logged <= 100
+    # the write that would have passed twice base/16 rows compacted the log itself
+    assert logged == 2 * (base // 16) + 1
+    assert store.catalog.delta_size() == 0
+    report = check_index(tmp_path / "idx")
+    assert report.ok, report.problems
