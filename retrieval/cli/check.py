@@ -37,7 +37,9 @@ def check(
         else:
             for line in report.repaired:
                 typer.echo(f"repaired: {line}")
-            counts = ", ".join(f"{n} {name}" for name, n in report.counts.items())
+            counts = ", ".join(
+                f"{n} {name}" for name, n in report.counts.items() if name != "unused_blobs"
+            )
             typer.echo(
                 f"{report.directory}: generation {report.generation}"
                 + (f", {counts}" if counts else "")
@@ -46,6 +48,12 @@ def check(
             for problem in report.problems:
                 typer.echo(f"problem {problem.kind}: {problem.where}: {problem.detail}")
                 typer.echo(f"  fix: {problem.fix}")
+            if unused := report.counts.get("unused_blobs"):
+                typer.echo(
+                    f"note: {unused} stored image(s) of replaced or deleted products; "
+                    f"`mmsearch check --repair --index {directory}` deletes those over an hour "
+                    "old"
+                )
         if not report.ok:
             raise typer.Exit(EXIT_PROBLEMS)
 

@@ -1,17 +1,20 @@
 """`mmsearch check --repair`: fix what storage/integrity.py reports as repairable, through the
 one write path (indexer.py): rewrite the manifest from the catalog's copy, REINDEX a catalog
 whose damage is confined to its indexes, keep one item per file, rebuild faiss files from the
-stored vectors as a new generation, delete stray files. It never drops a file's only item."""
+stored vectors as a new generation, delete stray files and stored images no product uses (past
+an hour old). It never drops a file's only item."""
 
 from __future__ import annotations
 
 import json
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 from ..errors import IndexCorruptError
 from ..files import is_within_any, write_atomic
+from ..storage.blobs import UNUSED_BLOB_GRACE_S, drop_unused_blobs
 from ..storage.catalog import Catalog
 from ..storage.integrity import (
     CheckReport,
@@ -58,6 +61,15 @@ def repair_index(directory: Path) -> CheckReport:
             store.cleanup()
             if "stray-file" in kinds:
                 repaired.append("deleted stray files of other generations or interrupted writes")
+    if before.counts.get("unused_blobs"):
+        with IndexStore.open(directory) as store, Indexer(store):
+            deleted, freed = drop_unused_blobs(directory, store.catalog.blob_names(), time.time())
+        if deleted:
+            repaired.append(
+                f"deleted {deleted} stored images no product uses ({freed / 2**20:.1f} MiB); "
+                f"those under {UNUSED_BLOB_GRACE_S / 3600:.0f} h old are kept (a write may be "
+                "about to use them)"
+            )
     after = check_index(directory)
     after.repaired = repaired
     return after

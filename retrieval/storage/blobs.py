@@ -81,6 +81,50 @@ def blob_path(directory: Path, name: str) -> Path:
     return directory / BLOBS / name[:2] / name
 
 
+# A stored image no product uses is deleted by `mmsearch check --repair` only once it is this
+# old: a write stores its images before it takes the writer lock and commits, so a younger one
+# may belong to a write in flight.
+UNUSED_BLOB_GRACE_S = 3600.0
+
+
+def unused_blobs(directory: Path, used: set[str]) -> list[Path]:
+    """Stored image files under `directory/blobs` whose names are not in `used` (the blob
+    names the catalog's items and product rows refer to: Catalog.blob_names)."""
+    root = directory / BLOBS
+    if not root.is_dir():
+        return []
+    return sorted(
+        path
+        for path in root.glob("*/*")
+        if path.is_file() and not path.name.startswith(".") and path.name not in used
+    )
+
+
+def drop_unused_blobs(directory: Path, used: set[str], now: float) -> tuple[int, int]:
+    """Delete the unused blobs older than UNUSED_BLOB_GRACE_S, and the URL records whose blob
+    is gone (a re-import of such a URL fetches it in full, as without a record); returns
+    (blobs deleted, bytes freed). Call it under the writer lock."""
+    deleted = freed = 0
+    for path in unused_blobs(directory, used):
+        try:
+            info = path.stat()
+            if now - info.st_mtime < UNUSED_BLOB_GRACE_S:
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        deleted, freed = deleted + 1, freed + info.st_size
+    records = directory / URL_RECORDS
+    for record in records.glob("*/*.json") if records.is_dir() else ():
+        try:
+            blob = json.loads(record.read_bytes())["blob"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable: read_url_record ignores it, a refetch replaces it
+        if not blob_path(directory, str(blob)).is_file():
+            record.unlink(missing_ok=True)
+    return deleted, freed
+
+
 @dataclass(frozen=True)
 class UrlRecord:
     """What a URL gave when last fetched: the blob's file name and the server's validators."""
@@ -124,11 +168,14 @@ __all__ = [
     "BLOBS",
     "URL_RECORDS",
     "UrlRecord",
+    "UNUSED_BLOB_GRACE_S",
     "blob_path",
     "decode_data_url",
+    "drop_unused_blobs",
     "image_format",
     "is_data_url",
     "read_url_record",
     "store_blob",
+    "unused_blobs",
     "write_url_record",
 ]

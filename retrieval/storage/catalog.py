@@ -503,6 +503,22 @@ class Catalog:
             for row in self._select_in(query, list(product_ids))
         }
 
+    def blob_names(self) -> set[str]:
+        """File names of the stored images (blobs.py) that items and product rows refer to: a
+        blob is named by its content hash, so its name alone identifies it, however the index
+        directory was spelled when it was stored."""
+        names = {
+            Path(row[0]).name
+            for row in self.db.execute("SELECT path FROM items WHERE path LIKE '%/blobs/%'")
+        }
+        if self._has_table("products"):
+            rows = self.db.execute(
+                "SELECT json_extract(j.value, '$.source') FROM products, json_each(products.images)"
+                " AS j"
+            )
+            names |= {Path(row[0]).name for row in rows if isinstance(row[0], str)}
+        return names
+
     def get_product_ids(self) -> list[str]:
         return [row[0] for row in self.db.execute("SELECT id FROM products ORDER BY id")]
 

@@ -29,7 +29,7 @@ from ..files import canonical_root, file_sha256, is_within_any
 from ..index import FaissIndex
 from ..sqlite_errors import classify_sqlite_error
 from ..types import COLLECTIONS, IMAGES
-from .blobs import BLOBS, URL_RECORDS
+from .blobs import BLOBS, URL_RECORDS, unused_blobs
 from .catalog import Catalog
 from .collections import read_state
 from .compaction import COMPACT_DIR, COMPACT_LOCK
@@ -123,6 +123,11 @@ def check_index(directory: Path, *, verify_checksums: bool = True) -> CheckRepor
             report.counts[collection] = catalog.count(collection)
             _check_faiss(catalog, directory, collection, report, repair, verify_checksums)
         _check_stray_files(directory, report.generation, report, repair)
+        # Not damage (check stays clean): images of replaced or deleted products, which
+        # `--repair` deletes once they are older than UNUSED_BLOB_GRACE_S.
+        unused = unused_blobs(directory, catalog.blob_names())
+        if unused:
+            report.counts["unused_blobs"] = len(unused)
     except sqlite3.DatabaseError as err:
         report.problems.append(_sqlite_problem(directory, err))
     finally:

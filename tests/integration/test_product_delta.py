@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +22,10 @@ from testdata import cpu_config
 
 from retrieval.compose import open_for_search, open_writer
 from retrieval.ingest.product_api import ProductWriter
+from retrieval.ingest.repair import repair_index
 from retrieval.search.queries import QueryPart
 from retrieval.search.service import SearchRequest, SearchService
+from retrieval.storage.blobs import BLOBS, UNUSED_BLOB_GRACE_S
 from retrieval.storage.compaction import COMPACT_DIR, Compaction, compact_beside_writers
 from retrieval.storage.integrity import check_index
 from retrieval.storage.store import IndexStore
@@ -264,3 +268,31 @@ def test_a_catalog_that_shrank_by_half_compacts_by_rebuilding(
     assert writer.store.catalog.delta_size() == 0
     assert product_skus(one) == set(kept)
     assert check_index(shop_index).ok
+
+
+def test_stored_images_of_replaced_products_are_deleted_by_repair_once_old(
+    replicas: tuple[ProductWriter, SearchService, SearchService], shop_index: Path
+) -> None:
+    writer, one, _ = replicas
+    writer.put("G-1", {"title": "first photo", "images": [data_url(120)]})
+    writer.put("G-2", {"title": "kept", "images": [data_url(121)]})
+    blobs = set((shop_index / BLOBS).glob("*/*"))
+    assert len(blobs) == 2
+    writer.patch("G-1", {"images": [data_url(122)]})  # the first photo is no longer used
+    writer.delete("G-2")
+    writer.close()
+    report = check_index(shop_index)
+    assert report.ok and report.counts["unused_blobs"] == 2  # noted, not damage
+    # young ones may belong to a write in flight: kept
+    assert repair_index(shop_index).counts["unused_blobs"] == 2
+    assert blobs <= set((shop_index / BLOBS).glob("*/*"))
+    old = time.time() - UNUSED_BLOB_GRACE_S - 60
+    for path in blobs:
+        os.utime(path, (old, old))
+    repaired = repair_index(shop_index)
+    assert repaired.ok and "unused_blobs" not in repaired.counts
+    assert any("deleted 2 stored images" in line for line in repaired.repaired)
+    assert not any(path.exists() for path in blobs)
+    [current] = (shop_index / BLOBS).glob("*/*")  # G-1's new photo stays, and is found
+    assert top_image(one, png(122)) == writer.get("G-1")["images"][0]["item_id"]
+    assert current.is_file()
