@@ -286,9 +286,20 @@ class ProductWriter:
             with _open_durable(self.directory) as store:
                 done = compact_beside_writers(store, self.lock_wait_s)
                 if done is not None:
+                    if done:
+                        logger.info(
+                            "compacted the change log of %s beside writers (generation %d)",
+                            self.directory, store.catalog.generation,
+                        )  # fmt: skip
                     return done
                 with Indexer(store, self._embedder_factory) as indexer:
-                    return indexer.compact()
+                    done = indexer.compact()
+                if done:
+                    logger.info(
+                        "compacted the change log of %s under the writer lock (a rebuild or "
+                        "re-tune; generation %d)", self.directory, store.catalog.generation,
+                    )  # fmt: skip
+                return done
         except IndexBusyError:
             return False
         except MmsearchError:  # never lose a write over it: the log stays, readers use it
