@@ -10,7 +10,8 @@ minus the same with the cache warm), cache size against the weights, and the lar
 from open_clip fp32 eager (normalised vectors). Then the blob question: compiling from the IR
 against importing OpenVINO's compiled blob (CACHE_DIR), and the blob's size.
 
-Serve RSS: `mmsearch serve` on an index of the sample JPEGs, after text and image queries, with
+Serve RSS: `mmsearch serve` on an index of the sample JPEGs, after text and image queries and then
+after three product PUTs with a new image each (embedded by the server), with
 the exported towers (no torch in the process) against `--backend torch`.
 
     python -m benchmarks.first_run                       # ViT-B-32, 1,000 images
@@ -20,6 +21,7 @@ the exported towers (no torch in the process) against `--backend torch`.
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import shutil
 import statistics
@@ -170,7 +172,14 @@ def export_routes(model_dir: Path, work: Path, threads: int, skip_onnx: bool) ->
     return [str(work / "cache-openvino-ir")]
 
 
-def serve_rss(model_dir: Path, work: Path, images: int, cache: Path, baseline: Path | None) -> None:
+def serve_rss(
+    model_dir: Path,
+    work: Path,
+    images: int,
+    cache: Path,
+    baseline: Path | None,
+    baseline_same_cache: bool = False,
+) -> None:
     from benchmarks.livekit import serve_child
     from retrieval.images import walk_images
 
@@ -191,8 +200,11 @@ def serve_rss(model_dir: Path, work: Path, images: int, cache: Path, baseline: P
     queries = [p for p, _ in zip(walk_images(folder), range(3), strict=False)]
     print(f"\n## `mmsearch serve`, {images} images, after {len(TEXTS)} text + "
           f"{len(queries)} image queries\n")  # fmt: skip
-    print("| server | RSS MiB | peak RSS MiB | torch loaded |")
-    print("|---|---|---|---|")
+    print("| server | RSS MiB | peak RSS MiB | torch loaded | RSS MiB after 3 product PUTs "
+          "with an image | peak | torch loaded |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    # Product writes embed images the index does not hold: mirrored sample photos.
+    spare = [mirrored(path) for path in sorted(DEFAULT_IMAGES.glob("*.JPEG"))[:3]]
     results = {}
     saved = dict(os.environ)
     os.environ.clear()
@@ -202,7 +214,10 @@ def serve_rss(model_dir: Path, work: Path, images: int, cache: Path, baseline: P
     if baseline is not None:
         # The code before this change, on the same index: its default (OpenVINO + torch loaded)
         # exports the model again into its own cache, in its own format.
-        command = [sys.executable, "-c", "from retrieval.cli import app; app()"]
+        # `-c` puts the working directory first on sys.path, ahead of PYTHONPATH: put the
+        # checkout ahead of it, or this checkout's code would run under the baseline's name.
+        code = f"import sys; sys.path.insert(0, {str(baseline.resolve())!r}); "
+        command = [sys.executable, "-c", code + "from retrieval.cli import app; app()"]
         servers["baseline"] = (f"default at {baseline.name} (before)", (), baseline)
     try:
         for name, (label, args, checkout) in servers.items():
@@ -210,13 +225,21 @@ def serve_rss(model_dir: Path, work: Path, images: int, cache: Path, baseline: P
             launch = None
             if checkout is not None:
                 os.environ["PYTHONPATH"] = str(checkout.resolve())
-                os.environ["MMSEARCH_EXPORT_CACHE"] = str(work / "cache-baseline")
+                if not baseline_same_cache:
+                    os.environ["MMSEARCH_EXPORT_CACHE"] = str(work / "cache-baseline")
                 launch = [*command, "serve", "--index", str(directory), "--host", "127.0.0.1",
                           "--port", str(port := free_port()), "--device", "cpu",
                           "--no-access-log"]  # fmt: skip
             else:
                 port = free_port()
-            with serve_child(directory, port, args, log, launch) as (base, process):
+            # each server its own copy of the index, so its writes embed (never find the
+            # products another server, or an earlier run, wrote)
+            own = work / f"index-{name}"
+            shutil.rmtree(own, ignore_errors=True)
+            shutil.copytree(directory, own)
+            if launch is not None:
+                launch[launch.index(str(directory))] = str(own)
+            with serve_child(own, port, args, log, launch) as (base, process):
                 for text in TEXTS:
                     answer = httpx.get(f"{base}/search", params={"q": text, "k": 10}, timeout=120)
                     answer.raise_for_status()
@@ -228,13 +251,33 @@ def serve_rss(model_dir: Path, work: Path, images: int, cache: Path, baseline: P
                 peak = _peak(process.pid)
                 maps = Path(f"/proc/{process.pid}/maps").read_text()
                 results[label] = rss
-                print(f"| {label} | {rss:,.0f} | {peak:,.0f} | {'libtorch' in maps} |")
+                for n, photo in enumerate(spare):
+                    body = {"title": f"{name} product {n}", "images": [photo]}
+                    answer = httpx.put(f"{base}/products/{name}-{n}", json=body, timeout=300)
+                    answer.raise_for_status()
+                written = rss_mib(process.pid)
+                after = Path(f"/proc/{process.pid}/maps").read_text()
+                wrote_peak = _peak(process.pid)
+                print(f"| {label} | {rss:,.0f} | {peak:,.0f} | {'libtorch' in maps} | "
+                      f"{written:,.0f} | {wrote_peak:,.0f} | {'libtorch' in after} |")  # fmt: skip
     finally:
         os.environ.clear()
         os.environ.update(saved)
     light = results.pop("exported towers (light)")
     for label, rss in results.items():
         print(f"light / {label} RSS: {light / rss:.2f}x")
+
+
+def mirrored(path: Path) -> str:
+    """A data URL of the photo at `path` mirrored left to right (new bytes, a new vector)."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    buffer = io.BytesIO()
+    with Image.open(path) as image:
+        ImageOps.mirror(image.convert("RGB")).save(buffer, "JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def _peak(pid: int) -> float:
@@ -271,6 +314,11 @@ def main() -> None:
         help="also serve with this checkout's code (e.g. ../main before this change), its own "
         "export cache, same index",
     )
+    parser.add_argument(
+        "--baseline-same-cache",
+        action="store_true",
+        help="the baseline checkout reads this run's export cache (same cache FORMAT)",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="mmsearch-first-run-"))
@@ -284,7 +332,14 @@ def main() -> None:
     else:
         (cache,) = export_routes(model_dir, work, args.threads, args.skip_onnx)
     if not args.skip_serve:
-        serve_rss(model_dir, work, args.images, Path(cache), args.baseline_checkout)
+        serve_rss(
+            model_dir,
+            work,
+            args.images,
+            Path(cache),
+            args.baseline_checkout,
+            args.baseline_same_cache,
+        )
     print(f"\n# load average {os.getloadavg()[0]:.1f} at the end; work folder {work}")
 
 
