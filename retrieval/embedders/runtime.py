@@ -238,7 +238,7 @@ def _openvino_session(path: Path, threads: int, precision: str) -> Session:
     weights = {os.path.realpath(path.with_suffix(".bin"))}
     # Compiling read every weight in through the mapping: release those pages now, not at the
     # first inference, so they never add to the next tower's compile (a ViT-B-32 server's peak
-    # 888 -> 837 MiB in a probe of both towers, benchmarks/first_run.py measures the server).
+    # RSS 1,049 -> 902 MiB, benchmarks/first_run.py).
     drop_mapped_pages(weights)
     shapes: set[tuple[int, ...]] = set()
 
