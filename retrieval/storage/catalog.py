@@ -511,7 +511,8 @@ class Catalog:
             Path(row[0]).name
             for row in self.db.execute("SELECT path FROM items WHERE path LIKE '%/blobs/%'")
         }
-        if self._has_table("products"):
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(products)")}
+        if "images" in columns:  # a read-only catalog of an older version may lack it
             rows = self.db.execute(
                 "SELECT json_extract(j.value, '$.source') FROM products, json_each(products.images)"
                 " AS j"

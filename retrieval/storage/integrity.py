@@ -125,7 +125,9 @@ def check_index(directory: Path, *, verify_checksums: bool = True) -> CheckRepor
         _check_stray_files(directory, report.generation, report, repair)
         # Not damage (check stays clean): images of replaced or deleted products, which
         # `--repair` deletes once they are older than UNUSED_BLOB_GRACE_S.
-        unused = unused_blobs(directory, catalog.blob_names())
+        unused = (
+            unused_blobs(directory, catalog.blob_names()) if (directory / BLOBS).is_dir() else []
+        )
         if unused:
             report.counts["unused_blobs"] = len(unused)
     except sqlite3.DatabaseError as err:
