@@ -89,6 +89,54 @@ def environment() -> list[str]:
     ]
 
 
+def start_serve(
+    directory: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    timeout_s: float = 300,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `mmsearch serve --index DIRECTORY ARGS` on a free 127.0.0.1 port in a child process
+    (this checkout's code, `env` or this environment) and wait for /health; (process, base URL).
+    The caller stops it (or kills it: the fault harnesses do). Output goes to `log`, or nowhere.
+
+    Raises:
+        RuntimeError: the server exited, or did not answer within `timeout_s`.
+    """
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    environment = dict(env if env is not None else os.environ)
+    environment["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    command = [sys.executable, "-m", "retrieval", "serve", "--index", str(directory),
+               "--host", "127.0.0.1", "--port", str(port), "--no-access-log", *args]  # fmt: skip
+    output = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, env=environment
+        )
+    finally:
+        if log is not None:
+            output.close()  # type: ignore[union-attr]
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"serve exited with {process.returncode} while starting")
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return process, base
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise RuntimeError(f"serve did not answer /health within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
 @contextmanager
 def serve_child(
     directory: Path,

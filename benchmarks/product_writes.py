@@ -73,30 +73,9 @@ def build(directory: Path, model: str, count: int) -> float:
 
 def start_replica(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A second `mmsearch serve` process on the same index directory; (process, base URL)."""
-    import socket
+    from benchmarks.livekit import start_serve
 
-    import httpx
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    process = subprocess.Popen(
-        [sys.executable, "-m", "retrieval", "serve", "--index", str(directory),
-         "--port", str(port), "--no-access-log", "--device", "cpu"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return process, base
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("the replica `serve` did not start")
+    return start_serve(directory, "--device", "cpu")
 
 
 def replica_sees(client: object, base: str, image: str, item_id: int) -> float:

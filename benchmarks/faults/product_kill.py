@@ -31,7 +31,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.livekit import start_serve
 
 REPO = Path(__file__).resolve().parents[2]
 PHASES = ("faiss", "commit", "committed", "random")
@@ -70,40 +71,16 @@ def data_url(seed: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_server(directory: Path, fault: str | None) -> tuple[subprocess.Popen[bytes], str]:
-    import httpx
-
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    """`serve` on `directory`, set to kill itself at `fault` (MMSEARCH_FAULT), compacting every
+    COMPACT_ROWS log rows; (process, base URL)."""
+    env = dict(os.environ)
     env.pop("MMSEARCH_FAULT", None)
     if fault:
         env["MMSEARCH_FAULT"] = fault
-    process = subprocess.Popen(
-        [sys.executable, "-m", "retrieval", "serve", "--index", str(directory),
-         "--port", str(port), "--no-access-log", "--device", "cpu",
-         "--compact-rows", str(COMPACT_ROWS)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return process, base
-        except httpx.HTTPError:
-            if process.poll() is not None:
-                raise RuntimeError("serve exited while starting") from None
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("serve did not start")
+    return start_serve(
+        directory, "--device", "cpu", "--compact-rows", str(COMPACT_ROWS), env=env, timeout_s=180
+    )
 
 
 class Client:

@@ -5,42 +5,24 @@ a second server on the same index sees each write on its next query."""
 from __future__ import annotations
 
 import base64
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 from clirun import invoke
-from httpkit import free_port, index_shop
+from httpkit import index_shop
 
+from benchmarks.livekit import start_serve
 from retrieval.storage.store import IndexStore
 
 TRIALS = 3
 
 
 def start_server(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "retrieval", "serve", "--index", str(directory),
-         "--port", str(port), "--no-access-log"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=os.environ.copy(),
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return process, base
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("serve did not start")
+    return start_serve(directory, timeout_s=120)
 
 
 def test_acknowledged_writes_survive_kill_9(tiny_model: str, tmp_path: Path) -> None:
