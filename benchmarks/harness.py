@@ -36,6 +36,26 @@ __all__ = [
 ]
 
 
+def noise_png(seed: int, width: int = 48, height: int = 40) -> bytes:
+    """A PNG of seeded random pixels: other bytes (and another vector) for every seed, the same
+    bytes on every run. The product tests and benchmarks store these as product images."""
+    import io
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def png_data_url(seed: int, width: int = 48, height: int = 40) -> str:
+    """noise_png as a `data:` URL, the way a product write sends an image inline."""
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(noise_png(seed, width, height)).decode()
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th quantile (0..1) of `values` by nearest rank (NaN when empty): the value a
     request at that rank saw, never an interpolation between two requests."""

@@ -16,8 +16,6 @@ the background (or inline in the bulk request that fills the log)."""
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
 import os
 import platform
@@ -33,15 +31,6 @@ import numpy as np
 def percentiles(samples: list[float]) -> tuple[float, float]:
     values = np.asarray(samples) * 1000
     return float(np.percentile(values, 50)), float(np.percentile(values, 99))
-
-
-def data_url(seed: int) -> str:
-    from PIL import Image
-
-    pixels = np.random.default_rng(seed).integers(0, 255, (40, 48, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def build(directory: Path, model: str, count: int) -> float:
@@ -96,6 +85,7 @@ def measure(
 ) -> dict:
     import httpx
 
+    from benchmarks.harness import png_data_url
     from retrieval.compose import load_embedder
     from retrieval.config import EmbedConfig
     from retrieval.errors import IndexBusyError
@@ -119,7 +109,7 @@ def measure(
     try:
         with httpx.Client(timeout=30) as client:
             for n in range(puts):
-                image = data_url(1000 + n)
+                image = png_data_url(1000 + n)
                 body = {"title": f"new product {n}", "images": [image], "price": n}
                 started = time.perf_counter()
                 _, view = writer.put(f"NEW-{n}", body)

@@ -25,8 +25,6 @@ The model is the tests' tiny random-weight open_clip model.
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
 import os
 import random
@@ -41,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import png_data_url
 from benchmarks.livekit import start_serve
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,12 +62,7 @@ class Results:
 
 
 def data_url(seed: int) -> str:
-    from PIL import Image
-
-    pixels = np.random.default_rng(seed).integers(0, 255, (24, 32, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return png_data_url(seed, width=32, height=24)
 
 
 def start_server(directory: Path, fault: str | None) -> tuple[subprocess.Popen[bytes], str]:

@@ -7,7 +7,6 @@ checks hold on the conditional path too."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import tempfile
 import threading
@@ -17,15 +16,14 @@ from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import pytest
 from clirun import invoke, json_lines
 from fastapi.testclient import TestClient
 from httpkit import index_shop, open_app
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
+from benchmarks.harness import noise_png
 from retrieval.config import REMOTE_MAX_AGE_S, ServeConfig
 from retrieval.ingest.fetch import FetchError, FetchPolicy, fetch_if_changed
 from retrieval.ingest.product_api import ProductWriter
@@ -39,10 +37,7 @@ BASE_TIME = 1_700_000_000
 
 
 def png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (32, 40, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return buffer.getvalue()
+    return noise_png(seed, width=40, height=32)
 
 
 class Cdn(BaseHTTPRequestHandler):

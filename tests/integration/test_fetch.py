@@ -5,7 +5,6 @@ from catalog files and over HTTP."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import threading
 import time
@@ -13,24 +12,16 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import pytest
 from clirun import json_lines
 from fastapi.testclient import TestClient
 from httpkit import index_shop, open_app
-from PIL import Image
 
+from benchmarks.harness import noise_png as png
 from retrieval.config import ServeConfig
 from retrieval.errors import ImageDecodeError, ImageTooLargeError
 from retrieval.ingest.fetch import FetchError, FetchPolicy, fetch
 from retrieval.ingest.product_api import ProductWriter
-
-
-def png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (40, 48, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 class Shop(BaseHTTPRequestHandler):

@@ -4,29 +4,19 @@ the writer lock (503 + Retry-After)."""
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from httpkit import index_shop, open_app
-from PIL import Image
 from testdata import cpu_config
 
+from benchmarks.harness import png_data_url as data_url
 from retrieval.config import ServeConfig
 from retrieval.ingest.product_api import ProductWriter
 from retrieval.storage.store import IndexStore
-
-
-def data_url(seed: int) -> str:
-    pixels = np.random.default_rng(seed).integers(0, 255, (40, 48, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 @pytest.fixture

@@ -5,21 +5,19 @@ over base and log together, compaction while readers search changes no answer, a
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from clirun import run_ok
 from httpkit import index_shop
-from PIL import Image
 from testdata import cpu_config
 
+from benchmarks.harness import noise_png as png
+from benchmarks.harness import png_data_url as data_url
 from retrieval.compose import open_for_search, open_writer
 from retrieval.ingest.product_api import ProductWriter
 from retrieval.ingest.repair import repair_index
@@ -30,17 +28,6 @@ from retrieval.storage.compaction import COMPACT_DIR, Compaction, compact_beside
 from retrieval.storage.integrity import check_index
 from retrieval.storage.store import IndexStore
 from retrieval.types import IMAGES
-
-
-def png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (40, 48, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def data_url(seed: int) -> str:
-    return "data:image/png;base64," + base64.b64encode(png(seed)).decode()
 
 
 @pytest.fixture

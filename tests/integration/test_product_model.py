@@ -5,22 +5,19 @@ with the catalog (opening them verifies counts and checksums)."""
 
 from __future__ import annotations
 
-import base64
-import io
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from httpkit import index_shop
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
-from PIL import Image
 from testdata import cpu_config
 
+from benchmarks.harness import png_data_url as data_url
 from retrieval.compose import load_embedder
 from retrieval.ingest.product_api import ProductWriter
 from retrieval.storage.store import IndexStore
@@ -29,13 +26,6 @@ from retrieval.types import IMAGES, TEXTS, ModelSpec
 SKUS = st.sampled_from(["A", "B", "C/1", "SKU-000"])
 TITLES = st.sampled_from(["red shoe", "blue hat", "green shirt"])
 IMAGE_SETS = st.lists(st.integers(0, 3), max_size=3, unique=True)
-
-
-def data_url(seed: int) -> str:
-    pixels = np.random.default_rng(seed).integers(0, 255, (40, 48, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 IMAGES_BY_SEED = {seed: data_url(seed) for seed in range(4)}
