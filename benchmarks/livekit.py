@@ -95,10 +95,12 @@ def start_serve(
     env: dict[str, str] | None = None,
     log: Path | None = None,
     timeout_s: float = 300,
+    entry: tuple[str, ...] = ("-m", "retrieval"),
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start `mmsearch serve --index DIRECTORY ARGS` on a free 127.0.0.1 port in a child process
     (this checkout's code, `env` or this environment) and wait for /health; (process, base URL).
     The caller stops it (or kills it: the fault harnesses do). Output goes to `log`, or nowhere.
+    `entry`: how the interpreter reaches the CLI (a test passes `-c` with an import hook).
 
     Raises:
         RuntimeError: the server exited, or did not answer within `timeout_s`.
@@ -110,7 +112,7 @@ def start_serve(
         port = int(sock.getsockname()[1])
     environment = dict(env if env is not None else os.environ)
     environment["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
-    command = [sys.executable, "-m", "retrieval", "serve", "--index", str(directory),
+    command = [sys.executable, *entry, "serve", "--index", str(directory),
                "--host", "127.0.0.1", "--port", str(port), "--no-access-log", *args]  # fmt: skip
     output = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
     try:

@@ -11,15 +11,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from clirun import run_ok, run_subprocess
-from httpkit import free_port
 from PIL import Image
 from testdata import write_catalog
+
+from benchmarks.livekit import start_serve
 
 pytestmark = pytest.mark.runtime
 
@@ -103,39 +103,25 @@ def test_image_query_runs_without_torch_and_matches_the_full_model(
     assert_same_hits(got, torch_query(index_dir, "--image", str(image), "-k", "5"))
 
 
-def start_light_server(index_dir: Path) -> tuple[subprocess.Popen[str], str]:
+def start_light_server(index_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A torch-refusing `mmsearch serve` on `index_dir`, answering /health; (process, URL)."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-c", REFUSE_TORCH, "serve", "--index", str(index_dir),
-         "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return server, base
-        except httpx.TransportError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise AssertionError(f"serve did not start: {server.communicate()[1]}")
-        time.sleep(0.2)
+    return start_serve(index_dir, log=log, timeout_s=120, entry=("-c", REFUSE_TORCH))
 
 
-def stop(server: subprocess.Popen[str]) -> dict:
-    """Stop a light server; the modules it loaded and the imports it refused."""
+def stop(server: subprocess.Popen[bytes], log: Path) -> dict:
+    """Stop a light server; the modules it loaded and the imports it refused (the line the
+    import hook printed on exit, found among the server's output)."""
     server.send_signal(signal.SIGINT)
-    _, stderr = server.communicate(timeout=60)
-    return json.loads(stderr.strip().splitlines()[-1])
+    server.wait(timeout=60)
+    lines = log.read_text().splitlines()
+    return json.loads(next(line for line in reversed(lines) if line.startswith('{"heavy"')))
 
 
 def test_serve_answers_text_and_image_queries_without_torch(
     index_dir: Path, image_folder: Path
 ) -> None:
-    server, base = start_light_server(index_dir)
+    log = index_dir.parent / "serve.log"
+    server, base = start_light_server(index_dir, log)
     try:
         text = httpx.get(f"{base}/search", params={"q": "a red square", "k": 5}, timeout=60)
         image = sorted(image_folder.iterdir())[3]
@@ -144,7 +130,7 @@ def test_serve_answers_text_and_image_queries_without_torch(
         broken = httpx.post(f"{base}/search/image", timeout=60,
                             files={"file": ("broken.jpg", b"\xff\xd8\xff not a jpeg")})  # fmt: skip
     finally:
-        modules = stop(server)
+        modules = stop(server, log)
     assert modules == {"heavy": [], "refused": []}
     assert text.status_code == 200, text.text
     assert upload.status_code == 200, upload.text
@@ -166,14 +152,15 @@ def test_serve_writes_products_without_torch_with_the_full_models_vectors(
     photo = tmp_path / "new.png"
     Image.effect_mandelbrot((96, 80), (-2.0, -1.2, 0.8, 1.2), 60).convert("RGB").save(photo)
     data_url = "data:image/png;base64," + base64.b64encode(photo.read_bytes()).decode()
-    server, base = start_light_server(index_dir)
+    log = index_dir.parent / "serve.log"
+    server, base = start_light_server(index_dir, log)
     try:
         row = {"title": "a light shoe", "images": [data_url], "price": 12.5}
         created = httpx.put(f"{base}/products/LIGHT-1", json=row, timeout=60)
         found = httpx.post(f"{base}/search/image", params={"k": 5}, timeout=60,
                            files={"file": (photo.name, photo.read_bytes())})  # fmt: skip
     finally:
-        modules = stop(server)
+        modules = stop(server, log)
     assert modules == {"heavy": [], "refused": []}
     assert created.status_code == 201, created.text
     [embedded] = created.json()["images"]
