@@ -74,10 +74,12 @@ def mmsearch(
     backend: str = "auto",
     threads: int | None = None,
     decode: str = "auto",
+    throughput: bool = True,
 ) -> tuple[float, float, np.ndarray, str, float, float]:
     """The full `mmsearch index` path into a fresh index, then again over the unchanged folder:
     returns (seconds, re-run seconds, vectors, settings, model-only images/s, CPU seconds of
-    the first run, decode workers included)."""
+    the first run, decode workers included). `throughput=False` runs the exported model as a
+    query does (one stream) instead of as `mmsearch index` does."""
 
     from retrieval.cli.environment import read_settings
     from retrieval.compose import open_for_indexing
@@ -113,6 +115,7 @@ def mmsearch(
             decode=decode,
             cache_dir=settings.export_cache,
             hash_cache=settings.hash_cache,
+            throughput=throughput,  # as compose.open_for_indexing loads it
         )
 
         def factory() -> OpenClipEmbedder:

@@ -28,6 +28,7 @@ of benchmarks/embed.py, model load and export outside the timing):
     python -m benchmarks.photo_library --model /tmp/mmsearch-trained-vit --precision fp32 \
         --agreement-only                                     # scaled vs full, trained model
     python -m benchmarks.photo_library --clip-retrieval-python /tmp/cr-venv/bin/python --peer-only
+    python -m benchmarks.photo_library --count 96 --sample-count 96 --compare-streams --rounds 3
 """
 
 from __future__ import annotations
@@ -226,14 +227,56 @@ def _save_heic(image: Image.Image, path: Path) -> bool:
 
 
 def time_index(
-    paths: list[Path], model_dir: Path, decode: str, workers: int | None, precision: str
+    paths: list[Path],
+    model_dir: Path,
+    decode: str,
+    workers: int | None,
+    precision: str,
+    throughput: bool = True,
 ) -> tuple[float, float, np.ndarray]:
     """Seconds and CPU seconds of the whole in-process `mmsearch index` path over `paths`, and
     the vectors."""
     seconds, _rerun, vectors, _settings, _ceiling, cpu = mmsearch(
-        paths, model_dir, "cpu", precision, None, workers, decode=decode
+        paths, model_dir, "cpu", precision, None, workers, decode=decode, throughput=throughput
     )
     return seconds, cpu, vectors
+
+
+def compare_streams(args: argparse.Namespace, sources: list[Path], work: Path) -> None:
+    """The exported model as `mmsearch index` runs it (the engine's throughput mode: streams of
+    fewer threads, runtime._openvino_session) against one stream of every thread (as before
+    and as queries run), on the sample and on the 12 MP JPEGs, interleaved rounds, best of."""
+    model_dir = model_of(args)
+    small = sources[: args.sample_count]
+    large = write_12mp(args, sources, work)
+    time_index(small[:8], model_dir, "auto", args.workers, args.precision)  # warm the caches
+    wall: dict[tuple[str, bool], float] = {}
+    cpu: dict[tuple[str, bool], float] = {}
+    folders = (("sample JPEGs", small), ("12 MP JPEGs", large))
+    for _ in range(args.rounds):
+        for throughput in (False, True):
+            for label, paths in folders:
+                seconds, cpu_s, _ = time_index(
+                    paths, model_dir, "auto", args.workers, args.precision, throughput
+                )
+                key = (label, throughput)
+                wall[key] = min(seconds, wall.get(key, seconds))
+                cpu[key] = min(cpu_s, cpu.get(key, cpu_s))
+    print(
+        f"\n`mmsearch index`, model {model_dir.name}, precision {args.precision}, best of "
+        f"{args.rounds} interleaved rounds: one stream vs the throughput mode"
+    )
+    print("| folder | mode | img/s | CPU ms/img | vs one stream | 12 MP vs sample |")
+    print("|---|---|---:|---:|---:|---:|")
+    for throughput in (False, True):
+        mode = "throughput (index)" if throughput else "one stream (query)"
+        sample_rate = len(small) / wall[("sample JPEGs", throughput)]
+        for label, paths in folders:
+            rate = len(paths) / wall[(label, throughput)]
+            before = len(paths) / wall[(label, False)]
+            per_image = cpu[(label, throughput)] / len(paths) * 1e3
+            print(f"| {label} | {mode} | {rate:.1f} | {per_image:.0f} | {rate / before:.2f} "
+                  f"| {rate / sample_rate:.2f} |")  # fmt: skip
 
 
 def model_of(args: argparse.Namespace) -> Path:
@@ -431,6 +474,8 @@ def main() -> None:
                         help="local-dir model folder [random ViT-B-32]")  # fmt: skip
     parser.add_argument("--agreement-only", action="store_true",
                         help="only scaled vs full decoding of the 12 MP JPEGs")  # fmt: skip
+    parser.add_argument("--compare-streams", action="store_true",
+                        help="only throughput mode vs one stream, sample and 12 MP")  # fmt: skip
     parser.add_argument("--peer-only", action="store_true",
                         help="only the clip-retrieval comparison")  # fmt: skip
     parser.add_argument("--clip-retrieval-python", default=None,
@@ -451,7 +496,9 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="mmsearch-photos-"))
     try:
-        if args.agreement_only:
+        if args.compare_streams:
+            compare_streams(args, sources, work)
+        elif args.agreement_only:
             decode_agreement(args, write_12mp(args, sources, work))
         elif not args.peer_only:
             run_timings(args, sources, work)

@@ -25,9 +25,14 @@ logger = logging.getLogger(__name__)
 
 
 def load_embedder(
-    spec: ModelSpec, config: EmbedConfig, expected: ModelIdentity | None = None
+    spec: ModelSpec,
+    config: EmbedConfig,
+    expected: ModelIdentity | None = None,
+    *,
+    throughput: bool = False,
 ) -> OpenClipEmbedder:
-    """Load the model; when `expected` is given, refuse one whose identity differs."""
+    """Load the model; when `expected` is given, refuse one whose identity differs.
+    `throughput`: for bulk indexing, not queries (runtime.ExportedEncoder.throughput)."""
     from .embedders.open_clip import OpenClipEmbedder
 
     embedder = OpenClipEmbedder.load(
@@ -41,6 +46,7 @@ def load_embedder(
         cache_dir=config.export_cache,
         decode=config.decode,
         hash_cache=config.hash_cache,
+        throughput=throughput,
     )
     if expected is not None and not expected.same_model(embedder.identity):
         raise IndexMismatchError(
@@ -97,12 +103,12 @@ def open_for_indexing(
 
         @cache
         def load() -> OpenClipEmbedder:
-            embedder = load_embedder(own, config, expected=identity)
+            embedder = load_embedder(own, config, expected=identity, throughput=True)
             _record_embedder(store, embedder)
             return embedder
 
         return store, load
-    embedder = load_embedder(spec or DEFAULT_MODEL, config)
+    embedder = load_embedder(spec or DEFAULT_MODEL, config, throughput=True)
     check_index_type(index_type, embedder.identity.dim)
     store = IndexStore.create(directory, embedder.identity, options)
     _record_embedder(store, embedder)

@@ -277,6 +277,7 @@ class OpenClipEmbedder:
         cache_dir: Path | None = None,
         decode: str = "auto",
         hash_cache: Path | None = None,
+        throughput: bool = False,
     ) -> OpenClipEmbedder:
         """Load an open_clip model by name/tag, hf-hub id, local-dir folder or checkpoint file.
 
@@ -343,6 +344,8 @@ class OpenClipEmbedder:
                 required=backend != "auto" or precision == "int8",
                 tokenizer=tokenizer,
             )
+            if encoder is not None:
+                encoder.throughput = throughput
         if encoder is None:
             reason = f"--precision {precision}"
             if precision == "auto":

@@ -320,6 +320,27 @@ def test_mapped_weights_are_released_after_a_new_shape_and_results_stay_the_same
     assert runtime.drop_mapped_pages({"/nonexistent.bin"}) == 0
 
 
+@pytest.mark.parametrize("batch", [1, 2, 5, 8])
+def test_throughput_mode_of_bulk_indexing_gives_the_same_vectors(
+    embedders, model_dir: Path, cache_dir: Path, batch: int
+) -> None:
+    # `mmsearch index` runs the graphs in OpenVINO's throughput mode, each batch split over
+    # the streams: the rows must come back whole and in order (odd batches split unevenly).
+    exported, eager = embedders
+    spec = ModelSpec(f"local-dir:{model_dir}", None)
+    bulk = OpenClipEmbedder.load(
+        spec, device="cpu", backend="openvino", cache_dir=cache_dir, threads=2, throughput=True
+    )
+    assert bulk.encoder.throughput and not exported.encoder.throughput
+    pixels = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(10 + batch))
+    got = bulk.encode_images(pixels)
+    np.testing.assert_allclose(got, eager.encode_images(pixels), atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(got, exported.encode_images(pixels), atol=1e-5, rtol=0)
+    texts = (TEXTS * 2)[: batch + 1]
+    got = bulk.encode_texts(texts)
+    np.testing.assert_allclose(got, eager.encode_texts(texts), atol=TOLERANCE, rtol=0)
+
+
 def test_runtime_answers_many_threads_at_once(embedders) -> None:
     # `serve` embeds image uploads from up to --max-concurrency worker threads at once; one
     # shared OpenVINO InferRequest used to fail them with "Infer Request is busy" (HTTP 500).
