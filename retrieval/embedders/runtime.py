@@ -219,11 +219,11 @@ def _openvino_session(path: Path, threads: int, precision: str, throughput: bool
 
     `throughput=False` (queries, serve): one stream, so each batch, a single query included,
     uses every thread. `throughput=True` (bulk indexing): OpenVINO's THROUGHPUT hint, which on
-    2 cores makes 2 streams of 1 thread, and each batch is split over them. On 2 cores that ran
-    ViT-B-32 at 40-42 img/s on ready batches against 33-38 (no barrier between two threads at
-    every layer), and 12 MP photos at +8-24% beside a decode worker, whose time slices then
-    stall one stream instead of both threads of one (benchmarks/photo_library.py
-    --compare-streams). Not for queries: one image would run on one stream's thread only.
+    2 cores makes 2 streams of 1 thread, and each batch is split over them: one join per batch
+    instead of a barrier between two threads at every layer, which a decode worker's time
+    slices turned into waits. On 2 cores, 12 MP photos indexed at 1.25x the img/s (sample
+    JPEGs 1.02x; benchmarks/photo_library.py --compare-streams). Not for queries: one image
+    would run on one stream's thread only.
     """
     try:
         import openvino
