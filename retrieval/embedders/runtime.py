@@ -244,8 +244,9 @@ def _openvino_session(path: Path, threads: int, precision: str, throughput: bool
     streams = int(compiled.get_property("NUM_STREAMS")) if throughput else 1
     requests = [compiled.create_infer_request() for _ in range(max(1, streams))]
     # An InferRequest runs one inference at a time ("Infer Request is busy" otherwise), and
-    # `serve` embeds uploads from many worker threads at once. One request behind a lock, not
-    # one per thread: with the LATENCY hint each inference already uses every thread.
+    # `serve` embeds uploads from many worker threads at once. One lock for the requests, not
+    # a request per thread: with the LATENCY hint each inference already uses every thread, and
+    # in the throughput mode one batch already keeps every stream busy.
     busy = threading.Lock()
     weights = {os.path.realpath(path.with_suffix(".bin"))}
     # Compiling read every weight in through the mapping: release those pages now, not at the
@@ -259,14 +260,25 @@ def _openvino_session(path: Path, threads: int, precision: str, throughput: bool
             # infer() returns views of the request's buffers; copy before the next call
             return np.array(requests[0].infer([array])[0], dtype=np.float32)
         parts = [part for part in np.array_split(array, len(requests)) if len(part)]
-        used = requests[: len(parts)]
-        for request, part in zip(used, parts, strict=True):
-            request.start_async([np.ascontiguousarray(part)])
-        outputs = []
-        for request in used:
-            request.wait()
-            outputs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32))
-        return np.concatenate(outputs)
+        started = []
+        try:
+            for request, part in zip(requests, parts, strict=False):
+                request.start_async([np.ascontiguousarray(part)])
+                started.append(request)
+        finally:
+            # Every started inference ends before the lock is let go, even when one failed:
+            # a request still running would answer the next batch "Infer Request is busy".
+            failures = []
+            for request in started:
+                try:
+                    request.wait()
+                except RuntimeError as err:
+                    failures.append(err)
+        if failures:
+            raise failures[0]
+        return np.concatenate(
+            [np.array(request.get_output_tensor(0).data, dtype=np.float32) for request in started]
+        )
 
     def run(array: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         with busy:
