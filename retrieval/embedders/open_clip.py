@@ -344,13 +344,11 @@ class OpenClipEmbedder:
                 required=backend != "auto" or precision == "int8",
                 tokenizer=tokenizer,
             )
-            if encoder is not None:
-                encoder.throughput = throughput
         if encoder is None:
             reason = f"--precision {precision}"
             if precision == "auto":
                 reason = f"auto: torch on {'CUDA' if device.startswith('cuda') else 'the CPU'}"
-        return cls(
+        embedder = cls(
             model,
             preprocess,
             tokenizer,
@@ -364,6 +362,9 @@ class OpenClipEmbedder:
             target=None if decode == FULL_DECODE else decode_target(preprocess),
             precision_reason=reason,
         )
+        if encoder is not None and throughput:
+            encoder.throughput = embedder.batch_size  # no more streams than images to share
+        return embedder
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> Vectors:

@@ -138,8 +138,8 @@ def quantize_image_tower(
         openvino.save_model(quantized, str(staging / GRAPH), compress_to_fp16=False)
         batch = np.stack(check)
         create = runtime.ENGINES["openvino"].create_session
-        want = create(source, encoder.threads, "fp32", False)(batch)
-        got = create(staging / GRAPH, encoder.threads, "int8", False)(batch)
+        want = create(source, encoder.threads, "fp32", 0)(batch)
+        got = create(staging / GRAPH, encoder.threads, "int8", 0)(batch)
         cosines = _cosines(got, want)
         meta = {
             "format": FORMAT,

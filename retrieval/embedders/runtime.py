@@ -192,7 +192,7 @@ def read_meta(folder: Path, key: str | None = None, towers: tuple[str, ...] = ()
 Session = Callable[[npt.NDArray[Any]], npt.NDArray[np.float32]]
 
 
-def _onnxruntime_session(path: Path, threads: int, precision: str, throughput: bool) -> Session:
+def _onnxruntime_session(path: Path, threads: int, precision: str, throughput: int) -> Session:
     """One onnxruntime session of `threads` threads; `throughput` is not used (one stream)."""
     try:
         import onnxruntime
@@ -214,12 +214,13 @@ def _onnxruntime_session(path: Path, threads: int, precision: str, throughput: b
     return lambda array: session.run(None, {name: array})[0]
 
 
-def _openvino_session(path: Path, threads: int, precision: str, throughput: bool) -> Session:
+def _openvino_session(path: Path, threads: int, precision: str, throughput: int) -> Session:
     """One OpenVINO graph on `threads` threads.
 
-    `throughput=False` (queries, serve): one stream, so each batch, a single query included,
-    uses every thread. `throughput=True` (bulk indexing): OpenVINO's THROUGHPUT hint, which on
-    2 cores makes 2 streams of 1 thread, and each batch is split over them: one join per batch
+    `throughput=0` (queries, serve): one stream, so each batch, a single query included, uses
+    every thread. `throughput=N` (bulk indexing in batches of N): OpenVINO's THROUGHPUT hint,
+    told to expect N requests at most so it never makes more streams than a batch has images
+    (on 2 cores: 2 streams of 1 thread), and each batch is split over them: one join per batch
     instead of a barrier between two threads at every layer, which a decode worker's time
     slices turned into waits. On 2 cores, 12 MP photos indexed at 1.25x the img/s (sample
     JPEGs 1.02x; benchmarks/photo_library.py --compare-streams). Not for queries: one image
@@ -234,6 +235,7 @@ def _openvino_session(path: Path, threads: int, precision: str, throughput: bool
     config = {
         "INFERENCE_NUM_THREADS": threads,
         "PERFORMANCE_HINT": "THROUGHPUT" if throughput else "LATENCY",
+        **({"PERFORMANCE_HINT_NUM_REQUESTS": throughput} if throughput else {}),
         # Explicit: OpenVINO picks bf16 on its own on some bf16-capable CPUs.
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
     }
@@ -335,7 +337,7 @@ def drop_mapped_pages(files: set[str]) -> int:
 class Engine:
     package: str
     # (graph file, threads, precision, throughput) -> Session; see _openvino_session
-    create_session: Callable[[Path, int, str, bool], Session]
+    create_session: Callable[[Path, int, str, int], Session]
 
 
 # A new runtime is an entry here: its pip package and a function that loads one graph.
@@ -385,9 +387,10 @@ class ExportedEncoder:
     origin: dict[str, str] = field(default_factory=dict)
     # Another graph for the image tower (the int8 one of embedders/quantize.py), or None.
     image_graph: Path | None = None
-    # Bulk indexing: the engine's throughput mode (streams of fewer threads, each batch split
-    # over them); False: every batch on every thread, as a query wants.
-    throughput: bool = False
+    # Bulk indexing's batch size: the engine's throughput mode (streams of fewer threads, at
+    # most this many, each batch split over them); 0: every batch on every thread, as a query
+    # wants.
+    throughput: int = 0
     _sessions: dict[str, Session] = field(default_factory=dict, repr=False)
     _loading: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -331,7 +331,7 @@ def test_throughput_mode_of_bulk_indexing_gives_the_same_vectors(
     bulk = OpenClipEmbedder.load(
         spec, device="cpu", backend="openvino", cache_dir=cache_dir, threads=2, throughput=True
     )
-    assert bulk.encoder.throughput and not exported.encoder.throughput
+    assert bulk.encoder.throughput == bulk.batch_size and not exported.encoder.throughput
     pixels = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(10 + batch))
     got = bulk.encode_images(pixels)
     np.testing.assert_allclose(got, eager.encode_images(pixels), atol=TOLERANCE, rtol=0)
