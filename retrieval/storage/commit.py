@@ -42,6 +42,13 @@ RETRAIN_GROWTH = 2.0
 RETUNE_GROWTH = 1.25
 
 
+def within_growth(n: int, reference: int, growth: float) -> bool:
+    """Whether `n` vectors are within a factor `growth` of `reference` either way: an index
+    built (RETRAIN_GROWTH) or tuned (RETUNE_GROWTH) for `reference` still fits `n`. Shared by
+    the commit here and the compaction beside writers (compaction.py), which must decide alike."""
+    return reference / growth <= n <= reference * growth
+
+
 @dataclass
 class CollectionChanges:
     """Item ids whose vectors must leave or enter one collection's faiss index."""
@@ -219,8 +226,7 @@ class CommitPath(ReadPath):
         # The cached reader copy is about to be mutated; never serve it again.
         self._indexes.pop(collection, None)
         self._live.pop(collection, None)
-        built_n = read_state(self.catalog, collection).built_n
-        built_for = read_state(self.catalog, collection).built_for
+        state = read_state(self.catalog, collection)
         # Parameters such as nlist follow n, so an index built for n stays right for n/2..2n;
         # past that (or for another --index-type) rebuild, which also lets `auto` move from
         # exact to approximate search as a collection grows.
@@ -229,9 +235,9 @@ class CommitPath(ReadPath):
             current is not None
             and not ondisk
             and not current.on_disk  # readers may have its .ivfdata mapped: never modify it
-            and built_for == requested
+            and state.built_for == requested
             and (current.supports_remove or not change.removed)
-            and built_n / RETRAIN_GROWTH <= count <= RETRAIN_GROWTH * built_n
+            and within_growth(count, state.built_n, RETRAIN_GROWTH)
         )
         if incremental and current is not None:
             self._rebuilt = False
@@ -305,7 +311,7 @@ class CommitPath(ReadPath):
             old is not None
             and not rebuilt
             and old.target_recall == target
-            and old.tuned_n / RETUNE_GROWTH <= index.ntotal <= old.tuned_n * RETUNE_GROWTH
+            and within_growth(index.ntotal, old.tuned_n, RETUNE_GROWTH)
         ):
             index.set_search_params(old.params)
             return

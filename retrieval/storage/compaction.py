@@ -43,7 +43,7 @@ from ..index.tuning import is_approximate
 from ..locks import exclusive_lock
 from ..types import COLLECTIONS, Ids, Vectors
 from .collections import CollectionState, read_state, write_state
-from .commit import RETRAIN_GROWTH, RETUNE_GROWTH
+from .commit import RETRAIN_GROWTH, RETUNE_GROWTH, within_growth
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -213,9 +213,8 @@ def _updated(
     """Generation G's faiss file of `collection` with the logged changes applied, as commit.py's
     incremental update would leave it."""
     state = change.state
-    if (
-        state.built_for != state.index_type
-        or not state.built_n / RETRAIN_GROWTH <= change.count <= RETRAIN_GROWTH * state.built_n
+    if state.built_for != state.index_type or not within_growth(
+        change.count, state.built_n, RETRAIN_GROWTH
     ):
         raise _Unsupported  # a rebuild
     path = store.directory / f"{collection}.{snapshot.generation}.faiss"
@@ -233,9 +232,7 @@ def _updated(
         index.add(change.vectors, change.added)
     if is_approximate(index.faiss_index):
         tuned = state.tuning
-        if tuned is None or not tuned.tuned_n / RETUNE_GROWTH <= index.ntotal <= (
-            tuned.tuned_n * RETUNE_GROWTH
-        ):
+        if tuned is None or not within_growth(index.ntotal, tuned.tuned_n, RETUNE_GROWTH):
             raise _Unsupported  # a re-tune
     return index
 
