@@ -180,7 +180,7 @@ def serve_rss(
     baseline: Path | None,
     baseline_same_cache: bool = False,
 ) -> None:
-    from benchmarks.livekit import serve_child
+    from benchmarks.livekit import free_port, serve_child
     from retrieval.images import walk_images
 
     env = {**os.environ, "MMSEARCH_EXPORT_CACHE": str(cache)}
@@ -285,14 +285,6 @@ def _peak(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def main() -> None:

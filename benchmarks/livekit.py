@@ -89,6 +89,15 @@ def environment() -> list[str]:
     ]
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def start_serve(
     directory: Path,
     *args: str,
@@ -105,11 +114,7 @@ def start_serve(
     Raises:
         RuntimeError: the server exited, or did not answer within `timeout_s`.
     """
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     environment = dict(env if env is not None else os.environ)
     environment["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     command = [sys.executable, *entry, "serve", "--index", str(directory),

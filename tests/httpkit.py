@@ -16,6 +16,7 @@ from clirun import run_ok
 from fastapi import FastAPI
 from testdata import cpu_config, make_images, write_catalog
 
+from benchmarks.livekit import free_port  # re-exported: tests import it from here
 from retrieval.compose import open_for_search
 from retrieval.config import ServeConfig
 from retrieval.http import create_app
@@ -59,12 +60,6 @@ def open_app(
     config = replace(config, allowed_hosts=(*config.allowed_hosts, "testserver"))
     with open_for_search(directory, cpu_config(), batching=config.batching) as service:
         yield create_app(service, config), service
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
